@@ -1,0 +1,122 @@
+"""Stage one of the data pipeline: read → detect/convert → validate, with a skip report.
+
+Nothing is dropped silently: with ``on_error="skip"`` every skipped record is counted by reason and
+kept (location + message) in the report; with ``on_error="fail"`` the first bad record raises with
+its location.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from .formats import FORMATS, ConvertOptions, Format, Item, detect_format
+from .sources import RawRecord, read_records
+from .types import Conversation, PreferencePair, RecordError
+
+ON_ERROR = ("fail", "skip")
+
+
+@dataclass
+class LoadReport:
+    """What a load did: records read, items written, and every skip with its reason."""
+
+    records_in: int = 0
+    written: int = 0
+    skipped_by_reason: Counter = field(default_factory=Counter)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (where, message)
+    format: str | None = None
+
+    @property
+    def skipped_count(self) -> int:
+        return sum(self.skipped_by_reason.values())
+
+    def summary(self) -> dict:
+        return {
+            "records_in": self.records_in,
+            "written": self.written,
+            "skipped": self.skipped_count,
+            "skipped_by_reason": dict(sorted(self.skipped_by_reason.items())),
+        }
+
+
+@dataclass
+class LoadResult:
+    items: list[Item]
+    report: LoadReport
+
+    @property
+    def conversations(self) -> list[Conversation]:
+        return [x for x in self.items if isinstance(x, Conversation)]
+
+    @property
+    def preferences(self) -> list[PreferencePair]:
+        return [x for x in self.items if isinstance(x, PreferencePair)]
+
+
+def _resolve_format(name: str) -> Format | None:
+    if name == "auto":
+        return None
+    if name not in FORMATS:
+        raise ValueError(f"--format {name!r} is not known; choose auto or one of: {', '.join(FORMATS)}")
+    return FORMATS[name]
+
+
+def convert_records(
+    records: Iterable[RawRecord],
+    *,
+    format: str = "auto",
+    on_error: str = "fail",
+    options: ConvertOptions = ConvertOptions(),
+) -> LoadResult:
+    """Convert raw records to validated items. Auto-detection fixes the format on the first record."""
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    fmt = _resolve_format(format)
+    report = LoadReport()
+    items: list[Item] = []
+    for raw in records:
+        report.records_in += 1
+        try:
+            if raw.error is not None:
+                raise raw.error
+            if fmt is None:
+                fmt = detect_format(raw.value, raw.where)
+            elif not isinstance(raw.value, dict) or not fmt.matches(raw.value):
+                keys = sorted(raw.value) if isinstance(raw.value, dict) else type(raw.value).__name__
+                raise RecordError("format_mismatch", f"record with fields {keys} is not {fmt.name} ({fmt.description})")
+            converted = fmt.convert(raw.value, options)
+        except RecordError as exc:
+            located = exc if exc.where else exc.at(raw.where)
+            if on_error == "fail":
+                raise located from None
+            report.skipped_by_reason[exc.rule] += 1
+            report.skipped.append((raw.where, str(located)))
+            continue
+        items.extend(converted)
+    report.written = len(items)
+    report.format = fmt.name if fmt else None
+    return LoadResult(items, report)
+
+
+def load(
+    source: str | Path,
+    *,
+    format: str = "auto",
+    on_error: str = "fail",
+    split: str = "train",
+    subset: str | None = None,
+    options: ConvertOptions = ConvertOptions(),
+) -> LoadResult:
+    """Load a local file, dataset folder or Hugging Face dataset id into validated items."""
+    return convert_records(read_records(source, split=split, subset=subset), format=format, on_error=on_error, options=options)
+
+
+def write_jsonl(items: Iterable[Item], path: str | Path) -> None:
+    """Canonical JSONL: ``{"messages": [...]}`` or ``{"prompt", "chosen", "rejected"}`` per line."""
+    with Path(path).open("w", encoding="utf-8") as fh:
+        for item in items:
+            fh.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
