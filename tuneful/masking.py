@@ -50,6 +50,7 @@ class TokenizedConversation:
     input_ids: list[int]
     train_mask: list[int]
     rendered: RenderedConversation
+    offsets: tuple[tuple[int, int], ...] = ()  # each token's characters in rendered.text
 
     @property
     def trained_tokens(self) -> int:
@@ -140,4 +141,4 @@ class ConversationTokenizer:
         ids = list(encoding["input_ids"])
         offsets = special_token_offsets(rendered.text, ids, encoding["offset_mapping"], self.added_tokens)
         mask = mask_from_offsets(offsets, rendered.trained_spans(self.last_turn_only))
-        return TokenizedConversation(ids, mask, rendered)
+        return TokenizedConversation(ids, mask, rendered, tuple(offsets))

@@ -1,0 +1,20 @@
+"""The ``tuneful`` command. Sub-commands import heavy libraries lazily so ``--help`` stays fast."""
+
+from __future__ import annotations
+
+import typer
+
+from .data import data_app
+from .template import template_app
+
+app = typer.Typer(
+    help="tuneful: turn a pretrained base language model into an instruction-following chat model.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(data_app, name="data")
+app.add_typer(template_app, name="template")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
