@@ -51,6 +51,8 @@ class TokenizedConversation:
     train_mask: list[int]
     rendered: RenderedConversation
     offsets: tuple[tuple[int, int], ...] = ()  # each token's characters in rendered.text
+    boundary_merges: int = 0  # trained tokens that also cover non-whitespace template text
+
 
     @property
     def trained_tokens(self) -> int:
@@ -92,6 +94,24 @@ def mask_from_offsets(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[
             trained = any(a < start < b for a, b in spans)
         mask.append(int(trained))
     return mask
+
+
+def count_boundary_merges(
+    text: str, offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]
+) -> int:
+    """Tokens that straddle a trained span's edge and carry non-whitespace template text with them.
+
+    BPE can merge the end of the prompt with the start of a reply (e.g. "]" + "<think>" -> "]<").
+    Such a token is trained because the model must emit it, but at inference the prompt is tokenized
+    without the reply, so the model sees a different split there. Counted for preflight to report.
+    """
+    merges = 0
+    for start, end in offsets:
+        for a, b in spans:
+            outside = (text[start:a] if start < a < end else "") + (text[b:end] if start < b < end else "")
+            if outside.strip():
+                merges += 1
+    return merges
 
 
 def labels_from_mask(input_ids: Sequence[int], train_mask: Sequence[int]) -> list[int]:
@@ -141,4 +161,5 @@ class ConversationTokenizer:
         ids = list(encoding["input_ids"])
         offsets = special_token_offsets(rendered.text, ids, encoding["offset_mapping"], self.added_tokens)
         mask = mask_from_offsets(offsets, rendered.trained_spans(self.last_turn_only))
-        return TokenizedConversation(ids, mask, rendered, tuple(offsets))
+        merges = count_boundary_merges(rendered.text, offsets, rendered.trained_spans(self.last_turn_only))
+        return TokenizedConversation(ids, mask, rendered, tuple(offsets), merges)

@@ -137,7 +137,9 @@ def preflight(
     report.findings += check_tokenizer(tokenizer)
     report.findings += check_template_choice(tokenizer, ctok, allow_template_change)
 
-    problems: dict[str, list[str]] = {k: [] for k in ("render", "no_eot", "zero", "double_bos", "overlong", "rewrite")}
+    problems: dict[str, list[str]] = {
+        k: [] for k in ("render", "no_eot", "zero", "double_bos", "overlong", "rewrite", "merge")
+    }
     bos = getattr(tokenizer, "bos_token_id", None)
     for index, conv in enumerate(conversations):
         name = _record_name(conv, index)
@@ -152,6 +154,8 @@ def preflight(
             problems["no_eot"].append(name)
         if not all(t.prompt_matches_inference for t in example.rendered.turns):
             problems["rewrite"].append(name)
+        if example.boundary_merges:
+            problems["merge"].append(name)
         if max_length is not None and len(example.input_ids) > max_length:
             lost = sum(example.train_mask[max_length:])
             problems["overlong"].append(f"{name} ({len(example.input_ids)} tokens, {lost} trained beyond the limit)")
@@ -189,6 +193,10 @@ def preflight(
          "the template renders an earlier turn's context differently from what add_generation_prompt gives "
          "at inference (e.g. it moves the system prompt to the last user turn). Masks stay exact; the "
          "model just sees slightly different prompts in training and in use.")
+    _add(report, "boundary_merge", "warning", problems["merge"],
+         "a token spans the end of the prompt and the start of a reply (BPE merged them, e.g. ']<'); it is "
+         "trained, but at inference the prompt is tokenized alone and splits there differently. Fix: a "
+         "template that ends the prompt with whitespace or a special token (e.g. a newline after the header).")
     report.failed_records = len(problems["render"])
     return report
 

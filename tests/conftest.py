@@ -1,0 +1,55 @@
+"""Shared fixtures. Third-party artefacts come from TUNEFUL_FIXTURES (CI: ../shared/fixtures).
+
+When TUNEFUL_FIXTURES is set, a missing folder is a failure; when it is not set, tests that need
+the folder skip with a visible reason unless ../shared/fixtures exists next to the checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FROZEN_NOW = datetime(2024, 7, 26, 12, 0, 0)
+
+
+def _fixtures_dir() -> Path | None:
+    configured = os.environ.get("TUNEFUL_FIXTURES")
+    if configured:
+        path = Path(configured)
+        if not path.is_absolute():
+            path = (Path.cwd() / path).resolve()
+        if not path.is_dir():
+            raise pytest.UsageError(f"TUNEFUL_FIXTURES={configured} is set but {path} is not a folder")
+        return path
+    default = REPO.parent / "shared" / "fixtures"
+    return default if default.is_dir() else None
+
+
+FIXTURES = _fixtures_dir()
+needs_fixtures = pytest.mark.skipif(
+    FIXTURES is None, reason="shared fixtures not found: set TUNEFUL_FIXTURES=../shared/fixtures to run these"
+)
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> Path:
+    if FIXTURES is None:
+        pytest.skip("shared fixtures not found: set TUNEFUL_FIXTURES=../shared/fixtures to run these")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def fixture_conversations(fixtures: Path) -> list[dict]:
+    return json.loads((fixtures / "chat_templates" / "conversations.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def starter_tok():
+    from tuneful.samples import starter_tokenizer
+
+    return starter_tokenizer()

@@ -1,0 +1,100 @@
+"""Literal-tensor tests of the train mask: every expected value written out by hand."""
+
+from __future__ import annotations
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from tuneful.masking import (
+    IGNORE_INDEX,
+    ConversationTokenizer,
+    labels_from_mask,
+    mask_from_offsets,
+    special_token_offsets,
+)
+from tuneful.templates.registry import ChatTemplate, builtin
+
+WORDS = ["hello", "world", "hi", "there", "a", "b", "c", "d", "sys", "[UNK]"]
+SPECIAL = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<eos>"]
+
+
+@pytest.fixture(scope="module")
+def word_tok():
+    """Word-level tokenizer: one token per space-separated word, so masks can be written by hand."""
+    vocab = {w: i for i, w in enumerate(SPECIAL + WORDS)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", unk_token="[UNK]")
+    tok.add_special_tokens({"additional_special_tokens": SPECIAL[:4]})
+    return tok
+
+
+def ids(tok, *tokens):
+    return [tok.convert_tokens_to_ids(t) for t in tokens]
+
+
+def test_single_turn_mask_is_reply_plus_end_of_turn(word_tok):
+    ctok = ConversationTokenizer(word_tok, builtin("tuneful"))
+    ex = ctok([{"role": "user", "content": "hello world"}, {"role": "assistant", "content": "hi there"}])
+    assert ex.input_ids == ids(word_tok, "<|user|>", "hello", "world", "<|end|>", "<|assistant|>", "hi", "there", "<|end|>")
+    assert ex.train_mask == [0, 0, 0, 0, 0, 1, 1, 1]
+    assert labels_from_mask(ex.input_ids, ex.train_mask) == [IGNORE_INDEX] * 5 + ids(word_tok, "hi", "there", "<|end|>")
+
+
+def test_multi_turn_trains_every_reply_and_last_turn_only_option(word_tok):
+    conv = [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "d"},
+    ]
+    ex = ConversationTokenizer(word_tok, builtin("tuneful"))(conv)
+    assert ex.input_ids == ids(
+        word_tok, "<|system|>", "sys", "<|end|>", "<|user|>", "a", "<|end|>", "<|assistant|>", "b", "<|end|>",
+        "<|user|>", "c", "<|end|>", "<|assistant|>", "d", "<|end|>",
+    )
+    assert ex.train_mask == [0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1]
+    last = ConversationTokenizer(word_tok, builtin("tuneful"), last_turn_only=True)(conv)
+    assert last.train_mask == [0] * 13 + [1, 1]
+
+
+def test_template_text_identical_to_reply_is_not_trained(word_tok):
+    """The user says exactly what the assistant says: only the assistant's copy is trained."""
+    ex = ConversationTokenizer(word_tok, builtin("tuneful"))(
+        [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hi there"}]
+    )
+    assert ex.train_mask == [0, 0, 0, 0, 0, 1, 1, 1]
+
+
+def test_eos_terminated_template_trains_eos_even_when_pad_is_eos(word_tok):
+    word_tok.pad_token = word_tok.eos_token
+    template = ChatTemplate(
+        "{% for m in messages %}{% if m.role == 'user' %}<|user|> {{ m.content }} <|assistant|> "
+        "{% else %}{{ m.content }} {{ eos_token }} {% endif %}{% endfor %}",
+        "test:eos",
+    )
+    ex = ConversationTokenizer(word_tok, template)([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+    assert ex.input_ids == ids(word_tok, "<|user|>", "a", "<|assistant|>", "b", "<eos>")
+    assert ex.train_mask == [0, 0, 0, 1, 1]
+    assert ex.rendered.turns[0].end_of_turn == " <eos>"
+
+
+def test_mask_from_offsets_literal():
+    spans = [(10, 20)]
+    offsets = [(0, 5), (5, 10), (8, 12), (12, 20), (20, 21), (15, 15), (10, 10), (19, 25)]
+    # inside-before, touching start, straddling start, inside, after, zero-width inside, zero-width at start, straddling end
+    assert mask_from_offsets(offsets, spans) == [0, 0, 1, 1, 0, 1, 0, 1]
+
+
+def test_special_token_offsets_narrow_swallowed_whitespace():
+    text = "<|assistant|>\n\nHi<|end|>\n"
+    offsets = [(0, 15), (15, 17), (17, 25)]  # the tokenizer reports the swallowed newlines
+    narrowed = special_token_offsets(text, [7, 1, 8], offsets, {7: "<|assistant|>", 8: "<|end|>"})
+    assert narrowed == [(0, 13), (15, 17), (17, 24)]
+
+
+def test_labels_length_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="differ in length"):
+        labels_from_mask([1, 2, 3], [0, 1])
