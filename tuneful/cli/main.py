@@ -6,6 +6,7 @@ import typer
 
 from .data import data_app
 from .template import template_app
+from .train import merge, sft
 
 app = typer.Typer(
     help="tuneful: turn a pretrained base language model into an instruction-following chat model.",
@@ -14,6 +15,8 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(template_app, name="template")
+app.command("sft")(sft)
+app.command("merge")(merge)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,36 @@
+"""Tiny models and data built in-process for training tests (no downloads)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tuneful.samples import starter_path, starter_tokenizer
+
+
+def tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, attn_implementation="sdpa")
+    return LlamaForCausalLM(config)
+
+
+def save_tiny_model(folder: Path, seed: int = 0) -> Path:
+    """A tokenizer (trained on the starter sample) and a random-init Llama saved as a HF folder."""
+    tok = starter_tokenizer()
+    model = tiny_llama(len(tok), seed)
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def write_data(path: Path, copies: int = 4) -> Path:
+    """The starter conversations repeated (so there is enough to batch, pack and split)."""
+    lines = starter_path().read_text().splitlines()
+    path.write_text("\n".join(lines * copies) + "\n")
+    return path

@@ -1,0 +1,60 @@
+"""Loss functions, each small and standalone.
+
+SFT uses the token-level negative log-likelihood of the trained tokens (the standard causal-LM
+objective; e.g. Ouyang et al. 2022, "Training language models to follow instructions with human
+feedback", and Zhou et al. 2023, LIMA). It returns a *sum* plus the token count so that gradient
+accumulation divides by the number of trained tokens in the whole optimizer step, not per
+micro-batch (per-micro-batch means weight short examples more; see the gradient-accumulation bug
+report of Unsloth and Hugging Face, Oct 2024).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .masking import IGNORE_INDEX
+
+
+def shifted_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions whose next token is trained, those next tokens): position t predicts labels[t+1]."""
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    return keep, targets[keep]
+
+
+def token_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sum of next-token NLL over trained tokens, and their count, from full logits [B, T, V]."""
+    keep, targets = shifted_targets(labels)
+    selected = logits[:, :-1][keep]
+    return F.cross_entropy(selected.float(), targets, reduction="sum"), int(targets.numel())
+
+
+def selected_nll_sum(
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    lm_head: Callable[[torch.Tensor], torch.Tensor],
+    chunk_size: int = 0,
+) -> tuple[torch.Tensor, int]:
+    """The same sum computed from final hidden states, projecting only the trained positions.
+
+    Untrained positions (prompts, padding: often most of a row) never reach the vocabulary
+    projection. With ``chunk_size > 0`` the projection runs in checkpointed chunks so at most
+    ``chunk_size x vocab`` logits exist at once, in forward and in backward.
+    """
+    keep, targets = shifted_targets(labels)
+    states = hidden[:, :-1][keep]
+    if chunk_size <= 0 or states.shape[0] <= chunk_size:
+        return F.cross_entropy(lm_head(states).float(), targets, reduction="sum"), int(targets.numel())
+
+    def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(lm_head(h).float(), y, reduction="sum")
+
+    total = states.new_zeros((), dtype=torch.float32)
+    for start in range(0, states.shape[0], chunk_size):
+        end = start + chunk_size
+        total = total + checkpoint(chunk_loss, states[start:end], targets[start:end], use_reentrant=False)
+    return total, int(targets.numel())

@@ -1,0 +1,67 @@
+"""SFT data: load → validate → tokenize with masks → preflight (all checks before training)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from ..data.loader import LoadReport, load
+from ..data.types import Conversation
+from ..masking import ConversationTokenizer, labels_from_mask
+from ..preflight import PreflightReport, preflight
+from ..templates.registry import ChatTemplate, resolve
+from .batching import Example
+from .config import DataSettings
+
+
+@dataclass
+class PreparedData:
+    train: list[Example]
+    eval: list[Example]
+    template: ChatTemplate
+    conversation_tokenizer: ConversationTokenizer
+    load_report: LoadReport
+    preflight_report: PreflightReport
+    end_of_turn_ids: list[int]
+
+
+def _split(convs: list[Conversation], fraction: float, seed: int) -> tuple[list[Conversation], list[Conversation]]:
+    if fraction <= 0:
+        return convs, []
+    order = list(range(len(convs)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(round(fraction * len(convs))))
+    held = set(order[:n_eval])
+    return [c for i, c in enumerate(convs) if i not in held], [c for i, c in enumerate(convs) if i in held]
+
+
+def _load_conversations(source: str, settings: DataSettings) -> tuple[list[Conversation], LoadReport]:
+    result = load(source, format=settings.format, on_error=settings.on_error)
+    if result.preferences:
+        raise ValueError(f"data {source} holds preference pairs; SFT needs conversations (use tuneful dpo)")
+    return result.conversations, result.report
+
+
+def prepare_data(settings: DataSettings, tokenizer: Any, seed: int) -> PreparedData:
+    """Everything the loop needs, or a PreflightError naming every problem at once."""
+    template = resolve(None if settings.template == "tokenizer" else settings.template, tokenizer,
+                       settings.tokenizer or "the model's tokenizer")
+    ctok = ConversationTokenizer(tokenizer, template, last_turn_only=settings.last_turn_only)
+    convs, load_report = _load_conversations(settings.train, settings)
+    if settings.eval:
+        train_convs, (eval_convs, _) = convs, _load_conversations(settings.eval, settings)
+    else:
+        train_convs, eval_convs = _split(convs, settings.eval_fraction, seed)
+    report = preflight(tokenizer, ctok, train_convs, max_length=settings.max_length, overlong=settings.overlong,
+                       allow_template_change=settings.allow_template_change)
+    report.raise_on_errors()
+    eval_report = preflight(tokenizer, ctok, eval_convs, max_length=settings.max_length, overlong="drop",
+                            allow_template_change=True)
+
+    def to_examples(rep: PreflightReport) -> list[Example]:
+        return [Example(e.input_ids, labels_from_mask(e.input_ids, e.train_mask)) for e in rep.examples]
+
+    eot_strings = {t.end_of_turn.strip() for e in report.examples for t in e.rendered.turns if t.end_of_turn}
+    eot_ids = sorted({tokenizer.convert_tokens_to_ids(s) for s in eot_strings} - {None})
+    return PreparedData(to_examples(report), to_examples(eval_report), template, ctok, load_report, report, eot_ids)
