@@ -176,3 +176,33 @@ def test_preflight_stops_training_before_it_starts(workdir: Path):
     bad.write_text("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}")
     with pytest.raises(PreflightError, match="end_of_turn_not_trained"):
         run_sft(config(workdir, "bad", f"data.template={bad}", "data.allow_template_change=true"))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(workdir: Path):
+    """accelerate launch, 2 CPU processes (gloo), micro-batch 4 each == 1 process accumulating 2 x 4."""
+    import subprocess
+    import sys
+
+    common = [f"model.name_or_path={workdir / 'model'}", f"data.train={workdir / 'train.jsonl'}", "train.max_steps=3",
+              "train.micro_batch_size=4", "train.progress=false", "data.max_length=256", "train.lr=1e-3"]
+    run_sft(build(SFTConfig, None, common + ["train.grad_accum=2", f"train.output_dir={workdir / 'ddp-one'}"]))
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(_free_port()), "-m", "tuneful.cli.main", "sft"]
+    done = subprocess.run(launch + common + ["train.grad_accum=1", f"train.output_dir={workdir / 'ddp-two'}"],
+                          capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                           "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = _losses(workdir / "ddp-one"), _losses(workdir / "ddp-two")
+    assert [s for s, _ in two] == [1, 2, 3]
+    for (_, a), (_, b) in zip(one, two):
+        assert abs(a - b) < 1e-5

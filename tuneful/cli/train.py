@@ -24,8 +24,12 @@ def sft(
         for key, default, help_text in describe(SFTConfig):
             typer.echo(f"{key} = {default}\n    {help_text}")
         return
+    overrides = list(overrides or [])
+    if recipe is not None and "=" in str(recipe) and not recipe.exists():
+        overrides.insert(0, str(recipe))  # no recipe file: the first argument is already an override
+        recipe = None
     try:
-        cfg = build(SFTConfig, recipe, overrides or [])
+        cfg = build(SFTConfig, recipe, overrides)
     except ConfigError as exc:
         fail(str(exc))
     from ..preflight import PreflightError
