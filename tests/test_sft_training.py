@@ -206,3 +206,37 @@ def test_two_process_ddp_matches_one_process(workdir: Path):
     assert [s for s, _ in two] == [1, 2, 3]
     for (_, a), (_, b) in zip(one, two):
         assert abs(a - b) < 1e-5
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_matches_uninterrupted_run(workdir: Path):
+    """A real SIGKILL of the CLI process between checkpoints, then a rerun of the same command."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    common = [f"model.name_or_path={workdir / 'model'}", f"data.train={workdir / 'train.jsonl'}", "train.max_steps=40",
+              "train.save_every=3", "train.micro_batch_size=2", "train.progress=false", "data.max_length=256",
+              "data.packing=false", "train.lr=1e-3"]
+    run_sft(build(SFTConfig, None, common + [f"train.output_dir={workdir / 'kill-straight'}"]))
+    out = workdir / "kill-resumed"
+    cmd = [sys.executable, "-m", "tuneful.cli.main", "sft", *common, f"train.output_dir={out}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "step-00000006").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    assert _losses(out) == _losses(workdir / "kill-straight")
+
+
+def test_gradient_checkpointing_gives_the_same_loss(workdir: Path):
+    plain = run_sft(config(workdir, "gc-off", "train.max_steps=2", "data.packing=false"))
+    checkpointed = run_sft(config(workdir, "gc-on", "train.max_steps=2", "data.packing=false",
+                                  "model.gradient_checkpointing=true"))
+    assert abs(plain.final_loss - checkpointed.final_loss) < 1e-5
