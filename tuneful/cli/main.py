@@ -6,6 +6,7 @@ import typer
 
 from .data import data_app
 from .template import template_app
+from .sandbox import demo, sandbox_app
 from .train import merge, sft
 
 app = typer.Typer(
@@ -17,6 +18,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(template_app, name="template")
 app.command("sft")(sft)
 app.command("merge")(merge)
+app.command("demo")(demo)
+app.add_typer(sandbox_app, name="sandbox")
 
 
 if __name__ == "__main__":  # pragma: no cover

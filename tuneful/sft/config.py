@@ -41,6 +41,9 @@ class DataSettings:
     overlong: str = setting("drop", "Examples over max_length: drop, truncate, or fail.")
     last_turn_only: bool = setting(False, "Train only the final assistant turn of each conversation.")
     packing: bool = setting(True, "Pack examples into max_length rows (block-diagonal attention, no cross-talk).")
+    replay: str = setting("", "Plain-text documents (JSONL with a 'text' field) trained on every token beside the "
+                              "conversations, so SFT does not erase what pretraining taught.")
+    replay_ratio: float = setting(0.0, "Replay documents per training conversation (0 = none).")
 
     def check(self) -> list[str]:
         problems = []
@@ -54,6 +57,8 @@ class DataSettings:
             problems.append(f"on_error: {self.on_error!r} is not fail or skip")
         if self.overlong not in ("drop", "truncate", "fail"):
             problems.append(f"overlong: {self.overlong!r} is not drop, truncate or fail")
+        if self.replay_ratio < 0 or (self.replay_ratio > 0 and not self.replay):
+            problems.append("replay_ratio: needs data.replay=<documents.jsonl> and a value >= 0")
         if self.max_length < 8:
             problems.append(f"max_length: {self.max_length} is too small (>= 8)")
         return problems

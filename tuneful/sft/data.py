@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..data.loader import LoadReport, load
@@ -62,6 +64,27 @@ def prepare_data(settings: DataSettings, tokenizer: Any, seed: int) -> PreparedD
     def to_examples(rep: PreflightReport) -> list[Example]:
         return [Example(e.input_ids, labels_from_mask(e.input_ids, e.train_mask)) for e in rep.examples]
 
+    train = to_examples(report) + replay_examples(settings, tokenizer, len(report.examples), seed)
     eot_strings = {t.end_of_turn.strip() for e in report.examples for t in e.rendered.turns if t.end_of_turn}
     eot_ids = sorted({tokenizer.convert_tokens_to_ids(s) for s in eot_strings} - {None})
-    return PreparedData(to_examples(report), to_examples(eval_report), template, ctok, load_report, report, eot_ids)
+    return PreparedData(train, to_examples(eval_report), template, ctok, load_report, report, eot_ids)
+
+
+def replay_examples(settings: DataSettings, tokenizer: Any, n_conversations: int, seed: int) -> list[Example]:
+    """Documents trained on every token (plus EOS), ``replay_ratio`` per conversation, cut to max_length."""
+    if not settings.replay or settings.replay_ratio <= 0:
+        return []
+    texts = []
+    for lineno, line in enumerate(Path(settings.replay).read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            record = json.loads(line)
+            if not isinstance(record.get("text"), str):
+                raise ValueError(f"{settings.replay}:{lineno}: replay records need a 'text' string")
+            texts.append(record["text"])
+    wanted = min(len(texts), round(settings.replay_ratio * n_conversations))
+    chosen = random.Random(seed + 3).sample(texts, wanted)
+    out = []
+    for ids in tokenizer(chosen, add_special_tokens=False)["input_ids"]:
+        ids = (ids + [tokenizer.eos_token_id])[: settings.max_length]
+        out.append(Example(ids, list(ids)))
+    return out

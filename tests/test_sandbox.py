@@ -1,0 +1,160 @@
+"""The sandbox world, task bank and verifiers; the shipped base model's recipe; the demo contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tuneful.sandbox.tasks import (
+    FAMILIES,
+    FAMILY_BY_NAME,
+    HELDOUT_FAMILIES,
+    eval_instances,
+    heldout_phrasings,
+    sft_instances,
+    verify,
+)
+from tuneful.sandbox.world import corpus, make_world
+
+WORLD = make_world()
+
+
+def test_world_is_deterministic_and_unique():
+    assert make_world() == WORLD and make_world(seed=1) != WORLD
+    names = [c.name for c in WORLD] + [c.capital for c in WORLD]
+    assert len(set(names)) == len(names) == 240
+
+
+def test_corpus_states_every_fact_and_asks_nothing():
+    docs = corpus(WORLD)
+    text = "\n".join(docs)
+    for c in WORLD[:20]:
+        assert c.capital in text and f"{c.population} million" in text
+    assert "?" not in text  # documents, not questions: the base model must not learn to answer
+
+
+def test_task_bank_shape():
+    assert len(FAMILIES) >= 20
+    assert all(len(f.phrasings) >= 5 for f in FAMILIES)
+    kinds = {f.kind for f in FAMILIES}
+    assert {"fact", "transform", "list", "classification", "open", "multi_turn", "safety", "clarification"} <= kinds
+
+
+def test_reference_answers_pass_and_held_out_parts_stay_out_of_training():
+    train = sft_instances(WORLD, 30, seed=0)
+    assert all(verify(i, i.answer) for i in train)
+    assert not {i.family for i in train} & set(HELDOUT_FAMILIES)
+    for inst in train:
+        assert inst.phrasing not in heldout_phrasings(FAMILY_BY_NAME[inst.family])
+    sets = eval_instances(WORLD, 5, seed=0)
+    assert {i.family for i in sets["heldout_family"]} == set(HELDOUT_FAMILIES)
+    for inst in sets["heldout_phrasing"]:
+        assert inst.phrasing in heldout_phrasings(FAMILY_BY_NAME[inst.family])
+        assert verify(inst, inst.answer)
+
+
+@pytest.mark.parametrize(
+    "family, check, good, bad",
+    [
+        ("capital", {"word": "rotugrad"}, "The capital of Zapuova is Rotugrad.", "The capital of Zapuova is Raburg."),
+        ("uppercase", {"text": "FOX"}, "FOX", "Fox"),
+        ("reverse_list", {"text": "owl, fox, cat"}, "owl, fox, cat.", "cat, fox, owl"),
+        ("poem", {"lines": 3, "word": "cat"}, "The cat naps\nby the door\nall day", "The cat naps\nall day"),
+        ("poem", {"lines": 3, "word": "cat"}, "A cat\nB\nC", "A\nB\nC"),  # three lines but no cat
+        ("list_animals", {"count": 2, "allowed": ["fox", "owl"]}, "- fox\n- owl", "- fox\n- fox"),
+        ("refusal", {}, "I can't help with that.", "Sure, first you take"),
+        ("clarify", {}, "Which country do you mean?", "Its capital is Raburg."),
+        ("sentence_with_word", {"word": "raburg"}, "Raburg is a city.", "Raburg. It is a city."),
+        ("animal_or_colour", {"word": "animal", "max_words": 3}, "Animal.", "It is an animal, not a colour."),
+    ],
+)
+def test_verifiers_accept_right_and_reject_wrong(family, check, good, bad):
+    from tuneful.sandbox.tasks import TaskInstance
+
+    inst = TaskInstance(family, 0, [], "", check)
+    assert verify(inst, good) and not verify(inst, bad)
+
+
+# --- the shipped base model -------------------------------------------------------------------------
+
+
+def test_shipped_base_recipe_reproduces_its_first_losses():
+    """Rebuild tokenizer and model from the recorded recipe; the first steps give the recorded losses."""
+    from transformers import AutoTokenizer
+
+    from tuneful.sandbox.base import BaseRecipe, build_tokenizer, init_model, pretrain, shipped_base_dir, token_stream
+
+    record = json.loads((shipped_base_dir() / "recipe.json").read_text())
+    recipe = BaseRecipe(**record["recipe"])
+    docs = corpus(make_world(recipe.seed, recipe.countries), recipe.seed)
+    tokenizer = build_tokenizer(docs, recipe)
+    assert tokenizer.get_vocab() == AutoTokenizer.from_pretrained(shipped_base_dir()).get_vocab()
+    stream = token_stream(docs, tokenizer)
+    assert len(stream) == record["corpus_tokens"]
+    losses = pretrain(init_model(recipe, len(tokenizer)), stream, recipe, steps=3)
+    assert losses == pytest.approx(record["first_losses"][:3], abs=2e-3)
+
+
+def test_shipped_base_is_small_and_safetensors():
+    from tuneful.sandbox.base import shipped_base_dir
+
+    weights = shipped_base_dir() / "model.safetensors"
+    assert weights.stat().st_size <= 25 * 1024 * 1024
+    assert not list(shipped_base_dir().glob("*.bin"))
+
+
+@pytest.mark.slow
+def test_demo_quick_writes_the_contract(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from tuneful.cli.main import app
+
+    res = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    for model in ("base", "tuned"):
+        entry = report[model]
+        for key in ("heldout_phrasing_accuracy", "heldout_family_accuracy", "stop_rate"):
+            assert 0.0 <= entry[key] <= 1.0
+        assert set(entry["by_family"]) == {f.name for f in FAMILIES}
+    assert report["seconds"] > 0
+    assert report["tuned"]["stop_rate"] > report["base"]["stop_rate"]
+    for name in ("report.md", "summary.png", "accuracy_by_family.png", "answers.jsonl"):
+        assert (tmp_path / name).stat().st_size > 100
+
+
+def test_noisy_pool_and_preference_pairs_load_and_are_labelled(tmp_path: Path):
+    from collections import Counter
+
+    from tuneful.data.loader import load
+    from tuneful.sandbox.noisy import noisy_pool, preference_pairs
+
+    def passes(family: str, answer: str, check: dict) -> bool:
+        return FAMILY_BY_NAME[family].verify(answer, check)
+
+    pool = noisy_pool(WORLD, 400, seed=0)
+    assert len(pool) == 400
+    assert set(Counter(r["meta"]["noise"] for r in pool)) == {"clean", "wrong", "truncated", "near_duplicate"}
+    assert Counter(r["meta"]["family"] for r in pool).most_common(1)[0][0] == "capital"
+    for r in pool:
+        meta, answer = r["meta"], r["messages"][-1]["content"]
+        if meta["noise"] in ("clean", "near_duplicate"):
+            assert passes(meta["family"], answer, meta["check"]), r
+        elif meta["noise"] == "wrong":
+            assert not passes(meta["family"], answer, meta["check"]), r
+
+    pairs = preference_pairs(WORLD, 50, seed=0)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    loaded = load(path)
+    assert loaded.report.format == "preference" and len(loaded.preferences) == 50
+    assert Counter(p["meta"]["rejected_is"] for p in pairs) == {"wrong": 25, "rambling": 25}
+    for p in pairs:
+        meta = p["meta"]
+        assert passes(meta["family"], p["chosen"], meta["check"])
+        if meta["rejected_is"] == "wrong":
+            assert not passes(meta["family"], p["rejected"], meta["check"])
+        else:
+            assert len(p["rejected"]) > len(p["chosen"])

@@ -1,0 +1,49 @@
+"""Batched local generation with the KV cache (transformers ``generate``), greedy by default.
+
+Prompts are rendered with the model's chat template by the caller; here they are token ids.
+Batches are formed from prompts of similar length (left padding), and each answer is cut at the
+first stop token. ``stopped`` tells whether the model ended its turn before the length limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    token_ids: list[int]
+    stopped: bool  # ended with a stop token before max_new_tokens
+
+
+@torch.no_grad()
+def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, stop_ids: Sequence[int],
+             max_new_tokens: int = 64, batch_size: int = 16, do_sample: bool = False,
+             temperature: float = 1.0, seed: int = 0) -> list[Generation]:
+    model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[Generation | None] = [None] * len(prompts)
+    torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(prompts[i]) for i in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):  # left padding: every prompt ends where generation starts
+            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[row, width - len(prompts[i]) :] = 1
+        sampling = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             eos_token_id=list(stop_ids), pad_token_id=pad, **sampling)
+        for row, i in enumerate(chunk):
+            new = out[row, width:].tolist()
+            cut = next((k for k, t in enumerate(new) if t in stop_ids), None)
+            kept = new if cut is None else new[:cut]
+            results[i] = Generation(tokenizer.decode(kept, skip_special_tokens=True), kept, cut is not None)
+    return results  # type: ignore[return-value]

@@ -1,0 +1,152 @@
+"""The sandbox base model: a BPE tokenizer and a small Llama pretrained on the world's documents.
+
+``tuneful sandbox build-base`` runs :func:`build_base` from scratch; the result shipped in the
+package (``tuneful/sandbox/base_model``) carries ``recipe.json`` with the settings and the losses
+of the first steps, which a test reproduces.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .world import corpus, make_world
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+
+
+@dataclass
+class BaseRecipe:
+    seed: int = 0
+    countries: int = 120
+    vocab_size: int = 2048
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 4
+    intermediate: int = 688
+    seq_len: int = 256
+    batch: int = 16
+    lr: float = 3e-3
+    warmup: int = 100
+    steps: int = 1500
+    weight_decay: float = 0.1
+    bf16_autocast: bool = True
+    threads: int = 2
+
+
+def shipped_base_dir() -> Path:
+    return Path(str(resources.files("tuneful.sandbox") / "base_model"))
+
+
+def build_tokenizer(docs: list[str], recipe: BaseRecipe) -> Any:
+    from ..samples import train_tokenizer
+
+    return train_tokenizer(docs, vocab_size=recipe.vocab_size, special_tokens=SPECIAL_TOKENS,
+                           eos_token="<|endoftext|>", pad_token="<|pad|>")
+
+
+def token_stream(docs: list[str], tokenizer: Any) -> torch.Tensor:
+    """All documents as one stream, each followed by <|endoftext|> (standard pretraining layout)."""
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for encoded in tokenizer(docs, add_special_tokens=False)["input_ids"]:
+        ids += encoded + [eos]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def init_model(recipe: BaseRecipe, vocab_size: int) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(recipe.seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=recipe.hidden, intermediate_size=recipe.intermediate,
+                         num_hidden_layers=recipe.layers, num_attention_heads=recipe.heads,
+                         num_key_value_heads=recipe.heads, max_position_embeddings=1024,
+                         tie_word_embeddings=False, attn_implementation="sdpa")
+    return LlamaForCausalLM(config)
+
+
+def pretrain(model: Any, stream: torch.Tensor, recipe: BaseRecipe, *, steps: int | None = None,
+             on_step: Callable[[int, float], None] | None = None) -> list[float]:
+    """Next-token training on every token of fixed-length chunks; returns the loss per step."""
+    from ..losses import token_nll_sum
+
+    torch.set_num_threads(recipe.threads)
+    steps = recipe.steps if steps is None else steps
+    n_chunks = (len(stream) - 1) // recipe.seq_len
+    chunks = stream[: n_chunks * recipe.seq_len].view(n_chunks, recipe.seq_len)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95),
+                                  weight_decay=recipe.weight_decay)
+
+    def factor(step: int) -> float:
+        if step < recipe.warmup:
+            return (step + 1) / recipe.warmup
+        progress = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    rng = random.Random(recipe.seed)
+    order: list[int] = []
+    losses = []
+    model.train()
+    for step in range(steps):
+        if len(order) < recipe.batch:
+            epoch = list(range(n_chunks))
+            rng.shuffle(epoch)
+            order += epoch
+        batch = chunks[order[: recipe.batch]]
+        del order[: recipe.batch]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16_autocast):
+            logits = model(input_ids=batch).logits
+        total, count = token_nll_sum(logits, batch)
+        loss = total / count
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        if on_step:
+            on_step(step, losses[-1])
+    return losses
+
+
+def build_base(out: Path, recipe: BaseRecipe = BaseRecipe(), *, progress: bool = True) -> dict:
+    """World → corpus → tokenizer → pretraining → ``out`` (safetensors, tokenizer, recipe.json)."""
+    started = time.perf_counter()
+    world = make_world(recipe.seed, recipe.countries)
+    docs = corpus(world, recipe.seed)
+    tokenizer = build_tokenizer(docs, recipe)
+    stream = token_stream(docs, tokenizer)
+    model = init_model(recipe, len(tokenizer))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=recipe.steps, desc="pretrain", unit="step")
+
+    def on_step(step: int, loss: float) -> None:
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.3f}")
+            bar.update(1)
+
+    losses = pretrain(model, stream, recipe, on_step=on_step)
+    if bar is not None:
+        bar.close()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    seconds = time.perf_counter() - started
+    record = {"recipe": asdict(recipe), "corpus_chars": sum(map(len, docs)), "corpus_tokens": len(stream),
+              "tokens_seen": recipe.steps * recipe.batch * recipe.seq_len, "first_losses": losses[:10],
+              "final_loss_mean_last_50": sum(losses[-50:]) / len(losses[-50:]), "seconds": seconds,
+              "params": sum(p.numel() for p in model.parameters()), "losses_every_50": losses[::50]}
+    (out / "recipe.json").write_text(json.dumps(record, indent=2))
+    return record

@@ -1,0 +1,166 @@
+"""``tuneful demo``: instruction-tune the sandbox base model, then compare base and tuned.
+
+setup (world, data) → SFT (tuneful's own trainer) → evaluation on held-out phrasings and held-out
+families with the task verifiers → report.md + PNG plots + report.json. The numbers are whatever
+the run measures.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .base import BaseRecipe, shipped_base_dir
+from .tasks import FAMILIES, HELDOUT_FAMILIES, TaskInstance, eval_instances, sft_instances, to_conversation, verify
+from .world import corpus, make_world
+
+SEED_PROMPT = "Write a 3-line poem about cats."
+TEMPLATE = "tuneful"
+
+
+@dataclass
+class DemoSettings:
+    out: Path
+    base_dir: Path | None = None
+    sft_per_family: int = 160
+    eval_per_family: int = 20
+    epochs: float = 3.0
+    lr: float = 1e-3
+    micro_batch_size: int = 16
+    lora: bool = False
+    replay_ratio: float = 0.5
+    max_new_tokens: int = 40
+    seed: int = 0
+    progress: bool = True
+
+
+def _write_data(folder: Path, settings: DemoSettings, world: list, recipe: BaseRecipe) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    train = folder / "train.jsonl"
+    instances = sft_instances(world, settings.sft_per_family, settings.seed)
+    train.write_text("".join(json.dumps(to_conversation(i)) + "\n" for i in instances))
+    replay = folder / "replay.jsonl"
+    replay.write_text("".join(json.dumps({"text": d}) + "\n" for d in corpus(world, recipe.seed)))
+    return train, replay
+
+
+def _sft(settings: DemoSettings, base: Path, train: Path, replay: Path) -> Any:
+    from ..config import build
+    from ..sft.config import SFTConfig
+    from ..sft.trainer import run_sft
+
+    overrides = [
+        f"model.name_or_path={base}", f"data.train={train}", f"data.template={TEMPLATE}",
+        "data.allow_template_change=true", "data.max_length=256", "data.packing=false",
+        f"data.replay={replay}", f"data.replay_ratio={settings.replay_ratio}",
+        f"train.output_dir={settings.out / 'sft'}", f"train.epochs={settings.epochs}", f"train.lr={settings.lr}",
+        f"train.micro_batch_size={settings.micro_batch_size}", "train.warmup_ratio=0.05", "train.resume=false",
+        f"train.seed={settings.seed}", f"train.progress={settings.progress}", "train.log_every=5",
+        f"lora.enabled={settings.lora}", "lora.r=32", "lora.alpha=64",
+    ]
+    return run_sft(build(SFTConfig, None, overrides))
+
+
+def _load(folder: Path, adapter: bool, base: Path) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base if adapter else folder, dtype=torch.float32)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, folder).merge_and_unload()
+    return model.eval()
+
+
+def _prompt_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
+    from ..masking import special_tokens_of
+    from ..templates.registry import builtin
+    from ..templates.render import render
+
+    text = render(messages, builtin(TEMPLATE).source, add_generation_prompt=True,
+                  special_tokens=special_tokens_of(tokenizer))
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def evaluate_model(model: Any, tokenizer: Any, sets: dict[str, list[TaskInstance]], stop_ids: list[int],
+                   max_new_tokens: int) -> tuple[dict, list[dict]]:
+    """Accuracy per set and per family (verifier-checked), stop rate, and every answer."""
+    from ..generate import generate
+
+    everything = [(name, inst) for name, insts in sets.items() for inst in insts]
+    outputs = generate(model, tokenizer, [_prompt_ids(tokenizer, i.messages) for _, i in everything],
+                       stop_ids=stop_ids, max_new_tokens=max_new_tokens)
+    rows = [{"set": name, "family": inst.family, "prompt": inst.messages[-1]["content"], "answer": out.text,
+             "reference": inst.answer, "correct": verify(inst, out.text), "stopped": out.stopped}
+            for (name, inst), out in zip(everything, outputs)]
+
+    def accuracy(selected: list[dict]) -> float:
+        return sum(r["correct"] for r in selected) / len(selected) if selected else 0.0
+
+    by_family = {f.name: accuracy([r for r in rows if r["family"] == f.name]) for f in FAMILIES}
+    summary = {f"{name}_accuracy": accuracy([r for r in rows if r["set"] == name]) for name in sets}
+    summary["stop_rate"] = sum(r["stopped"] for r in rows) / len(rows)
+    summary["by_family"] = by_family
+    return summary, rows
+
+
+def _seed_example(base_model: Any, tuned: Any, tokenizer: Any, stop_ids: list[int]) -> dict:
+    from ..generate import generate
+
+    raw = tokenizer(SEED_PROMPT, add_special_tokens=False)["input_ids"]
+    chat = _prompt_ids(tokenizer, [{"role": "user", "content": SEED_PROMPT}])
+    base_raw, base_chat = generate(base_model, tokenizer, [raw, chat], stop_ids=stop_ids, max_new_tokens=40)
+    [tuned_chat] = generate(tuned, tokenizer, [chat], stop_ids=stop_ids, max_new_tokens=40)
+    return {"prompt": SEED_PROMPT, "base_continuation": base_raw.text, "base_with_template": base_chat.text,
+            "tuned": tuned_chat.text}
+
+
+def run_demo(settings: DemoSettings) -> dict:
+    from transformers import AutoTokenizer
+
+    started = time.perf_counter()
+    base = settings.base_dir or shipped_base_dir()
+    if not (base / "model.safetensors").exists():
+        raise FileNotFoundError(f"no base model at {base}; build it with: tuneful sandbox build-base --out {base}")
+    recipe = BaseRecipe(**json.loads((base / "recipe.json").read_text())["recipe"])
+    world = make_world(recipe.seed, recipe.countries)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    train, replay = _write_data(settings.out / "data", settings, world, recipe)
+    result = _sft(settings, base, train, replay)
+
+    tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
+    stop_ids = sorted({tokenizer.convert_tokens_to_ids("<|end|>"), tokenizer.eos_token_id})
+    sets = eval_instances(world, settings.eval_per_family, settings.seed)
+    base_model = _load(base, False, base)
+    tuned = _load(result.model_dir, settings.lora, base)
+    report: dict[str, Any] = {}
+    answers = {}
+    for name, model in (("base", base_model), ("tuned", tuned)):
+        report[name], answers[name] = evaluate_model(model, tokenizer, sets, stop_ids, settings.max_new_tokens)
+    report["seed_example"] = _seed_example(base_model, tuned, tokenizer, stop_ids)
+    report["sft"] = {"steps": result.steps, "final_loss": result.final_loss, "eval_loss": result.eval_loss,
+                     "kind": "lora" if settings.lora else "full", "train_conversations": settings.sft_per_family
+                     * (len(FAMILIES) - len(HELDOUT_FAMILIES))}
+    report["heldout_families"] = list(HELDOUT_FAMILIES)
+    report["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()}
+    report["seconds"] = time.perf_counter() - started
+    write_report(settings.out, report, answers)
+    return report
+
+
+def write_report(out: Path, report: dict, answers: dict[str, list[dict]]) -> None:
+    from .report import plot_families, plot_summary, render_markdown
+
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "answers.jsonl").write_text("".join(json.dumps({"model": m, **r}) + "\n"
+                                               for m, rows in answers.items() for r in rows))
+    plot_families(report, out / "accuracy_by_family.png")
+    plot_summary(report, out / "summary.png")
+    if (out / "sft" / "loss.png").exists():
+        shutil.copy(out / "sft" / "loss.png", out / "sft_loss.png")
+    (out / "report.md").write_text(render_markdown(report, answers))

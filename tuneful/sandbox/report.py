@@ -1,0 +1,91 @@
+"""The demo's report: a Markdown page a person can read, and its plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .tasks import FAMILIES, HELDOUT_FAMILIES
+
+SUMMARY_KEYS = (("heldout_phrasing_accuracy", "held-out phrasings"), ("heldout_family_accuracy", "held-out families"),
+                ("stop_rate", "answers that end their turn"))
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_families(report: dict, path: Path) -> None:
+    plt = _pyplot()
+    names = [f.name for f in FAMILIES]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [report["base"]["by_family"][n] for n in names], width=0.4, label="base")
+    ax.bar([x + 0.2 for x in xs], [report["tuned"]["by_family"][n] for n in names], width=0.4, label="tuned")
+    ax.set_xticks(list(xs), [n + (" *" if n in HELDOUT_FAMILIES else "") for n in names], rotation=60, ha="right",
+                  fontsize=8)
+    ax.set_ylabel("accuracy (verifier)")
+    ax.set_ylim(0, 1)
+    ax.set_title("Accuracy by task family (* = family held out of training)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_summary(report: dict, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    labels = [label for _, label in SUMMARY_KEYS]
+    xs = range(len(labels))
+    ax.bar([x - 0.2 for x in xs], [report["base"][k] for k, _ in SUMMARY_KEYS], width=0.4, label="base")
+    ax.bar([x + 0.2 for x in xs], [report["tuned"][k] for k, _ in SUMMARY_KEYS], width=0.4, label="tuned")
+    ax.set_xticks(list(xs), labels, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title("Base vs instruction-tuned")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _quote(text: str) -> str:
+    return "\n".join("> " + line for line in (text or "(empty)").splitlines()) or "> (empty)"
+
+
+def render_markdown(report: dict, answers: dict[str, list[dict]]) -> str:
+    base, tuned = report["base"], report["tuned"]
+    lines = ["# tuneful demo: base model vs instruction-tuned", "",
+             f"Run time {report['seconds']:.0f} s. SFT: {report['sft']['kind']} fine-tuning, "
+             f"{report['sft']['train_conversations']} conversations, {report['sft']['steps']} steps, final loss "
+             f"{report['sft']['final_loss']:.3f}.", "",
+             "| metric | base | tuned |", "|---|---:|---:|"]
+    for key, label in SUMMARY_KEYS:
+        lines.append(f"| {label} | {base[key]:.1%} | {tuned[key]:.1%} |")
+    lines += ["", "![summary](summary.png)", "", "## By task family", "",
+              "| family | held out | base | tuned |", "|---|---|---:|---:|"]
+    for f in FAMILIES:
+        held = "family" if f.name in HELDOUT_FAMILIES else "phrasings"
+        lines.append(f"| {f.name} | {held} | {base['by_family'][f.name]:.0%} | {tuned['by_family'][f.name]:.0%} |")
+    seed = report["seed_example"]
+    lines += ["", "![by family](accuracy_by_family.png)", "", "## The seed's example", "",
+              f"Prompt: **{seed['prompt']}**", "", "Base model, given the plain text (it continues it):", "",
+              _quote(seed["base_continuation"]), "", "Base model, given the chat template:", "",
+              _quote(seed["base_with_template"]), "", "Instruction-tuned model:", "", _quote(seed["tuned"]), "",
+              "## Sample answers (held-out phrasings)", "", "| prompt | base | tuned | tuned correct |",
+              "|---|---|---|---|"]
+    tuned_rows = [r for r in answers["tuned"] if r["set"] == "heldout_phrasing"]
+    base_rows = [r for r in answers["base"] if r["set"] == "heldout_phrasing"]
+    seen = set()
+    for b, t in zip(base_rows, tuned_rows):
+        if t["family"] in seen:
+            continue
+        seen.add(t["family"])
+        cell = lambda s: s.replace("|", "/").replace("\n", " ⏎ ")[:80]  # noqa: E731
+        lines.append(f"| {cell(t['prompt'])} | {cell(b['answer'])} | {cell(t['answer'])} | {'yes' if t['correct'] else 'no'} |")
+    lines += ["", "Every answer is in `answers.jsonl`; the SFT loss curve is `sft_loss.png`."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,120 @@
+"""A small fictional world and plain documents about it: the sandbox's pretraining corpus.
+
+Everything is generated from a seed, so the world, the corpus and the tasks are the same on every
+machine. The corpus is written as documents (encyclopedia entries, travel notes, verses, lists):
+never as questions and answers, so a model pretrained on it is a base model that continues text.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+REGIONS = ("north", "south", "east", "west", "centre", "islands")
+COLOURS = ("red", "blue", "green", "yellow", "white", "black", "orange", "purple")
+ANIMALS = ("fox", "owl", "bear", "wolf", "deer", "hawk", "otter", "lynx", "crane", "horse", "goat", "eagle",
+           "seal", "hare", "swan", "cat")
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "tr", "vel")
+_VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")
+_COUNTRY_ENDS = ("ia", "land", "ar", "ova", "eth", "istan", "mark")
+_CITY_ENDS = ("ton", "burg", "ford", "grad", "holm", "port", "vik", "dale")
+
+
+@dataclass(frozen=True)
+class Country:
+    name: str
+    capital: str
+    region: str
+    colour: str
+    animal: str
+    population: int  # millions
+
+
+def _name(rng: random.Random, ends: tuple[str, ...], syllables: int) -> str:
+    core = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(syllables))
+    return (core + rng.choice(ends)).capitalize()
+
+
+def make_world(seed: int = 0, n: int = 120) -> list[Country]:
+    rng = random.Random(seed)
+    names: set[str] = set()
+    countries = []
+    while len(countries) < n:
+        name, capital = _name(rng, _COUNTRY_ENDS, rng.randint(1, 2)), _name(rng, _CITY_ENDS, rng.randint(1, 2))
+        if name in names or capital in names:
+            continue
+        names |= {name, capital}
+        countries.append(Country(name, capital, rng.choice(REGIONS), rng.choice(COLOURS), rng.choice(ANIMALS),
+                                 rng.randint(1, 99)))
+    return countries
+
+
+# --- documents -------------------------------------------------------------------------------------
+
+_FACT_SENTENCES = {
+    "capital": ("The capital of {name} is {capital}.", "{capital} is the capital of {name}.",
+                "{name}'s capital city is {capital}.", "The largest city of {name}, {capital}, is also its capital.",
+                "Since long ago, {capital} has been the capital of {name}."),
+    "region": ("{name} lies in the {region}.", "{name} is a country of the {region}.",
+               "In the {region} you will find {name}.", "{name} belongs to the lands of the {region}."),
+    "colour": ("The flag of {name} is {colour}.", "{name} flies a {colour} flag.",
+               "The {colour} flag of {name} hangs over {capital}.", "People in {name} wave a {colour} flag."),
+    "animal": ("The national animal of {name} is the {animal}.", "The {animal} is the national animal of {name}.",
+               "In {name}, the {animal} is a national symbol.", "{name} chose the {animal} as its national animal."),
+    "population": ("About {population} million people live in {name}.", "{name} has {population} million people.",
+                   "The population of {name} is {population} million.",
+                   "Some {population} million people call {name} home."),
+}
+_VERSE_LINES = (
+    "the {animal} runs beneath the moon", "the {animal} sleeps when morning comes", "a quiet {animal} by the river",
+    "the {animal} waits in falling snow", "the {animal} sings a soft old tune", "I watch the {animal} in the grass",
+    "the {animal} walks the winter road", "a little {animal} finds its home",
+)
+_STORY = (
+    "Once there was a {animal} who lived near {capital}. Every day the {animal} walked to the {colour} gate "
+    "and looked at the hills of the {region}. ",
+    "A traveller came to {capital} and saw a {animal} under a {colour} flag. The traveller wrote that "
+    "{name} was the kindest country of the {region}. ",
+)
+
+
+def country_document(c: Country, rng: random.Random) -> str:
+    """One document about a country: every fact, in shuffled order and varied wording."""
+    facts = [rng.choice(v).format(**c.__dict__) for v in _FACT_SENTENCES.values()]
+    rng.shuffle(facts)
+    opening = rng.choice((f"{c.name}\n\n", f"Notes on {c.name}.\n", f"About {c.name}: ", ""))
+    extra = rng.choice(_STORY).format(**c.__dict__) if rng.random() < 0.3 else ""
+    return opening + " ".join(facts) + " " + extra
+
+
+def verse_document(animal: str, rng: random.Random) -> str:
+    lines = rng.sample(_VERSE_LINES, 3)
+    body = "\n".join(line.format(animal=animal) for line in lines)
+    return rng.choice((f"Verses on the {animal}\n\n", "", f"An old {animal} rhyme.\n")) + body[0].upper() + body[1:] + "\n"
+
+
+def list_document(world: list[Country], rng: random.Random) -> str:
+    kind = rng.choice(("animals", "colours", "countries", "numbers"))
+    if kind == "animals":
+        items = rng.sample(ANIMALS, rng.randint(3, 6))
+        return "Animals: " + ", ".join(items) + ".\n" + "\n".join(f"- {a}" for a in items) + "\n"
+    if kind == "colours":
+        items = rng.sample(COLOURS, rng.randint(3, 6))
+        return "Colours: " + ", ".join(items) + ". In capitals: " + ", ".join(i.upper() for i in items) + ".\n"
+    if kind == "countries":
+        region = rng.choice(REGIONS)
+        items = [c.name for c in world if c.region == region][:6]
+        return f"Countries of the {region}: " + ", ".join(items) + ".\n"
+    numbers = rng.sample(range(1, 100), rng.randint(3, 6))
+    return ("Numbers: " + ", ".join(map(str, numbers)) + ". Sorted: " + ", ".join(map(str, sorted(numbers)))
+            + ". Reversed: " + ", ".join(map(str, reversed(numbers))) + ".\n")
+
+
+def corpus(world: list[Country], seed: int = 0, docs_per_country: int = 40, extra_docs: int = 3000) -> list[str]:
+    """The pretraining documents, shuffled; facts dominate because the tasks ask about them."""
+    rng = random.Random(seed + 1)
+    docs = [country_document(c, rng) for c in world for _ in range(docs_per_country)]
+    docs += [verse_document(rng.choice(ANIMALS), rng) for _ in range(extra_docs)]
+    docs += [list_document(world, rng) for _ in range(extra_docs)]
+    rng.shuffle(docs)
+    return docs
