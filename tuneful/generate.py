@@ -18,6 +18,7 @@ class Generation:
     text: str
     token_ids: list[int]
     stopped: bool  # ended with a stop token before max_new_tokens
+    stop_token: int | None = None  # which stop token ended it
 
 
 @torch.no_grad()
@@ -45,5 +46,6 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, stop_i
             new = out[row, width:].tolist()
             cut = next((k for k, t in enumerate(new) if t in stop_ids), None)
             kept = new if cut is None else new[:cut]
-            results[i] = Generation(tokenizer.decode(kept, skip_special_tokens=True), kept, cut is not None)
+            stop = new[cut] if cut is not None else None
+            results[i] = Generation(tokenizer.decode(kept, skip_special_tokens=True), kept, cut is not None, stop)
     return results  # type: ignore[return-value]

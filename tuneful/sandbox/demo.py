@@ -26,13 +26,13 @@ TEMPLATE = "tuneful"
 class DemoSettings:
     out: Path
     base_dir: Path | None = None
-    sft_per_family: int = 160
+    sft_per_family: int = 300
     eval_per_family: int = 20
     epochs: float = 3.0
     lr: float = 1e-3
     micro_batch_size: int = 16
     lora: bool = False
-    replay_ratio: float = 0.5
+    replay_ratio: float = 1.0
     max_new_tokens: int = 40
     seed: int = 0
     progress: bool = True
@@ -88,15 +88,19 @@ def _prompt_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
 
 
 def evaluate_model(model: Any, tokenizer: Any, sets: dict[str, list[TaskInstance]], stop_ids: list[int],
-                   max_new_tokens: int) -> tuple[dict, list[dict]]:
-    """Accuracy per set and per family (verifier-checked), stop rate, and every answer."""
+                   max_new_tokens: int, end_of_turn: int) -> tuple[dict, list[dict]]:
+    """Accuracy per set and per family (verifier-checked), stop rate, and every answer.
+
+    The stop rate counts answers ended by the end-of-turn token; a base model that ends the
+    *document* (``<|endoftext|>``) has not learned to end a turn.
+    """
     from ..generate import generate
 
     everything = [(name, inst) for name, insts in sets.items() for inst in insts]
     outputs = generate(model, tokenizer, [_prompt_ids(tokenizer, i.messages) for _, i in everything],
                        stop_ids=stop_ids, max_new_tokens=max_new_tokens)
     rows = [{"set": name, "family": inst.family, "prompt": inst.messages[-1]["content"], "answer": out.text,
-             "reference": inst.answer, "correct": verify(inst, out.text), "stopped": out.stopped}
+             "reference": inst.answer, "correct": verify(inst, out.text), "stopped": out.stop_token == end_of_turn}
             for (name, inst), out in zip(everything, outputs)]
 
     def accuracy(selected: list[dict]) -> float:
@@ -134,14 +138,16 @@ def run_demo(settings: DemoSettings) -> dict:
     result = _sft(settings, base, train, replay)
 
     tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
-    stop_ids = sorted({tokenizer.convert_tokens_to_ids("<|end|>"), tokenizer.eos_token_id})
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|end|>")
+    stop_ids = sorted({end_of_turn, tokenizer.eos_token_id})
     sets = eval_instances(world, settings.eval_per_family, settings.seed)
     base_model = _load(base, False, base)
     tuned = _load(result.model_dir, settings.lora, base)
     report: dict[str, Any] = {}
     answers = {}
     for name, model in (("base", base_model), ("tuned", tuned)):
-        report[name], answers[name] = evaluate_model(model, tokenizer, sets, stop_ids, settings.max_new_tokens)
+        report[name], answers[name] = evaluate_model(model, tokenizer, sets, stop_ids, settings.max_new_tokens,
+                                                     end_of_turn)
     report["seed_example"] = _seed_example(base_model, tuned, tokenizer, stop_ids)
     report["sft"] = {"steps": result.steps, "final_loss": result.final_loss, "eval_loss": result.eval_loss,
                      "kind": "lora" if settings.lora else "full", "train_conversations": settings.sft_per_family

@@ -163,6 +163,13 @@ def _make_list(pool: tuple[str, ...], noun: str):
     return make
 
 
+def _list_family(name: str, pool: tuple[str, ...], noun: str) -> Family:
+    phrasings = tuple(p.replace("NOUN", noun) for p in (
+        "List {number} NOUN.", "Name {number} NOUN as a list.", "Give me {k} NOUN.", "Write a list of {number} NOUN.",
+        "Which NOUN do you know? List {number}.", "{number} NOUN, as a list please.", "Make a bullet list of {k} NOUN."))
+    return Family(name, "list", phrasings, _make_list(pool, noun), bullet_list_ok)
+
+
 def _make_classify(rng, world):
     word = rng.choice(ANIMALS + COLOURS)
     label = "animal" if word in ANIMALS else "colour"
@@ -205,25 +212,35 @@ FAMILIES: tuple[Family, ...] = (
     _fact("capital", ("What is the capital of {name}?", "Name the capital city of {name}.",
                       "Which city is the capital of {name}?", "Tell me the capital of {name}.",
                       "{name} has which city as its capital?", "Capital of {name}?",
+                      "Where is the seat of government of {name}?", "Which town is the capital of {name}?",
+                      "Do you know the capital of {name}?", "The capital of {name} is?",
                       "I need the capital of {name}.", "What city is {name}'s capital?"),
           "The capital of {name} is {capital}.", "capital"),
     _fact("region", ("In which region is {name}?", "Where is {name}?", "Which region does {name} belong to?",
                      "Name the region of {name}.", "Tell me where {name} lies.", "{name} is in which region?",
+                     "In what region does {name} lie?", "Which area is {name} located in?",
+                     "Do you know the region of {name}?", "The region of {name} is?",
                      "What part of the world is {name} in?", "Region of {name}?"),
           "{name} lies in the {region}.", "region"),
     _fact("colour", ("What colour is the flag of {name}?", "Describe the colour of {name}'s flag.",
                      "Which colour does the flag of {name} have?", "Tell me the flag colour of {name}.",
                      "The flag of {name} is what colour?", "Flag colour of {name}?",
+                     "Which colour is on the flag of {name}?", "Do you know the flag colour of {name}?",
+                     "The flag of {name}: which colour?", "What does the flag of {name} look like?",
                      "What is the colour of the {name} flag?", "Name the colour of {name}'s flag."),
           "The flag of {name} is {colour}.", "colour"),
     _fact("animal", ("What is the national animal of {name}?", "Which animal is the symbol of {name}?",
                      "Name the national animal of {name}.", "Tell me the national animal of {name}.",
                      "{name} has which national animal?", "National animal of {name}?",
+                     "Do you know the national animal of {name}?", "The national animal of {name} is?",
+                     "Which creature is the national animal of {name}?", "What is the animal symbol of {name}?",
                      "What animal represents {name}?", "Which animal did {name} choose as its national animal?"),
           "The national animal of {name} is the {animal}.", "animal"),
     _fact("population", ("How many people live in {name}?", "What is the population of {name}?",
                          "Tell me the population of {name}.", "How large is the population of {name}?",
                          "Population of {name}?", "How many inhabitants does {name} have?",
+                         "How many people does {name} have?", "Do you know the population of {name}?",
+                         "What is the number of inhabitants of {name}?", "How populous is {name}?",
                          "Give the number of people in {name}.", "What is the size of {name}'s population?"),
           "About {population} million people live in {name}.", "population"),
     Family("capital_of_city", "fact", ("{capital} is the capital of which country?",
@@ -257,14 +274,8 @@ FAMILIES: tuple[Family, ...] = (
                                          "Give the first letter of the word {name}.", "{name} begins with which letter?",
                                          "First letter of {name}?", "Tell me the initial letter of {name}."),
            _make_first_letter, exact_line),
-    Family("list_animals", "list", ("List {number} animals.", "Name {number} animals as a list.",
-                                    "Give me {k} animals.", "Write a list of {number} animals.",
-                                    "Which animals do you know? List {number}.", "{number} animals, as a list please.",
-                                    "Make a bullet list of {k} animals."), _make_list(ANIMALS, "animals"), bullet_list_ok),
-    Family("list_colours", "list", ("List {number} colours.", "Name {number} colours as a list.",
-                                    "Give me {k} colours.", "Write a list of {number} colours.",
-                                    "{number} colours, as a list please.", "Make a bullet list of {k} colours.",
-                                    "Which colours do you know? List {number}."), _make_list(COLOURS, "colours"), bullet_list_ok),
+    _list_family("list_animals", ANIMALS, "animals"),
+    _list_family("list_colours", COLOURS, "colours"),
     Family("animal_or_colour", "classification", (
         "Is '{word}' an animal or a colour? Answer with one word.", "Animal or colour: {word}?",
         "Classify {word} as animal or colour.", "Tell me if {word} is an animal or a colour.",
@@ -313,8 +324,24 @@ def heldout_phrasings(family: Family) -> range:
     return range(len(family.phrasings) - HELDOUT_PHRASINGS, len(family.phrasings))
 
 
-def sft_instances(world: list[Country], n_per_family: int, seed: int) -> list[TaskInstance]:
-    """Training tasks: training families, training phrasings only."""
+_PREFIXES = ("", "", "", "Please: ", "Quick question. ", "Hi! ", "I have a question. ", "Could you help? ",
+             "Hello. ", "One more thing. ")
+_SUFFIXES = ("", "", "", " Thanks.", " Please answer briefly.", " Thank you!", " I need to know.")
+
+
+def augment(instance: TaskInstance, rng: random.Random) -> TaskInstance:
+    """Surface variation of the last user turn (greeting, politeness, case), as FLAN mixes templates,
+    so the model keys on what is asked rather than on the exact wording. Training data only."""
+    text = instance.messages[-1]["content"]
+    if rng.random() < 0.2:
+        text = text[0].lower() + text[1:]
+    text = rng.choice(_PREFIXES) + text + rng.choice(_SUFFIXES)
+    messages = instance.messages[:-1] + [{"role": "user", "content": text}]
+    return TaskInstance(instance.family, instance.phrasing, messages, instance.answer, instance.check)
+
+
+def sft_instances(world: list[Country], n_per_family: int, seed: int, *, augmented: bool = True) -> list[TaskInstance]:
+    """Training tasks: training families, training phrasings only (with surface augmentation)."""
     rng = random.Random(seed + 7)
     out = []
     for family in FAMILIES:
@@ -322,7 +349,8 @@ def sft_instances(world: list[Country], n_per_family: int, seed: int) -> list[Ta
             continue
         phrasings = list(training_phrasings(family))
         for k in range(n_per_family):
-            out.append(family.instance(rng, world, phrasings[k % len(phrasings)]))
+            instance = family.instance(rng, world, phrasings[k % len(phrasings)])
+            out.append(augment(instance, rng) if augmented else instance)
     rng.shuffle(out)
     return out
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,7 +182,7 @@ class SFTTrainer:
         for k, batch in enumerate(batches):
             batch = {name: t.to(device) for name, t in batch.items()}
             sync = k == len(batches) - 1
-            with self.acc.no_sync(self.loss_module) if not sync else _nullcontext():
+            with self.acc.no_sync(self.loss_module) if not sync else nullcontext():
                 with self.acc.autocast():
                     total, _ = self.loss_module(**batch)
                 self.acc.backward(total * scale)
@@ -223,14 +224,6 @@ class SFTTrainer:
                        to_dict(self.cfg), result.history, lora=self.cfg.lora.enabled)
         result.model_dir = target
         return target
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 class MetricsLog:
