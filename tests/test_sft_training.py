@@ -240,3 +240,10 @@ def test_gradient_checkpointing_gives_the_same_loss(workdir: Path):
     checkpointed = run_sft(config(workdir, "gc-on", "train.max_steps=2", "data.packing=false",
                                   "model.gradient_checkpointing=true"))
     assert abs(plain.final_loss - checkpointed.final_loss) < 1e-5
+
+
+def test_qlora_without_gpu_is_refused_with_the_fix(workdir: Path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: QLoRA is allowed here")
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU.*lora.qlora=false"):
+        run_sft(config(workdir, "qlora", "lora.enabled=true", "lora.qlora=true", "train.max_steps=1"))
