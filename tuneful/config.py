@@ -35,7 +35,8 @@ def _coerce(value: Any, annotation: Any, key: str, origin: str, problems: list[s
     kind = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if kind in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none")) and type(None) in args:
+        is_null = value is None or (isinstance(value, str) and value.lower() in ("null", "none"))
+        if is_null and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key, origin, problems)

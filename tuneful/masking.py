@@ -40,8 +40,9 @@ def stop_strings_of(tokenizer: Any) -> list[str]:
     if eos:
         strings.add(eos)
     bos = getattr(tokenizer, "bos_token", None)
-    # BOS opens sequences; it never closes a turn (matters for templates that emit "</s><s>[INST]").
-    strings.discard(bos) if bos and bos != eos else None
+    if bos and bos != eos:
+        # BOS opens sequences; it never closes a turn (matters for templates that emit "</s><s>[INST]").
+        strings.discard(bos)
     return sorted(s for s in strings if s)
 
 
