@@ -8,6 +8,7 @@ from the tokenizer's own, and templates that render a turn's context differently
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Sequence
 
 from .data.types import Conversation
@@ -96,7 +97,8 @@ def check_template_choice(tokenizer: Any, ctok: ConversationTokenizer, allow_tem
         return []
     if own.source == ctok.template.source:
         return []
-    kw = dict(special_tokens=ctok.special_tokens, now=ctok.now)
+    # one clock for both renders: templates that print the date must not differ across a minute boundary
+    kw = dict(special_tokens=ctok.special_tokens, now=ctok.now or datetime.now())
     try:
         same = render(_PROBE, own.source, **kw) == render(_PROBE, ctok.template.source, **kw)
     except Exception:

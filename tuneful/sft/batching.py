@@ -59,20 +59,20 @@ def plan_rows(examples: Sequence[Example], *, packing: bool, max_length: int) ->
     return [[i] for i in range(len(examples))]
 
 
-def plan_epoch(rows: list[list[int]], lengths: Sequence[int], micro_batch_size: int, seed: int, epoch: int,
+def plan_epoch(row_lengths: Sequence[int], micro_batch_size: int, seed: int, epoch: int,
                packing: bool) -> list[list[int]]:
     """Micro-batches (lists of row indices) for one epoch; a pure function of (seed, epoch).
 
     Unpacked rows are grouped by length inside shuffled windows so padding stays small.
     """
     rng = random.Random(seed * 1_000_003 + epoch)
-    order = list(range(len(rows)))
+    order = list(range(len(row_lengths)))
     rng.shuffle(order)
     if not packing:
         window = micro_batch_size * 64
         grouped = []
         for start in range(0, len(order), window):
-            grouped += sorted(order[start : start + window], key=lambda r: lengths[rows[r][0]])
+            grouped += sorted(order[start : start + window], key=lambda r: row_lengths[r])
         order = grouped
     batches = [order[i : i + micro_batch_size] for i in range(0, len(order), micro_batch_size)]
     rng.shuffle(batches)

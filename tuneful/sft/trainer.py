@@ -91,6 +91,7 @@ class SFTTrainer:
         self.world = self.acc.num_processes
         self.rows = plan_rows(self.data.train, packing=cfg.data.packing, max_length=cfg.data.max_length)
         self.row_lengths = [sum(len(self.data.train[i]) for i in row) for row in self.rows]
+        self._plan: tuple[int, list[list[int]]] | None = None
         batches = math.ceil(len(self.rows) / cfg.train.micro_batch_size)
         self.steps_per_epoch = max(1, batches // (cfg.train.grad_accum * self.world))
         self.total_steps = cfg.train.max_steps or max(1, int(cfg.train.epochs * self.steps_per_epoch))
@@ -128,8 +129,10 @@ class SFTTrainer:
         """This process's (batch, real-token count) pairs for optimizer step ``step``: a pure function of it."""
         cfg = self.cfg.train
         epoch, within = divmod(step, self.steps_per_epoch)
-        plan = plan_epoch(self.rows, [len(e) for e in self.data.train], cfg.micro_batch_size, cfg.seed, epoch,
-                          self.cfg.data.packing)
+        if self._plan is None or self._plan[0] != epoch:  # the plan depends on the epoch only
+            self._plan = (epoch, plan_epoch(self.row_lengths, cfg.micro_batch_size, cfg.seed, epoch,
+                                            self.cfg.data.packing))
+        plan = self._plan[1]
         per_step = cfg.grad_accum * self.world
         chosen = plan[within * per_step : (within + 1) * per_step]
         mine = chosen[self.acc.process_index :: self.world]

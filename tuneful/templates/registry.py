@@ -7,6 +7,7 @@ models can say exactly which template was used.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ def builtin_names() -> list[str]:
     return sorted(p.name[: -len(".jinja")] for p in folder.iterdir() if p.name.endswith(".jinja"))
 
 
+@lru_cache(maxsize=None)  # ChatTemplate is immutable; the demo renders hundreds of prompts with one
 def builtin(name: str) -> ChatTemplate:
     path = resources.files("tuneful.templates") / "builtin" / f"{name}.jinja"
     if not path.is_file():
