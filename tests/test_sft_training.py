@@ -247,3 +247,16 @@ def test_qlora_without_gpu_is_refused_with_the_fix(workdir: Path):
         pytest.skip("a GPU is present: QLoRA is allowed here")
     with pytest.raises(RuntimeError, match="needs a CUDA GPU.*lora.qlora=false"):
         run_sft(config(workdir, "qlora", "lora.enabled=true", "lora.qlora=true", "train.max_steps=1"))
+
+
+def test_metrics_log_survives_a_line_cut_by_a_kill(tmp_path: Path):
+    from tuneful.sft.trainer import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    log = MetricsLog(path, start_step=2, enabled=True)
+    assert log.rows == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    assert path.read_text().splitlines() == ['{"step": 1, "loss": 2.0}', '{"step": 2, "loss": 1.5}']
+    path.write_text('{"step": 1, "lo\n{"step": 2, "loss": 1.5}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl:1: corrupt metrics line"):
+        MetricsLog(path, start_step=2, enabled=True)

@@ -237,8 +237,7 @@ class MetricsLog:
         if not enabled:
             return
         if path.exists():
-            kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            self.rows = [r for r in kept if r["step"] <= start_step]
+            self.rows = [r for r in _read_metrics(path) if r["step"] <= start_step]
         path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
         self.tb = _tensorboard(path.parent)
 
@@ -252,6 +251,20 @@ class MetricsLog:
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)):
                     self.tb.add_scalar(key, value, row["step"])
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    """Rows of a metrics log. A kill during an append can leave the last line cut short; that row
+    belongs to a step after the checkpoint being resumed, so it is dropped. Any other bad line raises."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise ValueError(f"{path}:{number}: corrupt metrics line (not the last one)") from None
+    return rows
 
 
 def _tensorboard(folder: Path) -> Any:
