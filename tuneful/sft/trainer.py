@@ -225,6 +225,7 @@ class SFTTrainer:
         if self.acc.is_main_process:
             save_final(target, self.acc.unwrap_model(self.loss_module).model, self.tokenizer, self.data,
                        to_dict(self.cfg), result.history, lora=self.cfg.lora.enabled)
+        self.acc.wait_for_everyone()  # no process finishes while the main one is still writing
         result.model_dir = target
         return target
 
@@ -299,6 +300,11 @@ class _progress:
 def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None) -> TrainResult:
     """setup → train → save."""
     trainer = SFTTrainer(cfg, model=model, tokenizer=tokenizer).setup()
-    result = trainer.train()
-    trainer.save(result)
+    try:
+        result = trainer.train()
+        trainer.save(result)
+    finally:
+        # Exiting with a live gloo/NCCL process group can abort a process at interpreter shutdown
+        # ("terminate called without an active exception") after a successful run.
+        trainer.acc.end_training()
     return result
