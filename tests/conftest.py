@@ -53,3 +53,11 @@ def starter_tok():
     from tuneful.samples import starter_tokenizer
 
     return starter_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def sandbox_chat():
+    """The shipped sandbox base model, loaded for inference (its logits are sharp: greedy is stable)."""
+    from tuneful.chat_model import load_chat_model
+
+    return load_chat_model("sandbox", device="cpu")

@@ -24,14 +24,20 @@ class Generation:
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, stop_ids: Sequence[int],
              max_new_tokens: int = 64, batch_size: int = 16, do_sample: bool = False,
-             temperature: float = 1.0, seed: int = 0) -> list[Generation]:
+             temperature: float = 1.0, seed: int = 0, progress: str | None = None) -> list[Generation]:
+    """``progress``: a label for a progress bar over batches (none when None)."""
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[Generation | None] = [None] * len(prompts)
     torch.manual_seed(seed)
     device = next(model.parameters()).device
-    for start in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=progress, unit="batch", leave=False)
+    for start in starts:
         chunk = order[start : start + batch_size]
         width = max(len(prompts[i]) for i in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)

@@ -8,6 +8,8 @@ from .data import data_app
 from .template import template_app
 from .sandbox import demo, sandbox_app
 from .train import merge, sft
+from .evaluate import evaluate
+from .use import chat, serve
 
 app = typer.Typer(
     help="tuneful: turn a pretrained base language model into an instruction-following chat model.",
@@ -20,6 +22,9 @@ app.command("sft")(sft)
 app.command("merge")(merge)
 app.command("demo")(demo)
 app.add_typer(sandbox_app, name="sandbox")
+app.command("chat")(chat)
+app.command("serve")(serve)
+app.command("eval")(evaluate)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -62,7 +62,7 @@ def token_stream(docs: list[str], tokenizer: Any) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def init_model(recipe: BaseRecipe, vocab_size: int) -> Any:
+def init_model(recipe: BaseRecipe, vocab_size: int, tokenizer: Any = None) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(recipe.seed)
@@ -70,7 +70,15 @@ def init_model(recipe: BaseRecipe, vocab_size: int) -> Any:
                          num_hidden_layers=recipe.layers, num_attention_heads=recipe.heads,
                          num_key_value_heads=recipe.heads, max_position_embeddings=1024,
                          tie_word_embeddings=False, attn_implementation="sdpa")
-    return LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config)
+    if tokenizer is not None:
+        # Set after construction: a pad id given to the config would zero an embedding row at init.
+        # Documents start without BOS; LlamaConfig's defaults (bos 1, eos 2) name other tokens here.
+        for target in (model.config, model.generation_config):
+            target.bos_token_id = None
+            target.eos_token_id = tokenizer.eos_token_id
+            target.pad_token_id = tokenizer.pad_token_id
+    return model
 
 
 def pretrain(model: Any, stream: torch.Tensor, recipe: BaseRecipe, *, steps: int | None = None,
@@ -125,7 +133,7 @@ def build_base(out: Path, recipe: BaseRecipe = BaseRecipe(), *, progress: bool =
     docs = corpus(world, recipe.seed)
     tokenizer = build_tokenizer(docs, recipe)
     stream = token_stream(docs, tokenizer)
-    model = init_model(recipe, len(tokenizer))
+    model = init_model(recipe, len(tokenizer), tokenizer)
     bar = None
     if progress:
         from tqdm.auto import tqdm

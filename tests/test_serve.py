@@ -1,0 +1,161 @@
+"""The OpenAI-compatible server, exercised with the real ``openai`` client over loopback HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import openai
+import pytest
+
+from tuneful.generate import generate
+from tuneful.serve.engine import GenerationEngine, GenerationRequest, QueueFull
+from tuneful.serve.server import ChatServer, ServeSettings
+
+QUESTION = [{"role": "user", "content": "What is the capital of Norland?"}]
+
+
+_OPEN: list[openai.OpenAI] = []
+
+
+@pytest.fixture()
+def server(sandbox_chat):
+    srv = ChatServer(sandbox_chat, ServeSettings(port=0, api_key="sekrit", max_batch=8, max_queue=32))
+    thread = srv.start_in_thread()
+    yield srv
+    while _OPEN:  # unclosed clients would leave sockets to the garbage collector at interpreter exit
+        _OPEN.pop().close()
+    srv.stop()
+    thread.join(10)
+
+
+def client(srv: ChatServer, key: str = "sekrit") -> openai.OpenAI:
+    _OPEN.append(openai.OpenAI(base_url=srv.url + "/v1", api_key=key, max_retries=0, timeout=30))
+    return _OPEN[-1]
+
+
+def raw_post(srv: ChatServer, body: bytes, key: str = "sekrit") -> tuple[int, dict]:
+    host, port = srv.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    conn.request("POST", "/v1/chat/completions", body, {"Authorization": f"Bearer {key}",
+                                                        "Content-Type": "application/json"})
+    try:
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def greedy(chat, messages, n: int) -> str:
+    [out] = generate(chat.model, chat.tokenizer, [chat.prompt_ids(messages)], stop_ids=chat.stop_ids, max_new_tokens=n)
+    return out.text
+
+
+def test_plain_and_streaming_replies_match_local_generation(server, sandbox_chat):
+    api = client(server)
+    assert [m.id for m in api.models.list().data] == ["sandbox"]
+    reply = api.chat.completions.create(model="sandbox", messages=QUESTION, max_tokens=12)
+    expected = greedy(sandbox_chat, QUESTION, 12)
+    assert reply.choices[0].message.content == expected and expected
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage.prompt_tokens == len(sandbox_chat.prompt_ids(QUESTION))
+    assert 0 < reply.usage.completion_tokens <= 12
+    stream = api.chat.completions.create(model="sandbox", messages=QUESTION, max_tokens=12, stream=True,
+                                         stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected
+    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == reply.choices[0].finish_reason
+
+
+def test_stop_strings_cut_the_reply(server, sandbox_chat):
+    full = greedy(sandbox_chat, QUESTION, 12)
+    word = full.split()[1]
+    reply = client(server).chat.completions.create(model="sandbox", messages=QUESTION, max_tokens=12, stop=[word])
+    assert reply.choices[0].message.content == full[: full.index(word)]
+    assert reply.choices[0].finish_reason == "stop"
+
+
+def test_concurrent_requests_are_batched_and_answer_like_sequential_ones(server, sandbox_chat):
+    questions = [[{"role": "user", "content": f"What is the capital of {name}?"}]
+                 for name in ("Norland", "Bieth", "Maiport", "Ostra", "Vell", "Karn", "Dunmere", "Pell")]
+    results: dict[int, str] = {}
+
+    def ask(i: int) -> None:
+        results[i] = client(server).chat.completions.create(model="sandbox", messages=questions[i],
+                                                            max_tokens=10).choices[0].message.content
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(questions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [results[i] for i in range(len(questions))] == [greedy(sandbox_chat, q, 10) for q in questions]
+    assert max(server.engine.batches) > 1  # some requests were decoded together
+
+
+def test_malformed_requests_get_openai_style_errors(server):
+    api = client(server)
+    status, body = raw_post(server, b"{not json")
+    assert status == 400 and "not valid JSON" in body["error"]["message"] and body["error"]["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError, match="robot"):
+        api.chat.completions.create(model="sandbox", messages=[{"role": "robot", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="context"):
+        api.chat.completions.create(model="sandbox", messages=QUESTION, max_tokens=5000)
+    with pytest.raises(openai.NotFoundError, match="serves 'sandbox'"):
+        api.chat.completions.create(model="gpt-9", messages=QUESTION)
+    with pytest.raises(openai.BadRequestError, match="unsupported parameter"):
+        api.chat.completions.create(model="sandbox", messages=QUESTION, logprobs=True)
+    with pytest.raises(openai.BadRequestError, match="last message"):
+        api.chat.completions.create(model="sandbox", messages=[*QUESTION, {"role": "assistant", "content": "x"}])
+    with pytest.raises(openai.AuthenticationError):
+        client(server, key="wrong").models.list()
+    status, body = raw_post(server, json.dumps({"model": "sandbox", "messages": QUESTION, "n": 3}).encode())
+    assert status == 400 and body["error"]["param"] == "n"
+
+
+def test_a_full_queue_is_refused_and_a_stopped_engine_refuses_work(sandbox_chat):
+    engine = GenerationEngine(sandbox_chat, max_batch=1, max_queue=2)  # not started: nothing leaves the queue
+    prompt = sandbox_chat.prompt_ids(QUESTION)
+    engine.submit(GenerationRequest(prompt, 4))
+    engine.submit(GenerationRequest(prompt, 4))
+    with pytest.raises(QueueFull):
+        engine.submit(GenerationRequest(prompt, 4))
+    waiting = engine._waiting[0]
+    engine.stop()
+    with pytest.raises(RuntimeError, match="shutting down"):
+        list(waiting.tokens())
+
+
+def test_cli_serve_prints_the_contract_line_and_stops_cleanly_on_sigterm(tmp_path: Path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "tuneful.cli.main", "serve", "sandbox", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "TQDM_DISABLE": "1"})
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "Serving on" in line:
+                break
+        assert f"Serving on http://127.0.0.1:{port}" in lines[-1]
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0) as api:
+            reply = api.chat.completions.create(model="sandbox", messages=QUESTION, max_tokens=4)
+        assert reply.choices[0].message.role == "assistant"
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=30)[0]
+        assert proc.returncode == 0 and "Stopped" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()

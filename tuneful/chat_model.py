@@ -1,0 +1,142 @@
+"""A model ready to chat: weights, tokenizer, *the* chat template and the tokens that end a turn.
+
+Used by ``tuneful chat``, ``tuneful serve`` and ``tuneful eval`` so that all three render prompts
+the same way training did. The template is the one saved with the model (tuneful embeds the
+training template in the tokenizer it writes); choosing another one is allowed but reported,
+because a template mismatch at inference is one of the field's classic silent failures.
+
+``MODEL`` may be a Hugging Face folder or hub id, a PEFT adapter folder (merged into its base for
+inference), or ``sandbox`` for the shipped sandbox base model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .masking import ConversationTokenizer, special_tokens_of
+from .templates.registry import ChatTemplate, resolve
+from .templates.render import render
+
+SANDBOX = "sandbox"
+SANDBOX_TEMPLATE = "tuneful"  # the template the demo trains the sandbox model with
+_PROBE = [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hi."}]
+
+
+@dataclass
+class ChatModel:
+    name: str
+    model: Any
+    tokenizer: Any
+    template: ChatTemplate
+    end_of_turn_ids: list[int]
+    stop_ids: list[int]
+    context_length: int
+    default_temperature: float = 0.0  # from generation_config: sampling only if the model's config asks for it
+    notes: list[str] = field(default_factory=list)  # e.g. "template differs from the trained one"
+
+    def prompt_text(self, messages: Sequence[Mapping[str, str]]) -> str:
+        return render(messages, self.template.source, add_generation_prompt=True,
+                      special_tokens=special_tokens_of(self.tokenizer))
+
+    def prompt_ids(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        # The template writes BOS itself when the model wants one; adding it again would double it.
+        return self.tokenizer(self.prompt_text(messages), add_special_tokens=False)["input_ids"]
+
+    @property
+    def device(self) -> Any:
+        return next(self.model.parameters()).device
+
+
+def _device_and_dtype(device: str) -> tuple[Any, Any]:
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    # bf16 generation is several times slower than fp32 on CPUs; on GPUs bf16 is the norm.
+    return torch.device(device), (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+
+
+def _is_adapter(spec: str) -> bool:
+    return (Path(spec) / "adapter_config.json").is_file()
+
+
+def _load_weights(spec: str, folder: str, trust_remote_code: bool, device: Any, dtype: Any) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    if _is_adapter(folder):
+        from peft import PeftModel
+
+        base = json.loads((Path(folder) / "adapter_config.json").read_text())["base_model_name_or_path"]
+        if not base:
+            raise ValueError(f"{folder}/adapter_config.json names no base model; merge it first with tuneful merge --base")
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = PeftModel.from_pretrained(model, folder).merge_and_unload()  # merged: no adapter cost per token
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
+    return model.to(device).eval()
+
+
+def _trained_template(folder: str) -> str | None:
+    summary = Path(folder) / "tuneful.json"
+    if summary.is_file():
+        return json.loads(summary.read_text()).get("template")
+    return None
+
+
+def end_of_turn_ids(tokenizer: Any, template: ChatTemplate) -> list[int]:
+    """Token ids the template closes an assistant turn with, found by rendering a probe turn."""
+    rendered = ConversationTokenizer(tokenizer, template).render(_PROBE)
+    ids = []
+    for turn in rendered.turns:
+        text = turn.end_of_turn.strip()
+        if text:
+            token_id = tokenizer.convert_tokens_to_ids(text)
+            if token_id is not None and token_id != tokenizer.unk_token_id:
+                ids.append(token_id)
+    return sorted(set(ids))
+
+
+def _generation_eos(model: Any) -> set[int]:
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None) if config is not None else None
+    if eos is None:
+        return set()
+    return set(eos) if isinstance(eos, (list, tuple)) else {eos}
+
+
+def load_chat_model(spec: str, *, template: str | None = None, trust_remote_code: bool = False,
+                    device: str = "auto") -> ChatModel:
+    """Load MODEL for inference with the template it was trained with (or ``template`` if given)."""
+    from transformers import AutoTokenizer
+
+    folder = spec
+    if spec == SANDBOX:
+        from .sandbox.base import shipped_base_dir
+
+        folder = str(shipped_base_dir())
+    torch_device, dtype = _device_and_dtype(device)
+    tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True, trust_remote_code=trust_remote_code)
+    model = _load_weights(spec, folder, trust_remote_code, torch_device, dtype)
+    notes = []
+    own = getattr(tokenizer, "chat_template", None)
+    if template is None and not own and spec == SANDBOX:
+        template = SANDBOX_TEMPLATE
+    chosen = resolve(template, tokenizer, f"{spec}'s tokenizer")
+    trained = _trained_template(folder)
+    if own and template is not None and chosen.source != (own if isinstance(own, str) else own.get("default")):
+        notes.append(f"template {chosen.origin} differs from the one saved with the model"
+                     + (f" (trained with {trained})" if trained else ""))
+    eot = end_of_turn_ids(tokenizer, chosen)
+    stops = set(eot) | _generation_eos(model)
+    if tokenizer.eos_token_id is not None:
+        stops.add(tokenizer.eos_token_id)
+    if not eot:
+        notes.append(f"template {chosen.origin} closes assistant turns with no single special token; "
+                     "generation stops only at EOS or the length limit")
+    context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+    config = getattr(model, "generation_config", None)
+    temperature = float(config.temperature or 1.0) if config is not None and config.do_sample else 0.0
+    return ChatModel(spec, model, tokenizer, chosen, eot, sorted(stops), context, temperature, notes)

@@ -1,0 +1,92 @@
+"""``tuneful chat`` and ``tuneful serve``: talk to a model, or serve it over an OpenAI-compatible API."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Iterator, Optional
+
+import typer
+
+from .common import fail
+
+MODEL_HELP = "A Hugging Face folder or hub id, a PEFT adapter folder, or 'sandbox' (the shipped sandbox model)."
+TEMPLATE_HELP = "Chat template (built-in name or .jinja file); default: the one saved with the model."
+
+
+def _load(model: str, template: Optional[str], trust_remote_code: bool, device: str):
+    from ..chat_model import load_chat_model
+
+    try:
+        chat = load_chat_model(model, template=template, trust_remote_code=trust_remote_code, device=device)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot load {model}: {exc}")
+    for note in chat.notes:
+        typer.echo(f"note: {note}", err=True)
+    return chat
+
+
+def _terminal_lines() -> Iterator[str]:
+    while True:
+        try:
+            yield input("you> ")
+        except EOFError:
+            return
+
+
+def chat(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    template: Optional[str] = typer.Option(None, "--template", help=TEMPLATE_HELP),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt to start with."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Longest reply, in tokens."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy; > 0 samples."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code from the hub (off by default)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+) -> None:
+    """Multi-turn chat in the terminal with the model's own template; /help lists commands."""
+    from ..chat_repl import HELP, ChatSession, run_chat
+
+    session = ChatSession(_load(model, template, trust_remote_code, device), max_new_tokens, temperature, system)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        typer.echo(f"chatting with {model} (template {session.chat.template.origin}); {HELP}")
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    lines = _terminal_lines() if interactive else (f"{line}" for line in sys.stdin)
+    run_chat(session, lines, write)
+
+
+def serve(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port (0 picks a free one)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes the server to the network."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env",
+                                              help="Name of an environment variable holding the API key clients must send."),
+    template: Optional[str] = typer.Option(None, "--template", help=TEMPLATE_HELP),
+    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Requests decoded together."),
+    max_queue: int = typer.Option(64, "--max-queue", min=1, help="Requests allowed to wait; more get 503."),
+    max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Default max_tokens when a request names none."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code from the hub (off by default)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every request line."),
+) -> None:
+    """Serve MODEL with an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models)."""
+    from ..serve.server import ChatServer, ServeSettings, serve_until_signalled
+
+    api_key = None
+    if api_key_env:  # the key itself never appears on the command line (shell history, ps) or in logs
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            fail(f"--api-key-env {api_key_env}: that environment variable is empty or unset")
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        typer.echo(f"warning: binding {host} without an API key exposes the model to the network", err=True)
+    settings = ServeSettings(host, port, api_key, max_batch, max_queue, max_tokens, quiet=not access_log)
+    chat_model = _load(model, template, trust_remote_code, device)
+    try:
+        server = ChatServer(chat_model, settings)
+    except OSError as exc:
+        fail(f"cannot bind {host}:{port}: {exc}")
+    serve_until_signalled(server, lambda line: typer.echo(line))

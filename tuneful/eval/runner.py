@@ -1,0 +1,217 @@
+"""``tuneful eval``: several models, one prompt set, one report.
+
+Every model answers the same prompts (batched generation with the KV cache, each model with its
+own saved template unless told otherwise), then each metric that the prompts support is computed:
+IFEval instruction checks, sandbox task verifiers, held-out loss on reference replies, stop rate,
+and, with a judge, pairwise win rate against the first model. ``ablate_template`` evaluates each
+model a second time with another template, to show what a template mismatch costs.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..chat_model import ChatModel, load_chat_model
+from .ifeval import check_record, summarize
+from .judge import JudgeSettings, OpenAIJudge, pairwise
+from .prompts import EvalPrompt, load_prompts
+
+
+@dataclass
+class EvalSettings:
+    models: list[str]  # MODEL specs: folders, hub ids, adapter folders or "sandbox"
+    prompts: str  # a JSONL prompt file, or "sandbox"
+    out: Path
+    template: str | None = None  # force one template for every model (default: each model's own)
+    ablate_template: str | None = None  # also evaluate every model with this template
+    max_new_tokens: int = 256
+    batch_size: int = 16
+    temperature: float = 0.0  # 0 = greedy
+    seed: int = 0
+    limit: int | None = None  # first N prompts only
+    judge: JudgeSettings | None = None
+    trust_remote_code: bool = False
+    device: str = "auto"
+    progress: bool = True
+    names: list[str] = field(default_factory=list)  # report names; default: the specs
+
+    def __post_init__(self) -> None:
+        errors = []
+        if not self.models:
+            errors.append("--models: name at least one model")
+        if len(set(self.models)) != len(self.models) and not self.names:
+            errors.append("--models: a model is listed twice")
+        if self.names and len(self.names) != len(self.models):
+            errors.append(f"--names: {len(self.names)} names for {len(self.models)} models")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            errors.append("--max-new-tokens and --batch-size must be at least 1")
+        if self.temperature < 0:
+            errors.append("--temperature must be >= 0")
+        if self.judge is not None and len(self.models) < 2:
+            errors.append("--judge-model compares models pairwise; name at least two in --models")
+        if errors:
+            raise ValueError("; ".join(errors))
+
+
+def _stopped(chat: ChatModel, stop_token: int | None) -> bool:
+    """Ended its turn: closed with the template's end-of-turn token (EOS only when the template has none).
+
+    A base model that ends the *document* with EOS under a template whose turns end with another
+    token has not learned to end a turn.
+    """
+    ends = chat.end_of_turn_ids or [chat.tokenizer.eos_token_id]
+    return stop_token is not None and stop_token in ends
+
+
+def answer_all(chat: ChatModel, prompts: list[EvalPrompt], settings: EvalSettings, label: str) -> list[dict]:
+    from ..generate import generate
+
+    outputs = generate(chat.model, chat.tokenizer, [chat.prompt_ids(p.messages) for p in prompts],
+                       stop_ids=chat.stop_ids, max_new_tokens=settings.max_new_tokens,
+                       batch_size=settings.batch_size, do_sample=settings.temperature > 0,
+                       temperature=settings.temperature or 1.0, seed=settings.seed,
+                       progress=label if settings.progress else None)
+    return [{"id": p.id, "answer": out.text, "tokens": len(out.token_ids), "stopped": _stopped(chat, out.stop_token)}
+            for p, out in zip(prompts, outputs)]
+
+
+def heldout_loss(chat: ChatModel, prompts: list[EvalPrompt], batch_size: int) -> dict | None:
+    """Mean NLL per reference-reply token (the trained tokens of the final assistant turn), and perplexity."""
+    import torch
+
+    from ..losses import token_nll_sum
+    from ..masking import ConversationTokenizer, labels_from_mask
+
+    scored = [p for p in prompts if p.reference is not None]
+    if not scored:
+        return None
+    ctok = ConversationTokenizer(chat.tokenizer, chat.template, last_turn_only=True)
+    examples = []
+    for p in scored:
+        encoded = ctok(p.messages + [{"role": "assistant", "content": p.reference}])
+        ids = encoded.input_ids[: chat.context_length]
+        examples.append((ids, labels_from_mask(ids, encoded.train_mask[: len(ids)])))
+    examples.sort(key=lambda e: len(e[0]))
+    total, count = 0.0, 0
+    pad = chat.tokenizer.pad_token_id if chat.tokenizer.pad_token_id is not None else chat.stop_ids[0]
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            width = max(len(ids) for ids, _ in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, (i, lab) in enumerate(chunk):
+                ids[row, : len(i)], labels[row, : len(i)], mask[row, : len(i)] = torch.tensor(i), torch.tensor(lab), 1
+            logits = chat.model(input_ids=ids.to(chat.device), attention_mask=mask.to(chat.device)).logits
+            nll, n = token_nll_sum(logits.float(), labels.to(chat.device))
+            total, count = total + float(nll), count + n
+    loss = total / max(count, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count, "references": len(scored)}
+
+
+def score(chat: ChatModel, prompts: list[EvalPrompt], answers: list[dict]) -> dict[str, Any]:
+    from ..sandbox.tasks import FAMILY_BY_NAME
+
+    metrics: dict[str, Any] = {"answers": len(answers), "stop_rate": sum(a["stopped"] for a in answers) / len(answers)}
+    ifeval_results = []
+    for p, a in zip(prompts, answers):
+        if p.ifeval:
+            result = check_record(p.ifeval, a["answer"])
+            a["ifeval_strict"], a["ifeval_loose"] = all(result.strict), all(result.loose)
+            ifeval_results.append(result)
+        if p.sandbox:
+            family = FAMILY_BY_NAME.get(p.sandbox["family"])
+            if family is None:
+                raise ValueError(f"prompt {p.id}: unknown sandbox family {p.sandbox['family']!r}")
+            a["correct"] = bool(family.verify(a["answer"], p.sandbox.get("check") or {}))
+    if ifeval_results:
+        metrics["ifeval"] = summarize(ifeval_results)
+    sandbox = [(p, a) for p, a in zip(prompts, answers) if p.sandbox]
+    if sandbox:
+        def accuracy(rows: list) -> float:
+            return sum(a["correct"] for _, a in rows) / len(rows)
+
+        families = sorted({p.sandbox["family"] for p, _ in sandbox})
+        sets = sorted({p.sandbox.get("set", "all") for p, _ in sandbox})
+        metrics["sandbox"] = {
+            "accuracy": accuracy(sandbox),
+            "by_set": {s: accuracy([r for r in sandbox if r[0].sandbox.get("set", "all") == s]) for s in sets},
+            "by_family": {f: accuracy([r for r in sandbox if r[0].sandbox["family"] == f]) for f in families},
+        }
+    return metrics
+
+
+def _free(chat: ChatModel) -> None:
+    chat.model = None
+    gc.collect()
+
+
+def _runs(settings: EvalSettings) -> list[tuple[str, str, str | None]]:
+    """(report name, model spec, template) for every evaluation, ablations after the models."""
+    names = settings.names or settings.models
+    runs = [(name, spec, settings.template) for name, spec in zip(names, settings.models)]
+    if settings.ablate_template:
+        runs += [(f"{name} [template {settings.ablate_template}]", spec, settings.ablate_template)
+                 for name, spec in zip(names, settings.models)]
+    return runs
+
+
+def run_eval(settings: EvalSettings) -> dict[str, Any]:
+    from .report import write_report
+
+    started = time.perf_counter()
+    prompts = load_prompts(settings.prompts, limit=settings.limit, seed=settings.seed)
+    models: dict[str, Any] = {}
+    answers: dict[str, list[dict]] = {}
+    for name, spec, template in _runs(settings):
+        t0 = time.perf_counter()
+        chat = load_chat_model(spec, template=template, trust_remote_code=settings.trust_remote_code,
+                               device=settings.device)
+        rows = answer_all(chat, prompts, settings, name)
+        metrics = score(chat, prompts, rows)
+        loss = heldout_loss(chat, prompts, settings.batch_size)
+        if loss is not None:
+            metrics["heldout_loss"] = loss
+        seconds = time.perf_counter() - t0
+        generated = sum(r["tokens"] for r in rows)
+        metrics.update(model=spec, template=chat.template.origin, notes=chat.notes, seconds=seconds,
+                       generated_tokens=generated, generated_tokens_per_second=generated / max(seconds, 1e-9))
+        models[name], answers[name] = metrics, rows
+        _free(chat)
+    report: dict[str, Any] = {"models": models, "prompts": {"source": settings.prompts, "count": len(prompts)}}
+    if settings.judge is not None:
+        report["judge"] = judge_all(settings, prompts, answers)
+        for name, result in report["judge"]["pairs"].items():
+            models[name]["judge_win_rate"] = result["win_rate"]
+    report["settings"] = _settings_record(settings)
+    report["seconds"] = time.perf_counter() - started
+    write_report(settings.out, report, prompts, answers)
+    return report
+
+
+def judge_all(settings: EvalSettings, prompts: list[EvalPrompt], answers: dict[str, list[dict]]) -> dict[str, Any]:
+    """Every other evaluated model against the first one, judged in both orders."""
+    assert settings.judge is not None
+    ask = OpenAIJudge(settings.judge)
+    names = list(answers)
+    baseline = names[0]
+    conversations = [p.messages for p in prompts]
+    pairs = {}
+    for name in names[1:]:
+        pairs[name] = pairwise(ask, conversations, [a["answer"] for a in answers[name]],
+                               [a["answer"] for a in answers[baseline]])
+    return {"baseline": baseline, "judge_model": settings.judge.model, "pairs": pairs}
+
+
+def _settings_record(settings: EvalSettings) -> dict[str, Any]:
+    record = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(settings).items() if k != "judge"}
+    if settings.judge is not None:  # the key's *variable name* only; the key never reaches a report
+        record["judge"] = {"model": settings.judge.model, "base_url": settings.judge.base_url,
+                           "api_key_env": settings.judge.api_key_env}
+    return record

@@ -1,0 +1,224 @@
+"""An OpenAI-compatible HTTP server: ``POST /v1/chat/completions`` (plain and streaming), ``GET /v1/models``.
+
+Built on the standard library's threading HTTP server: the server is a thin JSON layer over the
+:class:`GenerationEngine`, which does the batching, so a web framework would add dependencies
+without adding capability. One thread per connection waits on its request's token stream; the
+engine's single worker owns the model. Binds 127.0.0.1 unless told otherwise; an API key, when
+set, is required as ``Authorization: Bearer KEY`` and compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from ..chat_model import ChatModel
+from .engine import EngineStopped, GenerationEngine, GenerationRequest, QueueFull, Sampling, TextDeltas, request_id
+from .protocol import ApiError, ChatRequest, StopStrings, chunk_body, completion_body, parse_chat_request, usage
+
+MAX_BODY_BYTES = 1 << 20
+
+
+@dataclass
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_batch: int = 16  # requests decoded together
+    max_queue: int = 64  # requests allowed to wait; more are refused with 503
+    default_max_tokens: int = 256
+    quiet: bool = True  # no per-request access log
+
+
+class ChatServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, chat: ChatModel, settings: ServeSettings):
+        self.chat = chat
+        self.settings = settings
+        self.engine = GenerationEngine(chat, max_batch=settings.max_batch, max_queue=settings.max_queue)
+        super().__init__((settings.host, settings.port), _Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def serve(self) -> None:
+        self.engine.start()
+        try:
+            self.serve_forever(poll_interval=0.2)
+        finally:
+            self.engine.stop()
+            self.server_close()
+
+    def start_in_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve, name="tuneful-http", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        """Stop accepting connections; the batch in flight finishes, waiting requests get 503."""
+        self.shutdown()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ChatServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        if not self.server.settings.quiet:
+            super().log_message(format, *args)
+
+    # --- routing ------------------------------------------------------------------------------
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        self._guarded(self._get)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._guarded(self._post)
+
+    def _guarded(self, handler: Any) -> None:
+        try:
+            self._authorize()
+            handler()
+        except ApiError as error:
+            self._send_json(error.status, error.body())
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away
+
+    def _get(self) -> None:
+        if self.path.rstrip("/") != "/v1/models":
+            raise ApiError(404, f"no route GET {self.path}", code="not_found")
+        model = {"id": self.server.chat.name, "object": "model", "created": 0, "owned_by": "tuneful"}
+        self._send_json(200, {"object": "list", "data": [model]})
+
+    def _post(self) -> None:
+        if self.path.rstrip("/") != "/v1/chat/completions":
+            raise ApiError(404, f"no route POST {self.path}", code="not_found")
+        request = parse_chat_request(self._read_json(), self.server.chat.name)
+        prompt_ids = self.server.chat.prompt_ids(request.messages)
+        generation = self._submit(request, prompt_ids)
+        if request.stream:
+            self._stream(request, generation, len(prompt_ids))
+        else:
+            self._complete(request, generation, len(prompt_ids))
+
+    # --- pieces -------------------------------------------------------------------------------
+    def _authorize(self) -> None:
+        key = self.server.settings.api_key
+        if key is None:
+            return
+        given = self.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            raise ApiError(401, "missing or wrong API key (send Authorization: Bearer KEY)",
+                           kind="authentication_error", code="invalid_api_key")
+
+    def _read_json(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            raise ApiError(413, f"request body of {length} bytes is over the {MAX_BODY_BYTES}-byte limit")
+        raw = self.rfile.read(length)
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"the request body is not valid JSON: {exc}")
+
+    def _submit(self, request: ChatRequest, prompt_ids: list[int]) -> GenerationRequest:
+        chat, settings = self.server.chat, self.server.settings
+        room = chat.context_length - len(prompt_ids)
+        wanted = request.max_tokens or min(settings.default_max_tokens, room)
+        if wanted > room or room < 1:
+            raise ApiError(400, f"the prompt has {len(prompt_ids)} tokens and max_tokens is {wanted}; together they "
+                                f"exceed the model's context of {chat.context_length} tokens",
+                           param="max_tokens", code="context_length_exceeded")
+        temperature = chat.default_temperature if request.temperature is None else request.temperature
+        sampling = Sampling(temperature, request.top_p) if temperature > 0 else Sampling()
+        try:
+            return self.server.engine.submit(GenerationRequest(prompt_ids, wanted, sampling, request.seed))
+        except QueueFull as exc:
+            raise ApiError(503, f"server busy: {exc}; retry later", kind="server_error", code="overloaded")
+        except EngineStopped as exc:
+            raise ApiError(503, str(exc), kind="server_error", code="shutting_down")
+
+    def _complete(self, request: ChatRequest, generation: GenerationRequest, prompt_tokens: int) -> None:
+        deltas, stops, pieces, count = TextDeltas(self.server.chat.tokenizer), StopStrings(request.stop), [], 0
+        try:
+            for token in generation.tokens():
+                count += 1
+                pieces.append(stops.feed(deltas.add(token)))
+                if stops.hit:
+                    generation.cancelled.set()
+                    break
+        except RuntimeError as exc:
+            raise ApiError(503, str(exc), kind="server_error")
+        text = "".join(pieces) + ("" if stops.hit else stops.flush())
+        reason = "stop" if stops.hit else _finish(generation)
+        body = completion_body(request_id(), self.server.chat.name, text, reason, prompt_tokens, count)
+        self._send_json(200, body)
+
+    def _stream(self, request: ChatRequest, generation: GenerationRequest, prompt_tokens: int) -> None:
+        rid, model = request_id(), self.server.chat.name
+        deltas, stops, count = TextDeltas(self.server.chat.tokenizer), StopStrings(request.stop), 0
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            self._event(chunk_body(rid, model, {"role": "assistant", "content": ""}))
+            for token in generation.tokens():
+                count += 1
+                text = stops.feed(deltas.add(token))
+                if text:
+                    self._event(chunk_body(rid, model, {"content": text}))
+                if stops.hit:
+                    generation.cancelled.set()
+                    break
+            rest = "" if stops.hit else stops.flush()
+            if rest:
+                self._event(chunk_body(rid, model, {"content": rest}))
+            self._event(chunk_body(rid, model, {}, "stop" if stops.hit else _finish(generation)))
+            if request.include_usage:
+                self._event({**chunk_body(rid, model, {}), "choices": [], "usage": usage(prompt_tokens, count)})
+            self.wfile.write(b"data: [DONE]\n\n")
+        except RuntimeError as exc:  # headers are gone: report the failure inside the stream
+            self._event(ApiError(500, str(exc), kind="server_error").body())
+        except (BrokenPipeError, ConnectionResetError):
+            generation.cancelled.set()  # free the batch row: the client is gone
+
+    def _event(self, body: dict) -> None:
+        self.wfile.write(b"data: " + json.dumps(body).encode() + b"\n\n")
+        self.wfile.flush()
+
+    def _send_json(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _finish(generation: GenerationRequest) -> str:
+    return "stop" if generation.finish_reason in ("stop", "cancelled") else "length"
+
+
+def serve_until_signalled(server: ChatServer, announce: Any) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down cleanly (in-flight batch finishes first)."""
+    def on_signal(signum: int, frame: Any) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()  # shutdown() blocks; not from the loop
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    announce(f"Serving on {server.url}  (model {server.chat.name}, template {server.chat.template.origin}; "
+             f"Ctrl-C stops)")
+    started = time.perf_counter()
+    server.serve()
+    announce(f"Stopped after {time.perf_counter() - started:.0f} s")
