@@ -68,6 +68,8 @@ def serve(
     template: Optional[str] = typer.Option(None, "--template", help=TEMPLATE_HELP),
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="Requests decoded together."),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Requests allowed to wait; more get 503."),
+    batch_wait_ms: float = typer.Option(10.0, "--batch-wait-ms", min=0.0,
+                                        help="How long a request waits for others to share its batch."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Default max_tokens when a request names none."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code from the hub (off by default)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
@@ -83,7 +85,8 @@ def serve(
             fail(f"--api-key-env {api_key_env}: that environment variable is empty or unset")
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         typer.echo(f"warning: binding {host} without an API key exposes the model to the network", err=True)
-    settings = ServeSettings(host, port, api_key, max_batch, max_queue, max_tokens, quiet=not access_log)
+    settings = ServeSettings(host, port, api_key, max_batch, max_queue, batch_wait_ms, max_tokens,
+                             quiet=not access_log)
     chat_model = _load(model, template, trust_remote_code, device)
     try:
         server = ChatServer(chat_model, settings)

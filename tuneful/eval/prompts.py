@@ -49,7 +49,8 @@ def _parse(record: object, where: str, index: int) -> EvalPrompt:
         raise PromptFileError(f"{where}: needs 'prompt' (a string) or 'messages' (a list)")
     ifeval = None
     if "instruction_id_list" in record:
-        ids, kwargs = record["instruction_id_list"], record.get("kwargs") or [{}] * len(record["instruction_id_list"])
+        ids = record["instruction_id_list"]
+        kwargs = record["kwargs"] if "kwargs" in record else [{}] * len(ids if isinstance(ids, list) else [])
         if not isinstance(ids, list) or not isinstance(kwargs, list) or len(ids) != len(kwargs):
             raise PromptFileError(f"{where}: 'instruction_id_list' and 'kwargs' must be lists of equal length")
         ifeval = {"prompt": messages[-1]["content"], "instruction_id_list": ids, "kwargs": kwargs}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ class GenerationRequest:
     max_new_tokens: int
     sampling: Sampling = Sampling()
     seed: int | None = None
+    stream: bool = True  # False: tokens are collected and handed over once, at the end (fewer thread wake-ups)
     events: "queue.Queue[tuple[str, Any]]" = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -55,6 +57,8 @@ class GenerationRequest:
             kind, value = self.events.get()
             if kind == "token":
                 yield value
+            elif kind == "tokens":
+                yield from value
             elif kind == "done":
                 self.finish_reason = value
                 return
@@ -62,6 +66,7 @@ class GenerationRequest:
                 raise RuntimeError(value)
 
     finish_reason: str | None = None  # "stop" (end of turn) or "length"
+    collected: list[int] = field(default_factory=list)  # tokens not yet handed over (stream=False)
 
 
 class _Rows(StoppingCriteria, BaseStreamer):
@@ -85,7 +90,10 @@ class _Rows(StoppingCriteria, BaseStreamer):
             if token in self.stop_ids:
                 self._finish(row, "stop")
                 continue
-            request.events.put(("token", token))
+            if request.stream:
+                request.events.put(("token", token))
+            else:
+                request.collected.append(token)
             self.produced[row] += 1
             if self.produced[row] >= request.max_new_tokens:
                 self._finish(row, "length")
@@ -99,17 +107,21 @@ class _Rows(StoppingCriteria, BaseStreamer):
 
     def _finish(self, row: int, reason: str) -> None:
         self.done[row] = True
-        self.requests[row].events.put(("done", reason))
+        request = self.requests[row]
+        if request.collected:
+            request.events.put(("tokens", request.collected))
+        request.events.put(("done", reason))
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         return torch.tensor(self.done, device=input_ids.device)
 
 
 class GenerationEngine:
-    def __init__(self, chat: ChatModel, *, max_batch: int = 16, max_queue: int = 64):
+    def __init__(self, chat: ChatModel, *, max_batch: int = 16, max_queue: int = 64, batch_wait_s: float = 0.01):
         self.chat = chat
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.batch_wait_s = batch_wait_s  # how long the first request waits for company
         self._waiting: deque[GenerationRequest] = deque()
         self._lock = threading.Condition()
         self._stopping = False
@@ -147,6 +159,16 @@ class GenerationEngine:
             while not self._waiting and not self._stopping:
                 self._lock.wait()
             if self._stopping:
+                return None
+            # Requests that arrive together (a burst of clients) should be decoded together: give
+            # the queue a moment to fill before starting a batch that cannot take latecomers.
+            deadline = time.monotonic() + self.batch_wait_s
+            while len(self._waiting) < self.max_batch and not self._stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._lock.wait(left)
+            if self._stopping:  # stop() also emptied the queue
                 return None
             first = self._waiting.popleft()
             batch = [first]
