@@ -169,7 +169,8 @@ def test_eval_cli_writes_one_entry_per_model_with_every_applicable_metric(tmp_pa
     assert ablated["heldout_loss"]["loss"] != tuned["heldout_loss"]["loss"]
     for name in ("report.md", "summary.png", "heldout_loss.png", "answers.jsonl"):
         assert (out / name).stat().st_size > 0
-    assert "## Instruction following" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert "## Instruction following" in markdown and "## Template ablation" in markdown
     last = json.loads(result.output.strip().splitlines()[-1])
     assert set(last["models"]) == set(report["models"])
 

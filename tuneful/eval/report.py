@@ -67,6 +67,7 @@ def render_markdown(report: dict, prompts: list[EvalPrompt], answers: dict[str, 
         for name, r in judge["pairs"].items():
             lines.append(f"| {name} | {r['wins']} | {r['ties']} | {r['losses']} | {r['win_rate']:.1%} | "
                          f"{r['order_consistency']:.1%} |")
+    lines += _ablation_lines(report)
     lines += ["", "## Answers to the first prompts", ""]
     for k, p in enumerate(prompts[:3]):
         lines += [f"**{p.id}** — {p.messages[-1]['content']}", ""]
@@ -76,6 +77,28 @@ def render_markdown(report: dict, prompts: list[EvalPrompt], answers: dict[str, 
     lines += ["Plots: `summary.png`" + (", `heldout_loss.png`" if any(
         "heldout_loss" in m for m in report["models"].values()) else "") + ". Every answer: `answers.jsonl`."]
     return "\n".join(lines) + "\n"
+
+
+def _ablation_lines(report: dict) -> list[str]:
+    """Each model with its own template beside the same model with the ablation template."""
+    models = report["models"]
+    pairs = [(name, f"{name} [template {report['settings']['ablate_template']}]") for name in models
+             if report["settings"].get("ablate_template")
+             and f"{name} [template {report['settings']['ablate_template']}]" in models]
+    if not pairs:
+        return []
+    rows = [r for rows in metric_rows(report).values() for r in rows if r[1] != "judge_win_rate"]
+    lines = ["", "## Template ablation", "",
+             f"The same weights prompted with `{report['settings']['ablate_template']}` instead of their own template.",
+             "", "| model | metric | own template | ablation | change |", "|---|---|---|---|---|"]
+    for own, ablated in pairs:
+        for label, key, rate in rows:
+            a, b = get_metric(models[own], key), get_metric(models[ablated], key)
+            if a is None or b is None:
+                continue
+            change = f"{(b - a) * 100:+.1f} pts" if rate else f"{b - a:+.3f}"
+            lines.append(f"| {own} | {label} | {format_cell(a, rate)} | {format_cell(b, rate)} | {change} |")
+    return lines
 
 
 def _pyplot() -> Any:
