@@ -9,6 +9,7 @@ from .template import template_app
 from .sandbox import demo, sandbox_app
 from .train import merge, sft
 from .evaluate import evaluate
+from .generate import generate_cmd
 from .use import chat, serve
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ app.add_typer(sandbox_app, name="sandbox")
 app.command("chat")(chat)
 app.command("serve")(serve)
 app.command("eval")(evaluate)
+app.command("generate")(generate_cmd)
 
 
 if __name__ == "__main__":  # pragma: no cover
