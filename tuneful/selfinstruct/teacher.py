@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 
@@ -38,7 +38,9 @@ class TeacherStats:
             self.errors[kind] = self.errors.get(kind, 0) + 1
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        with self._lock:
+            return {"requests": self.requests, "succeeded": self.succeeded, "retries": self.retries,
+                    "failed": self.failed, "errors": dict(self.errors), "completion_tokens": self.completion_tokens}
 
 
 class Teacher(Protocol):
