@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from tuneful.eval.prompts import PromptFileError, load_prompts
 from tuneful.eval.runner import heldout_loss
 
 from conftest import FIXTURES, needs_fixtures
+from stub_openai import completion, stub_endpoint
 
 CONVS = [[{"role": "user", "content": f"question {i}"}] for i in range(4)]
 
@@ -49,43 +48,21 @@ def test_unparseable_verdicts_are_ties_and_counted():
     assert result["ties"] == 2 and result["unparsed_verdicts"] == 4
 
 
-class _JudgeEndpoint(BaseHTTPRequestHandler):
-    """A stand-in OpenAI-compatible judge: prefers the answer that contains 'good'."""
-
-    seen: list[dict] = []
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).seen.append({"auth": self.headers.get("Authorization"), "model": body["model"]})
-        text = body["messages"][-1]["content"]
-        a = text.split("[Answer A]\n")[1].split("\n\n[Answer B]")[0]
-        verdict = "[[A]]" if "good" in a else "[[B]]"
-        data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                           "choices": [{"index": 0, "finish_reason": "stop",
-                                        "message": {"role": "assistant", "content": f"Reason.\n{verdict}"}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_openai_judge_talks_to_any_compatible_endpoint(monkeypatch):
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _JudgeEndpoint)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    seen = []
+
+    def judge_reply(body, headers):  # prefers the answer that contains 'good'
+        seen.append({"auth": headers.get("Authorization"), "model": body["model"]})
+        a = body["messages"][-1]["content"].split("[Answer A]\n")[1].split("\n\n[Answer B]")[0]
+        return 200, completion(f"Reason.\n{'[[A]]' if 'good' in a else '[[B]]'}", body["model"])
+
     monkeypatch.setenv("TUNEFUL_TEST_JUDGE_KEY", "judge-key")
-    try:
-        judge = OpenAIJudge(JudgeSettings("judge-1", f"http://127.0.0.1:{srv.server_address[1]}/v1",
-                                          "TUNEFUL_TEST_JUDGE_KEY"))
+    with stub_endpoint(judge_reply) as url:
+        judge = OpenAIJudge(JudgeSettings("judge-1", url, "TUNEFUL_TEST_JUDGE_KEY"))
         result = pairwise(judge, CONVS[:2], ["good", "bad"], ["bad", "good"])
         judge.client.close()
-    finally:
-        srv.shutdown()
     assert (result["wins"], result["losses"]) == (1, 1)
-    assert _JudgeEndpoint.seen[0] == {"auth": "Bearer judge-key", "model": "judge-1"}
+    assert seen[0] == {"auth": "Bearer judge-key", "model": "judge-1"}
 
 
 def test_prompt_file_errors_name_every_bad_line(tmp_path: Path):

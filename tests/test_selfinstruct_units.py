@@ -18,6 +18,7 @@ from tuneful.selfinstruct.rouge import RougeFilter, f1_from_lcs, rouge_tokens
 from tuneful.selfinstruct.seeds import load_seeds
 
 from conftest import REPO, needs_fixtures
+from stub_openai import completion, stub_endpoint
 
 
 def test_rouge_tokens_follow_rouge_score_without_stemming():
@@ -168,44 +169,6 @@ def test_reads_self_instructs_own_seed_file():
     assert len(seeds) == 175 and sum(t.is_classification for t in seeds) > 0
 
 
-class _Flaky:
-    """A stand-in OpenAI-compatible endpoint that fails in scripted ways before answering."""
-
-    def __init__(self, script: list[int]):
-        self.script = list(script)
-        self.calls = 0
-
-    def serve(self):
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                self.rfile.read(int(self.headers["Content-Length"]))
-                owner.calls += 1
-                status = owner.script.pop(0) if owner.script else 200
-                body = ({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                         "choices": [{"index": 0, "finish_reason": "stop",
-                                      "message": {"role": "assistant", "content": "fine"}}],
-                         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-                        if status == 200 else {"error": {"message": f"status {status}", "type": "x"}})
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-
 @pytest.mark.parametrize("script,expected,retries,failed", [
     ([429, 503], "fine", 2, 0),  # retried with backoff, then answered
     ([500, 500, 500, 500], None, 3, 1),  # retries are bounded (max_retries=3 → 4 attempts)
@@ -214,16 +177,20 @@ class _Flaky:
 def test_endpoint_teacher_retries_only_transient_errors_and_counts_them(script, expected, retries, failed):
     from tuneful.selfinstruct.teacher import EndpointSettings, EndpointTeacher
 
-    flaky = _Flaky(script)
-    url = flaky.serve()
+    statuses = list(script)
+
+    def scripted(body, headers):  # fails as scripted, then answers
+        status = statuses.pop(0) if statuses else 200
+        return status, completion("fine") if status == 200 else {"error": {"message": f"status {status}"}}
+
     waits: list[float] = []
-    teacher = EndpointTeacher(EndpointSettings("m", url, max_retries=3, backoff_s=1.0, concurrency=1),
-                              sleep=waits.append)
-    try:
-        [reply] = teacher.complete([[{"role": "user", "content": "hi"}]], max_tokens=4, temperature=0.0)
-    finally:
-        teacher.close()
-        flaky.server.shutdown()
+    with stub_endpoint(scripted) as url:
+        teacher = EndpointTeacher(EndpointSettings("m", url, max_retries=3, backoff_s=1.0, concurrency=1),
+                                  sleep=waits.append)
+        try:
+            [reply] = teacher.complete([[{"role": "user", "content": "hi"}]], max_tokens=4, temperature=0.0)
+        finally:
+            teacher.close()
     assert reply == expected
     assert teacher.stats.retries == retries and teacher.stats.failed == failed
     assert len(waits) == retries and all(0.5 * 2 ** k <= w <= 2 ** k for k, w in enumerate(waits))
