@@ -21,6 +21,17 @@ class Generation:
     stop_token: int | None = None  # which stop token ended it
 
 
+def left_padded(prompts: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) with left padding: every prompt ends where generation starts."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, stop_ids: Sequence[int],
              max_new_tokens: int = 64, batch_size: int = 16, do_sample: bool = False,
@@ -39,12 +50,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, stop_i
         starts = tqdm(starts, desc=progress, unit="batch", leave=False)
     for start in starts:
         chunk = order[start : start + batch_size]
-        width = max(len(prompts[i]) for i in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):  # left padding: every prompt ends where generation starts
-            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-            mask[row, width - len(prompts[i]) :] = 1
+        ids, mask = left_padded([prompts[i] for i in chunk], pad)
+        width = ids.shape[1]
         sampling = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                              eos_token_id=list(stop_ids), pad_token_id=pad, **sampling)

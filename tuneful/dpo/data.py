@@ -18,7 +18,8 @@ from typing import Any, Sequence
 import torch
 
 from ..data.types import PreferencePair
-from ..masking import ConversationTokenizer
+from ..masking import IGNORE_INDEX, ConversationTokenizer, labels_from_mask
+from ..sft.batching import Example, collate_padded
 
 
 @dataclass(frozen=True)
@@ -95,19 +96,15 @@ def tokenize_pairs(ctok: ConversationTokenizer, pairs: Sequence[PreferencePair])
 def collate_pairs(examples: Sequence[PreferenceExample], pad_id: int) -> dict[str, torch.Tensor]:
     """One batch holding every chosen row, then every rejected row (one forward pass for both).
 
-    ``labels`` carry the token id at response positions and -100 elsewhere; right padding.
+    ``labels`` carry the token id at response positions and IGNORE_INDEX elsewhere; right padding.
     """
-    rows = [(e.prompt_ids + e.chosen_ids, [0] * len(e.prompt_ids) + e.chosen_mask) for e in examples]
-    rows += [(e.prompt_ids + e.rejected_ids, [0] * len(e.prompt_ids) + e.rejected_mask) for e in examples]
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, (ids, mask) in enumerate(rows):
-        input_ids[r, : len(ids)] = torch.tensor(ids)
-        attention[r, : len(ids)] = 1
-        labels[r, : len(ids)] = torch.tensor([t if m else -100 for t, m in zip(ids, mask)])
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    def row(e: PreferenceExample, ids: list[int], mask: list[int]) -> Example:
+        full = e.prompt_ids + ids
+        return Example(full, labels_from_mask(full, [0] * len(e.prompt_ids) + mask))
+
+    rows = [row(e, e.chosen_ids, e.chosen_mask) for e in examples]
+    rows += [row(e, e.rejected_ids, e.rejected_mask) for e in examples]
+    return collate_padded(rows, pad_id)
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +113,7 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     Position t predicts labels[t+1]; log-softmax is taken in fp32 only at response positions.
     """
     targets = labels[:, 1:]
-    keep = targets != -100
+    keep = targets != IGNORE_INDEX
     logits = logits[:, :-1]
     rows, cols = keep.nonzero(as_tuple=True)
     picked = torch.log_softmax(logits[rows, cols].float(), dim=-1).gather(1, targets[rows, cols].unsqueeze(1))[:, 0]

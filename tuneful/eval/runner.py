@@ -86,6 +86,7 @@ def heldout_loss(chat: ChatModel, prompts: list[EvalPrompt], batch_size: int) ->
 
     from ..losses import token_nll_sum
     from ..masking import ConversationTokenizer, labels_from_mask
+    from ..sft.batching import Example, collate_padded
 
     scored = [p for p in prompts if p.reference is not None]
     if not scored:
@@ -95,21 +96,15 @@ def heldout_loss(chat: ChatModel, prompts: list[EvalPrompt], batch_size: int) ->
     for p in scored:
         encoded = ctok(p.messages + [{"role": "assistant", "content": p.reference}])
         ids = encoded.input_ids[: chat.context_length]
-        examples.append((ids, labels_from_mask(ids, encoded.train_mask[: len(ids)])))
-    examples.sort(key=lambda e: len(e[0]))
+        examples.append(Example(ids, labels_from_mask(ids, encoded.train_mask[: len(ids)])))
+    examples.sort(key=len)
     total, count = 0.0, 0
     pad = chat.tokenizer.pad_token_id if chat.tokenizer.pad_token_id is not None else chat.stop_ids[0]
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
-            chunk = examples[start : start + batch_size]
-            width = max(len(ids) for ids, _ in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, (i, lab) in enumerate(chunk):
-                ids[row, : len(i)], labels[row, : len(i)], mask[row, : len(i)] = torch.tensor(i), torch.tensor(lab), 1
-            logits = chat.model(input_ids=ids.to(chat.device), attention_mask=mask.to(chat.device)).logits
-            nll, n = token_nll_sum(logits.float(), labels.to(chat.device))
+            batch = {k: v.to(chat.device) for k, v in collate_padded(examples[start : start + batch_size], pad).items()}
+            logits = chat.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            nll, n = token_nll_sum(logits.float(), batch["labels"])
             total, count = total + float(nll), count + n
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count, "references": len(scored)}

@@ -23,6 +23,7 @@ from transformers.generation.stopping_criteria import StoppingCriteria, Stopping
 from transformers.generation.streamers import BaseStreamer
 
 from ..chat_model import ChatModel
+from ..generate import left_padded
 
 
 class QueueFull(RuntimeError):
@@ -199,12 +200,7 @@ class GenerationEngine:
         self.batches.append(len(batch))
         model, tokenizer = self.chat.model, self.chat.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.chat.stop_ids[0]
-        width = max(len(r.prompt_ids) for r in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, r in enumerate(batch):  # left padding: every row's prompt ends where decoding starts
-            ids[row, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
-            mask[row, width - len(r.prompt_ids):] = 1
+        ids, mask = left_padded([r.prompt_ids for r in batch], pad)
         rows = _Rows(batch, set(self.chat.stop_ids))
         sampling = batch[0].sampling
         options: dict[str, Any] = {"do_sample": False}
