@@ -46,6 +46,12 @@ class ChatModel:
         return self.tokenizer(self.prompt_text(messages), add_special_tokens=False)["input_ids"]
 
     @property
+    def pad_id(self) -> int:
+        """Padding for batched inference (masked out by attention; any id works when the tokenizer has none)."""
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.stop_ids[0]
+
+    @property
     def device(self) -> Any:
         return next(self.model.parameters()).device
 
@@ -63,7 +69,7 @@ def _is_adapter(spec: str) -> bool:
     return (Path(spec) / "adapter_config.json").is_file()
 
 
-def _load_weights(spec: str, folder: str, trust_remote_code: bool, device: Any, dtype: Any) -> Any:
+def _load_weights(folder: str, trust_remote_code: bool, device: Any, dtype: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
     if _is_adapter(folder):
@@ -119,7 +125,7 @@ def load_chat_model(spec: str, *, template: str | None = None, trust_remote_code
         folder = str(shipped_base_dir())
     torch_device, dtype = _device_and_dtype(device)
     tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True, trust_remote_code=trust_remote_code)
-    model = _load_weights(spec, folder, trust_remote_code, torch_device, dtype)
+    model = _load_weights(folder, trust_remote_code, torch_device, dtype)
     notes = []
     own = getattr(tokenizer, "chat_template", None)
     if template is None and not own and spec == SANDBOX:

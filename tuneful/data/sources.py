@@ -25,7 +25,8 @@ class RawRecord:
     error: RecordError | None = None
 
 
-def _read_jsonl(path: Path) -> Iterator[RawRecord]:
+def read_jsonl(path: Path) -> Iterator[RawRecord]:
+    """Each non-blank line parsed, or its JSON error, with ``file:line``."""
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -43,7 +44,7 @@ def _read_json(path: Path) -> Iterator[RawRecord]:
     except json.JSONDecodeError as exc:
         # A whole-file JSON error: maybe it is really JSON Lines with a .json name.
         if exc.msg == "Extra data":
-            yield from _read_jsonl(path)
+            yield from read_jsonl(path)
             return
         raise RecordError("invalid_json", f"{exc.msg} at line {exc.lineno}", str(path)) from None
     if isinstance(data, dict):
@@ -92,7 +93,7 @@ def read_records(source: str | Path, *, split: str = "train", subset: str | None
     """Raw records of a local file (by suffix) or else of a dataset folder or Hugging Face id."""
     path = Path(source)
     if path.is_file():
-        readers = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_table, ".csv": _read_table}
+        readers = {".jsonl": read_jsonl, ".json": _read_json, ".parquet": _read_table, ".csv": _read_table}
         reader = readers.get(path.suffix.lower())
         if reader is None:
             raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}")

@@ -14,9 +14,10 @@ trained on), with verifier checks and reference replies.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..data.sources import read_jsonl
 
 SANDBOX_SET = "sandbox"
 
@@ -72,14 +73,12 @@ def load_prompts(source: str, *, limit: int | None = None, seed: int = 0) -> lis
     if not path.is_file():
         raise PromptFileError(f"--prompts {source}: no such file (or 'sandbox' for the sandbox's held-out set)")
     prompts, errors = [], []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+    for raw in read_jsonl(path):
+        if raw.error is not None:
+            errors.append(f"{raw.where}: not JSON ({raw.error.detail})")
             continue
-        where = f"{path}:{lineno}"
         try:
-            prompts.append(_parse(json.loads(line), where, len(prompts)))
-        except json.JSONDecodeError as exc:
-            errors.append(f"{where}: not JSON ({exc.msg})")
+            prompts.append(_parse(raw.value, raw.where, len(prompts)))
         except PromptFileError as exc:
             errors.append(str(exc))
     if errors:
@@ -90,11 +89,11 @@ def load_prompts(source: str, *, limit: int | None = None, seed: int = 0) -> lis
 
 
 def sandbox_prompts(seed: int = 0, per_family: int = 20) -> list[EvalPrompt]:
-    from ..sandbox.base import BaseRecipe, shipped_base_dir
+    from ..sandbox.base import load_recipe, shipped_base_dir
     from ..sandbox.tasks import eval_instances
     from ..sandbox.world import make_world
 
-    recipe = BaseRecipe(**json.loads((shipped_base_dir() / "recipe.json").read_text())["recipe"])
+    recipe = load_recipe(shipped_base_dir())
     world = make_world(recipe.seed, recipe.countries)
     out = []
     for set_name, instances in eval_instances(world, per_family, seed).items():

@@ -99,7 +99,7 @@ def heldout_loss(chat: ChatModel, prompts: list[EvalPrompt], batch_size: int) ->
         examples.append(Example(ids, labels_from_mask(ids, encoded.train_mask[: len(ids)])))
     examples.sort(key=len)
     total, count = 0.0, 0
-    pad = chat.tokenizer.pad_token_id if chat.tokenizer.pad_token_id is not None else chat.stop_ids[0]
+    pad = chat.pad_id
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             batch = {k: v.to(chat.device) for k, v in collate_padded(examples[start : start + batch_size], pad).items()}

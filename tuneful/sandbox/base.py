@@ -46,6 +46,11 @@ def shipped_base_dir() -> Path:
     return Path(str(resources.files("tuneful.sandbox") / "base_model"))
 
 
+def load_recipe(base_dir: Path) -> BaseRecipe:
+    """The recipe a base model folder was built with (its world is ``make_world(seed, countries)``)."""
+    return BaseRecipe(**json.loads((base_dir / "recipe.json").read_text())["recipe"])
+
+
 def build_tokenizer(docs: list[str], recipe: BaseRecipe) -> Any:
     from ..samples import train_tokenizer
 

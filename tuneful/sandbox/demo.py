@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import BaseRecipe, shipped_base_dir
+from .base import BaseRecipe, load_recipe, shipped_base_dir
 from .tasks import FAMILIES, HELDOUT_FAMILIES, TaskInstance, eval_instances, sft_instances, to_conversation, verify
 from .world import corpus, make_world
 
@@ -131,7 +131,7 @@ def run_demo(settings: DemoSettings) -> dict:
     base = settings.base_dir or shipped_base_dir()
     if not (base / "model.safetensors").exists():
         raise FileNotFoundError(f"no base model at {base}; build it with: tuneful sandbox build-base --out {base}")
-    recipe = BaseRecipe(**json.loads((base / "recipe.json").read_text())["recipe"])
+    recipe = load_recipe(base)
     world = make_world(recipe.seed, recipe.countries)
     settings.out.mkdir(parents=True, exist_ok=True)
     train, replay = _write_data(settings.out / "data", settings, world, recipe)

@@ -6,10 +6,10 @@ same format works, e.g. Self-Instruct's 175 ``seed_tasks.jsonl`` or Alpaca's.
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
+from ..data.sources import read_jsonl
 from .prompts import Instance, Task
 
 BUILTIN = "tuneful"
@@ -25,17 +25,18 @@ def load_seeds(source: str = BUILTIN) -> list[Task]:
     if not path.is_file():
         raise FileNotFoundError(f"seed file {source} does not exist (or use '{BUILTIN}' for the built-in seeds)")
     tasks, errors = [], []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+    for raw in read_jsonl(path):
+        if raw.error is not None:
+            errors.append(f"{raw.where}: not JSON ({raw.error.detail})")
             continue
         try:
-            record = json.loads(line)
+            record = raw.value
             instances = tuple(Instance(str(i.get("input") or ""), str(i["output"])) for i in record.get("instances", []))
             if not isinstance(record.get("instruction"), str) or not record["instruction"].strip():
                 raise ValueError("needs a non-empty 'instruction'")
             tasks.append(Task(record["instruction"].strip(), instances, bool(record.get("is_classification", False))))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            errors.append(f"{path}:{lineno}: {exc}")
+            errors.append(f"{raw.where}: {exc}")
     if errors:
         raise ValueError(f"{len(errors)} bad seed line(s):\n  " + "\n  ".join(errors[:20]))
     if len(tasks) < 3:

@@ -198,8 +198,8 @@ class GenerationEngine:
     @torch.no_grad()
     def _decode(self, batch: list[GenerationRequest]) -> None:
         self.batches.append(len(batch))
-        model, tokenizer = self.chat.model, self.chat.tokenizer
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.chat.stop_ids[0]
+        model = self.chat.model
+        pad = self.chat.pad_id
         ids, mask = left_padded([r.prompt_ids for r in batch], pad)
         rows = _Rows(batch, set(self.chat.stop_ids))
         sampling = batch[0].sampling

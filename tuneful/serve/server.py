@@ -157,10 +157,10 @@ class _Handler(BaseHTTPRequestHandler):
             ids = list(generation.tokens())
         except RuntimeError as exc:
             raise ApiError(503, str(exc), kind="server_error")
-        text = self.server.chat.tokenizer.decode(ids, skip_special_tokens=True)
-        cuts = [i for i in (text.find(s) for s in request.stop) if i >= 0]
-        reason = "stop" if cuts else _finish(generation)
-        text = text[: min(cuts)] if cuts else text
+        stops = StopStrings(request.stop)
+        text = stops.feed(self.server.chat.tokenizer.decode(ids, skip_special_tokens=True))
+        text += "" if stops.hit else stops.flush()
+        reason = "stop" if stops.hit else _finish(generation)
         body = completion_body(request_id(), self.server.chat.name, text, reason, prompt_tokens, len(ids))
         self._send_json(200, body)
 
