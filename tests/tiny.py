@@ -34,3 +34,21 @@ def write_data(path: Path, copies: int = 4) -> Path:
     lines = starter_path().read_text().splitlines()
     path.write_text("\n".join(lines * copies) + "\n")
     return path
+
+
+def write_pairs(path: Path, n: int = 24, seed: int = 0) -> Path:
+    """Preference pairs (prompt/chosen/rejected JSONL): chosen answers the sum, rejected gets it wrong or rambles."""
+    import random
+
+    rng = random.Random(seed)
+    lines = []
+    for k in range(n):
+        a, b = rng.randint(1, 99), rng.randint(1, 99)
+        prompt = [{"role": "user", "content": f"What is {a} plus {b}?"}]
+        if k % 3 == 0:
+            prompt.insert(0, {"role": "system", "content": "Answer briefly."})
+        chosen = f"{a + b}."
+        rejected = f"{a + b + rng.randint(1, 9)}." if k % 2 else f"Well, let me think. It is {a + b}, I believe."
+        lines.append(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}))
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -58,3 +58,31 @@ def selected_nll_sum(
         end = start + chunk_size
         total = total + checkpoint(chunk_loss, states[start:end], targets[start:end], use_reentrant=False)
     return total, int(targets.numel())
+
+
+def selected_logps(
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    lm_head: Callable[[torch.Tensor], torch.Tensor],
+    chunk_size: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the sum of log p(trained token) and the number of trained tokens.
+
+    Like :func:`selected_nll_sum`, only trained positions are projected to the vocabulary (in
+    checkpointed chunks when ``chunk_size > 0``); log-softmax runs in fp32. Used for preference
+    losses, which need one log-probability per sequence rather than one total.
+    """
+    keep, targets = shifted_targets(labels)
+    rows = keep.nonzero(as_tuple=True)[0]
+    states = hidden[:, :-1][keep]
+
+    def chunk_logps(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(lm_head(h).float(), dim=-1).gather(1, y.unsqueeze(1))[:, 0]
+
+    if chunk_size <= 0 or states.shape[0] <= chunk_size:
+        picked = chunk_logps(states, targets)
+    else:
+        picked = torch.cat([checkpoint(chunk_logps, states[s : s + chunk_size], targets[s : s + chunk_size],
+                                       use_reentrant=False) for s in range(0, states.shape[0], chunk_size)])
+    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=hidden.device).index_add(0, rows, picked)
+    return sums, keep.sum(dim=1)

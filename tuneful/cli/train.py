@@ -1,37 +1,47 @@
-"""``tuneful sft`` and ``tuneful merge``."""
+"""``tuneful sft``, ``tuneful dpo`` and ``tuneful merge``."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
 from .common import fail
 
 
-def sft(
-    recipe: Optional[Path] = typer.Argument(None, help="YAML recipe; settings below override it."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key=value settings, e.g. train.lr=1e-4 lora.enabled=true"),
-    show_settings: bool = typer.Option(False, "--settings", help="List every setting with its default and help."),
-) -> None:
-    """Supervised fine-tuning (full or LoRA). The last stdout line is a JSON summary."""
+def _recipe(cls: type, recipe: Optional[Path], overrides: Optional[List[str]], show_settings: bool) -> Any:
+    """The typed config from a YAML recipe plus key=value overrides (None after listing the settings)."""
     from ..config import ConfigError, build, describe
-    from ..sft.config import SFTConfig
 
     if show_settings:
-        for key, default, help_text in describe(SFTConfig):
+        for key, default, help_text in describe(cls):
             typer.echo(f"{key} = {default}\n    {help_text}")
-        return
+        return None
     overrides = list(overrides or [])
     if recipe is not None and "=" in str(recipe) and not recipe.exists():
         overrides.insert(0, str(recipe))  # no recipe file: the first argument is already an override
         recipe = None
     try:
-        cfg = build(SFTConfig, recipe, overrides)
+        return build(cls, recipe, overrides)
     except ConfigError as exc:
         fail(str(exc))
+
+
+RECIPE_ARG = typer.Argument(None, help="YAML recipe; settings below override it.")
+OVERRIDES_ARG = typer.Argument(None, help="key=value settings, e.g. train.lr=1e-4 lora.enabled=true")
+SETTINGS_OPT = typer.Option(False, "--settings", help="List every setting with its default and help.")
+
+
+def sft(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
+        show_settings: bool = SETTINGS_OPT) -> None:
+    """Supervised fine-tuning (full or LoRA). The last stdout line is a JSON summary."""
+    from ..sft.config import SFTConfig
+
+    cfg = _recipe(SFTConfig, recipe, overrides, show_settings)
+    if cfg is None:
+        return
     from ..preflight import PreflightError
     from ..sft.trainer import run_sft
 
@@ -40,6 +50,27 @@ def sft(
     except PreflightError as exc:
         fail(str(exc))
     typer.echo(json.dumps({"steps": result.steps, "final_loss": result.final_loss, "eval_loss": result.eval_loss,
+                           "model_dir": str(result.model_dir)}))
+
+
+def dpo(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
+        show_settings: bool = SETTINGS_OPT) -> None:
+    """Preference tuning after SFT: DPO, robust DPO, IPO, hinge, SimPO or ORPO. The last stdout line is JSON."""
+    from ..dpo.config import DPOConfig
+
+    cfg = _recipe(DPOConfig, recipe, overrides, show_settings)
+    if cfg is None:
+        return
+    from ..dpo.data import PreferenceDataError
+    from ..dpo.trainer import run_dpo
+    from ..preflight import PreflightError
+
+    try:
+        result = run_dpo(cfg)
+    except (PreflightError, PreferenceDataError) as exc:
+        fail(str(exc))
+    typer.echo(json.dumps({"steps": result.steps, "final_loss": result.final_loss, "eval": result.eval_metrics,
+                           "reference": result.reference, "reference_cached": result.reference_cached,
                            "model_dir": str(result.model_dir)}))
 
 

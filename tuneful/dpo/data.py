@@ -18,7 +18,8 @@ from typing import Any, Sequence
 import torch
 
 from ..data.types import PreferencePair
-from ..masking import IGNORE_INDEX, ConversationTokenizer, labels_from_mask
+from ..masking import ConversationTokenizer, labels_from_mask
+from ..losses import selected_logps
 from ..sft.batching import Example, collate_padded
 
 
@@ -108,14 +109,5 @@ def collate_pairs(examples: Sequence[PreferenceExample], pad_id: int) -> dict[st
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: the sum of log p(response token) and the number of response tokens.
-
-    Position t predicts labels[t+1]; log-softmax is taken in fp32 only at response positions.
-    """
-    targets = labels[:, 1:]
-    keep = targets != IGNORE_INDEX
-    logits = logits[:, :-1]
-    rows, cols = keep.nonzero(as_tuple=True)
-    picked = torch.log_softmax(logits[rows, cols].float(), dim=-1).gather(1, targets[rows, cols].unsqueeze(1))[:, 0]
-    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=logits.device).index_add(0, rows, picked)
-    return sums, keep.sum(dim=1)
+    """Per row: the sum of log p(response token) and the number of response tokens, from full logits."""
+    return selected_logps(logits, labels, lambda x: x)

@@ -28,14 +28,15 @@ class PreparedData:
     end_of_turn_ids: list[int]
 
 
-def _split(convs: list[Conversation], fraction: float, seed: int) -> tuple[list[Conversation], list[Conversation]]:
+def hold_out(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(kept, held out): a seeded random ``fraction`` of the items (at least one) is held out."""
     if fraction <= 0:
-        return convs, []
-    order = list(range(len(convs)))
+        return items, []
+    order = list(range(len(items)))
     random.Random(seed).shuffle(order)
-    n_eval = max(1, int(round(fraction * len(convs))))
+    n_eval = max(1, int(round(fraction * len(items))))
     held = set(order[:n_eval])
-    return [c for i, c in enumerate(convs) if i not in held], [c for i, c in enumerate(convs) if i in held]
+    return [c for i, c in enumerate(items) if i not in held], [c for i, c in enumerate(items) if i in held]
 
 
 def _load_conversations(source: str, settings: DataSettings) -> tuple[list[Conversation], LoadReport]:
@@ -54,7 +55,7 @@ def prepare_data(settings: DataSettings, tokenizer: Any, seed: int) -> PreparedD
     if settings.eval:
         train_convs, (eval_convs, _) = convs, _load_conversations(settings.eval, settings)
     else:
-        train_convs, eval_convs = _split(convs, settings.eval_fraction, seed)
+        train_convs, eval_convs = hold_out(convs, settings.eval_fraction, seed)
     report = preflight(tokenizer, ctok, train_convs, max_length=settings.max_length, overlong=settings.overlong,
                        allow_template_change=settings.allow_template_change)
     report.raise_on_errors()
@@ -65,9 +66,14 @@ def prepare_data(settings: DataSettings, tokenizer: Any, seed: int) -> PreparedD
         return [Example(e.input_ids, labels_from_mask(e.input_ids, e.train_mask)) for e in rep.examples]
 
     train = to_examples(report) + replay_examples(settings, tokenizer, len(report.examples), seed)
-    eot_strings = {t.end_of_turn.strip() for e in report.examples for t in e.rendered.turns if t.end_of_turn}
-    eot_ids = sorted({tokenizer.convert_tokens_to_ids(s) for s in eot_strings} - {None})
-    return PreparedData(train, to_examples(eval_report), template, ctok, load_report, report, eot_ids)
+    return PreparedData(train, to_examples(eval_report), template, ctok, load_report, report,
+                        end_of_turn_ids(tokenizer, report))
+
+
+def end_of_turn_ids(tokenizer: Any, report: PreflightReport) -> list[int]:
+    """The token ids that end assistant turns in the rendered training data (they become stop tokens)."""
+    strings = {t.end_of_turn.strip() for e in report.examples for t in e.rendered.turns if t.end_of_turn}
+    return sorted({tokenizer.convert_tokens_to_ids(s) for s in strings} - {None})
 
 
 def replay_examples(settings: DataSettings, tokenizer: Any, n_conversations: int, seed: int) -> list[Example]:

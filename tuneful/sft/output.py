@@ -22,31 +22,34 @@ def stop_token_ids(tokenizer: Any, end_of_turn_ids: list[int]) -> list[int]:
     return sorted(ids)
 
 
-def save_final(folder: Path, model: nn.Module, tokenizer: Any, data: Any, recipe: dict, history: list[dict],
-               *, lora: bool) -> None:
+def save_final(folder: Path, model: nn.Module, tokenizer: Any, *, template_source: str, end_of_turn_ids: list[int],
+               summary: dict, history: list[dict], lora: bool) -> None:
+    """Model (or adapter), tokenizer with the training template, stop tokens, ``tuneful.json``, loss plot."""
     from transformers import GenerationConfig
 
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.chat_template = data.template.source
+    tokenizer.chat_template = template_source
     tokenizer.save_pretrained(folder)
     base_config = getattr(model, "generation_config", None) if not lora else None
     generation = base_config or GenerationConfig()
-    generation.eos_token_id = stop_token_ids(tokenizer, data.end_of_turn_ids)
+    generation.eos_token_id = stop_token_ids(tokenizer, end_of_turn_ids)
     generation.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else generation.eos_token_id[0]
     generation.save_pretrained(folder)
-    summary = {
+    summary = {**summary, "end_of_turn_ids": end_of_turn_ids, "kind": "lora-adapter" if lora else "full"}
+    (folder / "tuneful.json").write_text(json.dumps(summary, indent=2))
+    plot_loss(history, folder.parent / "loss.png")
+
+
+def sft_summary(data: Any, recipe: dict) -> dict:
+    return {
         "recipe": recipe,
         "template": data.template.origin,
-        "end_of_turn_ids": data.end_of_turn_ids,
         "train_examples": len(data.train),
         "eval_examples": len(data.eval),
         "preflight_warnings": [str(f) for f in data.preflight_report.warnings],
         "data": data.load_report.summary(),
-        "kind": "lora-adapter" if lora else "full",
     }
-    (folder / "tuneful.json").write_text(json.dumps(summary, indent=2))
-    plot_loss(history, folder.parent / "loss.png")
 
 
 def plot_loss(history: list[dict], path: Path) -> Path | None:

@@ -8,7 +8,6 @@ give the same gradient as one big batch.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from contextlib import nullcontext
@@ -23,26 +22,8 @@ from .batching import Example, collate_packed, collate_padded, plan_epoch, plan_
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import SFTConfig
 from .data import PreparedData, prepare_data
-from .model import SelectedTokenLoss, apply_lora, compute_dtype, load_model, unwrap_causal_lm
-
-
-def schedule_factor(step: int, *, warmup: int, total: int, kind: str) -> float:
-    """Learning-rate multiplier: linear warm-up, then cosine/linear decay to 0, or constant."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if kind == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
-
-
-def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)  # no decay on biases and norm weights
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+from .loop import MetricsLog, Progress, lr_scheduler, make_accelerator, make_optimizer
+from .model import SelectedTokenLoss, apply_lora, load_model, unwrap_causal_lm
 
 
 @dataclass
@@ -65,17 +46,10 @@ class SFTTrainer:
 
     # --- setup ----------------------------------------------------------------------------------
     def setup(self) -> "SFTTrainer":
-        from accelerate import Accelerator
-
         cfg = self.cfg
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        cuda = torch.cuda.is_available()
-        device = torch.device("cuda" if cuda else "cpu")
-        dtype = compute_dtype(cfg.model.dtype, device)
-        precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
-        self.acc = Accelerator(cpu=not cuda, mixed_precision=precision)
-        torch.manual_seed(cfg.train.seed)
+        self.acc = make_accelerator(cfg.model.dtype, cfg.train.seed)
 
         self.tokenizer = self._tokenizer_in or self._load_tokenizer()
         self.data: PreparedData = prepare_data(cfg.data, self.tokenizer, cfg.train.seed)
@@ -86,7 +60,7 @@ class SFTTrainer:
             model = apply_lora(model, cfg.lora)
         self.model = model
         self.loss_module = SelectedTokenLoss(model, cfg.train.loss_chunk_size)
-        optimizer = _optimizer(model, cfg.train.lr, cfg.train.weight_decay)
+        optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
 
         self.world = self.acc.num_processes
         self.rows = plan_rows(self.data.train, packing=cfg.data.packing, max_length=cfg.data.max_length)
@@ -95,9 +69,8 @@ class SFTTrainer:
         batches = math.ceil(len(self.rows) / cfg.train.micro_batch_size)
         self.steps_per_epoch = max(1, batches // (cfg.train.grad_accum * self.world))
         self.total_steps = cfg.train.max_steps or max(1, int(cfg.train.epochs * self.steps_per_epoch))
-        warmup = int(cfg.train.warmup_ratio * self.total_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: schedule_factor(s, warmup=warmup, total=self.total_steps, kind=cfg.train.schedule))
+        scheduler = lr_scheduler(optimizer, warmup_ratio=cfg.train.warmup_ratio, total=self.total_steps,
+                                 kind=cfg.train.schedule)
         self.loss_module, self.optimizer = self.acc.prepare(self.loss_module, optimizer)
         self.scheduler = scheduler
         self.start_step = 0
@@ -143,7 +116,7 @@ class SFTTrainer:
         cfg = self.cfg.train
         self.out.mkdir(parents=True, exist_ok=True)
         log = MetricsLog(self.out / "metrics.jsonl", self.start_step, enabled=self.acc.is_main_process)
-        bar = _progress(self.total_steps, self.start_step, enabled=cfg.progress and self.acc.is_main_process)
+        bar = Progress(self.total_steps, self.start_step, enabled=cfg.progress and self.acc.is_main_process)
         self.loss_module.train()
         last_loss, eval_loss = None, None
         for step in range(self.start_step, self.total_steps):
@@ -218,83 +191,18 @@ class SFTTrainer:
 
     # --- output -------------------------------------------------------------------------------
     def save(self, result: TrainResult) -> Path:
-        from .output import save_final
+        from .output import save_final, sft_summary
 
         self.acc.wait_for_everyone()
         target = self.out / "model"
         if self.acc.is_main_process:
-            save_final(target, self.acc.unwrap_model(self.loss_module).model, self.tokenizer, self.data,
-                       to_dict(self.cfg), result.history, lora=self.cfg.lora.enabled)
+            save_final(target, self.acc.unwrap_model(self.loss_module).model, self.tokenizer,
+                       template_source=self.data.template.source, end_of_turn_ids=self.data.end_of_turn_ids,
+                       summary=sft_summary(self.data, to_dict(self.cfg)), history=result.history,
+                       lora=self.cfg.lora.enabled)
         self.acc.wait_for_everyone()  # no process finishes while the main one is still writing
         result.model_dir = target
         return target
-
-
-class MetricsLog:
-    """JSONL metrics (and TensorBoard when installed). On resume, rows after the checkpoint are dropped."""
-
-    def __init__(self, path: Path, start_step: int, enabled: bool):
-        self.path, self.enabled, self.rows = path, enabled, []
-        if not enabled:
-            return
-        if path.exists():
-            self.rows = [r for r in _read_metrics(path) if r["step"] <= start_step]
-        path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
-        self.tb = _tensorboard(path.parent)
-
-    def write(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        self.rows.append(row)
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.tb.add_scalar(key, value, row["step"])
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    """Rows of a metrics log. A kill during an append can leave the last line cut short; that row
-    belongs to a step after the checkpoint being resumed, so it is dropped. Any other bad line raises."""
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number < len(lines):
-                raise ValueError(f"{path}:{number}: corrupt metrics line (not the last one)") from None
-    return rows
-
-
-def _tensorboard(folder: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(folder / "tensorboard"))
-    except ImportError:
-        return None
-
-
-class _progress:
-    """tqdm bar with loss and tok/s (ETA from tqdm); silent when disabled."""
-
-    def __init__(self, total: int, start: int, enabled: bool):
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=start, desc="sft", unit="step", dynamic_ncols=True)
-
-    def update(self, loss: float, tok_s: float) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None) -> TrainResult:

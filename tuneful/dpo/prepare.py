@@ -1,0 +1,82 @@
+"""DPO data: load pairs → hold out → template/tokenizer preflight → tokenize with a shared prompt → length policy.
+
+The SFT preflight (double BOS, end-of-turn never trained, pad == eos, template drift...) runs on the
+conversations prompt + chosen, so every template check SFT makes is made here too, before training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..data.loader import LoadReport, load
+from ..data.types import Conversation, Message, PreferencePair
+from ..preflight import PreflightReport, preflight
+from ..sft.data import end_of_turn_ids, hold_out
+from ..templates.registry import ChatTemplate, resolve
+from .config import PreferenceDataSettings
+from .data import PreferenceDataError, PreferenceExample, preference_tokenizer, tokenize_pairs
+
+
+@dataclass
+class PreparedPairs:
+    train: list[PreferenceExample]
+    eval: list[PreferenceExample]
+    template: ChatTemplate
+    load_report: LoadReport
+    preflight_report: PreflightReport
+    end_of_turn_ids: list[int]
+    dropped_overlong: int
+
+    def summary(self) -> dict:
+        return {"train_pairs": len(self.train), "eval_pairs": len(self.eval), "dropped_overlong": self.dropped_overlong,
+                "template": self.template.origin, "data": self.load_report.summary(),
+                "preflight_warnings": [str(f) for f in self.preflight_report.warnings]}
+
+
+def pair_length(example: PreferenceExample) -> int:
+    """Tokens of the longer row of the pair (prompt + the longer response)."""
+    return len(example.prompt_ids) + max(len(example.chosen_ids), len(example.rejected_ids))
+
+
+def _load_pairs(source: str, settings: PreferenceDataSettings) -> tuple[list[PreferencePair], LoadReport]:
+    result = load(source, format=settings.format, on_error=settings.on_error)
+    if result.conversations and not result.preferences:
+        raise ValueError(f"data.train={source} holds conversations, not preference pairs (prompt/chosen/rejected); "
+                         "train on it with tuneful sft")
+    return result.preferences, result.report
+
+
+def _length_policy(examples: list[PreferenceExample], settings: PreferenceDataSettings,
+                   split: str) -> tuple[list[PreferenceExample], int]:
+    kept = [e for e in examples if pair_length(e) <= settings.max_length]
+    dropped = len(examples) - len(kept)
+    if dropped and settings.overlong == "fail":
+        longest = max(pair_length(e) for e in examples)
+        raise PreferenceDataError(f"{dropped} {split} pair(s) exceed data.max_length={settings.max_length} (longest "
+                                  f"{longest} tokens). Fix: raise data.max_length or set data.overlong=drop")
+    return kept, dropped
+
+
+def prepare_pairs(settings: PreferenceDataSettings, tokenizer: Any, seed: int) -> PreparedPairs:
+    template = resolve(None if settings.template == "tokenizer" else settings.template, tokenizer,
+                       settings.tokenizer or "the model's tokenizer")
+    ctok = preference_tokenizer(tokenizer, template)
+    pairs, load_report = _load_pairs(settings.train, settings)
+    if settings.eval:
+        train_pairs, (eval_pairs, _) = pairs, _load_pairs(settings.eval, settings)
+    else:
+        train_pairs, eval_pairs = hold_out(pairs, settings.eval_fraction, seed)
+    if not train_pairs:
+        raise PreferenceDataError(f"data.train={settings.train}: no preference pairs to train on")
+    chosen_conversations = [Conversation((*p.prompt, Message("assistant", p.chosen)), p.meta) for p in train_pairs]
+    report = preflight(tokenizer, ctok, chosen_conversations, max_length=None,
+                       allow_template_change=settings.allow_template_change)
+    report.raise_on_errors()
+    train, dropped = _length_policy(tokenize_pairs(ctok, train_pairs), settings, "training")
+    held, dropped_eval = _length_policy(tokenize_pairs(ctok, eval_pairs), settings, "held-out")
+    if not train:
+        raise PreferenceDataError(f"every training pair is longer than data.max_length={settings.max_length}")
+    return PreparedPairs(train, held, template, load_report, report, end_of_turn_ids(tokenizer, report),
+                         dropped + dropped_eval)
+

@@ -1,0 +1,133 @@
+"""The reference policy π_ref of DPO-style losses, three ways.
+
+- ``frozen``: a second copy of the starting model, in eval mode without gradients.
+- ``adapters-off``: with LoRA, the policy itself with its adapters switched off for the reference
+  forward: the base weights *are* the reference, so no second copy is held in memory.
+- ``precomputed``: one pass over every pair before training; the log-probs are cached on disk
+  (safetensors) under a key made of the reference weights and the tokenized pairs, and reused by
+  every epoch and by a resumed run. No reference model exists during training at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..losses import selected_logps
+from ..sft.model import SelectedTokenLoss, unwrap_causal_lm
+from .data import PreferenceExample, collate_pairs
+
+
+class ResponseLogps(SelectedTokenLoss):
+    """Runs the decoder once over chosen+rejected rows; returns per-row (sum of response log-probs, token count)."""
+
+    def forward(self, input_ids, labels, attention_mask=None, position_ids=None):  # type: ignore[override]
+        decoder = unwrap_causal_lm(self.model).get_decoder()
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=False).last_hidden_state
+        return selected_logps(hidden, labels, self.lm_head, self.chunk_size)
+
+
+def model_fingerprint(model: nn.Module, samples_per_tensor: int = 65536) -> str:
+    """A hash of the weights (names, shapes, dtypes and an evenly strided sample of every tensor).
+
+    Fine-tuning moves essentially every weight, so a sample distinguishes two checkpoints of one
+    architecture while hashing a 7B model in seconds rather than reading all of it.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // samples_per_tensor)].float().cpu()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def pairs_fingerprint(examples: Sequence[PreferenceExample]) -> str:
+    digest = hashlib.sha256()
+    for e in examples:
+        digest.update(json.dumps([e.prompt_ids, e.chosen_ids, e.chosen_mask, e.rejected_ids, e.rejected_mask]).encode())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def reference_logps(module: ResponseLogps, examples: Sequence[PreferenceExample], *, batch_size: int, pad_id: int,
+                    device: torch.device, autocast: Callable[[], Any] = nullcontext,
+                    adapters_off: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs of every pair under ``module``: (chosen [N], rejected [N]), on the CPU."""
+    was_training = module.training
+    module.eval()
+    chosen, rejected = [], []
+    with _adapters_disabled(module) if adapters_off else nullcontext():
+        for start in range(0, len(examples), batch_size):
+            part = examples[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in collate_pairs(part, pad_id).items()}
+            with autocast():
+                sums, _ = module(**batch)
+            c, r = sums.float().cpu().chunk(2)
+            chosen.append(c)
+            rejected.append(r)
+    module.train(was_training)
+    empty = torch.zeros(0)
+    return (torch.cat(chosen) if chosen else empty), (torch.cat(rejected) if rejected else empty)
+
+
+def _adapters_disabled(module: ResponseLogps) -> Any:
+    if not hasattr(module.model, "disable_adapter"):
+        raise ValueError("reference=adapters-off needs a PEFT (LoRA) model; set lora.enabled=true")
+    return module.model.disable_adapter()
+
+
+def cached_reference(folder: Path, key: str, compute: Callable[[], dict[str, torch.Tensor]], *,
+                     barrier: Callable[[], None], is_main: bool) -> tuple[dict[str, torch.Tensor], bool]:
+    """The cached tensors for ``key``, computed (by the main process) and written atomically when missing.
+
+    Returns (tensors, whether they came from the cache). Two barriers around the check keep every
+    process in step whether or not the file already exists.
+    """
+    path = folder / f"reference-{key[:24]}.safetensors"
+    barrier()
+    hit = path.exists()
+    if not hit and is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in compute().items()}, str(tmp))
+        os.replace(tmp, path)
+    barrier()
+    return load_file(str(path)), hit
+
+
+class ModelReference:
+    """Reference log-probs computed on the fly by a model (a frozen copy, or the policy with adapters off)."""
+
+    def __init__(self, module: ResponseLogps, *, adapters_off: bool, autocast: Callable[[], Any]):
+        self.module, self.adapters_off, self.autocast = module, adapters_off, autocast
+
+    @torch.no_grad()
+    def __call__(self, split: str, indices: Sequence[int], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        was_training = self.module.training
+        self.module.eval()  # no dropout in the reference
+        with _adapters_disabled(self.module) if self.adapters_off else nullcontext(), self.autocast():
+            sums, _ = self.module(**batch)
+        self.module.train(was_training)
+        return sums.float()
+
+
+class PrecomputedReference:
+    """Reference log-probs looked up by pair index in tensors computed before training."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors
+
+    def __call__(self, split: str, indices: Sequence[int], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        at = torch.tensor(list(indices), dtype=torch.long)
+        both = torch.cat([self.tensors[f"{split}.chosen"][at], self.tensors[f"{split}.rejected"][at]])
+        return both.to(batch["input_ids"].device)
