@@ -114,7 +114,7 @@ def test_demo_quick_writes_the_contract(tmp_path: Path):
     res = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "report.json").read_text())
-    for model in ("base", "tuned"):
+    for model in ("base", "tuned", "tuned+dpo"):
         entry = report[model]
         for key in ("heldout_phrasing_accuracy", "heldout_family_accuracy", "stop_rate"):
             assert 0.0 <= entry[key] <= 1.0
@@ -123,6 +123,12 @@ def test_demo_quick_writes_the_contract(tmp_path: Path):
     assert report["tuned"]["stop_rate"] > report["base"]["stop_rate"]
     for name in ("report.md", "summary.png", "accuracy_by_family.png", "answers.jsonl"):
         assert (tmp_path / name).stat().st_size > 100
+    dpo = report["dpo"]
+    assert dpo["reference"] == "precomputed" and dpo["heldout_pairs"] == 2 * len(
+        [f for f in FAMILIES if f.name not in HELDOUT_FAMILIES]) * 4
+    for rates in dpo["preference"].values():
+        assert set(rates) == {"prefers_chosen_over_wrong", "prefers_chosen_over_rambling"}
+    assert "## DPO after SFT" in (tmp_path / "report.md").read_text()
 
 
 def test_noisy_pool_and_preference_pairs_load_and_are_labelled(tmp_path: Path):

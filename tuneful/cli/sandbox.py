@@ -28,6 +28,7 @@ def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for report.md, plots and report.json."),
     lora: bool = typer.Option(False, "--lora", help="LoRA instead of full fine-tuning."),
     quick: bool = typer.Option(False, "--quick", help="Smaller SFT and eval sets (a smoke run, ~1 min)."),
+    dpo: bool = typer.Option(True, "--dpo/--no-dpo", help="DPO after SFT on the sandbox preference pairs."),
     base_dir: Optional[Path] = typer.Option(None, "--base", help="Base model folder (default: the shipped one)."),
 ) -> None:
     """Instruction-tune the sandbox base model and compare base vs tuned on held-out prompts."""
@@ -36,16 +37,18 @@ def demo(
 
     from ..sandbox.demo import DemoSettings, run_demo
 
-    settings = DemoSettings(out=out, base_dir=base_dir, lora=lora)
+    settings = DemoSettings(out=out, base_dir=base_dir, lora=lora, dpo=dpo)
     if quick:
-        settings.sft_per_family, settings.eval_per_family, settings.epochs = 20, 4, 1.0
+        settings.sft_per_family, settings.eval_per_family, settings.epochs, settings.dpo_pairs = 20, 4, 1.0, 100
     report = run_demo(settings)
     table = Table(title=f"tuneful demo — {report['seconds']:.0f} s — report: {out / 'report.md'}")
     table.add_column("metric")
     table.add_column("base", justify="right")
-    table.add_column("tuned", justify="right")
+    names = [n for n in ("base", "tuned", "tuned+dpo") if n in report]
+    for name in names[1:]:
+        table.add_column(name, justify="right")
     for key in ("heldout_phrasing_accuracy", "heldout_family_accuracy", "stop_rate"):
-        table.add_row(key, f"{report['base'][key]:.1%}", f"{report['tuned'][key]:.1%}")
+        table.add_row(key, *(f"{report[n][key]:.1%}" for n in names))
     Console().print(table)
     seed = report["seed_example"]
     typer.echo(f"\n{seed['prompt']}\n-- base continues:\n{seed['base_continuation']}\n-- tuned:\n{seed['tuned']}")

@@ -36,6 +36,10 @@ class DemoSettings:
     max_new_tokens: int = 40
     seed: int = 0
     progress: bool = True
+    dpo: bool = True  # DPO after SFT on the sandbox preference pairs, reported beside SFT
+    dpo_pairs: int = 600
+    dpo_lr: float = 5e-5
+    dpo_beta: float = 0.1
 
 
 def _write_data(folder: Path, settings: DemoSettings, world: list, recipe: BaseRecipe) -> tuple[Path, Path]:
@@ -63,6 +67,65 @@ def _sft(settings: DemoSettings, base: Path, train: Path, replay: Path) -> Any:
         f"lora.enabled={settings.lora}", "lora.r=32", "lora.alpha=64",
     ]
     return run_sft(build(SFTConfig, None, overrides))
+
+
+def _dpo(settings: DemoSettings, sft_model: Path, world: list) -> Any:
+    """DPO on preference pairs (training phrasings) after SFT; reference log-probs precomputed."""
+    from ..config import build
+    from ..dpo.config import DPOConfig
+    from ..dpo.trainer import run_dpo
+    from .noisy import preference_pairs
+
+    pairs = settings.out / "data" / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in preference_pairs(world, settings.dpo_pairs, settings.seed)))
+    overrides = [
+        f"model.name_or_path={sft_model}", f"data.train={pairs}", "data.max_length=256", "data.eval_fraction=0.1",
+        f"train.output_dir={settings.out / 'dpo'}", "train.epochs=1", f"train.lr={settings.dpo_lr}",
+        f"dpo.beta={settings.dpo_beta}", "train.micro_batch_size=16", "train.resume=false",
+        f"train.seed={settings.seed}", f"train.progress={settings.progress}", "train.log_every=5",
+        f"lora.enabled={settings.lora}", "lora.r=32", "lora.alpha=64",
+    ]
+    return run_dpo(build(DPOConfig, None, overrides))
+
+
+def heldout_pairs(world: list, sets: dict[str, list[TaskInstance]], seed: int) -> list[dict]:
+    """For every held-out-phrasing prompt: its answer against a wrong one, and against a rambling one."""
+    import random
+
+    from .noisy import pair_for
+    from .tasks import FAMILY_BY_NAME
+
+    rng = random.Random(seed + 303)
+    return [pair_for(rng, world, inst, FAMILY_BY_NAME[inst.family], kind)
+            for inst in sets["heldout_phrasing"] for kind in ("wrong", "rambling")]
+
+
+def preference_rates(model: Any, tokenizer: Any, pairs: list[dict]) -> dict[str, float]:
+    """How often the model gives the chosen reply a higher mean log-probability per token than the rejected one.
+
+    Per-token means, not sums: a sum favours the shorter reply whatever the model has learned.
+    """
+    import torch
+
+    from ..data.types import Message, PreferencePair
+    from ..dpo.data import collate_pairs, preference_tokenizer, tokenize_pairs
+    from ..dpo.reference import ResponseLogps
+    from ..templates.registry import builtin
+
+    ctok = preference_tokenizer(tokenizer, builtin(TEMPLATE))
+    examples = tokenize_pairs(ctok, [PreferencePair(tuple(Message(**m) for m in p["prompt"]), p["chosen"],
+                                                    p["rejected"]) for p in pairs])
+    module, wins = ResponseLogps(model).eval(), []
+    with torch.no_grad():
+        for start in range(0, len(examples), 32):
+            sums, counts = module(**collate_pairs(examples[start : start + 32], tokenizer.pad_token_id))
+            chosen, rejected = (sums / counts.clamp(min=1)).chunk(2)
+            wins += (chosen > rejected).tolist()
+    rates = {}
+    for kind in ("wrong", "rambling"):
+        picked = [w for w, p in zip(wins, pairs) if p["meta"]["rejected_is"] == kind]
+        rates[f"prefers_chosen_over_{kind}"] = sum(picked) / len(picked)
+    return rates
 
 
 def _load(folder: Path, adapter: bool, base: Path) -> Any:
@@ -143,11 +206,28 @@ def run_demo(settings: DemoSettings) -> dict:
     sets = eval_instances(world, settings.eval_per_family, settings.seed)
     base_model = _load(base, False, base)
     tuned = _load(result.model_dir, settings.lora, base)
+    models = {"base": base_model, "tuned": tuned}
+    dpo = None
+    if settings.dpo:
+        sft_full = result.model_dir
+        if settings.lora:  # DPO starts from the SFT weights: merge the SFT adapter first
+            from ..sft.output import merge_adapter
+
+            sft_full = merge_adapter(result.model_dir, settings.out / "sft" / "merged", base=str(base))
+        dpo = _dpo(settings, sft_full, world)
+        models["tuned+dpo"] = _load(dpo.model_dir, settings.lora, sft_full)
     report: dict[str, Any] = {}
     answers = {}
-    for name, model in (("base", base_model), ("tuned", tuned)):
+    for name, model in models.items():
         report[name], answers[name] = evaluate_model(model, tokenizer, sets, stop_ids, settings.max_new_tokens,
                                                      end_of_turn)
+    if dpo is not None:
+        pairs = heldout_pairs(world, sets, settings.seed)
+        report["dpo"] = {"pairs": settings.dpo_pairs, "steps": dpo.steps, "final_loss": dpo.final_loss,
+                         "eval": dpo.eval_metrics, "reference": dpo.reference, "lr": settings.dpo_lr,
+                         "beta": settings.dpo_beta, "heldout_pairs": len(pairs),
+                         "preference": {name: preference_rates(models[name], tokenizer, pairs)
+                                        for name in ("tuned", "tuned+dpo")}}
     report["seed_example"] = _seed_example(base_model, tuned, tokenizer, stop_ids)
     report["sft"] = {"steps": result.steps, "final_loss": result.final_loss, "eval_loss": result.eval_loss,
                      "kind": "lora" if settings.lora else "full", "train_conversations": settings.sft_per_family

@@ -83,17 +83,18 @@ def noisy_pool(world: list[Country], n: int, seed: int, *, overrepresented: str 
 
 
 def preference_pairs(world: list[Country], n: int, seed: int) -> list[dict]:
-    """Chosen = correct and concise; rejected = wrong (half) or correct but rambling (half)."""
+    """Chosen = correct and concise; rejected = wrong (half) or correct but rambling (half). Training phrasings."""
     rng = random.Random(seed + 202)
     families = _train_families()
-    out = []
-    for k in range(n):
-        family = rng.choice(families)
-        inst = _instance(rng, world, family)
-        if k % 2 == 0:
-            rejected, why = wrong_answer(rng, world, inst, family), "wrong"
-        else:
-            rejected, why = " ".join(rng.sample(FILLER, 2)) + " " + inst.answer, "rambling"
-        out.append({"prompt": inst.messages, "chosen": inst.answer, "rejected": rejected,
-                    "meta": {"family": inst.family, "rejected_is": why, "check": inst.check}})
-    return out
+    return [pair_for(rng, world, _instance(rng, world, family), family, "wrong" if k % 2 == 0 else "rambling")
+            for k, family in enumerate(rng.choice(families) for _ in range(n))]
+
+
+def pair_for(rng: random.Random, world: list[Country], inst: TaskInstance, family, rejected_is: str) -> dict:
+    """A preference pair for one task instance: its answer against a wrong or a rambling one."""
+    if rejected_is == "wrong":
+        rejected = wrong_answer(rng, world, inst, family)
+    else:
+        rejected = " ".join(rng.sample(FILLER, 2)) + " " + inst.answer
+    return {"prompt": inst.messages, "chosen": inst.answer, "rejected": rejected,
+            "meta": {"family": inst.family, "rejected_is": rejected_is, "check": inst.check}}

@@ -87,5 +87,29 @@ def render_markdown(report: dict, answers: dict[str, list[dict]]) -> str:
         seen.add(t["family"])
         cell = lambda s: s.replace("|", "/").replace("\n", " ⏎ ")[:80]  # noqa: E731
         lines.append(f"| {cell(t['prompt'])} | {cell(b['answer'])} | {cell(t['answer'])} | {'yes' if t['correct'] else 'no'} |")
+    if "dpo" in report:
+        lines += dpo_section(report)
     lines += ["", "Every answer is in `answers.jsonl`; the SFT loss curve is `sft_loss.png`."]
     return "\n".join(lines) + "\n"
+
+
+def dpo_section(report: dict) -> list[str]:
+    dpo, tuned, after = report["dpo"], report["tuned"], report["tuned+dpo"]
+    pref = dpo["preference"]
+    held = dpo["eval"] or {}
+    lines = ["", "## DPO after SFT", "",
+             f"DPO (sigmoid, β = {dpo['beta']}, lr {dpo['lr']}, reference log-probs {dpo['reference']}) on "
+             f"{dpo['pairs']} preference pairs in training phrasings: chosen = the correct, concise answer; rejected "
+             f"= a wrong answer (half) or the correct answer wrapped in filler (half). {dpo['steps']} steps, final "
+             f"loss {dpo['final_loss']:.3f}; on its held-out pairs reward accuracy "
+             f"{held.get('eval_accuracy', float('nan')):.1%}.", "",
+             f"Measured on the {dpo['heldout_pairs']} pairs built from the held-out-phrasing prompts (never trained "
+             "on) and by generating answers to them:", "",
+             "| metric | tuned (SFT) | tuned + DPO |", "|---|---:|---:|",
+             f"| prefers the correct answer over a wrong one (mean log-prob per token) | {pref['tuned']['prefers_chosen_over_wrong']:.1%} "
+             f"| {pref['tuned+dpo']['prefers_chosen_over_wrong']:.1%} |",
+             f"| prefers the concise answer over a rambling one (mean log-prob per token) | "
+             f"{pref['tuned']['prefers_chosen_over_rambling']:.1%} | {pref['tuned+dpo']['prefers_chosen_over_rambling']:.1%} |"]
+    for key, label in SUMMARY_KEYS:
+        lines.append(f"| {label} (generated) | {tuned[key]:.1%} | {after[key]:.1%} |")
+    return lines

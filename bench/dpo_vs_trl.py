@@ -1,0 +1,281 @@
+#!/usr/bin/env python
+"""tuneful DPO vs TRL's DPOTrainer: same tiny Llama, tokenizer, preference pairs and hyperparameters.
+
+Each configuration trains in its own subprocess (so its peak RSS is its own), in one run:
+
+- ``trl``: DPOTrainer with ``precompute_ref_log_probs=True`` (its fastest full-weight setting)
+- ``tuneful``: reference log-probs precomputed (and cached on disk) — the headline ratio
+- ``tuneful-frozen``: a frozen reference copy, run forward every step
+- ``tuneful-adapters-off``: LoRA, the reference is the same model with adapters disabled
+- ``trl-lora`` (full run only): TRL with the same LoRA settings (its reference: adapters disabled)
+
+TRL gets text pairs whose tokens equal tuneful's (prompt rendered with ChatML, reply + ``<|im_end|>``);
+the bench checks the tokenized pairs are identical. Both run fp32 (TRL's default on a CPU is bf16
+autocast), no gradient checkpointing. Throughput counts the real (non-pad) tokens of chosen and
+rejected rows processed by the training steps, over the training loop's wall time; the reference
+pre-pass is timed separately. ``loss_abs_diff`` compares the sigmoid loss each framework computes
+on the same first batch for a *probe* policy (another random init) against the precomputed
+reference, so the loss is not the trivial log 2 of step 0.
+
+    python bench/dpo_vs_trl.py --quick     # < 4 min on 2 cores; last line is JSON
+    python bench/dpo_vs_trl.py             # more steps, two rounds, plus TRL with LoRA
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sft_vs_trl import HIDDEN, LAYERS, SEED, VOCAB, count_params, make_conversations, peak_rss_mb  # noqa: E402
+
+BATCH, MAX_LEN, LR, BETA = 4, 1024, 1e-4, 0.1
+LORA_R, LORA_ALPHA = 16, 32
+
+
+def make_pairs(n: int, seed: int) -> list[dict]:
+    """Prompt = a conversation up to its last user turn; chosen = its reply; rejected = another one's."""
+    convs = make_conversations(n, seed)
+    rng = random.Random(seed + 1)
+    pairs = []
+    for conv in convs:
+        messages = conv["messages"]
+        other = rng.choice(convs)["messages"][-1]["content"]
+        if other == messages[-1]["content"]:
+            other = other + " Maybe."
+        pairs.append({"prompt": messages[:-1], "chosen": messages[-1]["content"], "rejected": other})
+    return pairs
+
+
+def prepare(workdir: Path, n_pairs: int) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tuneful.samples import train_tokenizer
+    from tuneful.templates.registry import builtin
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    pairs = make_pairs(n_pairs, SEED)
+    (workdir / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    texts = [m["content"] for p in pairs for m in p["prompt"]] + [p["chosen"] for p in pairs]
+    tok = train_tokenizer(texts, vocab_size=VOCAB)
+    tok.chat_template = builtin("chatml").source
+    tok.save_pretrained(workdir / "model")
+    torch.manual_seed(SEED)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=4 * HIDDEN,
+                         num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=4,
+                         max_position_embeddings=MAX_LEN, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(workdir / "model", safe_serialization=True)
+    torch.manual_seed(SEED + 1)  # the probe policy for the loss comparison
+    LlamaForCausalLM(config).save_pretrained(workdir / "probe", safe_serialization=True)
+
+
+def load_probe(workdir: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(workdir / "probe", dtype=torch.float32).eval()
+
+
+def tokenized_pairs(workdir: Path) -> list[dict]:
+    """tuneful's tokenization of the pairs (what both frameworks must train on)."""
+    from transformers import AutoTokenizer
+
+    from tuneful.data.loader import load
+    from tuneful.dpo.data import preference_tokenizer, tokenize_pairs
+    from tuneful.templates.registry import builtin
+
+    tok = AutoTokenizer.from_pretrained(workdir / "model")
+    examples = tokenize_pairs(preference_tokenizer(tok, builtin("chatml")), load(workdir / "pairs.jsonl").preferences)
+    return [{"prompt_ids": e.prompt_ids, "chosen_ids": e.chosen_ids, "rejected_ids": e.rejected_ids} for e in examples]
+
+
+# --- workers (each runs in its own process) ----------------------------------------------------------
+
+
+def worker_tuneful(workdir: Path, steps: int, out: Path, reference: str) -> dict:
+    import torch
+
+    from tuneful.config import build
+    from tuneful.dpo.config import DPOConfig
+    from tuneful.dpo.data import collate_pairs
+    from tuneful.dpo.objective import pair_terms
+    from tuneful.dpo.reference import ResponseLogps
+    from tuneful.dpo.trainer import DPOTrainer
+
+    lora = reference == "adapters-off"
+    cfg = build(DPOConfig, None, [
+        f"model.name_or_path={workdir / 'model'}", f"data.train={workdir / 'pairs.jsonl'}",
+        f"train.output_dir={out}", f"train.max_steps={steps}", f"train.micro_batch_size={BATCH}",
+        f"data.max_length={MAX_LEN}", f"train.lr={LR}", "train.warmup_ratio=0", "train.progress=false",
+        "train.resume=false", f"train.seed={SEED}", f"dpo.beta={BETA}", f"dpo.reference={reference}",
+        f"lora.enabled={lora}", f"lora.r={LORA_R}", f"lora.alpha={LORA_ALPHA}",
+    ])
+    started = time.perf_counter()
+    trainer = DPOTrainer(cfg).setup()
+    setup_seconds = time.perf_counter() - started
+    first = list(range(BATCH))
+    batch = collate_pairs([trainer.data.train[i] for i in first], trainer._pad_id())
+    with torch.no_grad():
+        sums, counts = ResponseLogps(load_probe(workdir))(**batch)
+        step0 = float(pair_terms(trainer.objective, cfg.dpo, sums, counts,
+                                 trainer.reference("train", first, batch)).pair_loss_sum) / BATCH
+    padded = real = 0
+    for step in range(steps):
+        for indices in trainer.micro_batches(step):
+            b = collate_pairs([trainer.data.train[i] for i in indices], trainer._pad_id())
+            padded, real = padded + b["input_ids"].numel(), real + int(b["attention_mask"].sum())
+    started = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - started
+    trainer.acc.end_training()
+    return {"framework": "tuneful" if reference == "precomputed" else f"tuneful-{reference}", "step0_loss": step0,
+            "seconds": seconds, "setup_seconds": setup_seconds, "reference_seconds": trainer.precompute_seconds,
+            "tokens": sum(r["tokens"] for r in result.history if "tokens" in r), "padding_fraction": 1 - real / padded,
+            "peak_rss_mb": peak_rss_mb(), "params": count_params(trainer.model), "final_loss": result.final_loss}
+
+
+def worker_trl(workdir: Path, steps: int, out: Path, lora: bool) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from tuneful.masking import special_tokens_of
+    from tuneful.templates.render import render
+
+    tok = AutoTokenizer.from_pretrained(workdir / "model")
+    model = AutoModelForCausalLM.from_pretrained(workdir / "model", dtype=torch.float32)
+    end = tok.eos_token  # <|im_end|>: the end-of-turn, so TRL adds no second one
+    rows = []
+    for line in (workdir / "pairs.jsonl").read_text().splitlines():
+        pair = json.loads(line)
+        prompt = render(pair["prompt"], tok.chat_template, add_generation_prompt=True,
+                        special_tokens=special_tokens_of(tok))
+        rows.append({"prompt": prompt, "chosen": pair["chosen"] + end, "rejected": pair["rejected"] + end})
+    peft_config = None
+    if lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules="all-linear", task_type="CAUSAL_LM")
+    args = DPOConfig(
+        output_dir=str(out), max_steps=steps, per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
+        learning_rate=LR, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        beta=BETA, loss_type=["sigmoid"], precompute_ref_log_probs=not lora, max_length=MAX_LEN,
+        bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, seed=SEED, logging_steps=1,
+        save_strategy="no", report_to="none", dataloader_num_workers=0, disable_tqdm=True,
+    )
+    started = time.perf_counter()
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                         peft_config=peft_config)
+    setup_seconds = time.perf_counter() - started
+    columns = ("prompt_ids", "chosen_ids", "rejected_ids")
+    theirs = [{k: trainer.train_dataset[i][k] for k in columns} for i in range(len(trainer.train_dataset))]
+    same_tokens = theirs == tokenized_pairs(workdir)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(BATCH)])
+    step0 = None
+    if not lora:  # the probe against TRL's precomputed reference log-probs (in the batch)
+        from trl.trainer.utils import add_fused_lm_head
+
+        probe = load_probe(workdir)
+        add_fused_lm_head(probe, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+        with torch.no_grad():
+            step0 = float(trainer.compute_loss(probe, batch))
+
+    counts = {"real": 0, "padded": 0}
+    collate = trainer.data_collator
+
+    def counting_collator(examples):
+        out_batch = collate(examples)
+        counts["real"] += int(out_batch["attention_mask"].sum())
+        counts["padded"] += out_batch["attention_mask"].numel()
+        return out_batch
+
+    trainer.data_collator = counting_collator
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    return {"framework": "trl-lora" if lora else "trl", "step0_loss": step0, "seconds": seconds,
+            "setup_seconds": setup_seconds, "reference_seconds": None, "tokens": counts["real"],
+            "padding_fraction": 1 - counts["real"] / max(1, counts["padded"]), "peak_rss_mb": peak_rss_mb(),
+            "params": count_params(model), "final_loss": losses[-1] if losses else None, "same_tokens": same_tokens}
+
+
+WORKERS = {
+    "trl": lambda w, s, o: worker_trl(w, s, o, lora=False),
+    "tuneful": lambda w, s, o: worker_tuneful(w, s, o, "precomputed"),
+    "tuneful-frozen": lambda w, s, o: worker_tuneful(w, s, o, "frozen"),
+    "tuneful-adapters-off": lambda w, s, o: worker_tuneful(w, s, o, "adapters-off"),
+    "trl-lora": lambda w, s, o: worker_trl(w, s, o, lora=True),
+}
+
+
+def run_worker(name: str, workdir: Path, steps: int, round_no: int) -> dict:
+    out = workdir / f"run-{name}-{round_no}"
+    cmd = [sys.executable, __file__, "--worker", name, "--workdir", str(workdir), "--steps", str(steps),
+           "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} worker failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer steps, one round, no TRL-LoRA run (< 4 min)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per configuration")
+    parser.add_argument("--pairs", type=int, default=None, help="preference pairs in the data set")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/tuneful-bench-dpo"))
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](args.workdir, args.steps, args.out)))
+        return
+
+    steps = args.steps or (10 if args.quick else 40)
+    rounds = args.rounds or (1 if args.quick else 2)
+    n_pairs = args.pairs or (200 if args.quick else 800)
+    prepare(args.workdir, n_pairs)
+    names = ["trl", "tuneful", "tuneful-frozen", "tuneful-adapters-off"] + ([] if args.quick else ["trl-lora"])
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names:
+            results[name].append(run_worker(name, args.workdir, steps, r))
+            print(f"round {r + 1}: {name} trained in {results[name][-1]['seconds']:.1f}s", flush=True)
+
+    def tok_s(name: str) -> float:
+        return statistics.median(x["tokens"] / x["seconds"] for x in results[name])
+
+    def median(name: str, key: str) -> float:
+        return statistics.median(x[key] for x in results[name])
+
+    trl, ours = results["trl"][0], results["tuneful"][0]
+    print(f"\n{n_pairs} pairs, {steps} steps x {BATCH} pairs, rounds {rounds}, model {ours['params'] / 1e6:.2f}M params")
+    print(f"probe-policy sigmoid loss on the same batch: tuneful {ours['step0_loss']:.6f}  trl {trl['step0_loss']:.6f}  "
+          f"|diff| {abs(ours['step0_loss'] - trl['step0_loss']):.2e}; TRL trains on tuneful's tokens: "
+          f"{trl['same_tokens']}")
+    print(f"{'configuration':<22}{'tok/s':>10}{'vs trl':>8}{'padding':>9}{'setup s':>9}{'peak RSS MB':>13}")
+    for name in names:
+        print(f"{name:<22}{tok_s(name):>10,.0f}{tok_s(name) / tok_s('trl'):>7.2f}x{median(name, 'padding_fraction'):>9.1%}"
+              f"{median(name, 'setup_seconds'):>9.1f}{median(name, 'peak_rss_mb'):>13,.0f}")
+    summary = {"tuneful_tok_s": tok_s("tuneful"), "trl_tok_s": tok_s("trl"), "ratio": tok_s("tuneful") / tok_s("trl"),
+               "loss_abs_diff": abs(ours["step0_loss"] - trl["step0_loss"]),
+               "tuneful_peak_rss_mb": median("tuneful", "peak_rss_mb"), "trl_peak_rss_mb": median("trl", "peak_rss_mb")}
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
