@@ -10,6 +10,7 @@ from .sandbox import demo, sandbox_app
 from .train import dpo, merge, sft
 from .evaluate import evaluate
 from .generate import generate_cmd
+from .curate import curate_cmd
 from .use import chat, serve
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app.command("chat")(chat)
 app.command("serve")(serve)
 app.command("eval")(evaluate)
 app.command("generate")(generate_cmd)
+app.command("curate")(curate_cmd)
 
 
 if __name__ == "__main__":  # pragma: no cover
