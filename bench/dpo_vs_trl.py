@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sft_vs_trl import HIDDEN, LAYERS, SEED, VOCAB, count_params, make_conversations, peak_rss_mb  # noqa: E402
+from sft_vs_trl import (HIDDEN, LAYERS, SEED, VOCAB, count_params, make_conversations, peak_rss_mb,  # noqa: E402
+                        run_worker)
 
 BATCH, MAX_LEN, LR, BETA = 4, 1024, 1e-4, 0.1
 LORA_R, LORA_ALPHA = 16, 32
@@ -220,16 +219,6 @@ WORKERS = {
 }
 
 
-def run_worker(name: str, workdir: Path, steps: int, round_no: int) -> dict:
-    out = workdir / f"run-{name}-{round_no}"
-    cmd = [sys.executable, __file__, "--worker", name, "--workdir", str(workdir), "--steps", str(steps),
-           "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    if done.returncode != 0:
-        raise RuntimeError(f"{name} worker failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer steps, one round, no TRL-LoRA run (< 4 min)")
@@ -253,7 +242,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names:
-            results[name].append(run_worker(name, args.workdir, steps, r))
+            results[name].append(run_worker(name, args.workdir, steps, r, script=__file__))
             print(f"round {r + 1}: {name} trained in {results[name][-1]['seconds']:.1f}s", flush=True)
 
     def tok_s(name: str) -> float:

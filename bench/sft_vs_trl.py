@@ -220,9 +220,10 @@ def matmul_peak_gflops(seconds: float = 2.0) -> float:
     return 2 * 1024**3 * n / (time.perf_counter() - started) / 1e9
 
 
-def run_worker(name: str, workdir: Path, steps: int, round_no: int) -> dict:
+def run_worker(name: str, workdir: Path, steps: int, round_no: int, script: str = __file__) -> dict:
+    """Run ``script --worker name`` in a fresh process (its own peak RSS); its last stdout line is JSON."""
     out = workdir / f"run-{name}-{round_no}"
-    cmd = [sys.executable, __file__, "--worker", name, "--workdir", str(workdir), "--steps", str(steps),
+    cmd = [sys.executable, script, "--worker", name, "--workdir", str(workdir), "--steps", str(steps),
            "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     if done.returncode != 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import setting
-from ..sft.config import LoraSettings, ModelSettings, TrainSettings
+from ..sft.config import LoraSettings, ModelSettings, TrainSettings, source_problems
 
 REFERENCES = ("auto", "frozen", "adapters-off", "precomputed", "none")
 
@@ -30,19 +30,9 @@ class PreferenceDataSettings:
     overlong: str = setting("drop", "Pairs over max_length: drop (counted and reported) or fail.")
 
     def check(self) -> list[str]:
-        problems = []
-        if not self.train:
-            problems.append("train: required; set data.train=<file or dataset id>")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            problems.append(f"eval_fraction: {self.eval_fraction} must be in [0, 1)")
-        if self.eval and self.eval_fraction:
-            problems.append("eval_fraction: set either data.eval or data.eval_fraction, not both")
-        if self.on_error not in ("fail", "skip"):
-            problems.append(f"on_error: {self.on_error!r} is not fail or skip")
+        problems = source_problems(self)
         if self.overlong not in ("drop", "fail"):
             problems.append(f"overlong: {self.overlong!r} is not drop or fail (a cut reply would teach a cut reply)")
-        if self.max_length < 8:
-            problems.append(f"max_length: {self.max_length} is too small (>= 8)")
         return problems
 
 

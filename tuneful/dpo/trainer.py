@@ -22,8 +22,9 @@ import torch
 
 from ..config import to_dict
 from ..sft.batching import plan_epoch
-from ..sft.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from ..sft.loop import MetricsLog, Progress, lr_scheduler, make_accelerator, make_optimizer
+from ..sft.checkpoint import save_checkpoint
+from ..sft.loop import (MetricsLog, Progress, load_tokenizer, lr_scheduler, make_accelerator, make_optimizer,
+                        pad_id, resume_step)
 from ..sft.model import apply_lora, load_model
 from ..sft.config import ModelSettings
 from .config import DPOConfig
@@ -70,7 +71,7 @@ class DPOTrainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.acc = make_accelerator(cfg.model.dtype, cfg.train.seed)
-        self.tokenizer = self._tokenizer_in or self._load_tokenizer()
+        self.tokenizer = self._tokenizer_in or load_tokenizer(cfg.data.tokenizer, cfg.model)
         self.data: PreparedPairs = prepare_pairs(cfg.data, self.tokenizer, cfg.train.seed)
         model = self._model_in if self._model_in is not None else load_model(cfg.model, quantize_4bit=cfg.lora.qlora)
 
@@ -103,18 +104,8 @@ class DPOTrainer:
             self.reference = ModelReference(self.acc.unwrap_model(self.logps_module), adapters_off=True,
                                             autocast=self.acc.autocast)
         self._plan: tuple[int, list[list[int]]] | None = None
-        self.start_step = 0
-        ckpt = latest_checkpoint(self.out / "checkpoints") if cfg.train.resume else None
-        if ckpt is not None:
-            self.start_step = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler)
-            self.acc.print(f"resumed from {ckpt} at step {self.start_step}")
+        self.start_step = resume_step(self.acc, self.out, cfg.train.resume, self.model, self.optimizer, self.scheduler)
         return self
-
-    def _load_tokenizer(self) -> Any:
-        from transformers import AutoTokenizer
-
-        source = self.cfg.data.tokenizer or self.cfg.model.name_or_path
-        return AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=self.cfg.model.trust_remote_code)
 
     def _reference_model(self) -> Any:
         if self._reference_in is not None:
@@ -151,8 +142,7 @@ class DPOTrainer:
         return PrecomputedReference(tensors)
 
     def _pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return pad if pad is not None else self.tokenizer.eos_token_id or 0
+        return pad_id(self.tokenizer)
 
     # --- batches ----------------------------------------------------------------------------------
     def micro_batches(self, step: int) -> list[list[int]]:

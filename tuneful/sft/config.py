@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..config import setting
 
@@ -27,6 +28,22 @@ class ModelSettings:
         return problems
 
 
+def source_problems(data: Any) -> list[str]:
+    """Checks every data section shares (SFT conversations, DPO pairs): source, held-out split, errors, length."""
+    problems = []
+    if not data.train:
+        problems.append("train: required; set data.train=<file or dataset id>")
+    if not 0.0 <= data.eval_fraction < 1.0:
+        problems.append(f"eval_fraction: {data.eval_fraction} must be in [0, 1)")
+    if data.eval and data.eval_fraction:
+        problems.append("eval_fraction: set either data.eval or data.eval_fraction, not both")
+    if data.on_error not in ("fail", "skip"):
+        problems.append(f"on_error: {data.on_error!r} is not fail or skip")
+    if data.max_length < 8:
+        problems.append(f"max_length: {data.max_length} is too small (>= 8)")
+    return problems
+
+
 @dataclass
 class DataSettings:
     train: str = setting("", "Training data: file, dataset folder or Hugging Face id (any supported format).")
@@ -46,21 +63,11 @@ class DataSettings:
     replay_ratio: float = setting(0.0, "Replay documents per training conversation (0 = none).")
 
     def check(self) -> list[str]:
-        problems = []
-        if not self.train:
-            problems.append("train: required; set data.train=<file or dataset id>")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            problems.append(f"eval_fraction: {self.eval_fraction} must be in [0, 1)")
-        if self.eval and self.eval_fraction:
-            problems.append("eval_fraction: set either data.eval or data.eval_fraction, not both")
-        if self.on_error not in ("fail", "skip"):
-            problems.append(f"on_error: {self.on_error!r} is not fail or skip")
+        problems = source_problems(self)
         if self.overlong not in ("drop", "truncate", "fail"):
             problems.append(f"overlong: {self.overlong!r} is not drop, truncate or fail")
         if self.replay_ratio < 0 or (self.replay_ratio > 0 and not self.replay):
             problems.append("replay_ratio: needs data.replay=<documents.jsonl> and a value >= 0")
-        if self.max_length < 8:
-            problems.append(f"max_length: {self.max_length} is too small (>= 8)")
         return problems
 
 

@@ -24,6 +24,31 @@ def make_accelerator(dtype_setting: str, seed: int) -> Any:
     return acc
 
 
+def load_tokenizer(tokenizer_setting: str, model_setting: Any) -> Any:
+    """The run's tokenizer: ``data.tokenizer`` when set, else the model's (fast, remote code only if allowed)."""
+    from transformers import AutoTokenizer
+
+    source = tokenizer_setting or model_setting.name_or_path
+    return AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=model_setting.trust_remote_code)
+
+
+def pad_id(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id
+    return pad if pad is not None else tokenizer.eos_token_id or 0
+
+
+def resume_step(acc: Any, out: Path, resume: bool, model: Any, optimizer: Any, scheduler: Any) -> int:
+    """Restore the latest checkpoint under ``out/checkpoints`` (when resuming); the step to continue from."""
+    from .checkpoint import latest_checkpoint, load_checkpoint
+
+    ckpt = latest_checkpoint(out / "checkpoints") if resume else None
+    if ckpt is None:
+        return 0
+    step = load_checkpoint(ckpt, model, optimizer, scheduler)
+    acc.print(f"resumed from {ckpt} at step {step}")
+    return step
+
+
 def lr_scheduler(optimizer: torch.optim.Optimizer, *, warmup_ratio: float, total: int, kind: str) -> Any:
     warmup = int(warmup_ratio * total)
     return torch.optim.lr_scheduler.LambdaLR(

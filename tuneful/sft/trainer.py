@@ -19,10 +19,11 @@ import torch
 
 from ..config import to_dict
 from .batching import Example, collate_packed, collate_padded, plan_epoch, plan_rows
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import save_checkpoint
 from .config import SFTConfig
 from .data import PreparedData, prepare_data
-from .loop import MetricsLog, Progress, lr_scheduler, make_accelerator, make_optimizer
+from .loop import (MetricsLog, Progress, load_tokenizer, lr_scheduler, make_accelerator, make_optimizer, pad_id,
+                   resume_step)
 from .model import SelectedTokenLoss, apply_lora, load_model, unwrap_causal_lm
 
 
@@ -51,7 +52,7 @@ class SFTTrainer:
             torch.set_num_threads(cfg.train.threads)
         self.acc = make_accelerator(cfg.model.dtype, cfg.train.seed)
 
-        self.tokenizer = self._tokenizer_in or self._load_tokenizer()
+        self.tokenizer = self._tokenizer_in or load_tokenizer(cfg.data.tokenizer, cfg.model)
         self.data: PreparedData = prepare_data(cfg.data, self.tokenizer, cfg.train.seed)
         if not self.data.train:
             raise ValueError(f"data.train={cfg.data.train}: no usable training examples after preflight")
@@ -73,23 +74,12 @@ class SFTTrainer:
                                  kind=cfg.train.schedule)
         self.loss_module, self.optimizer = self.acc.prepare(self.loss_module, optimizer)
         self.scheduler = scheduler
-        self.start_step = 0
-        ckpt = latest_checkpoint(self.out / "checkpoints") if cfg.train.resume else None
-        if ckpt is not None:
-            self.start_step = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler)
-            self.acc.print(f"resumed from {ckpt} at step {self.start_step}")
+        self.start_step = resume_step(self.acc, self.out, cfg.train.resume, self.model, self.optimizer, self.scheduler)
         return self
-
-    def _load_tokenizer(self) -> Any:
-        from transformers import AutoTokenizer
-
-        source = self.cfg.data.tokenizer or self.cfg.model.name_or_path
-        return AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=self.cfg.model.trust_remote_code)
 
     # --- batches ----------------------------------------------------------------------------------
     def _pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return pad if pad is not None else self.tokenizer.eos_token_id or 0
+        return pad_id(self.tokenizer)
 
     def _collate(self, row_ids: list[int]) -> dict[str, torch.Tensor]:
         rows = [[self.data.train[i] for i in self.rows[r]] for r in row_ids]
