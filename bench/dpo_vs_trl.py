@@ -34,8 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sft_vs_trl import (HIDDEN, LAYERS, SEED, VOCAB, count_params, make_conversations, peak_rss_mb,  # noqa: E402
-                        run_worker)
+from sft_vs_trl import (SEED, VOCAB, count_params, make_conversations, peak_rss_mb, run_worker,  # noqa: E402
+                        save_random_llama)
 
 BATCH, MAX_LEN, LR, BETA = 4, 1024, 1e-4, 0.1
 LORA_R, LORA_ALPHA = 16, 32
@@ -56,9 +56,6 @@ def make_pairs(n: int, seed: int) -> list[dict]:
 
 
 def prepare(workdir: Path, n_pairs: int) -> None:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from tuneful.samples import train_tokenizer
     from tuneful.templates.registry import builtin
 
@@ -69,13 +66,8 @@ def prepare(workdir: Path, n_pairs: int) -> None:
     tok = train_tokenizer(texts, vocab_size=VOCAB)
     tok.chat_template = builtin("chatml").source
     tok.save_pretrained(workdir / "model")
-    torch.manual_seed(SEED)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=4 * HIDDEN,
-                         num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=4,
-                         max_position_embeddings=MAX_LEN, tie_word_embeddings=False)
-    LlamaForCausalLM(config).save_pretrained(workdir / "model", safe_serialization=True)
-    torch.manual_seed(SEED + 1)  # the probe policy for the loss comparison
-    LlamaForCausalLM(config).save_pretrained(workdir / "probe", safe_serialization=True)
+    save_random_llama(workdir / "model", len(tok), MAX_LEN, SEED)
+    save_random_llama(workdir / "probe", len(tok), MAX_LEN, SEED + 1)  # the probe policy for the loss comparison
 
 
 def load_probe(workdir: Path):

@@ -79,9 +79,6 @@ def make_conversations(n: int, seed: int) -> list[dict]:
 
 def prepare(workdir: Path, n_convs: int) -> None:
     """Data, tokenizer (ChatML template) and the random-init model both frameworks start from."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from tuneful.samples import train_tokenizer
     from tuneful.templates.registry import builtin
     from tuneful.templates.render import render
@@ -95,11 +92,19 @@ def prepare(workdir: Path, n_convs: int) -> None:
     for c in convs[:200]:  # the TRL template must render exactly what tuneful renders
         assert render(c["messages"], GENERATION_CHATML) == render(c["messages"], tok.chat_template)
     tok.save_pretrained(workdir / "model")
-    torch.manual_seed(SEED)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=4 * HIDDEN,
+    save_random_llama(workdir / "model", len(tok), MAX_LEN, SEED)
+
+
+def save_random_llama(folder: Path, vocab: int, max_len: int, seed: int) -> None:
+    """The benchmark's random-init Llama (hidden 256, 4 layers), saved as safetensors."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=4 * HIDDEN,
                          num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=4,
-                         max_position_embeddings=MAX_LEN, tie_word_embeddings=False)
-    LlamaForCausalLM(config).save_pretrained(workdir / "model", safe_serialization=True)
+                         max_position_embeddings=max_len, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
 
 
 def peak_rss_mb() -> float:

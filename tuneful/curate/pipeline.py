@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -201,10 +201,7 @@ class Curator:
         return kept
 
 
+
 def tokens(text: str) -> int:
+    """Words and symbols: a tokenizer-free length for reports."""
     return len(re.findall(r"\w+|[^\w\s]", text))
-
-
-def length_summary(records: Sequence[Record]) -> dict[str, float]:
-    lengths = [tokens(r.response) for r in records] or [0]
-    return {"mean_response_words": float(np.mean(lengths)), "median_response_words": float(np.median(lengths))}

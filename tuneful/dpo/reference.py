@@ -58,24 +58,17 @@ def pairs_fingerprint(examples: Sequence[PreferenceExample]) -> str:
     return digest.hexdigest()
 
 
-@torch.no_grad()
 def reference_logps(module: ResponseLogps, examples: Sequence[PreferenceExample], *, batch_size: int, pad_id: int,
-                    device: torch.device, autocast: Callable[[], Any] = nullcontext,
-                    adapters_off: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                    device: torch.device, autocast: Callable[[], Any] = nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs of every pair under ``module``: (chosen [N], rejected [N]), on the CPU."""
-    was_training = module.training
-    module.eval()
+    reference = ModelReference(module, adapters_off=False, autocast=autocast)
     chosen, rejected = [], []
-    with _adapters_disabled(module) if adapters_off else nullcontext():
-        for start in range(0, len(examples), batch_size):
-            part = examples[start : start + batch_size]
-            batch = {k: v.to(device) for k, v in collate_pairs(part, pad_id).items()}
-            with autocast():
-                sums, _ = module(**batch)
-            c, r = sums.float().cpu().chunk(2)
-            chosen.append(c)
-            rejected.append(r)
-    module.train(was_training)
+    for start in range(0, len(examples), batch_size):
+        part = examples[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in collate_pairs(part, pad_id).items()}
+        c, r = reference("", range(len(part)), batch).cpu().chunk(2)
+        chosen.append(c)
+        rejected.append(r)
     empty = torch.zeros(0)
     return (torch.cat(chosen) if chosen else empty), (torch.cat(rejected) if rejected else empty)
 

@@ -68,9 +68,7 @@ class DPOTrainer:
     # --- setup ----------------------------------------------------------------------------------
     def setup(self) -> "DPOTrainer":
         cfg = self.cfg
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        self.acc = make_accelerator(cfg.model.dtype, cfg.train.seed)
+        self.acc = make_accelerator(cfg.model.dtype, cfg.train.seed, cfg.train.threads)
         self.tokenizer = self._tokenizer_in or load_tokenizer(cfg.data.tokenizer, cfg.model)
         self.data: PreparedPairs = prepare_pairs(cfg.data, self.tokenizer, cfg.train.seed)
         model = self._model_in if self._model_in is not None else load_model(cfg.model, quantize_4bit=cfg.lora.qlora)

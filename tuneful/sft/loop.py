@@ -12,10 +12,13 @@ import torch
 from .model import compute_dtype
 
 
-def make_accelerator(dtype_setting: str, seed: int) -> Any:
-    """An Accelerator with mixed precision matching ``model.dtype`` (fp32 on CPU by default); seeds torch."""
+def make_accelerator(dtype_setting: str, seed: int, threads: int = 0) -> Any:
+    """An Accelerator with mixed precision matching ``model.dtype`` (fp32 on CPU by default); seeds torch
+    and, when ``threads`` > 0, sets torch's CPU thread count."""
     from accelerate import Accelerator
 
+    if threads:
+        torch.set_num_threads(threads)
     cuda = torch.cuda.is_available()
     dtype = compute_dtype(dtype_setting, torch.device("cuda" if cuda else "cpu"))
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")

@@ -48,9 +48,7 @@ class SFTTrainer:
     # --- setup ----------------------------------------------------------------------------------
     def setup(self) -> "SFTTrainer":
         cfg = self.cfg
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        self.acc = make_accelerator(cfg.model.dtype, cfg.train.seed)
+        self.acc = make_accelerator(cfg.model.dtype, cfg.train.seed, cfg.train.threads)
 
         self.tokenizer = self._tokenizer_in or load_tokenizer(cfg.data.tokenizer, cfg.model)
         self.data: PreparedData = prepare_data(cfg.data, self.tokenizer, cfg.train.seed)
