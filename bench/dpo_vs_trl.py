@@ -4,7 +4,10 @@
 Each configuration trains in its own subprocess (so its peak RSS is its own), in one run:
 
 - ``trl``: DPOTrainer with ``precompute_ref_log_probs=True`` (its fastest full-weight setting)
-- ``tuneful``: reference log-probs precomputed (and cached on disk) — the headline ratio
+- ``tuneful``: reference log-probs precomputed (and cached on disk), shared-prompt layout (each pair
+  one row, the prompt encoded once) — the headline ratio
+- ``tuneful-two-rows``: the same with the prompt repeated in a row per reply (the flash-attention
+  layout, and TRL's), to show what the shared prompt is worth
 - ``tuneful-frozen``: a frozen reference copy, run forward every step
 - ``tuneful-adapters-off``: LoRA, the reference is the same model with adapters disabled
 - ``trl-lora`` (full run only): TRL with the same LoRA settings (its reference: adapters disabled)
@@ -12,8 +15,9 @@ Each configuration trains in its own subprocess (so its peak RSS is its own), in
 TRL gets text pairs whose tokens equal tuneful's (prompt rendered with ChatML, reply + ``<|im_end|>``);
 the bench checks the tokenized pairs are identical. Both run fp32 (TRL's default on a CPU is bf16
 autocast), no gradient checkpointing. Throughput counts the real (non-pad) tokens of chosen and
-rejected rows processed by the training steps, over the training loop's wall time; the reference
-pre-pass is timed separately. ``loss_abs_diff`` compares the sigmoid loss each framework computes
+rejected rows processed by the training steps (prompt + reply for each reply, 2P + C + R per pair,
+whatever layout computed them), over the training loop's wall time; the reference pre-pass is timed
+separately. ``computed`` is the share of those tokens the model actually ran over. ``loss_abs_diff`` compares the sigmoid loss each framework computes
 on the same first batch for a *probe* policy (another random init) against the precomputed
 reference, so the loss is not the trivial log 2 of step 0.
 
@@ -93,12 +97,11 @@ def tokenized_pairs(workdir: Path) -> list[dict]:
 # --- workers (each runs in its own process) ----------------------------------------------------------
 
 
-def worker_tuneful(workdir: Path, steps: int, out: Path, reference: str) -> dict:
+def worker_tuneful(workdir: Path, steps: int, out: Path, reference: str, layout: str = "auto") -> dict:
     import torch
 
     from tuneful.config import build
     from tuneful.dpo.config import DPOConfig
-    from tuneful.dpo.data import collate_pairs
     from tuneful.dpo.objective import pair_terms
     from tuneful.dpo.reference import ResponseLogps
     from tuneful.dpo.trainer import DPOTrainer
@@ -109,29 +112,32 @@ def worker_tuneful(workdir: Path, steps: int, out: Path, reference: str) -> dict
         f"train.output_dir={out}", f"train.max_steps={steps}", f"train.micro_batch_size={BATCH}",
         f"data.max_length={MAX_LEN}", f"train.lr={LR}", "train.warmup_ratio=0", "train.progress=false",
         "train.resume=false", f"train.seed={SEED}", f"dpo.beta={BETA}", f"dpo.reference={reference}",
+        f"train.pair_layout={layout}",
         f"lora.enabled={lora}", f"lora.r={LORA_R}", f"lora.alpha={LORA_ALPHA}",
     ])
     started = time.perf_counter()
     trainer = DPOTrainer(cfg).setup()
     setup_seconds = time.perf_counter() - started
     first = list(range(BATCH))
-    batch = collate_pairs([trainer.data.train[i] for i in first], trainer._pad_id())
+    batch = trainer.collate([trainer.data.train[i] for i in first], trainer._pad_id())
     with torch.no_grad():
-        sums, counts = ResponseLogps(load_probe(workdir))(**batch)
+        sums, counts = ResponseLogps(load_probe(workdir))(**batch.inputs())
         step0 = float(pair_terms(trainer.objective, cfg.dpo, sums, counts,
                                  trainer.reference("train", first, batch)).pair_loss_sum) / BATCH
-    padded = real = 0
+    padded = computed = 0
     for step in range(steps):
         for indices in trainer.micro_batches(step):
-            b = collate_pairs([trainer.data.train[i] for i in indices], trainer._pad_id())
-            padded, real = padded + b["input_ids"].numel(), real + int(b["attention_mask"].sum())
+            b = trainer.collate([trainer.data.train[i] for i in indices], trainer._pad_id())
+            padded, computed = padded + b.input_ids.numel(), computed + b.computed
     started = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - started
     trainer.acc.end_training()
-    return {"framework": "tuneful" if reference == "precomputed" else f"tuneful-{reference}", "step0_loss": step0,
+    name = "tuneful" if reference == "precomputed" else f"tuneful-{reference}"
+    return {"framework": name + ("" if layout == "auto" else f"-{layout}"), "step0_loss": step0,
             "seconds": seconds, "setup_seconds": setup_seconds, "reference_seconds": trainer.precompute_seconds,
-            "tokens": sum(r["tokens"] for r in result.history if "tokens" in r), "padding_fraction": 1 - real / padded,
+            "tokens": sum(r["tokens"] for r in result.history if "tokens" in r), "padding_fraction": 1 - computed / padded,
+            "computed_fraction": computed / sum(r["tokens"] for r in result.history if "tokens" in r),
             "peak_rss_mb": peak_rss_mb(), "params": count_params(trainer.model), "final_loss": result.final_loss}
 
 
@@ -198,13 +204,15 @@ def worker_trl(workdir: Path, steps: int, out: Path, lora: bool) -> dict:
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     return {"framework": "trl-lora" if lora else "trl", "step0_loss": step0, "seconds": seconds,
             "setup_seconds": setup_seconds, "reference_seconds": None, "tokens": counts["real"],
-            "padding_fraction": 1 - counts["real"] / max(1, counts["padded"]), "peak_rss_mb": peak_rss_mb(),
+            "padding_fraction": 1 - counts["real"] / max(1, counts["padded"]), "computed_fraction": 1.0,
+            "peak_rss_mb": peak_rss_mb(),
             "params": count_params(model), "final_loss": losses[-1] if losses else None, "same_tokens": same_tokens}
 
 
 WORKERS = {
     "trl": lambda w, s, o: worker_trl(w, s, o, lora=False),
     "tuneful": lambda w, s, o: worker_tuneful(w, s, o, "precomputed"),
+    "tuneful-two-rows": lambda w, s, o: worker_tuneful(w, s, o, "precomputed", "two-rows"),
     "tuneful-frozen": lambda w, s, o: worker_tuneful(w, s, o, "frozen"),
     "tuneful-adapters-off": lambda w, s, o: worker_tuneful(w, s, o, "adapters-off"),
     "trl-lora": lambda w, s, o: worker_trl(w, s, o, lora=True),
@@ -226,11 +234,12 @@ def main() -> None:
         print(json.dumps(WORKERS[args.worker](args.workdir, args.steps, args.out)))
         return
 
-    steps = args.steps or (10 if args.quick else 40)
+    steps = args.steps or (20 if args.quick else 40)
     rounds = args.rounds or (1 if args.quick else 2)
     n_pairs = args.pairs or (200 if args.quick else 800)
     prepare(args.workdir, n_pairs)
-    names = ["trl", "tuneful", "tuneful-frozen", "tuneful-adapters-off"] + ([] if args.quick else ["trl-lora"])
+    names = ["trl", "tuneful", "tuneful-two-rows", "tuneful-frozen", "tuneful-adapters-off"]
+    names += [] if args.quick else ["trl-lora"]
     results: dict[str, list[dict]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names:
@@ -248,10 +257,12 @@ def main() -> None:
     print(f"probe-policy sigmoid loss on the same batch: tuneful {ours['step0_loss']:.6f}  trl {trl['step0_loss']:.6f}  "
           f"|diff| {abs(ours['step0_loss'] - trl['step0_loss']):.2e}; TRL trains on tuneful's tokens: "
           f"{trl['same_tokens']}")
-    print(f"{'configuration':<22}{'tok/s':>10}{'vs trl':>8}{'padding':>9}{'setup s':>9}{'peak RSS MB':>13}")
+    print(f"{'configuration':<26}{'tok/s':>10}{'vs trl':>8}{'padding':>9}{'computed':>10}{'setup s':>9}"
+          f"{'peak RSS MB':>13}")
     for name in names:
-        print(f"{name:<22}{tok_s(name):>10,.0f}{tok_s(name) / tok_s('trl'):>7.2f}x{median(name, 'padding_fraction'):>9.1%}"
-              f"{median(name, 'setup_seconds'):>9.1f}{median(name, 'peak_rss_mb'):>13,.0f}")
+        print(f"{name:<26}{tok_s(name):>10,.0f}{tok_s(name) / tok_s('trl'):>7.2f}x{median(name, 'padding_fraction'):>9.1%}"
+              f"{median(name, 'computed_fraction'):>10.1%}{median(name, 'setup_seconds'):>9.1f}"
+              f"{median(name, 'peak_rss_mb'):>13,.0f}")
     summary = {"tuneful_tok_s": tok_s("tuneful"), "trl_tok_s": tok_s("trl"), "ratio": tok_s("tuneful") / tok_s("trl"),
                "loss_abs_diff": abs(ours["step0_loss"] - trl["step0_loss"]),
                "tuneful_peak_rss_mb": median("tuneful", "peak_rss_mb"), "trl_peak_rss_mb": median("trl", "peak_rss_mb")}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from conftest import FROZEN_NOW, needs_fixtures
+from conftest import needs_fixtures
 from tuneful.cli.main import app
 from tuneful.masking import ConversationTokenizer
 from tuneful.templates.registry import resolve

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from tuneful.data.types import Message, PreferencePair
-from tuneful.dpo.data import (PreferenceDataError, collate_pairs, preference_tokenizer, sequence_logps, tokenize_pair,
-                              tokenize_pairs)
+from tuneful.dpo.data import (COLLATORS, PreferenceDataError, PreferenceExample, collate_shared_prompt,
+                              preference_tokenizer, tokenize_pair, tokenize_pairs)
+from tuneful.dpo.reference import ResponseLogps
 from tuneful.masking import special_tokens_of
 from tuneful.templates.registry import builtin
 from tuneful.templates.render import render
@@ -57,22 +58,48 @@ def test_a_tokenizer_training_every_turn_is_refused(starter_tok):
         tokenize_pair(ConversationTokenizer(starter_tok, builtin("chatml")), PreferencePair(PROMPT, "a b", "c d"))
 
 
-def test_chosen_and_rejected_go_through_one_forward_pass(ctok, starter_tok):
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("layout", sorted(COLLATORS))
+def test_each_reply_scores_as_if_it_ran_alone(ctok, starter_tok, layout: str, attention: str):
+    """Both layouts, both attention kernels: every reply's log-prob sum equals running prompt+reply alone.
+
+    With a shared prompt a leak from chosen into rejected (or a wrong position or predicting state)
+    would change the rejected sums; with eager attention a boolean mask added to the scores would.
+    """
     pairs = [PreferencePair(PROMPT, "Blue.", "Purple and green."),
-             PreferencePair((Message("user", "Say hi."),), "Hi!", "No.")]
+             PreferencePair((Message("user", "Say hi."),), "Hi!", "No, I will not be saying that today.")]
     examples = tokenize_pairs(ctok, pairs)
-    batch = collate_pairs(examples, starter_tok.pad_token_id)
-    assert batch["input_ids"].shape[0] == 4  # chosen rows, then rejected rows
+    batch = COLLATORS[layout](examples, starter_tok.pad_token_id)
+    assert batch.input_ids.shape[0] == (2 if layout == "shared-prompt" else 4)
+    assert batch.tokens == sum(2 * len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in examples)
     model = tiny_llama(len(starter_tok)).eval()
+    model.config._attn_implementation = attention
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    sums, counts = sequence_logps(logits, batch["labels"])
-    for row, (e, side) in enumerate([(examples[0], "chosen"), (examples[1], "chosen"),
-                                     (examples[0], "rejected"), (examples[1], "rejected")]):
+        sums, counts = ResponseLogps(model)(**batch.inputs())
+    for score, (e, side) in enumerate([(examples[0], "chosen"), (examples[1], "chosen"),
+                                       (examples[0], "rejected"), (examples[1], "rejected")]):
         ids = e.prompt_ids + getattr(e, f"{side}_ids")
         mask = [0] * len(e.prompt_ids) + getattr(e, f"{side}_mask")
         with torch.no_grad():
             alone = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
         expected = sum(alone[t - 1, ids[t]].item() for t in range(1, len(ids)) if mask[t])
-        assert sums[row].item() == pytest.approx(expected, abs=1e-4)
-        assert counts[row].item() == sum(mask)
+        assert sums[score].item() == pytest.approx(expected, abs=1e-4)
+        assert counts[score].item() == sum(mask)
+
+
+def test_shared_prompt_mask_keeps_the_replies_apart():
+    """Literal check of one pair's row: prompt [5, 6], chosen [7, 8], rejected [9]."""
+    e = PreferenceExample([5, 6], [7, 8], [1, 1], [9], [1])
+    batch = collate_shared_prompt([e], pad_id=0)
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8, 9]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 2]]  # rejected continues from the prompt
+    assert batch.attention_mask[0, 0].int().tolist() == [[1, 0, 0, 0, 0],
+                                                         [1, 1, 0, 0, 0],
+                                                         [1, 1, 1, 0, 0],
+                                                         [1, 1, 1, 1, 0],
+                                                         [1, 1, 0, 0, 1]]  # rejected never sees chosen
+    # chosen 7 from position 1, chosen 8 from 2; rejected 9 from the last prompt position (1)
+    assert batch.sources.tolist() == [1, 2, 1]
+    assert batch.targets.tolist() == [7, 8, 9]
+    assert batch.scores.tolist() == [0, 0, 1]
+    assert (batch.tokens, batch.computed) == (2 * 2 + 2 + 1, 5)

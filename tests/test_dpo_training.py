@@ -13,7 +13,7 @@ from tiny import save_tiny_model, tiny_llama, write_pairs
 from tuneful.config import ConfigError, build
 from tuneful.data.loader import load
 from tuneful.dpo.config import DPOConfig, ObjectiveSettings
-from tuneful.dpo.data import collate_pairs, preference_tokenizer, tokenize_pairs
+from tuneful.dpo.data import COLLATORS, preference_tokenizer, tokenize_pairs
 from tuneful.dpo.objective import OBJECTIVES, pair_terms
 from tuneful.dpo.reference import ResponseLogps
 from tuneful.dpo.trainer import DPOTrainer, run_dpo
@@ -41,8 +41,9 @@ def _history(result) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in result.history if "loss" in r]
 
 
+@pytest.mark.parametrize("layout", sorted(COLLATORS))
 @pytest.mark.parametrize("loss", ["sigmoid", "ipo", "hinge"])
-def test_loss_on_a_fixed_batch_equals_trl(loss: str, starter_tok, tmp_path: Path):
+def test_loss_on_a_fixed_batch_equals_trl(loss: str, layout: str, starter_tok, tmp_path: Path):
     pytest.importorskip("trl", reason="TRL is the peer this test compares against (pip install -e '.[dev]')")
     from datasets import Dataset
     from trl import DPOConfig as TrlConfig, DPOTrainer as TrlTrainer
@@ -59,7 +60,7 @@ def test_loss_on_a_fixed_batch_equals_trl(loss: str, starter_tok, tmp_path: Path
                                     "rejected_ids": e.rejected_ids} for e in examples])
     with torch.no_grad():
         trl_loss = float(trl.compute_loss(trl.model, trl_batch))
-        batch = collate_pairs(examples, starter_tok.pad_token_id)
+        batch = COLLATORS[layout](examples, starter_tok.pad_token_id).inputs()
         sums, counts = ResponseLogps(policy)(**batch)
         ref_sums, _ = ResponseLogps(reference)(**batch)
     ours = pair_terms(OBJECTIVES[loss], ObjectiveSettings(loss=loss, beta=0.1), sums, counts, ref_sums)
@@ -161,6 +162,23 @@ def test_config_errors_are_collected_with_their_fix():
         build(DPOConfig, None, ["data.train=x", "model.name_or_path=m", "dpo.reference=adapters-off"])
     with pytest.raises(ConfigError, match="compares against a reference"):
         build(DPOConfig, None, ["data.train=x", "model.name_or_path=m", "dpo.reference=none"])
+    with pytest.raises(ConfigError, match="shared-prompt needs a custom attention mask"):
+        build(DPOConfig, None, ["data.train=x", "model.name_or_path=m", "train.pair_layout=shared-prompt",
+                                "model.attn_implementation=flash_attention_2"])
+    with pytest.raises(ConfigError, match="pair_layout: 'packed' is not one of"):
+        build(DPOConfig, None, ["data.train=x", "model.name_or_path=m", "train.pair_layout=packed"])
+
+
+def test_both_pair_layouts_train_the_same(workdir: Path):
+    """The shared prompt is a cheaper layout of the same computation: same losses, step by step."""
+    runs = {layout: run_dpo(config(workdir, f"layout-{layout}", "train.max_steps=3", "train.resume=false",
+                                   f"train.pair_layout={layout}")) for layout in ("shared-prompt", "two-rows")}
+    shared, rows = (_history(runs[k]) for k in ("shared-prompt", "two-rows"))
+    assert len(shared) == 3 and [s for s, _ in shared] == [s for s, _ in rows]
+    for (_, a), (_, b) in zip(shared, rows):
+        assert abs(a - b) < 1e-4
+    tokens = {k: [r["tokens"] for r in v.history if "tokens" in r] for k, v in runs.items()}
+    assert tokens["shared-prompt"] == tokens["two-rows"]  # throughput counts the same work in both
 
 
 def test_conversations_are_refused_as_preference_data(workdir: Path, tmp_path: Path):

@@ -44,8 +44,12 @@ def examples(n: int = 5) -> list[Example]:
     return out
 
 
-def test_packed_loss_and_grads_equal_unpacked_sum():
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_loss_and_grads_equal_unpacked_sum(attention: str):
+    """Eager attention adds its mask to the scores: a boolean block mask must be converted, or packed
+    examples attend to each other (this test fails for eager without that conversion)."""
     model = tiny_llama(96)
+    model.config._attn_implementation = attention
     loss = SelectedTokenLoss(model)
     exs = examples(3)
     packed_sum, packed_n = loss(**collate_packed([exs], pad_id=0))

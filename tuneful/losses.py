@@ -60,29 +60,33 @@ def selected_nll_sum(
     return total, int(targets.numel())
 
 
-def selected_logps(
-    hidden: torch.Tensor,
-    labels: torch.Tensor,
+def gathered_logps(
+    states: torch.Tensor,
+    sources: torch.Tensor,
+    targets: torch.Tensor,
+    scores: torch.Tensor,
+    n_scores: int,
     lm_head: Callable[[torch.Tensor], torch.Tensor],
     chunk_size: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: the sum of log p(trained token) and the number of trained tokens.
+    """Sums of log p(target | state) grouped by score: ([n_scores] fp32 sums, [n_scores] token counts).
 
-    Like :func:`selected_nll_sum`, only trained positions are projected to the vocabulary (in
-    checkpointed chunks when ``chunk_size > 0``); log-softmax runs in fp32. Used for preference
-    losses, which need one log-probability per sequence rather than one total.
+    ``states`` are flattened final hidden states [positions, hidden]; the state at ``sources[i]``
+    predicts token ``targets[i]``, whose log-prob joins sum ``scores[i]``. Preference losses need one
+    log-probability per response, and a response's tokens need not be one contiguous row (a shared
+    prompt predicts the first token of both replies). Only those states reach the vocabulary
+    projection (in checkpointed chunks when ``chunk_size > 0``); log-softmax runs in fp32.
     """
-    keep, targets = shifted_targets(labels)
-    rows = keep.nonzero(as_tuple=True)[0]
-    states = hidden[:, :-1][keep]
+    picked_states = states.index_select(0, sources)
 
     def chunk_logps(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(lm_head(h).float(), dim=-1).gather(1, y.unsqueeze(1))[:, 0]
 
-    if chunk_size <= 0 or states.shape[0] <= chunk_size:
-        picked = chunk_logps(states, targets)
+    if chunk_size <= 0 or picked_states.shape[0] <= chunk_size:
+        picked = chunk_logps(picked_states, targets)
     else:
-        picked = torch.cat([checkpoint(chunk_logps, states[s : s + chunk_size], targets[s : s + chunk_size],
-                                       use_reentrant=False) for s in range(0, states.shape[0], chunk_size)])
-    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=hidden.device).index_add(0, rows, picked)
-    return sums, keep.sum(dim=1)
+        picked = torch.cat([checkpoint(chunk_logps, picked_states[s : s + chunk_size], targets[s : s + chunk_size],
+                                       use_reentrant=False) for s in range(0, picked_states.shape[0], chunk_size)])
+    sums = torch.zeros(n_scores, dtype=torch.float32, device=states.device).index_add(0, scores, picked)
+    counts = torch.zeros(n_scores, dtype=torch.long, device=states.device).index_add(0, scores, torch.ones_like(scores))
+    return sums, counts

@@ -82,10 +82,17 @@ class ObjectiveSettings:
         return problems
 
 
+PAIR_LAYOUTS = ("auto", "shared-prompt", "two-rows")
+
+
 @dataclass
 class DPOTrainSettings(TrainSettings):
     output_dir: str = setting("runs/dpo", "Where checkpoints, logs, cached reference log-probs and the model go.")
-    micro_batch_size: int = setting(4, "Preference pairs per forward pass (each pair is two rows: chosen, rejected).")
+    micro_batch_size: int = setting(4, "Preference pairs per forward pass.")
+    pair_layout: str = setting("auto", "How a pair meets the model: shared-prompt (one row prompt|chosen|rejected, "
+                               "the prompt encoded once, the replies masked from each other), two-rows (the prompt "
+                               "repeated in front of each reply), or auto = shared-prompt, two-rows under "
+                               "flash-attention (it takes no custom mask).")
     lr: float = setting(5e-6, "Peak learning rate (preference tuning wants far lower rates than SFT).")
     warmup_ratio: float = setting(0.1, "Share of steps with linear warm-up.")
     loss_chunk_size: int = setting(0, "Response tokens per chunk for the vocabulary projection; 0 = all at once.")
@@ -93,6 +100,8 @@ class DPOTrainSettings(TrainSettings):
 
 @dataclass
 class DPOConfig:
+    """A preference-tuning run; ``check`` collects every problem at once."""
+
     model: ModelSettings = field(default_factory=ModelSettings)
     data: PreferenceDataSettings = field(default_factory=PreferenceDataSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -105,6 +114,12 @@ class DPOConfig:
         if self.dpo.reference == "adapters-off" and not self.lora.enabled:
             problems.append("dpo.reference: adapters-off needs lora.enabled=true (without adapters there is nothing "
                             "to switch off); use frozen or precomputed")
+        if self.train.pair_layout not in PAIR_LAYOUTS:
+            problems.append(f"train.pair_layout: {self.train.pair_layout!r} is not one of {', '.join(PAIR_LAYOUTS)}")
+        if self.train.pair_layout == "shared-prompt" and self.model.attn_implementation.startswith("flash"):
+            problems.append(f"train.pair_layout: shared-prompt needs a custom attention mask, which "
+                            f"model.attn_implementation={self.model.attn_implementation} cannot take; use two-rows "
+                            "(or auto), or attn_implementation=sdpa")
         if self.dpo.reference == "adapters-off" and self.dpo.reference_model:
             problems.append("dpo.reference_model: with reference=adapters-off the reference is the policy's own base; "
                             "remove reference_model or use reference=frozen/precomputed")

@@ -18,9 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from ..data.types import PreferencePair
-from ..masking import ConversationTokenizer, labels_from_mask
-from ..losses import selected_logps
-from ..sft.batching import Example, collate_padded
+from ..masking import ConversationTokenizer
 
 
 @dataclass(frozen=True)
@@ -94,20 +92,113 @@ def tokenize_pairs(ctok: ConversationTokenizer, pairs: Sequence[PreferencePair])
     return out
 
 
-def collate_pairs(examples: Sequence[PreferenceExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """One batch holding every chosen row, then every rejected row (one forward pass for both).
+@dataclass(frozen=True)
+class PairBatch:
+    """Model inputs for a micro-batch of pairs, and where each response token's log-prob is read.
 
-    ``labels`` carry the token id at response positions and IGNORE_INDEX elsewhere; right padding.
+    The hidden state at flat position ``sources[i]`` (row * width + column) predicts response token
+    ``targets[i]``, which joins score ``scores[i]``: pair b's chosen reply is score b, its rejected
+    reply score ``pairs + b``. ``tokens`` counts prompt + reply for each reply (2P + C + R per pair),
+    the work a pair stands for whichever layout computed it; ``computed`` the real positions the model
+    runs over (2P + C + R in two rows, P + C + R with a shared prompt).
     """
-    def row(e: PreferenceExample, ids: list[int], mask: list[int]) -> Example:
-        full = e.prompt_ids + ids
-        return Example(full, labels_from_mask(full, [0] * len(e.prompt_ids) + mask))
 
-    rows = [row(e, e.chosen_ids, e.chosen_mask) for e in examples]
-    rows += [row(e, e.rejected_ids, e.rejected_mask) for e in examples]
-    return collate_padded(rows, pad_id)
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor  # [rows, width] padding mask, or [rows, 1, width, width] boolean (True = attend)
+    position_ids: torch.Tensor
+    sources: torch.Tensor
+    targets: torch.Tensor
+    scores: torch.Tensor
+    pairs: int
+    tokens: int
+    computed: int
+
+    def to(self, device: torch.device | str) -> "PairBatch":
+        moved = {k: getattr(self, k).to(device) for k in
+                 ("input_ids", "attention_mask", "position_ids", "sources", "targets", "scores")}
+        return PairBatch(**moved, pairs=self.pairs, tokens=self.tokens, computed=self.computed)
+
+    def inputs(self) -> dict[str, Any]:
+        """Keyword arguments of ResponseLogps."""
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids,
+                "sources": self.sources, "targets": self.targets, "scores": self.scores, "pairs": self.pairs}
 
 
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: the sum of log p(response token) and the number of response tokens, from full logits."""
-    return selected_logps(logits, labels, lambda x: x)
+def _long(*lists: list[int]) -> list[torch.Tensor]:
+    return [torch.tensor(x, dtype=torch.long) for x in lists]
+
+
+def _logical_tokens(examples: Sequence[PreferenceExample]) -> int:
+    return sum(2 * len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in examples)
+
+
+def collate_two_rows(examples: Sequence[PreferenceExample], pad_id: int) -> PairBatch:
+    """Two rows per pair, every chosen row then every rejected row, right-padded: the prompt runs twice.
+
+    The layout for attention kernels that take no custom mask (flash-attention).
+    """
+    rows = [(e.prompt_ids, reply, mask) for side in ("chosen", "rejected") for e in examples
+            for reply, mask in [(getattr(e, f"{side}_ids"), getattr(e, f"{side}_mask"))]]
+    width = max(len(p) + len(r) for p, r, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    sources, targets, scores = [], [], []
+    for row, (prompt, reply, mask) in enumerate(rows):
+        full = prompt + reply
+        ids[row, : len(full)] = torch.tensor(full)
+        attention[row, : len(full)] = 1
+        for k, trained in enumerate(mask):
+            at = len(prompt) + k
+            if trained and at > 0:  # position at - 1 predicts token at
+                sources.append(row * width + at - 1)
+                targets.append(full[at])
+                scores.append(row)
+    positions = torch.arange(width).expand(len(rows), width).clone()
+    return PairBatch(ids, attention, positions, *_long(sources, targets, scores),
+                     len(examples), _logical_tokens(examples), int(attention.sum()))
+
+
+_PROMPT, _CHOSEN, _REJECTED, _PAD = 0, 1, 2, -1
+
+
+def collate_shared_prompt(examples: Sequence[PreferenceExample], pad_id: int) -> PairBatch:
+    """One row per pair, ``prompt | chosen | rejected``: the shared prompt is encoded once.
+
+    Rejected tokens attend to the prompt and to themselves but not to the chosen reply, and their
+    positions continue from the prompt as if chosen were not there, so each reply sees exactly what
+    it would see in its own row (same attention, same rotary positions). The last prompt token
+    predicts the first token of both replies. Cost per pair: P + C + R positions instead of 2(P + max).
+    """
+    width = max(len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in examples)
+    n = len(examples)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    positions = torch.full((n, width), -1, dtype=torch.long)
+    segment = torch.full((n, width), _PAD, dtype=torch.long)
+    sources, targets, scores = [], [], []
+    for b, e in enumerate(examples):
+        p, c, r = len(e.prompt_ids), len(e.chosen_ids), len(e.rejected_ids)
+        ids[b, : p + c + r] = torch.tensor(e.prompt_ids + e.chosen_ids + e.rejected_ids)
+        positions[b, : p + c] = torch.arange(p + c)
+        positions[b, p + c : p + c + r] = torch.arange(p, p + r)
+        segment[b, :p], segment[b, p : p + c], segment[b, p + c : p + c + r] = _PROMPT, _CHOSEN, _REJECTED
+        for k, trained in enumerate(e.chosen_mask):
+            if trained and p + k > 0:
+                sources.append(b * width + p + k - 1)
+                targets.append(e.chosen_ids[k])
+                scores.append(b)
+        for k, trained in enumerate(e.rejected_mask):
+            before = p - 1 if k == 0 else p + c + k - 1  # the first rejected token follows the prompt
+            if trained and before >= 0:
+                sources.append(b * width + before)
+                targets.append(e.rejected_ids[k])
+                scores.append(n + b)
+    causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
+    real = segment != _PAD
+    sees_other_reply = (segment[:, :, None] == _REJECTED) & (segment[:, None, :] == _CHOSEN)
+    mask = causal & real[:, :, None] & real[:, None, :] & ~sees_other_reply
+    mask |= torch.eye(width, dtype=torch.bool)  # padding attends to itself, so no softmax row is empty
+    return PairBatch(ids, mask[:, None], positions.clamp(min=0), *_long(sources, targets, scores), n,
+                     _logical_tokens(examples), int(real.sum()))
+
+
+COLLATORS = {"shared-prompt": collate_shared_prompt, "two-rows": collate_two_rows}

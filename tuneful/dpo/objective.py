@@ -52,7 +52,7 @@ class PairTerms:
 
 def pair_terms(objective: Objective, settings: "ObjectiveSettings", sums: torch.Tensor, counts: torch.Tensor,
                ref_sums: torch.Tensor | None) -> PairTerms:
-    """``sums``/``counts``/``ref_sums`` hold chosen rows then rejected rows ([2B]), as collate_pairs lays them out."""
+    """``sums``/``counts``/``ref_sums`` hold chosen rows then rejected rows ([2B]), as PairBatch.scores lays them out."""
     counts = counts.to(sums.dtype).clamp(min=1)
     logps = sums / counts if objective.averaged else sums
     ref = None

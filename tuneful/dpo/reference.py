@@ -21,19 +21,20 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..losses import selected_logps
-from ..sft.model import SelectedTokenLoss, unwrap_causal_lm
-from .data import PreferenceExample, collate_pairs
+from ..losses import gathered_logps
+from ..sft.model import SelectedTokenLoss, attention_mask_for, unwrap_causal_lm
+from .data import COLLATORS, PairBatch, PreferenceExample
 
 
 class ResponseLogps(SelectedTokenLoss):
-    """Runs the decoder once over chosen+rejected rows; returns per-row (sum of response log-probs, token count)."""
+    """One decoder pass over a PairBatch's inputs → (response log-prob sums, token counts), chosen then rejected [2B]."""
 
-    def forward(self, input_ids, labels, attention_mask=None, position_ids=None):  # type: ignore[override]
+    def forward(self, input_ids, attention_mask, position_ids, sources, targets, scores, pairs):  # type: ignore[override]
         decoder = unwrap_causal_lm(self.model).get_decoder()
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         use_cache=False).last_hidden_state
-        return selected_logps(hidden, labels, self.lm_head, self.chunk_size)
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask_for(self.model, attention_mask),
+                         position_ids=position_ids, use_cache=False).last_hidden_state
+        return gathered_logps(hidden.reshape(-1, hidden.shape[-1]), sources, targets, scores, 2 * pairs,
+                              self.lm_head, self.chunk_size)
 
 
 def model_fingerprint(model: nn.Module, samples_per_tensor: int = 65536) -> str:
@@ -59,13 +60,14 @@ def pairs_fingerprint(examples: Sequence[PreferenceExample]) -> str:
 
 
 def reference_logps(module: ResponseLogps, examples: Sequence[PreferenceExample], *, batch_size: int, pad_id: int,
-                    device: torch.device, autocast: Callable[[], Any] = nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+                    device: torch.device, layout: str = "shared-prompt",
+                    autocast: Callable[[], Any] = nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs of every pair under ``module``: (chosen [N], rejected [N]), on the CPU."""
     reference = ModelReference(module, adapters_off=False, autocast=autocast)
     chosen, rejected = [], []
     for start in range(0, len(examples), batch_size):
         part = examples[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in collate_pairs(part, pad_id).items()}
+        batch = COLLATORS[layout](part, pad_id).to(device)
         c, r = reference("", range(len(part)), batch).cpu().chunk(2)
         chosen.append(c)
         rejected.append(r)
@@ -105,11 +107,11 @@ class ModelReference:
         self.module, self.adapters_off, self.autocast = module, adapters_off, autocast
 
     @torch.no_grad()
-    def __call__(self, split: str, indices: Sequence[int], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def __call__(self, split: str, indices: Sequence[int], batch: PairBatch) -> torch.Tensor:
         was_training = self.module.training
         self.module.eval()  # no dropout in the reference
         with _adapters_disabled(self.module) if self.adapters_off else nullcontext(), self.autocast():
-            sums, _ = self.module(**batch)
+            sums, _ = self.module(**batch.inputs())
         self.module.train(was_training)
         return sums.float()
 
@@ -120,7 +122,7 @@ class PrecomputedReference:
     def __init__(self, tensors: dict[str, torch.Tensor]):
         self.tensors = tensors
 
-    def __call__(self, split: str, indices: Sequence[int], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def __call__(self, split: str, indices: Sequence[int], batch: PairBatch) -> torch.Tensor:
         at = torch.tensor(list(indices), dtype=torch.long)
         both = torch.cat([self.tensors[f"{split}.chosen"][at], self.tensors[f"{split}.rejected"][at]])
-        return both.to(batch["input_ids"].device)
+        return both.to(batch.input_ids.device)

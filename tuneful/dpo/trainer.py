@@ -1,7 +1,8 @@
 """The preference-tuning loop (DPO and variants): plain PyTorch + transformers + peft + accelerate.
 
-Entry point :func:`run_dpo` is setup → train → save. Each micro-batch holds whole pairs, chosen
-rows then rejected rows, in one forward pass. The loss of an optimizer step is the sum of pair
+Entry point :func:`run_dpo` is setup → train → save. Each micro-batch holds whole pairs in one
+forward pass: by default one row per pair, the prompt encoded once and both replies continuing it
+(``data.collate_shared_prompt``), or two rows per pair where the kernel takes no custom mask. The loss of an optimizer step is the sum of pair
 losses over every pair of the step on every process divided once by their count (and ORPO's NLL
 by the step's chosen tokens), so accumulation and data parallelism equal one big batch. Resume,
 checkpoints, metrics and the output folder are the SFT ones.
@@ -28,7 +29,7 @@ from ..sft.loop import (MetricsLog, Progress, load_tokenizer, lr_scheduler, make
 from ..sft.model import apply_lora, load_model
 from ..sft.config import ModelSettings
 from .config import DPOConfig
-from .data import PreferenceExample, collate_pairs
+from .data import COLLATORS, PreferenceExample
 from .objective import OBJECTIVES, PairTerms, pair_terms
 from .prepare import PreparedPairs, pair_length, prepare_pairs
 from .reference import (ModelReference, PrecomputedReference, ResponseLogps, cached_reference, model_fingerprint,
@@ -49,6 +50,19 @@ class DPOResult:
     history: list[dict] = field(default_factory=list)
 
 
+def resolve_pair_layout(cfg: DPOConfig) -> str:
+    if cfg.train.pair_layout != "auto":
+        return cfg.train.pair_layout
+    return "two-rows" if cfg.model.attn_implementation.startswith("flash") else "shared-prompt"
+
+
+def pair_cost(example: PreferenceExample, layout: str) -> int:
+    """Positions a pair occupies in a batch of ``layout`` (what length-grouping should balance)."""
+    if layout == "shared-prompt":
+        return len(example.prompt_ids) + len(example.chosen_ids) + len(example.rejected_ids)
+    return pair_length(example)
+
+
 def resolve_reference(cfg: DPOConfig) -> str:
     if cfg.dpo.reference != "auto":
         return cfg.dpo.reference
@@ -64,6 +78,8 @@ class DPOTrainer:
         self.out = Path(cfg.train.output_dir)
         self.objective = OBJECTIVES[cfg.dpo.loss]
         self.reference_kind = resolve_reference(cfg)
+        self.layout = resolve_pair_layout(cfg)
+        self.collate = COLLATORS[self.layout]
 
     # --- setup ----------------------------------------------------------------------------------
     def setup(self) -> "DPOTrainer":
@@ -90,7 +106,7 @@ class DPOTrainer:
         optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
 
         self.world = self.acc.num_processes
-        self.lengths = [pair_length(e) for e in self.data.train]
+        self.lengths = [pair_cost(e, self.layout) for e in self.data.train]
         batches = math.ceil(len(self.data.train) / cfg.train.micro_batch_size)
         self.steps_per_epoch = max(1, batches // (cfg.train.grad_accum * self.world))
         self.total_steps = cfg.train.max_steps or max(1, int(cfg.train.epochs * self.steps_per_epoch))
@@ -130,7 +146,7 @@ class DPOTrainer:
             for split, examples in splits.items():
                 out[f"{split}.chosen"], out[f"{split}.rejected"] = reference_logps(
                     module, examples, batch_size=size, pad_id=self._pad_id(), device=self.acc.device,
-                    autocast=self.acc.autocast)
+                    layout=self.layout, autocast=self.acc.autocast)
             return out
 
         tensors, self.reference_cached = cached_reference(self.out / "reference_logps", key, compute,
@@ -154,11 +170,11 @@ class DPOTrainer:
         return chosen[self.acc.process_index :: self.world]
 
     def _terms(self, split: str, examples: Sequence[PreferenceExample], indices: Sequence[int]) -> tuple[PairTerms, int]:
-        batch = {k: v.to(self.acc.device) for k, v in collate_pairs([examples[i] for i in indices], self._pad_id()).items()}
+        batch = self.collate([examples[i] for i in indices], self._pad_id()).to(self.acc.device)
         ref = self.reference(split, indices, batch) if self.reference is not None else None
         with self.acc.autocast():
-            sums, counts = self.logps_module(**batch)
-        return pair_terms(self.objective, self.cfg.dpo, sums.float(), counts, ref), int(batch["attention_mask"].sum())
+            sums, counts = self.logps_module(**batch.inputs())
+        return pair_terms(self.objective, self.cfg.dpo, sums.float(), counts, ref), batch.tokens
 
     # --- loop ---------------------------------------------------------------------------------
     def train(self) -> DPOResult:
@@ -254,7 +270,8 @@ class DPOTrainer:
         self.acc.wait_for_everyone()
         target = self.out / "model"
         if self.acc.is_main_process:
-            summary = {"recipe": to_dict(self.cfg), "reference": self.reference_kind, **self.data.summary()}
+            summary = {"recipe": to_dict(self.cfg), "reference": self.reference_kind, "pair_layout": self.layout,
+                       **self.data.summary()}
             save_final(target, self.acc.unwrap_model(self.logps_module).model, self.tokenizer,
                        template_source=self.data.template.source, end_of_turn_ids=self.data.end_of_turn_ids,
                        summary=summary, history=result.history, lora=self.cfg.lora.enabled)

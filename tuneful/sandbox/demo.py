@@ -108,7 +108,7 @@ def preference_rates(model: Any, tokenizer: Any, pairs: list[dict]) -> dict[str,
     import torch
 
     from ..data.types import Message, PreferencePair
-    from ..dpo.data import collate_pairs, preference_tokenizer, tokenize_pairs
+    from ..dpo.data import collate_shared_prompt, preference_tokenizer, tokenize_pairs
     from ..dpo.reference import ResponseLogps
     from ..templates.registry import builtin
 
@@ -118,7 +118,7 @@ def preference_rates(model: Any, tokenizer: Any, pairs: list[dict]) -> dict[str,
     module, wins = ResponseLogps(model).eval(), []
     with torch.no_grad():
         for start in range(0, len(examples), 32):
-            sums, counts = module(**collate_pairs(examples[start : start + 32], tokenizer.pad_token_id))
+            sums, counts = module(**collate_shared_prompt(examples[start : start + 32], tokenizer.pad_token_id).inputs())
             chosen, rejected = (sums / counts.clamp(min=1)).chunk(2)
             wins += (chosen > rejected).tolist()
     rates = {}

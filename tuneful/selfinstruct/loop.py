@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .filters import clean_instances, instruction_problem
-from .prompts import (Instance, Task, alpaca_prompt, classification_prompt, instance_prompt, instruction_prompt,
+from .prompts import (Task, alpaca_prompt, classification_prompt, instance_prompt, instruction_prompt,
                       parse_alpaca, parse_instances, parse_instructions, parse_yes_no)
 from .rouge import THRESHOLD, RougeFilter
 from .teacher import Teacher

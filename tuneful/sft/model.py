@@ -66,6 +66,27 @@ def unwrap_causal_lm(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def attention_mask_for(model: nn.Module, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A collator's mask in the form the model's attention kernel reads.
+
+    Custom [B, 1, T, T] masks (packing, shared prompts) are boolean, True = attend, which is what
+    SDPA takes. Eager attention *adds* its mask to the scores, so a boolean mask there would let
+    every token see every other one: it gets the additive form (0 / most negative). Flash-attention
+    takes no such mask at all.
+    """
+    if mask is None or mask.dim() != 4 or mask.dtype != torch.bool:
+        return mask
+    implementation = str(getattr(unwrap_causal_lm(model).config, "_attn_implementation", "sdpa"))
+    if implementation.startswith("flash"):
+        raise ValueError(f"attention '{implementation}' cannot take a custom attention mask (packing with block "
+                         "masks, or a DPO shared prompt); use model.attn_implementation=sdpa, or the flash-friendly "
+                         "layout (SFT: packing restarts position ids; DPO: train.pair_layout=two-rows)")
+    if implementation == "sdpa":
+        return mask
+    dtype = next(model.parameters()).dtype
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
 class SelectedTokenLoss(nn.Module):
     """Runs the decoder, then projects only trained positions to the vocabulary.
 
@@ -86,7 +107,7 @@ class SelectedTokenLoss(nn.Module):
 
     def forward(self, input_ids, labels, attention_mask=None, position_ids=None):
         decoder = unwrap_causal_lm(self.model).get_decoder()
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         use_cache=False).last_hidden_state
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask_for(self.model, attention_mask),
+                         position_ids=position_ids, use_cache=False).last_hidden_state
         total, count = selected_nll_sum(hidden, labels, self.lm_head, self.chunk_size)
         return total, torch.tensor(count, device=total.device)

