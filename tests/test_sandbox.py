@@ -131,6 +131,40 @@ def test_demo_quick_writes_the_contract(tmp_path: Path):
     assert "## DPO after SFT" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.slow
+def test_lima_quick_runs_every_arm_on_the_same_step_budget(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from tuneful.cli.main import app
+    from tuneful.sandbox.lima import ARMS
+
+    res = CliRunner().invoke(app, ["demo", "--lima", "--quick", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "lima.json").read_text())
+    arms = report["arms"]
+    assert [arms[a]["records"] for a in ARMS] == [100, 100, 100, 600]
+    assert {arms[a]["steps"] for a in ARMS} == {30}
+    for a in ARMS:
+        assert 0.0 <= arms[a]["heldout_phrasing_accuracy"] <= 1.0 and 0.0 <= arms[a]["stop_rate"] <= 1.0
+    # curation removed what it can see: truncated answers (quality) and near duplicates (dedup)
+    curated, everything = arms["curated"]["composition"], arms["all"]["composition"]
+    assert curated["truncated"] < everything["truncated"] and curated["near_duplicate"] < everything["near_duplicate"]
+    assert "ifd" in report["curation"]["curated"]["rejected_by_stage"]
+    assert "ifd" not in report["curation"]["curated-no-ifd"]["rejected_by_stage"]
+    assert "| held-out phrasings |" in (tmp_path / "lima.md").read_text()
+    assert (tmp_path / "lima.png").stat().st_size > 100
+    assert json.loads(res.output.strip().splitlines()[-1]).keys() == set(ARMS)
+
+
+def test_lima_composition_counts_noise_and_the_overrepresented_family():
+    from tuneful.sandbox.lima import composition
+
+    records = [{"meta": {"noise": n, "family": f}} for n, f in
+               [("clean", "capital"), ("wrong", "capital"), ("truncated", "sum"), ("clean", "sum")]]
+    assert composition(records) == {"clean": 0.5, "wrong": 0.25, "truncated": 0.25, "near_duplicate": 0.0,
+                                    "family_capital": 0.5}
+
+
 def test_noisy_pool_and_preference_pairs_load_and_are_labelled(tmp_path: Path):
     from collections import Counter
 

@@ -30,6 +30,8 @@ def demo(
     quick: bool = typer.Option(False, "--quick", help="Smaller SFT and eval sets (a smoke run, ~1 min)."),
     dpo: bool = typer.Option(True, "--dpo/--no-dpo", help="DPO after SFT on the sandbox preference pairs."),
     base_dir: Optional[Path] = typer.Option(None, "--base", help="Base model folder (default: the shipped one)."),
+    lima: bool = typer.Option(False, "--lima", help="Instead: the LIMA experiment — a noisy 10k pool, curated 1k "
+                              "vs random 1k vs all 10k, same SFT steps, same eval (OUT/lima.md, ~6 min)."),
 ) -> None:
     """Instruction-tune the sandbox base model and compare base vs tuned on held-out prompts."""
     from rich.console import Console
@@ -40,6 +42,9 @@ def demo(
     settings = DemoSettings(out=out, base_dir=base_dir, lora=lora, dpo=dpo)
     if quick:
         settings.sft_per_family, settings.eval_per_family, settings.epochs, settings.dpo_pairs = 20, 4, 1.0, 100
+    if lima:
+        _lima(settings, quick)
+        return
     report = run_demo(settings)
     table = Table(title=f"tuneful demo — {report['seconds']:.0f} s — report: {out / 'report.md'}")
     table.add_column("metric")
@@ -52,3 +57,22 @@ def demo(
     Console().print(table)
     seed = report["seed_example"]
     typer.echo(f"\n{seed['prompt']}\n-- base continues:\n{seed['base_continuation']}\n-- tuned:\n{seed['tuned']}")
+
+
+def _lima(settings, quick: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..sandbox.lima import ARMS, TABLE_KEYS, LimaSettings, run_lima
+
+    lima = LimaSettings(pool=600, budget=100, steps=30) if quick else LimaSettings()
+    report = run_lima(settings, lima)
+    table = Table(title=f"LIMA in the sandbox — same {lima.steps} steps — {report['seconds']:.0f} s — "
+                        f"report: {settings.out / 'lima.md'}")
+    table.add_column("metric")
+    for arm in ARMS:
+        table.add_column(f"{arm} ({report['arms'][arm]['records']:,})", justify="right")
+    for key, label in TABLE_KEYS:
+        table.add_row(label, *(f"{report['arms'][a][key]:.1%}" for a in ARMS))
+    Console().print(table)
+    typer.echo(json.dumps({arm: {key: report["arms"][arm][key] for key, _ in TABLE_KEYS} for arm in ARMS}))

