@@ -2,10 +2,10 @@
 
 Entry point :func:`run_dpo` is setup → train → save. Each micro-batch holds whole pairs in one
 forward pass: by default one row per pair, the prompt encoded once and both replies continuing it
-(``data.collate_shared_prompt``), or two rows per pair where the kernel takes no custom mask. The loss of an optimizer step is the sum of pair
-losses over every pair of the step on every process divided once by their count (and ORPO's NLL
-by the step's chosen tokens), so accumulation and data parallelism equal one big batch. Resume,
-checkpoints, metrics and the output folder are the SFT ones.
+(``data.collate_shared_prompt``), or two rows per pair where the kernel takes no custom mask. The
+loss of an optimizer step is the sum of pair losses over every pair of the step on every process
+divided once by their count (and ORPO's NLL by the step's chosen tokens), so accumulation and data
+parallelism equal one big batch. Resume, checkpoints, metrics and the output folder are SFT's.
 """
 
 from __future__ import annotations
