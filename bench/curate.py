@@ -21,8 +21,8 @@ each sees only what the previous stage kept, so this is the upper bound). Peers,
 
 Target (issue 7): exact + MinHash + semantic dedup of 50k records in < 5 min on 2 cores.
 
-    python bench/curate.py --quick      # 10k records, ~1 min; last stdout line is JSON
-    python bench/curate.py              # 50k records
+    python bench/curate.py --quick      # 10k records, ~4 min; last stdout line is JSON
+    python bench/curate.py              # 50k records, ~18 min
 """
 
 from __future__ import annotations
