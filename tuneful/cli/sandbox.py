@@ -63,7 +63,8 @@ def _lima(settings, quick: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..sandbox.lima import ARMS, TABLE_KEYS, LimaSettings, run_lima
+    from ..sandbox.lima import ARMS, LimaSettings, run_lima
+    from ..sandbox.report import SUMMARY_KEYS
 
     lima = LimaSettings(pool=600, budget=100, steps=30) if quick else LimaSettings()
     report = run_lima(settings, lima)
@@ -72,7 +73,7 @@ def _lima(settings, quick: bool) -> None:
     table.add_column("metric")
     for arm in ARMS:
         table.add_column(f"{arm} ({report['arms'][arm]['records']:,})", justify="right")
-    for key, label in TABLE_KEYS:
+    for key, label in SUMMARY_KEYS:
         table.add_row(label, *(f"{report['arms'][a][key]:.1%}" for a in ARMS))
     Console().print(table)
-    typer.echo(json.dumps({arm: {key: report["arms"][arm][key] for key, _ in TABLE_KEYS} for arm in ARMS}))
+    typer.echo(json.dumps({arm: {key: report["arms"][arm][key] for key, _ in SUMMARY_KEYS} for arm in ARMS}))

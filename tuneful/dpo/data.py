@@ -137,8 +137,8 @@ def collate_two_rows(examples: Sequence[PreferenceExample], pad_id: int) -> Pair
 
     The layout for attention kernels that take no custom mask (flash-attention).
     """
-    rows = [(e.prompt_ids, reply, mask) for side in ("chosen", "rejected") for e in examples
-            for reply, mask in [(getattr(e, f"{side}_ids"), getattr(e, f"{side}_mask"))]]
+    rows = [(e.prompt_ids, e.chosen_ids, e.chosen_mask) for e in examples]
+    rows += [(e.prompt_ids, e.rejected_ids, e.rejected_mask) for e in examples]
     width = max(len(p) + len(r) for p, r, _ in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)

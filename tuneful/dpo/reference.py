@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..losses import gathered_logps
-from ..sft.model import SelectedTokenLoss, attention_mask_for, unwrap_causal_lm
+from ..sft.model import SelectedTokenLoss
 from .data import COLLATORS, PairBatch, PreferenceExample
 
 
@@ -30,9 +30,7 @@ class ResponseLogps(SelectedTokenLoss):
     """One decoder pass over a PairBatch's inputs → (response log-prob sums, token counts), chosen then rejected [2B]."""
 
     def forward(self, input_ids, attention_mask, position_ids, sources, targets, scores, pairs):  # type: ignore[override]
-        decoder = unwrap_causal_lm(self.model).get_decoder()
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask_for(self.model, attention_mask),
-                         position_ids=position_ids, use_cache=False).last_hidden_state
+        hidden = self.hidden_states(input_ids, attention_mask, position_ids)
         return gathered_logps(hidden.reshape(-1, hidden.shape[-1]), sources, targets, scores, 2 * pairs,
                               self.lm_head, self.chunk_size)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from ..config import to_dict
 from ..sft.batching import plan_epoch
 from ..sft.checkpoint import save_checkpoint
 from ..sft.loop import (MetricsLog, Progress, load_tokenizer, lr_scheduler, make_accelerator, make_optimizer,
-                        pad_id, resume_step)
+                        pad_id, resume_step, step_counts)
 from ..sft.model import apply_lora, load_model
 from ..sft.config import ModelSettings
 from .config import DPOConfig
@@ -107,9 +106,7 @@ class DPOTrainer:
 
         self.world = self.acc.num_processes
         self.lengths = [pair_cost(e, self.layout) for e in self.data.train]
-        batches = math.ceil(len(self.data.train) / cfg.train.micro_batch_size)
-        self.steps_per_epoch = max(1, batches // (cfg.train.grad_accum * self.world))
-        self.total_steps = cfg.train.max_steps or max(1, int(cfg.train.epochs * self.steps_per_epoch))
+        self.steps_per_epoch, self.total_steps = step_counts(len(self.data.train), cfg.train, self.world)
         scheduler = lr_scheduler(optimizer, warmup_ratio=cfg.train.warmup_ratio, total=self.total_steps,
                                  kind=cfg.train.schedule)
         self.logps_module, self.optimizer = self.acc.prepare(self.logps_module, optimizer)

@@ -196,22 +196,32 @@ def _seed_example(base_model: Any, tuned: Any, tokenizer: Any, stop_ids: list[in
             "tuned": tuned_chat.text}
 
 
-def run_demo(settings: DemoSettings) -> dict:
-    from transformers import AutoTokenizer
-
-    started = time.perf_counter()
+def sandbox(settings: DemoSettings) -> tuple[Path, BaseRecipe, list]:
+    """The base model folder (checked), its recorded recipe, and the world it was pretrained on."""
     base = settings.base_dir or shipped_base_dir()
     if not (base / "model.safetensors").exists():
         raise FileNotFoundError(f"no base model at {base}; build it with: tuneful sandbox build-base --out {base}")
     recipe = load_recipe(base)
-    world = make_world(recipe.seed, recipe.countries)
+    return base, recipe, make_world(recipe.seed, recipe.countries)
+
+
+def stop_tokens(tokenizer: Any) -> tuple[int, list[int]]:
+    """(the end-of-turn id, every id that ends generation: end-of-turn and end-of-document)."""
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|end|>")
+    return end_of_turn, sorted({end_of_turn, tokenizer.eos_token_id})
+
+
+def run_demo(settings: DemoSettings) -> dict:
+    from transformers import AutoTokenizer
+
+    started = time.perf_counter()
+    base, recipe, world = sandbox(settings)
     settings.out.mkdir(parents=True, exist_ok=True)
     train, replay = _write_data(settings.out / "data", settings, world, recipe)
     result = _sft(settings, base, train, replay)
 
     tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
-    end_of_turn = tokenizer.convert_tokens_to_ids("<|end|>")
-    stop_ids = sorted({end_of_turn, tokenizer.eos_token_id})
+    end_of_turn, stop_ids = stop_tokens(tokenizer)
     sets = eval_instances(world, settings.eval_per_family, settings.seed)
     base_model = _load(base, False, base)
     tuned = _load(result.model_dir, settings.lora, base)

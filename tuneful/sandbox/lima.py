@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .demo import DemoSettings, _load, _sft, evaluate_model, write_replay
+from .demo import DemoSettings, _load, _sft, evaluate_model, sandbox, stop_tokens, write_replay
 from .noisy import NOISE_KINDS, noisy_pool
+from .report import SUMMARY_KEYS
 
 ARMS = ("curated", "curated-no-ifd", "random", "all")
 
@@ -52,22 +53,19 @@ def curate_pool(pool_path: Path, budget: int, base: Path, ifd: bool, seed: int) 
 
     settings = CurateSettings(budget=budget, ifd_model=str(base) if ifd else "", seed=seed)
     result = Curator(settings).run(str(pool_path))
-    if result.rejected_by_stage().get("load"):  # kept indices are pool positions only if every record loaded
-        raise RuntimeError(f"the sandbox pool {pool_path} did not load cleanly: {result.rejected_by_stage()}")
-    return sorted(r.index for r in result.kept), result.rejected_by_stage()
+    rejected = result.rejected_by_stage()
+    if rejected.get("load"):  # kept indices are pool positions only if every record loaded
+        raise RuntimeError(f"the sandbox pool {pool_path} did not load cleanly: {rejected}")
+    return sorted(r.index for r in result.kept), rejected
 
 
 def run_lima(demo: DemoSettings, lima: LimaSettings) -> dict:
     from transformers import AutoTokenizer
 
-    from .base import load_recipe, shipped_base_dir
     from .tasks import eval_instances
-    from .world import make_world
 
     started = time.perf_counter()
-    base = demo.base_dir or shipped_base_dir()
-    recipe = load_recipe(base)
-    world = make_world(recipe.seed, recipe.countries)
+    base, recipe, world = sandbox(demo)
     out = demo.out
     data = out / "data"
     replay = write_replay(data, world, recipe)
@@ -86,8 +84,7 @@ def run_lima(demo: DemoSettings, lima: LimaSettings) -> dict:
             "all": pool}
 
     tokenizer = AutoTokenizer.from_pretrained(base)
-    end_of_turn = tokenizer.convert_tokens_to_ids("<|end|>")
-    stop_ids = sorted({end_of_turn, tokenizer.eos_token_id})
+    end_of_turn, stop_ids = stop_tokens(tokenizer)
     sets = eval_instances(world, demo.eval_per_family, demo.seed)
     report: dict[str, Any] = {"arms": {}}
     for name, records in arms.items():
@@ -107,10 +104,6 @@ def run_lima(demo: DemoSettings, lima: LimaSettings) -> dict:
     return report
 
 
-TABLE_KEYS = (("heldout_phrasing_accuracy", "held-out phrasings"), ("heldout_family_accuracy", "held-out families"),
-              ("stop_rate", "answers that end their turn"))
-
-
 def render_lima(report: dict) -> str:
     arms = report["arms"]
     s = report["settings"]
@@ -121,7 +114,7 @@ def render_lima(report: dict) -> str:
              f"prompts ({s['eval_per_family']} per family, verifier-checked).", "",
              "| | " + " | ".join(ARMS) + " |", "|---|" + "---:|" * len(ARMS)]
     lines.append("| records | " + " | ".join(f"{arms[a]['records']:,}" for a in ARMS) + " |")
-    for key, label in TABLE_KEYS:
+    for key, label in SUMMARY_KEYS:
         lines.append(f"| {label} | " + " | ".join(f"{arms[a][key]:.1%}" for a in ARMS) + " |")
     lines += ["", "## What each set holds", "", "| share of the set | " + " | ".join(ARMS) + " |",
               "|---|" + "---:|" * len(ARMS)]
@@ -131,7 +124,8 @@ def render_lima(report: dict) -> str:
     for arm, run in report["curation"].items():
         stages = ", ".join(f"{k} {v:,}" for k, v in run["rejected_by_stage"].items())
         lines.append(f"Curation for `{arm}` removed: {stages} ({run['seconds']:.0f} s).  ")
-    lines += ["", "## Accuracy by task family", "", "| family | " + " | ".join(ARMS) + " |", "|---|" + "---:|" * len(ARMS)]
+    lines += ["", "## Accuracy by task family", "", "| family | " + " | ".join(ARMS) + " |",
+              "|---|" + "---:|" * len(ARMS)]
     for family in arms["all"]["by_family"]:
         lines.append(f"| {family} | " + " | ".join(f"{arms[a]['by_family'][family]:.0%}" for a in ARMS) + " |")
     lines += ["", f"Total {report['seconds'] / 60:.1f} min. Plot: lima.png.", ""]
@@ -145,10 +139,10 @@ def plot_lima(report: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.6))
     width = 0.8 / len(ARMS)
     for k, arm in enumerate(ARMS):
-        xs = [i + (k - (len(ARMS) - 1) / 2) * width for i in range(len(TABLE_KEYS))]
-        ax.bar(xs, [report["arms"][arm][key] for key, _ in TABLE_KEYS], width=width,
+        xs = [i + (k - (len(ARMS) - 1) / 2) * width for i in range(len(SUMMARY_KEYS))]
+        ax.bar(xs, [report["arms"][arm][key] for key, _ in SUMMARY_KEYS], width=width,
                label=f"{arm} ({report['arms'][arm]['records']:,})")
-    ax.set_xticks(range(len(TABLE_KEYS)), [label for _, label in TABLE_KEYS])
+    ax.set_xticks(range(len(SUMMARY_KEYS)), [label for _, label in SUMMARY_KEYS])
     ax.set_ylim(0, 1)
     ax.set_title(f"Same {report['settings']['steps']} SFT steps: curated vs random vs all")
     ax.legend(fontsize=8)

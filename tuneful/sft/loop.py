@@ -52,6 +52,13 @@ def resume_step(acc: Any, out: Path, resume: bool, model: Any, optimizer: Any, s
     return step
 
 
+def step_counts(items: int, train: Any, world: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps) for ``items`` micro-batch items (rows or pairs) per epoch."""
+    batches = math.ceil(items / train.micro_batch_size)
+    per_epoch = max(1, batches // (train.grad_accum * world))
+    return per_epoch, train.max_steps or max(1, int(train.epochs * per_epoch))
+
+
 def lr_scheduler(optimizer: torch.optim.Optimizer, *, warmup_ratio: float, total: int, kind: str) -> Any:
     warmup = int(warmup_ratio * total)
     return torch.optim.lr_scheduler.LambdaLR(

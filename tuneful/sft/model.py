@@ -106,9 +106,13 @@ class SelectedTokenLoss(nn.Module):
         cap = getattr(causal_lm.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 
-    def forward(self, input_ids, labels, attention_mask=None, position_ids=None):
+    def hidden_states(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        """The decoder's final hidden states (no vocabulary projection), the mask in the kernel's form."""
         decoder = unwrap_causal_lm(self.model).get_decoder()
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask_for(self.model, attention_mask),
-                         position_ids=position_ids, use_cache=False).last_hidden_state
+        return decoder(input_ids=input_ids, attention_mask=attention_mask_for(self.model, attention_mask),
+                       position_ids=position_ids, use_cache=False).last_hidden_state
+
+    def forward(self, input_ids, labels, attention_mask=None, position_ids=None):
+        hidden = self.hidden_states(input_ids, attention_mask, position_ids)
         total, count = selected_nll_sum(hidden, labels, self.lm_head, self.chunk_size)
         return total, torch.tensor(count, device=total.device)

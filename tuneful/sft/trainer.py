@@ -8,7 +8,6 @@ give the same gradient as one big batch.
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from .checkpoint import save_checkpoint
 from .config import SFTConfig
 from .data import PreparedData, prepare_data
 from .loop import (MetricsLog, Progress, load_tokenizer, lr_scheduler, make_accelerator, make_optimizer, pad_id,
-                   resume_step)
+                   resume_step, step_counts)
 from .model import SelectedTokenLoss, apply_lora, load_model, unwrap_causal_lm
 
 
@@ -65,9 +64,7 @@ class SFTTrainer:
         self.rows = plan_rows(self.data.train, packing=cfg.data.packing, max_length=cfg.data.max_length)
         self.row_lengths = [sum(len(self.data.train[i]) for i in row) for row in self.rows]
         self._plan: tuple[int, list[list[int]]] | None = None
-        batches = math.ceil(len(self.rows) / cfg.train.micro_batch_size)
-        self.steps_per_epoch = max(1, batches // (cfg.train.grad_accum * self.world))
-        self.total_steps = cfg.train.max_steps or max(1, int(cfg.train.epochs * self.steps_per_epoch))
+        self.steps_per_epoch, self.total_steps = step_counts(len(self.rows), cfg.train, self.world)
         scheduler = lr_scheduler(optimizer, warmup_ratio=cfg.train.warmup_ratio, total=self.total_steps,
                                  kind=cfg.train.schedule)
         self.loss_module, self.optimizer = self.acc.prepare(self.loss_module, optimizer)
