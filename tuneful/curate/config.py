@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ..config import setting
 
 SELECTIONS = ("k-center", "cluster", "random", "first")
+EMBEDDING_DTYPES = ("auto", "float32", "bfloat16")
 
 
 @dataclass
@@ -23,6 +24,10 @@ class CurateSettings:
                                         "model's own limit, 256 for MiniLM). all-MiniLM-L6-v2 was trained on "
                                         "128; on a CPU, time grows with it (2 cores: ~57 long records/s at "
                                         "128, ~31/s at 256).")
+    embedding_dtype: str = setting("auto", "Number type of the embedding model: auto (bfloat16 where the hardware "
+                                   "computes it natively: CUDA, or a CPU with AVX512-BF16/AMX; else float32), "
+                                   "float32 or bfloat16. On 2 Zen 4 cores bfloat16 embeds 1.9x faster and makes "
+                                   "the same duplicate decisions (Jaccard 0.998 on 10k records).")
     quality: bool = setting(True, "Heuristic quality filters (empty/short/long, truncated, boilerplate, "
                                   "repeated instruction, unbalanced code fences, language mismatch).")
     min_response_chars: int = setting(1, "Shortest acceptable assistant reply, in characters.")
@@ -60,4 +65,6 @@ class CurateSettings:
             problems.append("min_response_chars/max_response_chars: need 0 <= min < max")
         if self.embedding_max_tokens < 0:
             problems.append(f"embedding_max_tokens: {self.embedding_max_tokens} must be >= 0 (0 = the model's limit)")
+        if self.embedding_dtype not in EMBEDDING_DTYPES:
+            problems.append(f"embedding_dtype: {self.embedding_dtype!r} is not one of {', '.join(EMBEDDING_DTYPES)}")
         return problems

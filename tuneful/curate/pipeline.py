@@ -132,7 +132,7 @@ class Curator:
         missing = [r for r in records if r.index not in have]
         if missing:
             vectors = self.embedder([r.text for r in missing], self.s.embedding_model, self.s.batch_size,
-                                    self.s.embedding_max_tokens)
+                                    self.s.embedding_max_tokens, self.s.embedding_dtype)
             base = 0 if result.embeddings is None else result.embeddings.shape[0]
             result.embeddings = vectors if result.embeddings is None else np.vstack([result.embeddings, vectors])
             result.embedded += [r.index for r in missing]
