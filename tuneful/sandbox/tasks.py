@@ -38,15 +38,17 @@ class Family:
     verify: Callable[[str, dict], bool]
     follow_ups: tuple[str, ...] = ()  # multi-turn: the second user turn's phrasings
 
-    def instance(self, rng: random.Random, world: list[Country], phrasing: int) -> TaskInstance:
+    def instance(self, rng: random.Random, world: list[Country], phrasing: int,
+                 vary: Callable[[str], str] = lambda template: template) -> TaskInstance:
+        """One task; ``vary`` rewrites a phrasing's own words (never its slots) before they are filled."""
         slots, answer, check = self.make(rng, world)
         if self.follow_ups:
             first_answer = slots.pop("first_answer")
-            messages = [{"role": "user", "content": self.phrasings[phrasing].format(**slots)},
+            messages = [{"role": "user", "content": vary(self.phrasings[phrasing]).format(**slots)},
                         {"role": "assistant", "content": first_answer},
-                        {"role": "user", "content": rng.choice(self.follow_ups).format(**slots)}]
+                        {"role": "user", "content": vary(rng.choice(self.follow_ups)).format(**slots)}]
         else:
-            messages = [{"role": "user", "content": self.phrasings[phrasing].format(**slots)}]
+            messages = [{"role": "user", "content": vary(self.phrasings[phrasing]).format(**slots)}]
         return TaskInstance(self.name, phrasing, messages, answer, check)
 
 
@@ -340,8 +342,31 @@ def augment(instance: TaskInstance, rng: random.Random) -> TaskInstance:
     return TaskInstance(instance.family, instance.phrasing, messages, instance.answer, instance.check)
 
 
+_DROPPABLE = frozenset(("the", "a", "of", "me", "please", "is", "do", "you", "this", "these", "to", "as"))
+
+
+def vary_words(template: str, rng: random.Random) -> str:
+    """Word-level noise on a phrasing's own words (slots untouched): now and then a function word is
+    dropped or a word's first letter changes case, and the closing mark may go or change. A small
+    model otherwise keys on exact tokens ("Region" and " region" are different tokens) and routes
+    a new wording to the wrong task. Generic noise: it names no phrasing held out for evaluation."""
+    words = []
+    for word in template.split(" "):
+        roll = rng.random()
+        if "{" in word or not word:
+            words.append(word)
+        elif roll < 0.08 and word.lower().strip(".?:,") in _DROPPABLE and word[-1] not in ".?:,":
+            continue
+        else:
+            words.append(word[0].swapcase() + word[1:] if roll > 0.9 else word)
+    text = " ".join(words)
+    if text[-1:] in ".?" and rng.random() < 0.15:
+        text = text[:-1] + rng.choice(("", "?", "."))
+    return text
+
+
 def sft_instances(world: list[Country], n_per_family: int, seed: int, *, augmented: bool = True) -> list[TaskInstance]:
-    """Training tasks: training families, training phrasings only (with surface augmentation)."""
+    """Training tasks: training families, training phrasings only (with surface and word-level augmentation)."""
     rng = random.Random(seed + 7)
     out = []
     for family in FAMILIES:
@@ -349,7 +374,10 @@ def sft_instances(world: list[Country], n_per_family: int, seed: int, *, augment
             continue
         phrasings = list(training_phrasings(family))
         for k in range(n_per_family):
-            instance = family.instance(rng, world, phrasings[k % len(phrasings)])
+            if augmented:
+                instance = family.instance(rng, world, phrasings[k % len(phrasings)], lambda t: vary_words(t, rng))
+            else:
+                instance = family.instance(rng, world, phrasings[k % len(phrasings)])
             out.append(augment(instance, rng) if augmented else instance)
     rng.shuffle(out)
     return out
