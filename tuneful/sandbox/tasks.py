@@ -373,11 +373,9 @@ def sft_instances(world: list[Country], n_per_family: int, seed: int, *, augment
         if family.name in HELDOUT_FAMILIES:
             continue
         phrasings = list(training_phrasings(family))
+        vary = (lambda t: vary_words(t, rng)) if augmented else (lambda t: t)
         for k in range(n_per_family):
-            if augmented:
-                instance = family.instance(rng, world, phrasings[k % len(phrasings)], lambda t: vary_words(t, rng))
-            else:
-                instance = family.instance(rng, world, phrasings[k % len(phrasings)])
+            instance = family.instance(rng, world, phrasings[k % len(phrasings)], vary)
             out.append(augment(instance, rng) if augmented else instance)
     rng.shuffle(out)
     return out
