@@ -175,7 +175,7 @@ def main() -> None:
     near, t_near = timed(near_duplicates, texts, args.near_threshold)
     near_peer, t_near_peer = timed(near_textbook, texts, args.near_threshold)
     defaults = CurateSettings()
-    dtype = embedding_dtype(args.embedding_dtype, "cuda" if torch.cuda.is_available() else "cpu")
+    dtype = embedding_dtype(args.embedding_dtype)
     vectors, t_embed = timed(embed, texts, defaults.embedding_model, 64, defaults.embedding_max_tokens, dtype)
     semantic, t_search = timed(semantic_duplicates, vectors, args.semantic_threshold)
     check = float32_check(texts[:3_000], defaults, dtype, args.semantic_threshold)
@@ -201,7 +201,8 @@ def main() -> None:
           f"({check['duplicates']} vs {check['duplicates_float32']})")
     print(f"exact + near + semantic dedup of {n:,}: {dedup_seconds:.1f} s (target < 300 s for 50k)")
     print(json.dumps({"records": n, "dedup_seconds": dedup_seconds, "exact_s": t_exact, "near_s": t_near,
-                      "near_peer_s": t_near_peer, "near_ratio": t_near_peer / t_near, "embed_s": t_embed, "embed_dtype": dtype,
+                      "near_peer_s": t_near_peer, "near_ratio": t_near_peer / t_near, "embed_s": t_embed,
+                      "embed_dtype": dtype,
                       "float32_check": check,
                       "semantic_search_s": t_search, "semantic_peer_s": t_search_peer,
                       "semantic_ratio": t_search_peer / t_search, "quality_s": t_quality,

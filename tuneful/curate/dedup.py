@@ -125,13 +125,14 @@ def embed(texts: Sequence[str], model_name: str, batch_size: int = 64, max_token
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
-def embedding_dtype(requested: str, device: str) -> str:
-    """float32 or bfloat16. On a CPU without native bfloat16 it is emulated and several times slower."""
+def embedding_dtype(requested: str, device: str | None = None) -> str:
+    """float32 or bfloat16 on ``device`` (default: where ``embed`` runs). On a CPU without native
+    bfloat16 it is emulated and several times slower."""
     if requested != "auto":
         return requested
     import torch
 
-    if device == "cuda":
+    if (device or ("cuda" if _cuda() else "cpu")) == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     try:
         native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # AVX512-BF16 or AMX

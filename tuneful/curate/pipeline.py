@@ -198,9 +198,7 @@ class Curator:
         chosen = set(picked)
         reasons = {pos: f"not selected by {how} within budget {budget}" for pos in range(len(records))
                    if pos not in chosen}
-        kept = self._drop(result, records, reasons, "select")
-        return kept
-
+        return self._drop(result, records, reasons, "select")
 
 
 def tokens(text: str) -> int:

@@ -49,11 +49,11 @@ def ifd_scores(model_spec: str, pairs: Sequence[tuple[str, str]], batch_size: in
     model = AutoModelForCausalLM.from_pretrained(model_spec, dtype=torch.float32).eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    first_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
     def example(prefix: str, answer: str) -> Example:
         # With no instruction the answer still needs a first position to be predicted from: BOS (or EOS).
-        head = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else [start]
+        head = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else [first_id]
         body = tokenizer(answer, add_special_tokens=False)["input_ids"]
         return Example(head + body, [IGNORE_INDEX] * len(head) + body)
 

@@ -355,7 +355,7 @@ def vary_words(template: str, rng: random.Random) -> str:
         roll = rng.random()
         if "{" in word or not word:
             words.append(word)
-        elif roll < 0.08 and word.lower().strip(".?:,") in _DROPPABLE and word[-1] not in ".?:,":
+        elif roll < 0.08 and word.lower() in _DROPPABLE:  # a word carrying punctuation is never in the set
             continue
         else:
             words.append(word[0].swapcase() + word[1:] if roll > 0.9 else word)
