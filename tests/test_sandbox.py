@@ -158,9 +158,10 @@ def test_lima_quick_runs_every_arm_on_the_same_step_budget(tmp_path: Path):
     from tuneful.cli.main import app
     from tuneful.sandbox.lima import ARMS
 
-    res = CliRunner().invoke(app, ["demo", "--lima", "--quick", "--out", str(tmp_path)])
+    res = CliRunner().invoke(app, ["demo", "--lima", "--quick", "--seed", "2", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "lima.json").read_text())
+    assert report["settings"]["seed"] == 2
     arms = report["arms"]
     assert [arms[a]["records"] for a in ARMS] == [100, 100, 100, 600]
     assert {arms[a]["steps"] for a in ARMS} == {30}

@@ -32,6 +32,8 @@ def demo(
     base_dir: Optional[Path] = typer.Option(None, "--base", help="Base model folder (default: the shipped one)."),
     lima: bool = typer.Option(False, "--lima", help="Instead: the LIMA experiment — a noisy 10k pool, curated 1k "
                               "vs random 1k vs all 10k, same SFT steps, same eval (OUT/lima.md, ~6 min)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the training data, its order, the eval prompts and the "
+                             "pool; run two to see how much a result moves from seed to seed."),
 ) -> None:
     """Instruction-tune the sandbox base model and compare base vs tuned on held-out prompts."""
     from rich.console import Console
@@ -39,7 +41,7 @@ def demo(
 
     from ..sandbox.demo import DemoSettings, run_demo
 
-    settings = DemoSettings(out=out, base_dir=base_dir, lora=lora, dpo=dpo)
+    settings = DemoSettings(out=out, base_dir=base_dir, lora=lora, dpo=dpo, seed=seed)
     if quick:
         settings.sft_per_family, settings.eval_per_family, settings.epochs, settings.dpo_pairs = 20, 4, 1.0, 100
     if lima:
