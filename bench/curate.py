@@ -167,13 +167,13 @@ def linear_floor(texts: list[str], model_name: str, max_tokens: int, dtype: str)
             "floor_s": flops / peak}
 
 
-def float32_check(texts: list[str], defaults, dtype: str, threshold: float) -> dict:
+def float32_check(texts: list[str], settings, dtype: str, threshold: float) -> dict:
     """The chosen dtype against float32 on a sample: speed ratio and how alike the duplicate decisions are."""
     from tuneful.curate.dedup import embed, semantic_duplicates
 
     runs = {}
     for kind in ("float32", dtype):
-        vectors, seconds = timed(embed, texts, defaults.embedding_model, 64, defaults.embedding_max_tokens, kind)
+        vectors, seconds = timed(embed, texts, settings.embedding_model, 64, settings.embedding_max_tokens, kind)
         runs[kind] = (set(semantic_duplicates(vectors, threshold)), seconds, vectors)
     (ref, t_ref, v_ref), (got, t_got, v_got) = runs["float32"], runs[dtype]
     alike = len(ref & got) / len(ref | got) if ref | got else 1.0  # no duplicates on either side: alike
@@ -197,6 +197,8 @@ def main() -> None:
     parser.add_argument("--near-threshold", type=float, default=0.8)
     parser.add_argument("--semantic-threshold", type=float, default=0.95)
     parser.add_argument("--embedding-dtype", default="auto", choices=("auto", "float32", "bfloat16"))
+    parser.add_argument("--embedding-max-tokens", type=int, default=None,
+                        help="word pieces per record (default: the curate setting's default)")
     args = parser.parse_args()
     n = args.records or (10_000 if args.quick else 50_000)
 
@@ -216,13 +218,14 @@ def main() -> None:
     near, t_near = timed(near_duplicates, after_exact, args.near_threshold)
     near_peer, t_near_peer = timed(near_textbook, after_exact, args.near_threshold)
     after_near = [t for i, t in enumerate(after_exact) if i not in near]
-    defaults = CurateSettings()
+    settings = CurateSettings() if args.embedding_max_tokens is None else CurateSettings(
+        embedding_max_tokens=args.embedding_max_tokens)
     dtype = embedding_dtype(args.embedding_dtype)
-    vectors, t_embed = timed(embed, after_near, defaults.embedding_model, 64, defaults.embedding_max_tokens, dtype)
+    vectors, t_embed = timed(embed, after_near, settings.embedding_model, 64, settings.embedding_max_tokens, dtype)
     semantic, t_search = timed(semantic_duplicates, vectors, args.semantic_threshold)
     semantic_other, t_search_peer = timed(semantic_peer, vectors, args.semantic_threshold)
-    floor = linear_floor(after_near, defaults.embedding_model, defaults.embedding_max_tokens, dtype)
-    check = float32_check(after_near[:3_000], defaults, dtype, args.semantic_threshold)
+    floor = linear_floor(after_near, settings.embedding_model, settings.embedding_max_tokens, dtype)
+    check = float32_check(after_near[:3_000], settings, dtype, args.semantic_threshold)
     sample = texts[: min(n, 5_000)]  # the heuristics (langdetect) on a sample, scaled to n
     _, t_quality = timed(lambda: [quality_problem(t[: len(t) // 2], t[len(t) // 2 :], min_chars=1, max_chars=20_000)
                                   for t in sample])
@@ -232,7 +235,7 @@ def main() -> None:
     rows = [("quality heuristics (scaled from 5k)", n, t_quality, None, None, None),
             ("exact (normalised text)", n, t_exact, None, len(exact), None),
             ("near: MinHash LSH", len(after_exact), t_near, t_near_peer, len(near), near_peer),
-            (f"semantic: embedding (MiniLM-L6, {defaults.embedding_max_tokens}, {dtype})", len(after_near), t_embed,
+            (f"semantic: embedding (MiniLM-L6, {settings.embedding_max_tokens}, {dtype})", len(after_near), t_embed,
              None, None, None),
             ("semantic: search", len(after_near), t_search, t_search_peer, len(semantic), semantic_other)]
     print(f"\n{'stage':<46}{'records':>8}{'seconds':>9}{'records/s':>11}{'peer s':>9}{'vs peer':>9}{'dups':>8}"
@@ -251,7 +254,7 @@ def main() -> None:
     print(f"exact + near + semantic dedup of {n:,} in pipeline order: {dedup_seconds:.1f} s (target < 300 s for 50k)")
     print(json.dumps({"records": n, "dedup_seconds": dedup_seconds, "exact_s": t_exact, "near_s": t_near,
                       "near_peer_s": t_near_peer, "near_ratio": t_near_peer / t_near, "embed_s": t_embed,
-                      "embed_dtype": dtype,
+                      "embed_dtype": dtype, "embedding_max_tokens": settings.embedding_max_tokens,
                       "embedded_records": len(after_near), "embedding_floor": floor, "float32_check": check,
                       "semantic_search_s": t_search, "semantic_peer_s": t_search_peer,
                       "semantic_ratio": t_search_peer / t_search, "quality_s": t_quality,
