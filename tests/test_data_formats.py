@@ -44,7 +44,7 @@ def test_sharegpt_roles_and_system_field():
 
 
 def test_sharegpt_unsupported_role_is_a_named_error():
-    rec = {"conversations": [{"from": "human", "value": "hi"}, {"from": "function_call", "value": "{}"}]}
+    rec = {"conversations": [{"from": "human", "value": "hi"}, {"from": "narrator", "value": "{}"}]}
     with pytest.raises(RecordError) as err:
         convert(rec)
     assert err.value.rule == "unsupported_role"
@@ -99,7 +99,7 @@ def test_preference_strings_and_message_lists_without_duplicated_prompt():
            "chosen": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
            "rejected": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "5"}]}
     _, [p] = convert(rec)
-    assert p.chosen == "4" and p.rejected == "5" and len(p.prompt) == 1
+    assert p.chosen.content == "4" and p.rejected.content == "5" and len(p.prompt) == 1
 
 
 def test_preference_whose_chosen_repeats_another_prompt_is_rejected():
@@ -116,7 +116,7 @@ def test_hh_rlhf_transcripts():
     name, [p] = convert(rec)
     assert name == "hh_rlhf"
     assert [(m.role, m.content) for m in p.prompt] == [("user", "hi"), ("assistant", "hello"), ("user", "2+2?")]
-    assert (p.chosen, p.rejected) == ("4", "five")
+    assert (p.chosen.content, p.rejected.content) == ("4", "five")
     with pytest.raises(RecordError):
         parse_hh_transcript("no markers here")
 
@@ -125,7 +125,7 @@ def test_sharegpt_preference():
     rec = {"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": "good"},
            "rejected": {"from": "gpt", "value": "bad"}}
     name, [p] = convert(rec)
-    assert name == "sharegpt_preference" and (p.chosen, p.rejected) == ("good", "bad")
+    assert name == "sharegpt_preference" and (p.chosen.content, p.rejected.content) == ("good", "bad")
 
 
 @pytest.mark.parametrize(
@@ -150,7 +150,7 @@ def test_empty_assistant_allowed_when_asked():
 
 def test_unknown_role_and_non_string_content():
     with pytest.raises(RecordError, match="unknown_role"):
-        convert({"messages": [{"role": "tool", "content": "x"}, {"role": "assistant", "content": "y"}]})
+        convert({"messages": [{"role": "narrator", "content": "x"}, {"role": "assistant", "content": "y"}]})
     with pytest.raises(RecordError, match="content_not_string"):
         convert({"instruction": "q", "output": 5})
 

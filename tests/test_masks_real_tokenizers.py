@@ -16,7 +16,6 @@ from transformers import AutoTokenizer
 from conftest import FIXTURES, FROZEN_NOW, needs_fixtures
 from tuneful.masking import ConversationTokenizer
 from tuneful.templates.registry import resolve
-from tuneful.templates.spans import TemplateRewriteError
 
 # family -> (template: None = the tokenizer's own, end-of-turn string the template must put after replies)
 FAMILIES = {
@@ -35,8 +34,9 @@ FAMILIES = {
     "starcoder2": ("llama-2", "<|endoftext|>"),
     "mpt": ("mistral", "<|endoftext|>"),
 }
-# Qwen3 prints an empty think block before the final reply; the generation prompt does not, so the
-# model must produce it at inference and it is trained with the reply.
+# Qwen3 prints an empty think block before a reply written as the last turn (the final one, or an
+# earlier one trained on its own); the generation prompt does not, so the model must produce it at
+# inference and it is trained with the reply.
 INJECTED = {"qwen3": "<think>\n\n</think>\n\n"}
 
 
@@ -75,19 +75,22 @@ def test_masks_on_real_tokenizer(family: str, fixtures, fixture_conversations):
         messages = conv["messages"]
         try:
             example = ctok(messages)
-        except TemplateRewriteError:
-            assert (family, conv["id"]) == ("qwen3", "reasoning_in_assistant")
-            continue
         except Exception as exc:  # the template itself refuses (e.g. roles must alternate)
             assert "alternate" in str(exc) and conv["id"] == "non_alternating_users", (family, conv["id"], exc)
             continue
         replies = [m["content"] for m in messages if m["role"] == "assistant"]
         trained = _runs(example.input_ids, example.train_mask, 1)
         assert len(trained) == len(replies), (family, conv["id"])
+        in_full = any(t.in_context for t in example.rendered.turns)  # then the full rendering is example 0
+        own_examples = iter(example.examples[1:] if in_full else example.examples)
         for k, (run, reply, turn) in enumerate(zip(trained, replies, example.rendered.turns)):
-            is_final = k == len(replies) - 1 and messages[-1]["role"] == "assistant"
-            injected = INJECTED.get(family, "") if is_final else ""
             assert turn.end_of_turn.strip() == eot, (family, conv["id"], turn.end_of_turn)
+            if not turn.in_context:  # shown as the template prints it in history; trained on its own, as generated
+                assert family == "qwen3", (family, conv["id"])
+                own = next(own_examples)
+                [run] = _runs(own.input_ids, own.train_mask, 1)
+            written_last = not turn.in_context or (k == len(replies) - 1 and messages[-1]["role"] == "assistant")
+            injected = INJECTED.get(family, "") if written_last and "<think>" not in reply else ""
             decoded, wanted = _squash(tok.decode(run)), _squash(injected + reply + eot)
             if example.boundary_merges:  # a counted BPE merge may carry a template character or two
                 assert decoded.endswith(wanted) and len(decoded) - len(wanted) <= 2, (family, conv["id"], decoded)
@@ -107,9 +110,24 @@ def test_masks_on_real_tokenizer(family: str, fixtures, fixture_conversations):
 
 
 @needs_fixtures
-def test_qwen3_reasoning_history_is_refused_with_a_reason(fixtures, fixture_conversations):
+def test_qwen3_trains_each_reasoning_turn_in_its_inference_context(fixtures, fixture_conversations):
+    """Qwen3 drops the reasoning of earlier turns from history: the earlier turn is trained in an
+    example of its own (its think block included, as the model writes it), the last in the full
+    rendering; nothing is trained in a context the model never sees."""
     tok = AutoTokenizer.from_pretrained(fixtures / "tokenizers" / "qwen3")
     ctok = ConversationTokenizer(tok, resolve(None, tok, "qwen3"))
-    conv = next(c for c in fixture_conversations if c["id"] == "reasoning_in_assistant")
-    with pytest.raises(TemplateRewriteError, match="does not print this reply verbatim"):
-        ctok(conv["messages"])
+    messages = next(c for c in fixture_conversations if c["id"] == "reasoning_in_assistant")["messages"]
+    example = ctok(messages)
+    first, last = example.rendered.turns
+    assert not first.in_context and last.in_context
+    assert "<think>" not in example.rendered.text[first.start:first.end]  # history shows the reply only
+    full, alone = example.examples
+    assert full.input_ids == example.input_ids and sum(full.train_mask) < sum(example.train_mask)
+    prompt = tok.apply_chat_template(messages[:2 - 1], tokenize=False, add_generation_prompt=True)
+    upto = tok.apply_chat_template(messages[:2], tokenize=False)
+    assert tok.decode(alone.input_ids) == upto.rstrip("\n")
+    [run] = _runs(alone.input_ids, alone.train_mask, 1)
+    assert tok.decode(run) == upto[len(prompt):].rstrip("\n")
+    assert tok.decode(run).startswith("<think>\n91 = 7 * 13.\n</think>") and tok.decode(run).endswith("<|im_end|>")
+    dropped = ConversationTokenizer(tok, resolve(None, tok, "qwen3"), reasoning="drop_earlier")(messages)
+    assert [e.train_mask for e in dropped.examples] == [full.train_mask]

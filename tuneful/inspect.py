@@ -17,6 +17,10 @@ class DatasetStats:
     records: int
     conversations: int
     assistant_turns: int
+    tool_calls: int
+    tool_results: int
+    reasoning_traces: int
+    training_examples: int
     tokens_min: int
     tokens_median: float
     tokens_p95: int
@@ -32,6 +36,9 @@ class DatasetStats:
             ("records read", str(self.records)),
             ("conversations", str(self.conversations)),
             ("assistant turns", str(self.assistant_turns)),
+            ("tool calls / tool results / reasoning traces",
+             f"{self.tool_calls} / {self.tool_results} / {self.reasoning_traces}"),
+            ("training examples (turns trained on their own included)", str(self.training_examples)),
             ("tokens min / median / p95 / max",
              f"{self.tokens_min} / {self.tokens_median:g} / {self.tokens_p95} / {self.tokens_max}"),
             ("trained fraction of tokens", f"{self.trained_fraction:.1%}"),
@@ -42,16 +49,22 @@ class DatasetStats:
 
 
 def dataset_stats(load_report: LoadReport, conversations: list[Conversation], report: PreflightReport) -> DatasetStats:
-    lengths = sorted(len(e.input_ids) for e in report.examples) or [0]
+    training = report.training_examples
+    lengths = sorted(len(e.input_ids) for e in training) or [0]
     total = sum(lengths)
-    trained = sum(e.trained_tokens for e in report.examples)
+    trained = sum(sum(e.train_mask) for e in training)
+    messages = [m for c in conversations for m in c.messages]
     skipped = dict(load_report.skipped_by_reason)
     if report.failed_records:
         skipped["template_error"] = report.failed_records
     return DatasetStats(
         records=load_report.records_in,
         conversations=len(conversations),
-        assistant_turns=sum(1 for c in conversations for m in c.messages if m.role == "assistant"),
+        assistant_turns=sum(1 for m in messages if m.role == "assistant"),
+        tool_calls=sum(len(m.tool_calls) for m in messages),
+        tool_results=sum(1 for m in messages if m.role == "tool"),
+        reasoning_traces=sum(1 for m in messages if m.reasoning_content),
+        training_examples=len(training),
         tokens_min=lengths[0],
         tokens_median=statistics.median(lengths),
         tokens_p95=lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))],

@@ -1,4 +1,4 @@
-"""Stage two of the data pipeline: a validated conversation -> ``input_ids`` + train mask.
+"""Stage two of the data pipeline: a validated conversation -> ``input_ids`` + train mask(s).
 
 Tokens and mask are built together from one rendering: the rendered text is tokenized once with
 character offsets, and a token is trained when its characters overlap a trained span from
@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping, Sequence
 
+from .data.types import Conversation
 from .templates.registry import ChatTemplate
-from .templates.spans import RenderedConversation, render_with_spans
+from .templates.spans import RenderedConversation, TurnSpan, render_with_spans
 
 IGNORE_INDEX = -100
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -47,22 +48,42 @@ def stop_strings_of(tokenizer: Any) -> list[str]:
 
 
 @dataclass(frozen=True)
+class TrainingExample:
+    """One sequence a trainer learns from: token ids and the train mask (1 = trained)."""
+
+    input_ids: list[int]
+    train_mask: list[int]
+
+
+@dataclass(frozen=True)
 class TokenizedConversation:
+    """A conversation's full rendering with every assistant turn marked as printed there, and the
+    training examples made of it: usually the full rendering itself; for a template that rewrites
+    history, also one example per turn that the full rendering shows differently from how the model
+    writes it (policy ``keep``), or those turns left untrained (``drop_earlier``).
+    """
+
     input_ids: list[int]
     train_mask: list[int]
     rendered: RenderedConversation
     offsets: tuple[tuple[int, int], ...] = ()  # each token's characters in rendered.text
     boundary_merges: int = 0  # trained tokens that also cover non-whitespace template text
-
+    examples: tuple[TrainingExample, ...] = ()
 
     @property
     def trained_tokens(self) -> int:
-        return sum(self.train_mask)
+        """Tokens trained over all training examples of the conversation."""
+        return sum(sum(e.train_mask) for e in self.examples)
 
     @property
     def all_turns_end(self) -> bool:
         """Every assistant turn has an end-of-turn string inside its trained span."""
         return all(t.end_of_turn for t in self.rendered.turns)
+
+    @property
+    def turns_out_of_context(self) -> list[TurnSpan]:
+        """Turns the full rendering shows differently than the model writes them."""
+        return [t for t in self.rendered.turns if not t.in_context]
 
 
 def special_token_offsets(
@@ -122,8 +143,16 @@ def labels_from_mask(input_ids: Sequence[int], train_mask: Sequence[int]) -> lis
     return [t if m else IGNORE_INDEX for t, m in zip(input_ids, train_mask)]
 
 
+REASONING_POLICIES = ("keep", "drop_earlier")
+
+
 class ConversationTokenizer:
-    """Tokenize conversations with one template and tokenizer; the same object serves training and checks."""
+    """Tokenize conversations with one template and tokenizer; the same object serves training and checks.
+
+    ``reasoning``: what to do with a turn the template later shows differently (earlier reasoning
+    dropped, context moved): "keep" trains it in an example of its own, in exactly its inference
+    context; "drop_earlier" leaves it untrained (one example per conversation, fewer tokens).
+    """
 
     def __init__(
         self,
@@ -132,35 +161,68 @@ class ConversationTokenizer:
         *,
         last_turn_only: bool = False,
         now: datetime | None = None,
+        reasoning: str = "keep",
     ):
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError(
                 "tuneful needs a fast (Rust) tokenizer for character offsets; load it with "
                 "AutoTokenizer.from_pretrained(..., use_fast=True) or convert it with tokenizers"
             )
+        if reasoning not in REASONING_POLICIES:
+            raise ValueError(f"reasoning must be one of {REASONING_POLICIES}, got {reasoning!r}")
         self.tokenizer = tokenizer
         self.template = template
         self.last_turn_only = last_turn_only
         self.now = now
+        self.reasoning = reasoning
         self.special_tokens = special_tokens_of(tokenizer)
         self.stop_strings = stop_strings_of(tokenizer)
         self.added_tokens = {i: str(t) for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()}
 
-    def render(self, messages: Sequence[Mapping[str, str]]) -> RenderedConversation:
+    def render(self, messages: Sequence[Mapping[str, Any]] | Conversation, **inputs: Any) -> RenderedConversation:
+        """Render with spans. ``inputs``: ``tools`` / ``template_kwargs`` (taken from a Conversation when given one)."""
+        messages, inputs = _messages_and_inputs(messages, inputs)
         return render_with_spans(
             messages,
             self.template.source,
             stop_strings=self.stop_strings,
             special_tokens=self.special_tokens,
             now=self.now,
+            **inputs,
         )
 
-    def __call__(self, messages: Sequence[Mapping[str, str]]) -> TokenizedConversation:
-        rendered = self.render(messages)
+    def _encode(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         # The template places BOS itself; adding special tokens here would double it.
-        encoding = self.tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(encoding["input_ids"])
-        offsets = special_token_offsets(rendered.text, ids, encoding["offset_mapping"], self.added_tokens)
-        mask = mask_from_offsets(offsets, rendered.trained_spans(self.last_turn_only))
-        merges = count_boundary_merges(rendered.text, offsets, rendered.trained_spans(self.last_turn_only))
-        return TokenizedConversation(ids, mask, rendered, tuple(offsets), merges)
+        return ids, special_token_offsets(text, ids, encoding["offset_mapping"], self.added_tokens)
+
+    def __call__(self, messages: Sequence[Mapping[str, Any]] | Conversation, **inputs: Any) -> TokenizedConversation:
+        rendered = self.render(messages, **inputs)
+        turns = rendered.turns[-1:] if self.last_turn_only else rendered.turns
+        ids, offsets = self._encode(rendered.text)
+        shown = [(t.start, t.end) for t in turns]
+        mask = mask_from_offsets(offsets, shown)
+        in_context = [t for t in turns if t.in_context]
+        examples = []
+        if in_context:
+            trained = mask if len(in_context) == len(turns) else mask_from_offsets(offsets, [(t.start, t.end) for t in in_context])
+            examples.append(TrainingExample(ids, trained))
+        if self.reasoning == "keep":
+            for turn in turns:
+                if not turn.in_context:
+                    examples.append(self._turn_alone(turn))
+        merges = count_boundary_merges(rendered.text, offsets, shown)
+        return TokenizedConversation(ids, mask, rendered, tuple(offsets), merges, tuple(examples))
+
+    def _turn_alone(self, turn: TurnSpan) -> TrainingExample:
+        """A turn trained in an example of its own: the history as rendered up to it, then the turn as generated."""
+        text = turn.own_prompt + turn.generated
+        ids, offsets = self._encode(text)
+        return TrainingExample(ids, mask_from_offsets(offsets, [(len(turn.own_prompt), len(text))]))
+
+
+def _messages_and_inputs(messages: Any, inputs: dict) -> tuple[list[Mapping[str, Any]], dict]:
+    if isinstance(messages, Conversation):
+        return messages.to_dicts(), {**messages.inputs.render_kwargs(), **inputs}
+    return list(messages), inputs

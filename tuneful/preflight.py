@@ -2,17 +2,19 @@
 
 They cover the field's known silent failures: EOS/end-of-turn never trained, pad == eos, double
 BOS, examples with zero trained tokens, truncation that cuts into replies, a template that differs
-from the tokenizer's own, and templates that render a turn's context differently at inference.
+from the tokenizer's own, templates that render a turn's context differently at inference, and
+for agentic data: tool definitions or calls the template does not print, reasoning it drops.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Sequence
 
-from .data.types import Conversation
-from .masking import ConversationTokenizer, TokenizedConversation
+from .data.types import Conversation, Message, tool_names
+from .masking import ConversationTokenizer, TokenizedConversation, TrainingExample
 from .templates.registry import from_tokenizer
 from .templates.render import render
 
@@ -53,6 +55,11 @@ class PreflightReport:
     truncated: int = 0
     dropped_overlong: int = 0
     failed_records: int = 0
+
+    @property
+    def training_examples(self) -> list[TrainingExample]:
+        """What a trainer learns from: every usable conversation's training examples, in order."""
+        return [t for e in self.examples for t in e.examples]
 
     @property
     def errors(self) -> list[Finding]:
@@ -117,10 +124,52 @@ def check_template_choice(tokenizer: Any, ctok: ConversationTokenizer, allow_tem
     ]
 
 
-def _truncate(example: TokenizedConversation, max_length: int) -> TokenizedConversation:
-    return TokenizedConversation(
-        example.input_ids[:max_length], example.train_mask[:max_length], example.rendered, example.offsets[:max_length]
-    )
+TOOL_TEMPLATES = ("the model family's own template (Qwen2.5/Qwen3, Llama-3.1/3.2/3.3, Mistral v0.3, Granite 3) "
+                  "or the built-in --template chatml")
+
+
+def _truncate(example: TrainingExample, max_length: int) -> TrainingExample:
+    return TrainingExample(example.input_ids[:max_length], example.train_mask[:max_length])
+
+
+def _has_reasoning(message: Message) -> bool:
+    return bool((message.reasoning_content or "").strip()) or (message.content or "").lstrip().startswith("<think>")
+
+
+@dataclass
+class _Problems:
+    """Per-check lists of record names (and counts of turns and tokens) collected in one pass."""
+
+    names: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    turns: Counter = field(default_factory=Counter)
+    extra_tokens: int = 0
+    full_tokens: int = 0
+
+    def add(self, check: str, name: str, turns: int = 1) -> None:
+        if not self.names[check] or self.names[check][-1] != name:
+            self.names[check].append(name)
+        self.turns[check] += turns
+
+
+def _check_agentic(conv: Conversation, example: TokenizedConversation, name: str, problems: _Problems) -> None:
+    """Tool definitions, tool calls and reasoning: rendered where given, and in the context they train in."""
+    for tool in tool_names(conv.inputs.tools):
+        if tool not in example.rendered.text:
+            problems.add("tools_not_rendered", name)
+            break
+    for turn in example.rendered.turns:
+        message = conv.messages[turn.message_index]
+        if any(call.name not in turn.generated for call in message.tool_calls):
+            problems.add("calls_not_rendered", name)
+        reasoning = (message.reasoning_content or "").strip()
+        if reasoning and reasoning not in turn.generated:
+            problems.add("reasoning_not_rendered", name)
+        if message.tool_calls and message.content.strip() and message.content.strip() not in turn.generated:
+            problems.add("content_not_rendered", name)
+        if not turn.in_context:
+            problems.add("reasoning_dropped" if _has_reasoning(message) else "turn_rewritten", name)
+        if not turn.prompt_matches_inference:
+            problems.add("rewrite", name)
 
 
 def preflight(
@@ -139,67 +188,100 @@ def preflight(
     report.findings += check_tokenizer(tokenizer)
     report.findings += check_template_choice(tokenizer, ctok, allow_template_change)
 
-    problems: dict[str, list[str]] = {
-        k: [] for k in ("render", "no_eot", "zero", "double_bos", "overlong", "rewrite", "merge")
-    }
+    problems = _Problems()
     bos = getattr(tokenizer, "bos_token_id", None)
     for index, conv in enumerate(conversations):
         name = _record_name(conv, index)
         try:
-            example = ctok(conv.to_dicts())
+            example = ctok(conv)
         except Exception as exc:  # template errors (incl. TemplateRewriteError) are per-record problems
-            problems["render"].append(f"{name}: {type(exc).__name__}: {str(exc)[:200]}")
+            hint = " (the conversation has tools or tool calls: is the template tool-capable?)" if (
+                conv.inputs.tools or any(m.tool_calls or m.role == "tool" for m in conv.messages)) else ""
+            problems.add("render", f"{name}: {type(exc).__name__}: {str(exc)[:200]}{hint}")
             continue
         if bos is not None and example.input_ids[:2] == [bos, bos]:
-            problems["double_bos"].append(name)
+            problems.add("double_bos", name)
         if not example.all_turns_end:
-            problems["no_eot"].append(name)
-        if not all(t.prompt_matches_inference for t in example.rendered.turns):
-            problems["rewrite"].append(name)
+            problems.add("no_eot", name)
         if example.boundary_merges:
-            problems["merge"].append(name)
-        if max_length is not None and len(example.input_ids) > max_length:
-            lost = sum(example.train_mask[max_length:])
-            problems["overlong"].append(f"{name} ({len(example.input_ids)} tokens, {lost} trained beyond the limit)")
-            if overlong == "drop":
-                report.dropped_overlong += 1
-                continue
-            if overlong == "truncate":
-                report.truncated += 1
-                example = _truncate(example, max_length)
+            problems.add("merge", name)
+        _check_agentic(conv, example, name, problems)
+        problems.full_tokens += len(example.input_ids)
+        kept = []
+        for position, training in enumerate(example.examples):
+            alone = position > 0 or not any(t.in_context for t in example.rendered.turns)
+            problems.extra_tokens += len(training.input_ids) if alone else 0
+            if max_length is not None and len(training.input_ids) > max_length:
+                lost = sum(training.train_mask[max_length:])
+                problems.add("overlong", f"{name} ({len(training.input_ids)} tokens, {lost} trained beyond the limit)")
+                if overlong == "drop":
+                    report.dropped_overlong += 1
+                    continue
+                if overlong == "truncate":
+                    report.truncated += 1
+                    training = _truncate(training, max_length)
+            kept.append(training)
+        example = replace(example, examples=tuple(kept))
         if example.trained_tokens == 0:
-            problems["zero"].append(name)
+            problems.add("zero", name)
             continue
         report.examples.append(example)
 
-    _add(report, "template_error", "error", problems["render"],
-         "the template failed on these records (or rewrites replies). Fix: repair or drop them "
+    names = problems.names
+    _add(report, "template_error", "error", names["render"],
+         "the template failed on these records. Fix: repair or drop them "
          "(data convert --on-error skip) or choose another template.")
-    _add(report, "end_of_turn_not_trained", "error", problems["no_eot"],
+    _add(report, "end_of_turn_not_trained", "error", names["no_eot"],
          f"no end-of-turn token follows the reply in {ctok.template.origin}, so the model would never learn "
          f"to stop. Stop strings known to this tokenizer: {', '.join(ctok.stop_strings[:6]) or 'none'}. Fix: "
          "choose a template whose turns end with the tokenizer's EOS, or add the template's end marker to "
          "the tokenizer as a special token.")
-    _add(report, "double_bos", "error", problems["double_bos"],
+    _add(report, "double_bos", "error", names["double_bos"],
          "the sequence starts with two BOS tokens (the template prints BOS and the text already had one). "
          "Fix: remove the BOS from the data or the template.")
-    _add(report, "zero_trained_tokens", "error", problems["zero"],
+    _add(report, "zero_trained_tokens", "error", names["zero"],
          "these examples have no trained tokens (no assistant turn, or all replies cut off). Fix: drop them "
          "or raise max_length.")
     severity = "error" if overlong == "fail" else "warning"
-    _add(report, "overlong", severity, problems["overlong"],
+    _add(report, "overlong", severity, names["overlong"],
          f"longer than max_length={max_length}; policy overlong={overlong!r} "
          f"({report.dropped_overlong} dropped, {report.truncated} truncated). Fix: raise max_length or "
          "choose overlong=drop|truncate explicitly.")
-    _add(report, "history_rewrite", "warning", problems["rewrite"],
+    _add(report, "tool_calls_not_rendered", "error", names["calls_not_rendered"],
+         f"{ctok.template.origin} does not print the tool calls of assistant turns (the function name is missing "
+         "from the turn as rendered), so the model would learn to answer without calling. Fix: a template that "
+         f"renders tool calls: {TOOL_TEMPLATES}.")
+    _add(report, "tools_not_rendered", "error", names["tools_not_rendered"],
+         f"{ctok.template.origin} does not print the conversation's tool definitions (a tool's name is missing from "
+         f"the rendering), so the model would call functions it was never shown. Fix: {TOOL_TEMPLATES}.")
+    _add(report, "reasoning_not_rendered", "warning", names["reasoning_not_rendered"],
+         f"{problems.turns['reasoning_not_rendered']} assistant turn(s) carry reasoning_content that "
+         f"{ctok.template.origin} does not print for that turn, so the traces are not trained. Fix: a template "
+         "that renders reasoning (Qwen3, DeepSeek-R1, the built-in chatml), or drop the traces knowingly.")
+    _add(report, "content_not_rendered", "warning", names["content_not_rendered"],
+         f"{problems.turns['content_not_rendered']} assistant turn(s) say something and call a tool, and "
+         f"{ctok.template.origin} prints only the call (e.g. Llama 3.1), so their text is not trained. Fix: a "
+         "template that prints both (Qwen2.5/Qwen3, the built-in chatml), or move the text to its own turn.")
+    alone = ("each is trained in an example of its own, in exactly the context the model sees at inference "
+             f"(reasoning=keep: +{problems.extra_tokens} tokens on top of {problems.full_tokens} in the full "
+             "renderings)") if ctok.reasoning == "keep" else "they are not trained (reasoning=drop_earlier)"
+    _add(report, "reasoning_dropped_from_history", "warning", names["reasoning_dropped"],
+         f"{problems.turns['reasoning_dropped']} assistant turn(s) with reasoning are printed without it once a later "
+         f"turn follows ({ctok.template.origin} drops earlier reasoning), so a trace trained in one turn is "
+         f"invisible in the next; {alone}.")
+    _add(report, "turn_rewritten_in_history", "warning", names["turn_rewritten"],
+         f"{problems.turns['turn_rewritten']} assistant turn(s) are printed in history differently from how the model "
+         f"writes them (e.g. an empty think block dropped); {alone}.")
+    _add(report, "history_rewrite", "warning", names["rewrite"],
          "the template renders an earlier turn's context differently from what add_generation_prompt gives "
-         "at inference (e.g. it moves the system prompt to the last user turn). Masks stay exact; the "
-         "model just sees slightly different prompts in training and in use.")
-    _add(report, "boundary_merge", "warning", problems["merge"],
+         "at inference (e.g. it moves the system prompt or the tool list to the last user turn). These turns "
+         "are trained after the history as the template renders it with the turn; the model sees slightly "
+         "different prompts in training and in use.")
+    _add(report, "boundary_merge", "warning", names["merge"],
          "a token spans the end of the prompt and the start of a reply (BPE merged them, e.g. ']<'); it is "
          "trained, but at inference the prompt is tokenized alone and splits there differently. Fix: a "
          "template that ends the prompt with whitespace or a special token (e.g. a newline after the header).")
-    report.failed_records = len(problems["render"])
+    report.failed_records = len(names["render"])
     return report
 
 

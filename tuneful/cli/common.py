@@ -35,26 +35,36 @@ def parse_now(value: str | None) -> datetime | None:
         fail(f"--now {value!r} is not an ISO date-time such as 2024-07-26T12:00:00")
 
 
-def read_conversations(path: Path) -> tuple[list[list[dict]], bool]:
-    """CONV.json holds one conversation (a list of messages) or a list of them.
+def read_conversations(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """CONV.json holds one conversation or a list of them, each as given to ``apply_chat_template``.
 
-    A conversation may also be written as ``{"messages": [...]}``. Returns (conversations, was_single).
+    A conversation is a list of messages, or an object ``{"messages": [...], "tools": [...],
+    "chat_template_kwargs": {...}}`` (tools and kwargs optional). Returns
+    (``[{"messages", "tools", "template_kwargs"}]``, was_single).
     """
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         fail(f"--messages {path}: {exc}")
     if isinstance(data, dict) and "messages" in data:
-        return [data["messages"]], True
+        return [_conversation_item(data, path, 0)], True
     if not isinstance(data, list):
         fail(f"--messages {path}: expected a list of messages or a list of conversations")
     if data and all(isinstance(m, dict) and "role" in m for m in data):
-        return [data], True
-    convs = []
-    for i, item in enumerate(data):
-        if isinstance(item, dict) and "messages" in item:
-            item = item["messages"]
-        if not isinstance(item, list):
-            fail(f"--messages {path}: item {i} is neither a message list nor {{'messages': [...]}}")
-        convs.append(item)
-    return convs, False
+        return [_conversation_item(data, path, 0)], True
+    return [_conversation_item(item, path, i) for i, item in enumerate(data)], False
+
+
+def _conversation_item(item: Any, path: Path, index: int) -> dict[str, Any]:
+    if isinstance(item, list):
+        return {"messages": item, "tools": None, "template_kwargs": None}
+    if not (isinstance(item, dict) and isinstance(item.get("messages"), list)):
+        fail(f"--messages {path}: item {index} is neither a message list nor {{'messages': [...]}}")
+    unknown = set(item) - {"messages", "tools", "chat_template_kwargs"}
+    if unknown:
+        fail(f"--messages {path}: item {index} has unknown keys {sorted(unknown)} "
+             "(a conversation object holds messages, tools and chat_template_kwargs)")
+    kwargs = item.get("chat_template_kwargs")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        fail(f"--messages {path}: item {index}: chat_template_kwargs must be an object")
+    return {"messages": item["messages"], "tools": item.get("tools"), "template_kwargs": kwargs}

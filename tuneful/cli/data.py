@@ -12,21 +12,24 @@ from .common import fail, load_tokenizer
 
 data_app = typer.Typer(help="Instruction data: convert and inspect.", no_args_is_help=True)
 
-FORMAT_HELP = "auto, alpaca, dolly, self_instruct, sharegpt, lima, messages, oasst, preference, hh_rlhf, sharegpt_preference"
+FORMAT_HELP = ("auto, alpaca, dolly, self_instruct, flan, sharegpt, lima, messages, oasst, oasst_rows, preference, "
+               "hh_rlhf, sharegpt_preference, unpaired")
 
 
-def _load(source: str, format: str, on_error: str, oasst_paths: str, allow_empty_assistant: bool, split: str):
-    from ..data.formats import ConvertOptions
+def _load(source: str, format: str, on_error: str, split: str, **options):
     from ..data.loader import load
+    from ..data.messages import ConvertOptions
     from ..data.types import RecordError
 
     try:
-        options = ConvertOptions(oasst_paths=oasst_paths, allow_empty_assistant=allow_empty_assistant)
-        return load(source, format=format, on_error=on_error, split=split, options=options)
+        result = load(source, format=format, on_error=on_error, split=split, options=ConvertOptions(**options))
     except RecordError as exc:
         fail(f"{exc}\n(use --on-error skip to skip and count bad records)")
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
+    if result.report.records_in == 0:
+        fail(f"{source}: empty input, no records in it")
+    return result
 
 
 @data_app.command("convert")
@@ -36,19 +39,30 @@ def convert(
     format: str = typer.Option("auto", "--format", help=FORMAT_HELP),
     on_error: str = typer.Option("fail", "--on-error", help="fail: stop at the first bad record; skip: count and report it."),
     oasst_paths: str = typer.Option("all", "--oasst-paths", help="OpenAssistant trees: all root-to-leaf paths, or top (best-ranked)."),
+    oasst_lang: Optional[str] = typer.Option(None, "--lang", help="OpenAssistant: keep only messages in this language (e.g. en)."),
     allow_empty_assistant: bool = typer.Option(False, "--allow-empty-assistant", help="Keep empty assistant turns."),
+    think: str = typer.Option("keep", "--think", help="A <think>...</think> block opening a reply: keep it verbatim, or split it into reasoning_content."),
+    parse_text_tool_calls: bool = typer.Option(False, "--parse-text-tool-calls", help="Hermes-style <tool_call>{json}</tool_call> text in replies (and <tool_response> results) becomes structured tool calls and tool messages."),
     split: str = typer.Option("train", "--split", help="Split of a Hugging Face dataset."),
 ) -> None:
     """Convert any supported format to canonical JSONL; the last stdout line is a JSON summary."""
     from ..data.loader import write_jsonl
 
-    result = _load(source, format, on_error, oasst_paths, allow_empty_assistant, split)
+    result = _load(source, format, on_error, split, oasst_paths=oasst_paths, oasst_lang=oasst_lang,
+                   allow_empty_assistant=allow_empty_assistant, think=think,
+                   parse_text_tool_calls=parse_text_tool_calls)
     write_jsonl(result.items, out)
     for where, message in result.report.skipped[:20]:
         typer.echo(f"skipped {message}", err=True)
     if len(result.report.skipped) > 20:
         typer.echo(f"... and {len(result.report.skipped) - 20} more skipped", err=True)
-    typer.echo(f"format: {result.report.format}; wrote {result.report.written} item(s) to {out}")
+    report = result.report
+    if report.ignored_fields:
+        fields = ", ".join(f"{name} ({count})" for name, count in report.ignored_fields.most_common(12))
+        typer.echo(f"fields the {report.format} loader does not use (not written): {fields}", err=True)
+    for note, count in sorted(report.notes.items()):
+        typer.echo(f"note: {note} = {count}", err=True)
+    typer.echo(f"format: {report.format}; wrote {report.written} item(s) to {out}")
     typer.echo(json.dumps(result.report.summary()))
 
 
@@ -76,7 +90,7 @@ def inspect_cmd(
     from ..templates.registry import resolve
 
     source = source or str(starter_path())
-    result = _load(source, format, on_error, "all", False, "train")
+    result = _load(source, format, on_error, "train")
     conversations = result.conversations
     if not conversations:
         fail(f"{source}: no conversations to inspect ({len(result.preferences)} preference pairs; skipped: {result.report.summary()['skipped_by_reason']})")

@@ -10,6 +10,9 @@ import typer
 
 from .common import fail, load_tokenizer, parse_now, read_conversations
 
+CONV_HELP = ("CONV.json: one conversation or a list of them; each a message list or "
+             "{messages, tools, chat_template_kwargs}.")
+
 template_app = typer.Typer(help="Chat templates: list, render, and token masks.", no_args_is_help=True)
 
 
@@ -24,7 +27,7 @@ def list_templates() -> None:
 
 @template_app.command("render")
 def render_cmd(
-    messages: Path = typer.Option(..., "--messages", help="CONV.json: one conversation or a list of them."),
+    messages: Path = typer.Option(..., "--messages", help=CONV_HELP),
     template: Optional[str] = typer.Option(None, "--template", help="Built-in name, .jinja file, or 'tokenizer'."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer folder: its template and special tokens."),
     add_generation_prompt: bool = typer.Option(False, "--add-generation-prompt", help="End with the assistant header."),
@@ -53,8 +56,8 @@ def render_cmd(
     results = []
     for conv in convs:
         try:
-            text = render(conv, chat_template.source, add_generation_prompt=add_generation_prompt,
-                          special_tokens=special, now=clock)
+            text = render(conv["messages"], chat_template.source, add_generation_prompt=add_generation_prompt,
+                          special_tokens=special, now=clock, tools=conv["tools"], template_kwargs=conv["template_kwargs"])
             results.append({"rendered": text})
         except Exception as exc:  # template errors are part of the output, as in the goldens
             results.append({"error": error_json(exc)})
@@ -74,14 +77,21 @@ def render_cmd(
 
 @template_app.command("mask")
 def mask_cmd(
-    messages: Path = typer.Option(..., "--messages", help="CONV.json: one conversation or a list of them."),
+    messages: Path = typer.Option(..., "--messages", help=CONV_HELP),
     tokenizer: str = typer.Option(..., "--tokenizer", help="Tokenizer folder (or hub id)."),
     template: Optional[str] = typer.Option(None, "--template", help="Built-in name or .jinja file; default: the tokenizer's own."),
     last_turn_only: bool = typer.Option(False, "--last-turn-only", help="Train only the final assistant turn."),
+    reasoning: str = typer.Option("keep", "--reasoning", help="Turns the template rewrites in history: keep (trained "
+                                  "on their own, listed under examples) or drop_earlier (not trained)."),
     now: Optional[str] = typer.Option(None, "--now", help="Clock for strftime_now, e.g. 2024-07-26T12:00:00."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON array of {input_ids, train_mask} / {error}."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON array of {input_ids, train_mask[, examples]} / {error}."),
 ) -> None:
-    """Tokens and train mask (1 = trained) of each conversation, for any template."""
+    """Tokens and train mask (1 = trained) of each conversation, for any template.
+
+    input_ids / train_mask: the whole conversation as apply_chat_template renders it, every assistant
+    turn marked as printed there. When the template rewrites history (Qwen3 drops earlier reasoning),
+    what training uses differs: then "examples" lists each training example's input_ids / train_mask.
+    """
     from ..masking import ConversationTokenizer
     from ..templates.registry import resolve
     from ..templates.render import error_json
@@ -90,14 +100,18 @@ def mask_cmd(
     tok = load_tokenizer(tokenizer)
     try:
         chat_template = resolve(template, tok, tokenizer)
-        ctok = ConversationTokenizer(tok, chat_template, last_turn_only=last_turn_only, now=parse_now(now))
+        ctok = ConversationTokenizer(tok, chat_template, last_turn_only=last_turn_only, now=parse_now(now),
+                                     reasoning=reasoning)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     results = []
     for conv in convs:
         try:
-            example = ctok(conv)
-            results.append({"input_ids": example.input_ids, "train_mask": example.train_mask})
+            example = ctok(conv["messages"], tools=conv["tools"], template_kwargs=conv["template_kwargs"])
+            result = {"input_ids": example.input_ids, "train_mask": example.train_mask}
+            if example.turns_out_of_context:  # training differs from the full rendering: say what it trains on
+                result["examples"] = [{"input_ids": e.input_ids, "train_mask": e.train_mask} for e in example.examples]
+            results.append(result)
         except Exception as exc:
             results.append({"error": error_json(exc)})
     if as_json:
@@ -111,3 +125,7 @@ def mask_cmd(
         typer.echo(f"conversation {i}: {sum(result['train_mask'])}/{len(result['train_mask'])} tokens trained "
                    "(trained tokens in [brackets])")
         typer.echo("".join(pieces))
+        for k, extra in enumerate(result.get("examples", [])):
+            pieces = [f"[{tok.decode([t])!r}]" if m else tok.decode([t]) for t, m in zip(extra["input_ids"], extra["train_mask"])]
+            typer.echo(f"  training example {k}: {sum(extra['train_mask'])}/{len(extra['train_mask'])} tokens trained")
+            typer.echo("  " + "".join(pieces))

@@ -13,21 +13,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .formats import FORMATS, ConvertOptions, Format, Item, detect_format
+from .formats import FORMATS, Format, Item, detect_format
+from .messages import Conversion, ConvertOptions
 from .sources import RawRecord, read_records
-from .types import Conversation, PreferencePair, RecordError
+from .types import Conversation, LabeledConversation, PreferencePair, RecordError, make_conversation
 
 ON_ERROR = ("fail", "skip")
 
 
 @dataclass
 class LoadReport:
-    """What a load did: records read, items written, and every skip with its reason."""
+    """What a load did: records read, items written, every skip with its reason, every field left unused."""
 
     records_in: int = 0
     written: int = 0
     skipped_by_reason: Counter = field(default_factory=Counter)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (where, message)
+    ignored_fields: Counter = field(default_factory=Counter)  # "messages[].weight" -> occurrences
+    notes: Counter = field(default_factory=Counter)  # named counts: think blocks, parsed calls, pruned messages
     format: str | None = None
 
     @property
@@ -40,6 +43,8 @@ class LoadReport:
             "written": self.written,
             "skipped": self.skipped_count,
             "skipped_by_reason": dict(sorted(self.skipped_by_reason.items())),
+            "ignored_fields": dict(sorted(self.ignored_fields.items())),
+            "notes": dict(sorted(self.notes.items())),
         }
 
 
@@ -56,6 +61,10 @@ class LoadResult:
     def preferences(self) -> list[PreferencePair]:
         return [x for x in self.items if isinstance(x, PreferencePair)]
 
+    @property
+    def labeled(self) -> list[LabeledConversation]:
+        return [x for x in self.items if isinstance(x, LabeledConversation)]
+
 
 def _resolve_format(name: str) -> Format | None:
     if name == "auto":
@@ -63,6 +72,20 @@ def _resolve_format(name: str) -> Format | None:
     if name not in FORMATS:
         raise ValueError(f"--format {name!r} is not known; choose auto or one of: {', '.join(FORMATS)}")
     return FORMATS[name]
+
+
+class _Skips:
+    """Apply ``on_error``: raise the first error located, or count and keep it."""
+
+    def __init__(self, report: LoadReport, on_error: str):
+        self.report, self.on_error = report, on_error
+
+    def __call__(self, where: str, exc: RecordError) -> None:
+        located = exc if exc.where else exc.at(where)
+        if self.on_error == "fail":
+            raise located from None
+        self.report.skipped_by_reason[exc.rule] += 1
+        self.report.skipped.append((where, str(located)))
 
 
 def convert_records(
@@ -77,7 +100,10 @@ def convert_records(
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     fmt = _resolve_format(format)
     report = LoadReport()
+    skip = _Skips(report, on_error)
+    conversion = Conversion(options)
     items: list[Item] = []
+    whole: list[tuple[str, dict]] = []  # records of a format that converts the whole source at once
     for raw in records:
         report.records_in += 1
         try:
@@ -88,18 +114,45 @@ def convert_records(
             elif not isinstance(raw.value, dict) or not fmt.matches(raw.value):
                 keys = sorted(raw.value) if isinstance(raw.value, dict) else type(raw.value).__name__
                 raise RecordError("format_mismatch", f"record with fields {keys} is not {fmt.name} ({fmt.description})")
-            converted = fmt.convert(raw.value, options)
+            if fmt.convert_all is not None:
+                whole.append((raw.where, raw.value))
+                continue
+            converted, unused = fmt.convert_tracked(raw.value, conversion)
         except RecordError as exc:
-            located = exc if exc.where else exc.at(raw.where)
-            if on_error == "fail":
-                raise located from None
-            report.skipped_by_reason[exc.rule] += 1
-            report.skipped.append((raw.where, str(located)))
+            skip(raw.where, exc)
             continue
+        report.ignored_fields.update(unused)
         items.extend(converted)
+    if whole:
+        items += _convert_whole(fmt, whole, conversion, report, skip)
     report.written = len(items)
+    report.notes.update(conversion.notes)
     report.format = fmt.name if fmt else None
     return LoadResult(items, report)
+
+
+def _convert_whole(fmt: Format, records: list[tuple[str, dict]], conversion: Conversion, report: LoadReport,
+                   skip: _Skips) -> list[Item]:
+    from .fields import track, unused_fields
+
+    registry: list = []
+    tracked = []
+    for where, value in records:
+        record, registry_one = track(value)
+        tracked.append((where, record))
+        registry.append(registry_one)
+    converted, skipped = fmt.convert_all(tracked, conversion)
+    for where, exc in skipped:
+        skip(where, exc)
+    for registry_one in registry:
+        report.ignored_fields.update(unused_fields(registry_one))
+    out: list[Item] = []
+    for messages, meta in converted:
+        try:
+            out.append(make_conversation(messages, meta, allow_empty_assistant=conversion.options.allow_empty_assistant))
+        except RecordError as exc:
+            skip(f"tree {meta.get('message_tree_id')}", exc)
+    return out
 
 
 def load(

@@ -26,12 +26,18 @@ class RawRecord:
 
 
 def read_jsonl(path: Path) -> Iterator[RawRecord]:
-    """Each non-blank line parsed, or its JSON error, with ``file:line``."""
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    """Each non-blank line parsed, or its error (not UTF-8, not JSON), with ``file:line``."""
+    with path.open("rb") as fh:
+        for lineno, raw_line in enumerate(fh, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield RawRecord(where, error=RecordError(
+                    "invalid_utf8", f"byte {raw_line[exc.start]:#04x} at column {exc.start + 1} is not UTF-8", where))
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 yield RawRecord(where, json.loads(line))
             except json.JSONDecodeError as exc:
@@ -39,8 +45,20 @@ def read_jsonl(path: Path) -> Iterator[RawRecord]:
 
 
 def _read_json(path: Path) -> Iterator[RawRecord]:
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        if raw.lstrip()[:1] != b"[":  # maybe JSON Lines with a .json name: bad lines are per-record errors
+            yield from read_jsonl(path)
+            return
+        raise RecordError("invalid_utf8", f"byte {raw[exc.start]:#04x} on line {line} is not UTF-8; the whole "
+                                          "file is one JSON value, so nothing in it can be read", str(path)) from None
+    if not text.strip():
+        return
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         # A whole-file JSON error: maybe it is really JSON Lines with a .json name.
         if exc.msg == "Extra data":
@@ -48,14 +66,27 @@ def _read_json(path: Path) -> Iterator[RawRecord]:
             return
         raise RecordError("invalid_json", f"{exc.msg} at line {exc.lineno}", str(path)) from None
     if isinstance(data, dict):
-        # {"data": [...]} / {"train": [...]} wrappers are common; a lone object is one record.
-        lists = [k for k, v in data.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
-        if len(lists) == 1 and len(data) == 1:
-            data = data[lists[0]]
-        else:
-            data = [data]
+        data = _records_of_object(data)
+    elif not isinstance(data, list):
+        raise RecordError("not_an_object", f"the file holds a JSON {type(data).__name__}, not records", str(path))
     for i, value in enumerate(data):
         yield RawRecord(f"{path}[{i}]", value)
+
+
+def _records_of_object(data: dict) -> list:
+    """A top-level object is one record (axolotl's fixtures), unless it only wraps a list of records.
+
+    ``{"data": [...]}`` / ``{"train": [...]}`` wrappers are common; but ``{"messages": [...]}`` is a
+    conversation, not a wrapper of messages, so an object that a format recognises stays one record.
+    """
+    from .formats import looks_like_a_record
+
+    if looks_like_a_record(data):
+        return [data]
+    lists = [k for k, v in data.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+    if len(lists) == 1 and len(data) == 1:
+        return data[lists[0]]
+    return [data]
 
 
 def _read_table(path: Path) -> Iterator[RawRecord]:

@@ -1,6 +1,7 @@
 """Preference pairs → token ids: one shared prompt, two continuations, masks on response tokens only.
 
-Both full conversations (prompt + chosen, prompt + rejected) are rendered with the chat template and
+Both full conversations (prompt + chosen, prompt + rejected; a reply may be text, tool calls or
+both, and the prompt may hold earlier calls and their results, with the pair's tools) are rendered with the chat template and
 tokenized exactly as SFT does (character spans → token mask, last assistant turn only). The prompt
 is the token prefix before the first trained token; it must be identical for both responses, so it
 is stored once and each response is its continuation — and, in the default batch layout
@@ -18,7 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..data.types import PreferencePair
+from ..data.types import Conversation, Message, PreferencePair
 from ..masking import ConversationTokenizer
 
 
@@ -45,8 +46,13 @@ def _split(encoded: Any) -> tuple[list[int], list[int], list[int]]:
 
 
 def _repeats_prompt(response: str, pair: PreferencePair) -> bool:
-    last_user = next((m.content for m in reversed(pair.prompt) if m.role == "user"), "").strip()
+    last_user = next((m.content or "" for m in reversed(pair.prompt) if m.role == "user"), "").strip()
     return bool(last_user) and len(last_user) > 20 and last_user in response
+
+
+def _same_reply(a: Message, b: Message) -> bool:
+    """Identical replies, ignoring whitespace around the text (which teaches nothing either)."""
+    return replace(a, content=(a.content or "").strip()) == replace(b, content=(b.content or "").strip())
 
 
 def preference_tokenizer(tokenizer: Any, template: Any) -> ConversationTokenizer:
@@ -58,16 +64,15 @@ def tokenize_pair(ctok: ConversationTokenizer, pair: PreferencePair) -> Preferen
     if not ctok.last_turn_only:  # earlier assistant turns belong to the prompt
         raise ValueError("tokenize_pair needs a ConversationTokenizer with last_turn_only=True "
                          "(use preference_tokenizer)")
-    if pair.chosen.strip() == pair.rejected.strip():
+    if _same_reply(pair.chosen, pair.rejected):
         raise PreferenceDataError("chosen and rejected are the same text: the pair teaches nothing")
     for name, response in (("chosen", pair.chosen), ("rejected", pair.rejected)):
-        if not response.strip():
+        if not (response.content or "").strip() and not response.tool_calls:
             raise PreferenceDataError(f"{name} is empty")
-        if _repeats_prompt(response, pair):
+        if _repeats_prompt(response.content or "", pair):
             raise PreferenceDataError(f"{name} contains the prompt's user message: pass only the final assistant "
                                       "reply as chosen/rejected, the prompt separately")
-    prompt = [m.to_dict() for m in pair.prompt]
-    encoded = [ctok([*prompt, {"role": "assistant", "content": r}]) for r in (pair.chosen, pair.rejected)]
+    encoded = [ctok(Conversation((*pair.prompt, reply), inputs=pair.inputs)) for reply in (pair.chosen, pair.rejected)]
     for enc in encoded:
         if enc.rendered.turns and not enc.rendered.turns[-1].prompt_matches_inference:
             raise PreferenceDataError("the template renders the prompt differently at inference than in front "

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..data.loader import LoadReport, load
-from ..data.types import Conversation, Message, PreferencePair
+from ..data.types import Conversation, PreferencePair
 from ..preflight import PreflightReport, preflight
 from ..sft.data import end_of_turn_ids, hold_out
 from ..templates.registry import ChatTemplate, resolve
@@ -41,6 +41,9 @@ def pair_length(example: PreferenceExample) -> int:
 
 def _load_pairs(source: str, settings: PreferenceDataSettings) -> tuple[list[PreferencePair], LoadReport]:
     result = load(source, format=settings.format, on_error=settings.on_error)
+    if result.labeled:
+        raise ValueError(f"data.train={source} holds unpaired preference data (KTO: replies with a true/false 'label'), "
+                         "not pairs; DPO needs prompt/chosen/rejected. Pair them first, or train them with a KTO trainer")
     if result.conversations and not result.preferences:
         raise ValueError(f"data.train={source} holds conversations, not preference pairs (prompt/chosen/rejected); "
                          "train on it with tuneful sft")
@@ -69,7 +72,7 @@ def prepare_pairs(settings: PreferenceDataSettings, tokenizer: Any, seed: int) -
         train_pairs, eval_pairs = hold_out(pairs, settings.eval_fraction, seed)
     if not train_pairs:
         raise PreferenceDataError(f"data.train={settings.train}: no preference pairs to train on")
-    chosen_conversations = [Conversation((*p.prompt, Message("assistant", p.chosen)), p.meta) for p in train_pairs]
+    chosen_conversations = [Conversation((*p.prompt, p.chosen), p.meta, p.inputs) for p in train_pairs]
     report = preflight(tokenizer, ctok, chosen_conversations, max_length=None,
                        allow_template_change=settings.allow_template_change)
     report.raise_on_errors()

@@ -94,7 +94,7 @@ def heldout_loss(chat: ChatModel, prompts: list[EvalPrompt], batch_size: int) ->
     ctok = ConversationTokenizer(chat.tokenizer, chat.template, last_turn_only=True)
     examples = []
     for p in scored:
-        encoded = ctok(p.messages + [{"role": "assistant", "content": p.reference}])
+        encoded = ctok(p.messages + [{"role": "assistant", "content": p.reference}])  # the last turn: in context
         ids = encoded.input_ids[: chat.context_length]
         examples.append(Example(ids, labels_from_mask(ids, encoded.train_mask[: len(ids)])))
     examples.sort(key=len)

@@ -57,6 +57,9 @@ class DataSettings:
     max_length: int = setting(1024, "Longest sequence in tokens.")
     overlong: str = setting("drop", "Examples over max_length: drop, truncate, or fail.")
     last_turn_only: bool = setting(False, "Train only the final assistant turn of each conversation.")
+    reasoning: str = setting("keep", "Turns a template prints differently once a later turn follows (Qwen3, "
+                                     "DeepSeek-R1 drop earlier reasoning): keep = train each in an example of its "
+                                     "own, in its inference context (more tokens); drop_earlier = do not train them.")
     packing: bool = setting(True, "Pack examples into max_length rows (block-diagonal attention, no cross-talk).")
     replay: str = setting("", "Plain-text documents (JSONL with a 'text' field) trained on every token beside the "
                               "conversations, so SFT does not erase what pretraining taught.")
@@ -66,6 +69,8 @@ class DataSettings:
         problems = source_problems(self)
         if self.overlong not in ("drop", "truncate", "fail"):
             problems.append(f"overlong: {self.overlong!r} is not drop, truncate or fail")
+        if self.reasoning not in ("keep", "drop_earlier"):
+            problems.append(f"reasoning: {self.reasoning!r} is not keep or drop_earlier")
         if self.replay_ratio < 0 or (self.replay_ratio > 0 and not self.replay):
             problems.append("replay_ratio: needs data.replay=<documents.jsonl> and a value >= 0")
         return problems

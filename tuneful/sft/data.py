@@ -43,6 +43,16 @@ def _load_conversations(source: str, settings: DataSettings) -> tuple[list[Conve
     result = load(source, format=settings.format, on_error=settings.on_error)
     if result.preferences:
         raise ValueError(f"data {source} holds preference pairs; SFT needs conversations (use tuneful dpo)")
+    if result.labeled:
+        first = result.labeled[0]
+        where = first.meta.get("where") or "its first labelled record"
+        undesirable = sum(not item.label for item in result.labeled)
+        raise ValueError(
+            f"data {source} holds unpaired preference data (KTO: {len(result.labeled)} records with a 'label', "
+            f"{undesirable} marked undesirable, e.g. {where}); SFT would train the undesirable replies as targets. "
+            "Fix: keep only the desirable ones (records with label == true, without the label field) for SFT, "
+            "or train them with a KTO trainer."
+        )
     return result.conversations, result.report
 
 
@@ -50,7 +60,8 @@ def prepare_data(settings: DataSettings, tokenizer: Any, seed: int) -> PreparedD
     """Everything the loop needs, or a PreflightError naming every problem at once."""
     template = resolve(None if settings.template == "tokenizer" else settings.template, tokenizer,
                        settings.tokenizer or "the model's tokenizer")
-    ctok = ConversationTokenizer(tokenizer, template, last_turn_only=settings.last_turn_only)
+    ctok = ConversationTokenizer(tokenizer, template, last_turn_only=settings.last_turn_only,
+                                 reasoning=settings.reasoning)
     convs, load_report = _load_conversations(settings.train, settings)
     if settings.eval:
         train_convs, (eval_convs, _) = convs, _load_conversations(settings.eval, settings)
@@ -63,7 +74,7 @@ def prepare_data(settings: DataSettings, tokenizer: Any, seed: int) -> PreparedD
                             allow_template_change=True)
 
     def to_examples(rep: PreflightReport) -> list[Example]:
-        return [Example(e.input_ids, labels_from_mask(e.input_ids, e.train_mask)) for e in rep.examples]
+        return [Example(e.input_ids, labels_from_mask(e.input_ids, e.train_mask)) for e in rep.training_examples]
 
     train = to_examples(report) + replay_examples(settings, tokenizer, len(report.examples), seed)
     return PreparedData(train, to_examples(eval_report), template, ctok, load_report, report,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 _CLOCK_LOCK = threading.RLock()
 
@@ -47,27 +47,34 @@ def frozen_clock(now: datetime | None) -> Iterator[None]:
 
 
 def render(
-    messages: Sequence[Mapping[str, str]],
+    messages: Sequence[Mapping[str, Any]],
     template: str,
     *,
     add_generation_prompt: bool = False,
     special_tokens: Mapping[str, str] | None = None,
     now: datetime | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    template_kwargs: Mapping[str, Any] | None = None,
 ) -> str:
-    """Render one conversation (list of ``{"role", "content"}``) with a template source string.
+    """Render one conversation (OpenAI-style message dicts) with a template source string.
 
-    ``special_tokens`` are passed to the template as variables (``bos_token``, ``eos_token`` ...),
-    as ``apply_chat_template`` does with the tokenizer's special tokens. Template errors propagate
-    unchanged (e.g. ``jinja2.exceptions.TemplateError: Conversation roles must alternate ...``).
+    As ``apply_chat_template`` does: keys whose value is None are dropped from messages (an assistant
+    message with tool calls and ``content: null`` has no content key), ``tools`` are passed as the
+    template's ``tools``, and the special-token strings (``bos_token``, ``eos_token`` ...) and
+    ``template_kwargs`` (e.g. ``enable_thinking``) become template variables, the kwargs winning.
+    Template errors propagate unchanged (e.g. ``TemplateError: Conversation roles must alternate``).
     """
     from transformers.utils.chat_template_utils import render_jinja_template
 
+    conversation = [{k: v for k, v in dict(m).items() if v is not None} for m in messages]
+    variables = {**dict(special_tokens or {}), **dict(template_kwargs or {})}
     with frozen_clock(now):
         rendered = render_jinja_template(
-            conversations=[[dict(m) for m in messages]],
+            conversations=[conversation],
+            tools=list(tools) if tools else None,
             chat_template=template,
             add_generation_prompt=add_generation_prompt,
-            **dict(special_tokens or {}),
+            **variables,
         )
     # transformers returns (rendered_list, generation_indices)
     texts = rendered[0] if isinstance(rendered, tuple) else rendered

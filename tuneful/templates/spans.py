@@ -1,57 +1,68 @@
-"""Render a conversation together with the character spans of each assistant reply.
+"""Render a conversation together with the character spans of each assistant turn.
+
+Knows only message dicts, a template and the tokenizer's stop strings; no token ids.
 
 Why not search for markers or measure prompt lengths: both break silently when a template trims
-content, merges tokens across the boundary, or rewrites earlier turns. Instead we render the
-conversation twice with transformers' renderer:
+content, prints tool calls in its own syntax, or rewrites earlier turns. Instead every assistant
+turn ``i`` is rendered the way it is produced at inference:
 
-1. ``R``  — the real rendering (byte-equal to ``apply_chat_template``);
-2. ``S``  — the same conversation with every assistant content replaced by a unique sentinel.
+1. ``P_i`` — the messages before it with ``add_generation_prompt=True``: what the model is fed;
+2. ``F_i`` — the messages up to and including it: ``F_i`` must start with ``P_i``, and the rest,
+   up to and including the end-of-turn stop string, is what the model has to write — the reply,
+   its tool calls in the template's own syntax, its reasoning where the template prints it, text
+   the template inserts after the generation prompt (Qwen3's empty think block), and the
+   end-of-turn token. Tool results, tool schemas, system and user text are never part of it:
+   they are in ``P_i`` or after the turn.
 
-Splitting ``S`` at the sentinels gives the template's own text between replies: ``T0, T1, ... Tn``.
-The real rendering must then be exactly ``T0 + c1 + T1 + c2 + ... + Tn`` where each ``ci`` is
-assistant content ``i`` as the template printed it (verbatim or stripped). We check that equality
-character for character; if it fails the template rewrote something that depends on the reply
-(e.g. Qwen3 moving ``<think>`` blocks) and we refuse with a message instead of guessing.
+The full rendering ``R`` (byte-equal to ``apply_chat_template``) holds every turn. Where ``R``
+starts with ``F_i``'s history and continues with the turn exactly as generated, the turn is
+trained in ``R``. Templates that rewrite history (Qwen3, QwQ and DeepSeek-R1 drop the reasoning
+of earlier turns) show some turns differently in ``R`` than the model wrote them. Such a turn is
+*not in context*: it is trained in an example of its own, ``F_i`` with only its last turn trained
+(policy ``keep``), or not trained (``drop_earlier``) — never in a context the model does not see.
+Its position in ``R`` is still located, for display (``tuneful template mask``).
 
-The end-of-turn: the template text right after a reply, up to and including the first stop
-string (a special token such as ``<|im_end|>``, ``<|eot_id|>``, ``</s>``), with only whitespace
-before it. It is trained so the model learns to stop. Finally, text the template inserts between
-the inference prompt (``add_generation_prompt=True`` on the preceding turns) and the reply is
-trained too, because at inference the model has to produce it (Qwen3's empty think block).
+One kind of template never renders ``P_i`` followed by the turn: Mistral's prints the system
+prompt (and the tool list) in the *last* user turn, so adding the reply moves it. There the turn
+begins where its own text begins, its context is the history as the template renders it with the
+turn (``prompt_matches_inference`` is False, and preflight says so).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Mapping, Sequence
+from os.path import commonprefix
+from typing import Any, Mapping, Sequence
 
 from .render import render
 
-_SENTINEL = "\ue000tuneful-reply-{}\ue001"  # private-use code points: no template or text emits them
-
 
 class TemplateRewriteError(ValueError):
-    """The template changes text around a reply depending on the reply, so spans cannot be trusted."""
+    """A turn cannot be trained in the context the model sees at inference (or the template fails on it)."""
 
 
 @dataclass(frozen=True)
 class TurnSpan:
-    """Character offsets of one assistant turn in the rendering.
+    """One assistant turn: where it stands in the full rendering, and what the model writes for it.
 
-    ``start``/``end`` bound what is trained; ``content_start``/``content_end`` bound the reply text
-    as printed; ``end_of_turn`` is the stop string found after it ("" when there is none).
-    ``prompt_matches_inference`` is False when the text before this reply differs from what
-    ``add_generation_prompt=True`` on the preceding turns renders (a history-rewriting template).
+    ``start``/``end`` bound the turn in the full rendering (for a turn in context: exactly what is
+    trained); ``end_of_turn`` is the stop string closing it, with the whitespace before it ("" when
+    there is none). ``generated`` is the turn as the model writes it. ``in_context``: the full
+    rendering shows the turn exactly so, after exactly the history the template renders up to this
+    turn; otherwise ``own_prompt`` holds that history, for the turn's own example.
+    ``prompt_matches_inference``: that history is also what ``add_generation_prompt=True`` gives
+    at inference (False where the template moves text into the last user turn).
     """
 
     message_index: int
     start: int
-    content_start: int
-    content_end: int
     end: int
     end_of_turn: str
     prompt_matches_inference: bool
+    in_context: bool
+    generated: str = ""
+    own_prompt: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -60,112 +71,120 @@ class RenderedConversation:
     turns: tuple[TurnSpan, ...] = field(default_factory=tuple)
 
     def trained_spans(self, last_turn_only: bool = False) -> list[tuple[int, int]]:
+        """Every turn as printed in the full rendering (what ``template mask`` shows)."""
         turns = self.turns[-1:] if last_turn_only else self.turns
         return [(t.start, t.end) for t in turns]
 
 
-def _content_variants(content: str) -> list[str]:
-    """How templates commonly print content: verbatim, or with whitespace trimmed at one or both ends."""
-    variants = [content]
-    for chars in (None, "\n"):
-        variants += [content.strip(chars), content.lstrip(chars), content.rstrip(chars)]
-    return list(dict.fromkeys(variants))
+def _generated_turn(tail: str, stop_strings: Sequence[str]) -> tuple[str, str]:
+    """The turn as written, through its end-of-turn string, out of the text after the generation prompt.
+
+    The tail ends with a run of stop strings and whitespace: the turn ends at the first stop string
+    of that run (Phi-3 prints ``<|end|>`` after each reply and one more EOS at the end of the whole
+    conversation; only ``<|end|>`` is the model's to write). Returns (turn, end-of-turn with the
+    whitespace before it); the end-of-turn is "" when the tail ends with no stop string.
+    """
+    stops = sorted((s for s in stop_strings if s), key=len, reverse=True)
+    core = tail.rstrip()
+    while True:
+        stop = next((s for s in stops if core.endswith(s)), None)
+        if stop is None:
+            break
+        core = core[: -len(stop)].rstrip()
+    run = tail[len(core):]
+    gap = len(run) - len(run.lstrip())
+    stop = next((s for s in stops if run.startswith(s, gap)), None)
+    if stop is None:
+        return core, ""
+    return tail[: len(core) + gap + len(stop)], run[: gap + len(stop)]
 
 
-def _end_of_turn(after: str, stop_strings: Sequence[str]) -> str:
-    """Leading whitespace plus the first stop string at the start of ``after``; "" if none."""
-    stripped = after.lstrip()
-    gap = len(after) - len(stripped)
-    matches = [s for s in stop_strings if s and stripped.startswith(s)]
-    if not matches:
-        return ""
-    return after[: gap + len(max(matches, key=len))]
+def _common_suffix(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return n
 
 
-def _align(real: str, segments: list[str], replies: list[tuple[int, str]]) -> list[tuple[int, int]]:
-    """Content spans such that ``real == T0 + c1 + T1 + ... + Tn``; raise if no such split exists."""
-    if not real.startswith(segments[0]):
-        raise TemplateRewriteError(
-            "the text before the first reply differs between the real rendering and the probe rendering"
-        )
-    pos = len(segments[0])
-    spans = []
-    for k, (message_index, content) in enumerate(replies):
-        following = segments[k + 1]
-        is_last = k + 1 == len(replies)
-        for variant in _content_variants(content):
-            candidate = variant + following
-            fits = real[pos:] == candidate if is_last else real.startswith(candidate, pos)
-            if fits:
-                spans.append((pos, pos + len(variant)))
-                pos += len(candidate)
-                break
-        else:
-            context = real[pos : pos + 80]
-            raise TemplateRewriteError(
-                f"assistant message {message_index}: the template does not print this reply verbatim "
-                f"(or trimmed) between its surrounding text; it rewrites the reply or the turns around it "
-                f"depending on the reply (e.g. it strips or moves <think> blocks). Rendered here: {context!r}. "
-                "Fix: remove such blocks from the data, or choose a template that prints replies as they are "
-                "(e.g. --template chatml)."
-            )
-    return spans
+def _locate(full: str, own_prompt: str, generated: str, end_of_turn: str, after: int) -> tuple[int, int]:
+    """Where a turn that is not in context stands in the full rendering (for display only).
+
+    The turn as printed in history keeps the end of the turn as generated (the reply and its
+    end-of-turn; the reasoning before it is what gets dropped). So: the first stop string after the
+    previous turn that the generated turn's ending leads up to, back as far as the two agree (without
+    leading whitespace). After its own prompt, when the full rendering starts with it; else anywhere
+    after the previous turn. Failing that, an empty span.
+    """
+    stop = end_of_turn.strip()
+    begin = len(own_prompt) if full.startswith(own_prompt) else after
+    if not stop:
+        found = full.find(generated, begin)
+        return (found, found + len(generated)) if found >= 0 else (after, after)
+    at = full.find(stop, begin)
+    while at >= 0:
+        end = at + len(stop)
+        shared = _common_suffix(full[begin:end], generated)
+        if shared > len(stop):
+            start = end - shared
+            while start < end and full[start].isspace():
+                start += 1
+            return start, end
+        at = full.find(stop, at + 1)
+    return after, after  # rewritten beyond recognition: shown untrained (it is still trained on its own)
+
+
+_PROBE = "\ue000tuneful-probe\ue001"  # private-use code points: no template or text emits them
+
+
+def _turn_start(messages: Sequence[Mapping[str, Any]], i: int, prompt: str, upto: str, template: str, kw: dict) -> int:
+    """Where assistant turn ``i`` begins in ``upto`` (the conversation rendered up to and including it).
+
+    Normally right after the generation prompt. A template whose rendering of the history changes once
+    the turn is added (Mistral prints the system prompt in the *last* user turn) has no such place;
+    there the turn begins where its own text does: the first character that differs from the same
+    history with a probe reply.
+    """
+    if upto.startswith(prompt):
+        return len(prompt)
+    probe = [*messages[:i], {"role": "assistant", "content": _PROBE}]
+    try:
+        probed = render(probe, template, **kw)
+    except Exception as exc:
+        raise TemplateRewriteError(f"assistant message {i}: the template fails on a probe reply: {exc}") from exc
+    return len(commonprefix([upto, probed]))
 
 
 def render_with_spans(
-    messages: Sequence[Mapping[str, str]],
+    messages: Sequence[Mapping[str, Any]],
     template: str,
     *,
     stop_strings: Sequence[str],
     special_tokens: Mapping[str, str] | None = None,
     now: datetime | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    template_kwargs: Mapping[str, Any] | None = None,
 ) -> RenderedConversation:
-    """Render ``messages`` and locate every assistant reply and its end-of-turn, verified exactly."""
+    """Render ``messages`` and locate every assistant turn as it is generated and as it is printed."""
     now = now or datetime.now()  # one clock for all renders of this conversation
-    kw = dict(special_tokens=special_tokens, now=now)
-    real = render(messages, template, **kw)
-    replies = [(i, m["content"]) for i, m in enumerate(messages) if m["role"] == "assistant"]
-    if not replies:
-        return RenderedConversation(real, ())
-
-    sentinels = [_SENTINEL.format(k) for k in range(len(replies))]
-    probe = [dict(m) for m in messages]
-    for (i, _), sentinel in zip(replies, sentinels):
-        probe[i]["content"] = sentinel
-    try:
-        probed = render(probe, template, **kw)
-    except Exception as exc:  # the template reacts to content (validation, parsing): cannot probe it
-        raise TemplateRewriteError(f"the template fails when replies are replaced by probes: {exc}") from exc
-
-    segments, rest = [], probed
-    for k, sentinel in enumerate(sentinels):
-        if rest.count(sentinel) != 1:
-            raise TemplateRewriteError(
-                f"assistant message {replies[k][0]}: the template prints this reply {rest.count(sentinel)} times "
-                "instead of once, so its tokens cannot be told apart"
-            )
-        head, rest = rest.split(sentinel)
-        segments.append(head)
-    segments.append(rest)
-
-    content_spans = _align(real, segments, replies)
-    turns = []
-    for k, ((message_index, _), (c_start, c_end)) in enumerate(zip(replies, content_spans)):
-        eot = _end_of_turn(segments[k + 1], stop_strings)
-        start, consistent = _inference_prompt_start(messages[:message_index], template, real, c_start, kw)
-        turns.append(TurnSpan(message_index, start, c_start, c_end, c_end + len(eot), eot, consistent))
-    return RenderedConversation(real, tuple(turns))
-
-
-def _inference_prompt_start(
-    history: Sequence[Mapping[str, str]], template: str, real: str, content_start: int, kw: dict
-) -> tuple[int, bool]:
-    """Where generation would start at inference for this reply, and whether training context matches it."""
-    try:
-        prompt = render(history, template, add_generation_prompt=True, **kw)
-    except Exception:
-        return content_start, False
-    if real.startswith(prompt) and len(prompt) <= content_start:
-        # Text between the inference prompt and the reply is produced by the model at inference.
-        return len(prompt), True
-    return content_start, False
+    kw = dict(special_tokens=special_tokens, now=now, tools=tools, template_kwargs=template_kwargs)
+    full = render(messages, template, **kw)
+    turns: list[TurnSpan] = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        try:
+            prompt = render(messages[:i], template, add_generation_prompt=True, **kw)
+            upto = full if i == len(messages) - 1 else render(messages[: i + 1], template, **kw)
+        except Exception as exc:  # the template refuses the shorter conversation (e.g. it must end with a user turn)
+            raise TemplateRewriteError(f"assistant message {i}: the template cannot render the conversation up to "
+                                       f"this turn, so its inference context is unknown: {exc}") from exc
+        begin = _turn_start(messages, i, prompt, upto, template, kw)
+        own_prompt = upto[:begin]
+        generated, end_of_turn = _generated_turn(upto[begin:], stop_strings)
+        if full.startswith(own_prompt) and full.startswith(generated, begin):
+            turns.append(TurnSpan(i, begin, begin + len(generated), end_of_turn, own_prompt == prompt, True, generated))
+            continue
+        after = turns[-1].end if turns else 0
+        at, end = _locate(full, own_prompt, generated, end_of_turn, after)
+        turns.append(TurnSpan(i, at, end, end_of_turn, own_prompt == prompt, False, generated, own_prompt))
+    return RenderedConversation(full, tuple(turns))
