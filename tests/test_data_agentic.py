@@ -283,3 +283,10 @@ def test_an_empty_input_says_so(tmp_path: Path):
     (tmp_path / "e.jsonl").write_text("\n\n")
     res = CliRunner().invoke(app, ["data", "convert", str(tmp_path / "e.jsonl"), "--out", str(tmp_path / "o.jsonl")])
     assert res.exit_code != 0 and "empty input" in res.output
+
+
+def test_every_field_of_a_call_is_used_and_an_unknown_one_is_reported(tmp_path: Path):
+    record = json.loads(json.dumps(AGENT))
+    assert load(_jsonl(tmp_path / "a.jsonl", [record])).report.ignored_fields == {}
+    record["messages"][1]["tool_calls"][0]["index"] = 0  # a streaming leftover the loader does not use
+    assert dict(load(_jsonl(tmp_path / "b.jsonl", [record])).report.ignored_fields) == {"messages[].tool_calls[].index": 1}

@@ -14,8 +14,9 @@ from tuneful.masking import (
     special_token_offsets,
 )
 from tuneful.templates.registry import ChatTemplate, builtin
+from tuneful.templates.spans import _generated_turn
 
-WORDS = ["hello", "world", "hi", "there", "a", "b", "c", "d", "sys", "[UNK]"]
+WORDS = ["hello", "world", "hi", "there", "a", "b", "c", "d", "sys", "<think>", "</think>", "[UNK]"]
 SPECIAL = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<eos>"]
 
 
@@ -98,3 +99,44 @@ def test_special_token_offsets_narrow_swallowed_whitespace():
 def test_labels_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differ in length"):
         labels_from_mask([1, 2, 3], [0, 1])
+
+
+# Like Qwen3: the reasoning of an assistant turn is printed only while it is the last turn.
+DROPS_EARLIER_REASONING = ChatTemplate(
+    "{% for m in messages %}{% if m.role == 'assistant' %}<|assistant|> "
+    "{% if loop.last and m.reasoning_content %}<think> {{ m.reasoning_content }} </think> {% endif %}"
+    "{{ m.content }} <|end|> {% else %}<|{{ m.role }}|> {{ m.content }} <|end|> {% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}",
+    "test:drops-earlier-reasoning",
+)
+REASONING_CONV = [
+    {"role": "user", "content": "a"},
+    {"role": "assistant", "reasoning_content": "b", "content": "c"},
+    {"role": "user", "content": "d"},
+    {"role": "assistant", "reasoning_content": "b", "content": "hi"},
+]
+
+
+def test_a_turn_whose_reasoning_history_drops_is_trained_in_its_own_example(word_tok):
+    ex = ConversationTokenizer(word_tok, DROPS_EARLIER_REASONING)(REASONING_CONV)
+    assert ex.input_ids == ids(word_tok, "<|user|>", "a", "<|end|>", "<|assistant|>", "c", "<|end|>", "<|user|>", "d",
+                              "<|end|>", "<|assistant|>", "<think>", "b", "</think>", "hi", "<|end|>")
+    assert ex.train_mask == [0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1]  # every turn as printed (display)
+    full, alone = ex.examples
+    assert full.input_ids == ex.input_ids and full.train_mask == [0] * 10 + [1] * 5  # only the turn in context
+    assert alone.input_ids == ids(word_tok, "<|user|>", "a", "<|end|>", "<|assistant|>", "<think>", "b", "</think>",
+                                  "c", "<|end|>")
+    assert alone.train_mask == [0, 0, 0, 0, 1, 1, 1, 1, 1]  # with its reasoning, after exactly its inference prompt
+    dropped = ConversationTokenizer(word_tok, DROPS_EARLIER_REASONING, reasoning="drop_earlier")(REASONING_CONV)
+    assert [e.train_mask for e in dropped.examples] == [full.train_mask]
+
+
+@pytest.mark.parametrize("tail, stops, turn, end_of_turn", [
+    ("hi<|end|>\n<eos>", ["<|end|>", "<eos>"], "hi<|end|>", "<|end|>"),  # Phi-3: EOS once at the very end
+    (" hi </s>", ["</s>"], " hi </s>", " </s>"),
+    ("hi <|end|> <eos> ", ["<eos>", "<|end|>"], "hi <|end|>", " <|end|>"),
+    ("<|end|>\n", ["<|end|>"], "<|end|>", "<|end|>"),  # an empty reply still ends its turn
+    ("hi\n", ["<eos>"], "hi", ""),  # no stop string: nothing to learn to stop with (preflight error)
+])
+def test_a_turn_ends_at_the_first_stop_string_of_its_trailing_run(tail, stops, turn, end_of_turn):
+    assert _generated_turn(tail, stops) == (turn, end_of_turn)

@@ -206,6 +206,10 @@ def test_preflight_on_agentic_data(fixtures: Path):
     found, report = checks(qwen3, _template("qwen3"), [_conversation("reasoning_multi_turn", None)],
                            reasoning="drop_earlier")
     assert "not trained" in found["reasoning_dropped_from_history"].message and len(report.training_examples) == 1
+    ends_with_user = [*_conversation("reasoning_multi_turn", None).messages[:3]]
+    from tuneful.data.types import make_conversation
+    found, report = checks(qwen3, _template("qwen3"), [make_conversation(ends_with_user)], reasoning="drop_earlier")
+    assert found["no_turn_left_to_train"].severity == "warning" and not report.examples
     # Mistral v0.3 prints the system prompt and tools in the last user turn only
     mistral = AutoTokenizer.from_pretrained(fixtures / "tokenizers" / "mistral-v3")
     found, report = checks(mistral, _template("mistral-7b-instruct-v0.3"), [_conversation("single_call")])

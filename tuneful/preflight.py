@@ -17,6 +17,7 @@ from .data.types import Conversation, Message, tool_names
 from .masking import ConversationTokenizer, TokenizedConversation, TrainingExample
 from .templates.registry import from_tokenizer
 from .templates.render import render
+from .templates.spans import TurnSpan
 
 OVERLONG_POLICIES = ("drop", "truncate", "fail")
 _PROBE = [
@@ -151,13 +152,15 @@ class _Problems:
         self.turns[check] += turns
 
 
-def _check_agentic(conv: Conversation, example: TokenizedConversation, name: str, problems: _Problems) -> None:
-    """Tool definitions, tool calls and reasoning: rendered where given, and in the context they train in."""
+def _check_agentic(conv: Conversation, example: TokenizedConversation, turns: Sequence[TurnSpan], name: str,
+                   problems: _Problems) -> None:
+    """Tool definitions, and in the trained ``turns`` tool calls and reasoning: rendered where given,
+    and in the context they train in."""
     for tool in tool_names(conv.inputs.tools):
         if tool not in example.rendered.text:
             problems.add("tools_not_rendered", name)
             break
-    for turn in example.rendered.turns:
+    for turn in turns:
         message = conv.messages[turn.message_index]
         if any(call.name not in turn.generated for call in message.tool_calls):
             problems.add("calls_not_rendered", name)
@@ -205,11 +208,12 @@ def preflight(
             problems.add("no_eot", name)
         if example.boundary_merges:
             problems.add("merge", name)
-        _check_agentic(conv, example, name, problems)
+        trained_turns = example.rendered.turns[-1:] if ctok.last_turn_only else example.rendered.turns
+        _check_agentic(conv, example, trained_turns, name, problems)
         problems.full_tokens += len(example.input_ids)
         kept = []
         for position, training in enumerate(example.examples):
-            alone = position > 0 or not any(t.in_context for t in example.rendered.turns)
+            alone = position > 0 or not any(t.in_context for t in trained_turns)
             problems.extra_tokens += len(training.input_ids) if alone else 0
             if max_length is not None and len(training.input_ids) > max_length:
                 lost = sum(training.train_mask[max_length:])
@@ -221,7 +225,12 @@ def preflight(
                     report.truncated += 1
                     training = _truncate(training, max_length)
             kept.append(training)
+        if not kept and example.examples:
+            continue  # every example dropped as overlong: counted there
         example = replace(example, examples=tuple(kept))
+        if example.trained_tokens == 0 and example.turns_out_of_context and ctok.reasoning == "drop_earlier":
+            problems.add("nothing_left", name)  # the policy at work, not a broken record
+            continue
         if example.trained_tokens == 0:
             problems.add("zero", name)
             continue
@@ -272,6 +281,9 @@ def preflight(
     _add(report, "turn_rewritten_in_history", "warning", names["turn_rewritten"],
          f"{problems.turns['turn_rewritten']} assistant turn(s) are printed in history differently from how the model "
          f"writes them (e.g. an empty think block dropped); {alone}.")
+    _add(report, "no_turn_left_to_train", "warning", names["nothing_left"],
+         "every assistant turn of these conversations is rewritten in history, so with reasoning=drop_earlier "
+         "nothing is left to train in them; they are left out. Fix: reasoning=keep trains each such turn alone.")
     _add(report, "history_rewrite", "warning", names["rewrite"],
          "the template renders an earlier turn's context differently from what add_generation_prompt gives "
          "at inference (e.g. it moves the system prompt or the tool list to the last user turn). These turns "

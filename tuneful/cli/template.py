@@ -109,7 +109,9 @@ def mask_cmd(
         try:
             example = ctok(conv["messages"], tools=conv["tools"], template_kwargs=conv["template_kwargs"])
             result = {"input_ids": example.input_ids, "train_mask": example.train_mask}
-            if example.turns_out_of_context:  # training differs from the full rendering: say what it trains on
+            trains_on = [(e.input_ids, e.train_mask) for e in example.examples]
+            if example.rendered.turns and trains_on != [(example.input_ids, example.train_mask)]:
+                # training differs from the full rendering as shown: say what it trains on
                 result["examples"] = [{"input_ids": e.input_ids, "train_mask": e.train_mask} for e in example.examples]
             results.append(result)
         except Exception as exc:

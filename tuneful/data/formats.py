@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from .fields import TrackedRecord, track, unused_fields
 from .messages import (
-    SHAREGPT_ROLES,  # noqa: F401 - part of this module's public surface
     Conversion,
     ConvertOptions,
     openai_message,
@@ -351,6 +350,3 @@ def looks_like_a_record(value: Any) -> bool:
     """True when some format recognises ``value`` (a JSON object that is a record, not a wrapper of records)."""
     return isinstance(value, dict) and any(f.matches(value) for f in FORMATS.values())
 
-
-def format_names() -> Iterable[str]:
-    return FORMATS.keys()

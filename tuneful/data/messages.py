@@ -13,7 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .types import Message, RecordError, TemplateInputs, make_message, make_tool_call, make_tools
+from .fields import TrackedRecord
+from .types import Message, RecordError, TemplateInputs, ToolCall, make_message, make_tool_call, make_tools
 
 THINK_POLICIES = ("keep", "split")
 
@@ -108,7 +109,7 @@ def _text_calls(content: str, conv: Conversion) -> tuple[str, tuple]:
             raw = json.loads(block)
         except json.JSONDecodeError as exc:
             raise RecordError("bad_tool_call", f"a <tool_call> block is not valid JSON ({exc.msg}): {block[:80]!r}") from None
-        calls.append(make_tool_call(raw))
+        calls.append(make_tool_call(raw))  # parsed from text: nothing of it goes unused
     conv.notes["text_tool_calls_parsed"] += len(calls)
     return _TEXT_CALL.sub("", content).strip(), tuple(calls)
 
@@ -121,6 +122,20 @@ def _text_results(content: str, conv: Conversion) -> list[str] | None:
 
 
 # --- OpenAI messages -----------------------------------------------------------------------------
+
+
+def tool_call(raw: Any) -> ToolCall:
+    """A call read field by field (``type``, ``id``, ``function.name``), its ``arguments`` kept whole, so
+    any other field inside a call is reported as unused."""
+    if isinstance(raw, TrackedRecord):
+        raw.get("type")  # "function", the only kind of call
+        raw.get("id")
+        function = raw.get("function", raw)
+        if isinstance(function, TrackedRecord):
+            function.get("name")
+            function.whole("arguments")
+        raw = {key: dict.__getitem__(raw, key) for key in raw}
+    return make_tool_call(raw)
 
 
 def _content_parts(content: Any) -> tuple[Any, str | None]:
@@ -151,9 +166,9 @@ def openai_message(m: Any, conv: Conversion) -> Message:
         if reasoning is None and isinstance(m.get(alias), str):
             reasoning = m[alias]
     reasoning = reasoning if reasoning is not None else part_reasoning
-    calls = [make_tool_call(c) for c in (m.get("tool_calls") or [])]
+    calls = [tool_call(c) for c in (m.get("tool_calls") or [])]
     if m.get("function_call") is not None:  # OpenAI's legacy single call
-        calls.append(make_tool_call(m["function_call"]))
+        calls.append(tool_call(m["function_call"]))
     if role == "assistant":
         if isinstance(content, str):
             content, text_calls = _text_calls(content, conv)
@@ -190,7 +205,7 @@ def _calls_from_value(value: Any) -> tuple:
         except json.JSONDecodeError as exc:
             raise RecordError("bad_tool_call", f"a function_call turn is not valid JSON ({exc.msg}): {value[:80]!r}") from None
     calls = value if isinstance(value, list) else [value]
-    return tuple(make_tool_call(c) for c in calls)
+    return tuple(make_tool_call(c) for c in calls)  # parsed from a JSON string: nothing of it goes unused
 
 
 def sharegpt_messages(turns: Any, conv: Conversion) -> list[Message]:

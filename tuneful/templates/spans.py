@@ -70,11 +70,6 @@ class RenderedConversation:
     text: str
     turns: tuple[TurnSpan, ...] = field(default_factory=tuple)
 
-    def trained_spans(self, last_turn_only: bool = False) -> list[tuple[int, int]]:
-        """Every turn as printed in the full rendering (what ``template mask`` shows)."""
-        turns = self.turns[-1:] if last_turn_only else self.turns
-        return [(t.start, t.end) for t in turns]
-
 
 def _generated_turn(tail: str, stop_strings: Sequence[str]) -> tuple[str, str]:
     """The turn as written, through its end-of-turn string, out of the text after the generation prompt.
@@ -116,15 +111,19 @@ def _locate(full: str, own_prompt: str, generated: str, end_of_turn: str, after:
     after the previous turn. Failing that, an empty span.
     """
     stop = end_of_turn.strip()
-    begin = len(own_prompt) if full.startswith(own_prompt) else after
+    after_prompt = full.startswith(own_prompt)
+    begin = len(own_prompt) if after_prompt else after
     if not stop:
         found = full.find(generated, begin)
         return (found, found + len(generated)) if found >= 0 else (after, after)
+    # right after its own prompt the stop string alone identifies the turn (an empty reply); elsewhere
+    # some of the reply must agree too, or another message's end could be taken for it
+    enough = len(stop) if after_prompt else len(stop) + 1
     at = full.find(stop, begin)
     while at >= 0:
         end = at + len(stop)
         shared = _common_suffix(full[begin:end], generated)
-        if shared > len(stop):
+        if shared >= enough:
             start = end - shared
             while start < end and full[start].isspace():
                 start += 1
