@@ -68,7 +68,7 @@ def test_kto_demo_is_unpaired_data_and_sft_refuses_it(fixtures: Path):
     assert all(isinstance(x, LabeledConversation) for x in result.items)
     assert sum(x.label for x in result.labeled) == 150 and len(result.labeled) == 300
     assert result.labeled[0].to_json()["label"] is True
-    with pytest.raises(ValueError, match=r"150 marked undesirable.*label == true"):
+    with pytest.raises(ValueError, match=r"150 marked undesirable, e\.g\. .*kto_en_demo\.json\[0\].*label == true"):
         _load_conversations(str(source), DataSettings(train=str(source)))
 
 

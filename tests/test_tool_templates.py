@@ -38,7 +38,20 @@ FAMILIES = {
     "qwen2.5-instruct": ("qwen2.5", "<|im_end|>"),
     "qwen3": ("qwen3", "<|im_end|>"),
     "mistral-7b-instruct-v0.3": ("mistral-v3", "</s>"),
+    # the fixtures have no Granite tokenizer: GPT-2's vocabulary with Granite's special tokens added
+    "granite-3.0-instruct": ("gpt-2", "<|end_of_text|>"),
+    "granite-3.1-instruct": ("gpt-2", "<|end_of_text|>"),
+    "granite-3.2-instruct": ("gpt-2", "<|end_of_text|>"),
 }
+GRANITE_TOKENS = ["<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>", "<|tool_call|>"]
+
+
+def _tokenizer(fixtures: Path, family: str):
+    tok = AutoTokenizer.from_pretrained(fixtures / "tokenizers" / FAMILIES[family][0])
+    if family.startswith("granite"):
+        tok.add_special_tokens({"additional_special_tokens": GRANITE_TOKENS, "eos_token": "<|end_of_text|>"})
+    tok.chat_template = _template(family).source
+    return tok
 
 
 def _template(name: str) -> ChatTemplate:
@@ -46,7 +59,7 @@ def _template(name: str) -> ChatTemplate:
 
 
 def test_goldens_cover_the_tool_capable_templates():
-    assert {g.stem for g in GOLDENS} == set(FAMILIES) | {f"granite-3.{k}-instruct" for k in range(3)}
+    assert {g.stem for g in GOLDENS} == set(FAMILIES)
 
 
 @needs_fixtures
@@ -112,9 +125,8 @@ def _reference_turns(tok, conv: dict, eot: str) -> list[tuple[str, str]]:
 @needs_fixtures
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_agent_traces_are_masked_token_by_token(family: str, fixtures: Path):
-    folder, eot = FAMILIES[family]
-    tok = AutoTokenizer.from_pretrained(fixtures / "tokenizers" / folder)
-    tok.chat_template = _template(family).source
+    eot = FAMILIES[family][1]
+    tok = _tokenizer(fixtures, family)
     ctok = ConversationTokenizer(tok, _template(family), now=FROZEN_NOW)
     checked = 0
     for conv in DATA["conversations"]:
@@ -138,6 +150,9 @@ def test_agent_traces_are_masked_token_by_token(family: str, fixtures: Path):
             if m["role"] in ("tool", "user", "system"):
                 assert m["content"] not in trained_text, (family, conv["id"], m["content"])
             for call in m.get("tool_calls", []):
+                if family.startswith("granite"):  # its public templates print no calls (preflight: an error)
+                    assert call["function"]["name"] not in trained_text
+                    continue
                 assert call["function"]["name"] in trained_text
                 assert all(str(v) in trained_text for v in call["function"]["arguments"].values())
         assert "Current weather in a city." not in trained_text  # the tool schema
@@ -178,9 +193,7 @@ def _conversation(conv_id: str, tools=TOOLS):
 def test_preflight_on_agentic_data(fixtures: Path):
     llama = AutoTokenizer.from_pretrained(fixtures / "tokenizers" / "llama-3")
     qwen3 = AutoTokenizer.from_pretrained(fixtures / "tokenizers" / "qwen3")
-    gpt2 = AutoTokenizer.from_pretrained(fixtures / "tokenizers" / "gpt-2")
-    granite_tokens = ["<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>", "<|tool_call|>"]
-    gpt2.add_special_tokens({"additional_special_tokens": granite_tokens, "eos_token": "<|end_of_text|>"})
+    gpt2 = _tokenizer(fixtures, "granite-3.1-instruct")
 
     def checks(tok, template, convs, **kw):
         report = preflight(tok, ConversationTokenizer(tok, template, now=FROZEN_NOW, **kw), convs,
@@ -200,6 +213,13 @@ def test_preflight_on_agentic_data(fixtures: Path):
                       [_conversation("reasoning_multi_turn", None), _conversation("text_and_call")])
     assert found["reasoning_not_rendered"].count == 1 and "2 assistant turn(s)" in found["reasoning_not_rendered"].message
     assert found["content_not_rendered"].count == 1
+    # DeepSeek-R1 strips <think> blocks kept in the reply from every turn: the traces are never trained
+    deepseek = AutoTokenizer.from_pretrained(fixtures / "tokenizers" / "deepseek-llm")
+    think_in_content = FORMATS["messages"].convert({"messages": [
+        {"role": "user", "content": "Is 91 prime?"}, {"role": "assistant", "content": "<think>\n7 * 13\n</think>\n\nNo."},
+        {"role": "user", "content": "Is 97 prime?"}, {"role": "assistant", "content": "<think>\nno divisor\n</think>\n\nYes."}]})
+    found, _ = checks(deepseek, _template("deepseek-r1"), think_in_content)
+    assert "2 assistant turn(s) carry reasoning" in found["reasoning_not_rendered"].message
     # Qwen3 drops earlier reasoning: reported, trained alone (keep) or not at all (drop_earlier)
     found, report = checks(qwen3, _template("qwen3"), [_conversation("reasoning_multi_turn", None)])
     assert "tokens on top of" in found["reasoning_dropped_from_history"].message and len(report.training_examples) == 2

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Sequence
 
-from .data.types import Conversation, Message, tool_names
+from .data.messages import reasoning_trace
+from .data.types import Conversation, tool_names
 from .masking import ConversationTokenizer, TokenizedConversation, TrainingExample
 from .templates.registry import from_tokenizer
 from .templates.render import render
@@ -133,10 +134,6 @@ def _truncate(example: TrainingExample, max_length: int) -> TrainingExample:
     return TrainingExample(example.input_ids[:max_length], example.train_mask[:max_length])
 
 
-def _has_reasoning(message: Message) -> bool:
-    return bool((message.reasoning_content or "").strip()) or (message.content or "").lstrip().startswith("<think>")
-
-
 @dataclass
 class _Problems:
     """Per-check lists of record names (and counts of turns and tokens) collected in one pass."""
@@ -164,13 +161,13 @@ def _check_agentic(conv: Conversation, example: TokenizedConversation, turns: Se
         message = conv.messages[turn.message_index]
         if any(call.name not in turn.generated for call in message.tool_calls):
             problems.add("calls_not_rendered", name)
-        reasoning = (message.reasoning_content or "").strip()
+        reasoning = reasoning_trace(message)
         if reasoning and reasoning not in turn.generated:
             problems.add("reasoning_not_rendered", name)
         if message.tool_calls and message.content.strip() and message.content.strip() not in turn.generated:
             problems.add("content_not_rendered", name)
         if not turn.in_context:
-            problems.add("reasoning_dropped" if _has_reasoning(message) else "turn_rewritten", name)
+            problems.add("reasoning_dropped" if reasoning else "turn_rewritten", name)
         if not turn.prompt_matches_inference:
             problems.add("rewrite", name)
 
@@ -264,9 +261,10 @@ def preflight(
          f"{ctok.template.origin} does not print the conversation's tool definitions (a tool's name is missing from "
          f"the rendering), so the model would call functions it was never shown. Fix: {TOOL_TEMPLATES}.")
     _add(report, "reasoning_not_rendered", "warning", names["reasoning_not_rendered"],
-         f"{problems.turns['reasoning_not_rendered']} assistant turn(s) carry reasoning_content that "
-         f"{ctok.template.origin} does not print for that turn, so the traces are not trained. Fix: a template "
-         "that renders reasoning (Qwen3, DeepSeek-R1, the built-in chatml), or drop the traces knowingly.")
+         f"{problems.turns['reasoning_not_rendered']} assistant turn(s) carry reasoning (reasoning_content, or a "
+         f"<think> block opening the reply) that {ctok.template.origin} does not print for that turn, so the traces "
+         "are not trained. Fix: a template that renders reasoning (Qwen3, the built-in chatml), or drop the traces "
+         "knowingly.")
     _add(report, "content_not_rendered", "warning", names["content_not_rendered"],
          f"{problems.turns['content_not_rendered']} assistant turn(s) say something and call a tool, and "
          f"{ctok.template.origin} prints only the call (e.g. Llama 3.1), so their text is not trained. Fix: a "

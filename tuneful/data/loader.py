@@ -52,6 +52,10 @@ class LoadReport:
 class LoadResult:
     items: list[Item]
     report: LoadReport
+    where: list[str] = field(default_factory=list)  # the record each item came from (file:line, row, tree)
+
+    def where_of(self, item: Item) -> str:
+        return self.where[next(i for i, x in enumerate(self.items) if x is item)]
 
     @property
     def conversations(self) -> list[Conversation]:
@@ -103,6 +107,7 @@ def convert_records(
     skip = _Skips(report, on_error)
     conversion = Conversion(options)
     items: list[Item] = []
+    where: list[str] = []
     whole: list[tuple[str, dict]] = []  # records of a format that converts the whole source at once
     for raw in records:
         report.records_in += 1
@@ -123,16 +128,19 @@ def convert_records(
             continue
         report.ignored_fields.update(unused)
         items.extend(converted)
+        where += [raw.where] * len(converted)
     if whole:
-        items += _convert_whole(fmt, whole, conversion, report, skip)
+        for location, item in _convert_whole(fmt, whole, conversion, report, skip):
+            items.append(item)
+            where.append(location)
     report.written = len(items)
     report.notes.update(conversion.notes)
     report.format = fmt.name if fmt else None
-    return LoadResult(items, report)
+    return LoadResult(items, report, where)
 
 
 def _convert_whole(fmt: Format, records: list[tuple[str, dict]], conversion: Conversion, report: LoadReport,
-                   skip: _Skips) -> list[Item]:
+                   skip: _Skips) -> list[tuple[str, Item]]:
     from .fields import track, unused_fields
 
     registry: list = []
@@ -146,12 +154,14 @@ def _convert_whole(fmt: Format, records: list[tuple[str, dict]], conversion: Con
         skip(where, exc)
     for registry_one in registry:
         report.ignored_fields.update(unused_fields(registry_one))
-    out: list[Item] = []
+    out: list[tuple[str, Item]] = []
     for messages, meta in converted:
+        location = f"tree {meta.get('message_tree_id')} (leaf {meta.get('leaf_id')})"
         try:
-            out.append(make_conversation(messages, meta, allow_empty_assistant=conversion.options.allow_empty_assistant))
+            out.append((location, make_conversation(messages, meta,
+                                                    allow_empty_assistant=conversion.options.allow_empty_assistant)))
         except RecordError as exc:
-            skip(f"tree {meta.get('message_tree_id')}", exc)
+            skip(location, exc)
     return out
 
 

@@ -77,6 +77,14 @@ class Conversion:
 _THINK = re.compile(r"\A\s*<think>(.*?)</think>", re.DOTALL)
 
 
+def reasoning_trace(message: Message) -> str:
+    """A message's reasoning: ``reasoning_content``, or a ``<think>`` block opening its content ("" if none)."""
+    if message.reasoning_content:
+        return message.reasoning_content.strip()
+    found = _THINK.match(message.content or "")
+    return found.group(1).strip() if found else ""
+
+
 def split_think(content: str | None, reasoning: str | None, conv: Conversion) -> tuple[str | None, str | None]:
     """Apply the ``think`` policy to a reply that opens with a ``<think>`` block; count what was found."""
     if content is None:

@@ -44,8 +44,7 @@ def _load_conversations(source: str, settings: DataSettings) -> tuple[list[Conve
     if result.preferences:
         raise ValueError(f"data {source} holds preference pairs; SFT needs conversations (use tuneful dpo)")
     if result.labeled:
-        first = result.labeled[0]
-        where = first.meta.get("where") or "its first labelled record"
+        where = result.where_of(result.labeled[0])
         undesirable = sum(not item.label for item in result.labeled)
         raise ValueError(
             f"data {source} holds unpaired preference data (KTO: {len(result.labeled)} records with a 'label', "
