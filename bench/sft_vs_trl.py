@@ -146,7 +146,7 @@ def worker_tuneful(workdir: Path, steps: int, out: Path, packing: bool) -> dict:
     batch = collate_padded([Example(e.input_ids, labels_from_mask(e.input_ids, e.train_mask)) for e in first],
                            trainer._pad_id())
     with torch.no_grad():
-        s, n = trainer.loss_module(**batch)
+        s, n = trainer.module(**batch)
     step0 = float(s) / int(n)
     masks = [[t for t, m in zip(e.input_ids, e.train_mask) if m] for e in first]
     padded = real = 0

@@ -134,7 +134,7 @@ def test_lora_merged_model_matches_adapter(workdir: Path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tuneful.sft.output import merge_adapter
+    from tuneful.train.output import merge_adapter
 
     result = run_sft(config(workdir, "lora", "lora.enabled=true", "train.max_steps=3", "train.lr=1e-2"))
     merged_dir = merge_adapter(result.model_dir, workdir / "merged")
@@ -254,7 +254,7 @@ def test_qlora_without_gpu_is_refused_with_the_fix(workdir: Path):
 
 
 def test_metrics_log_survives_a_line_cut_by_a_kill(tmp_path: Path):
-    from tuneful.sft.trainer import MetricsLog
+    from tuneful.train.metrics import MetricsLog
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .masking import ConversationTokenizer, special_tokens_of
+from .masking import ConversationTokenizer, end_of_turn_ids, load_tokenizer, pad_id, special_tokens_of
 from .templates.registry import ChatTemplate, resolve
 from .templates.render import render
 
@@ -48,8 +48,7 @@ class ChatModel:
     @property
     def pad_id(self) -> int:
         """Padding for batched inference (masked out by attention; any id works when the tokenizer has none)."""
-        pad = self.tokenizer.pad_token_id
-        return pad if pad is not None else self.stop_ids[0]
+        return pad_id(self.tokenizer, self.stop_ids)
 
     @property
     def device(self) -> Any:
@@ -92,17 +91,9 @@ def _trained_template(folder: str) -> str | None:
     return None
 
 
-def end_of_turn_ids(tokenizer: Any, template: ChatTemplate) -> list[int]:
-    """Token ids the template closes an assistant turn with, found by rendering a probe turn."""
-    rendered = ConversationTokenizer(tokenizer, template).render(_PROBE)
-    ids = []
-    for turn in rendered.turns:
-        text = turn.end_of_turn.strip()
-        if text:
-            token_id = tokenizer.convert_tokens_to_ids(text)
-            if token_id is not None and token_id != tokenizer.unk_token_id:
-                ids.append(token_id)
-    return sorted(set(ids))
+def template_end_of_turn_ids(tokenizer: Any, template: ChatTemplate) -> list[int]:
+    """Token ids the template closes an assistant turn with, found by rendering a probe conversation."""
+    return end_of_turn_ids(tokenizer, ConversationTokenizer(tokenizer, template).render(_PROBE).turns)
 
 
 def _generation_eos(model: Any) -> set[int]:
@@ -116,15 +107,13 @@ def _generation_eos(model: Any) -> set[int]:
 def load_chat_model(spec: str, *, template: str | None = None, trust_remote_code: bool = False,
                     device: str = "auto") -> ChatModel:
     """Load MODEL for inference with the template it was trained with (or ``template`` if given)."""
-    from transformers import AutoTokenizer
-
     folder = spec
     if spec == SANDBOX:
         from .sandbox.base import shipped_base_dir
 
         folder = str(shipped_base_dir())
     torch_device, dtype = _device_and_dtype(device)
-    tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
     model = _load_weights(folder, trust_remote_code, torch_device, dtype)
     notes = []
     own = getattr(tokenizer, "chat_template", None)
@@ -135,7 +124,7 @@ def load_chat_model(spec: str, *, template: str | None = None, trust_remote_code
     if own and template is not None and chosen.source != (own if isinstance(own, str) else own.get("default")):
         notes.append(f"template {chosen.origin} differs from the one saved with the model"
                      + (f" (trained with {trained})" if trained else ""))
-    eot = end_of_turn_ids(tokenizer, chosen)
+    eot = template_end_of_turn_ids(tokenizer, chosen)
     stops = set(eot) | _generation_eos(model)
     if tokenizer.eos_token_id is not None:
         stops.add(tokenizer.eos_token_id)

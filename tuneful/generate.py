@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import torch
 
+from .masking import pad_id
+
 
 @dataclass(frozen=True)
 class Generation:
@@ -38,7 +40,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, stop_i
              temperature: float = 1.0, seed: int = 0, progress: str | None = None) -> list[Generation]:
     """``progress``: a label for a progress bar over batches (none when None)."""
     model.eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    pad = pad_id(tokenizer, stop_ids)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[Generation | None] = [None] * len(prompts)
     torch.manual_seed(seed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from .data.types import Conversation
 from .templates.registry import ChatTemplate
@@ -19,6 +19,31 @@ from .templates.spans import RenderedConversation, TurnSpan, render_with_spans
 
 IGNORE_INDEX = -100
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
+def load_tokenizer(source: str | None, *, trust_remote_code: bool = False) -> Any:
+    """A fast tokenizer from a folder or hub id (remote code only if allowed); ``None`` or ``"starter"``
+    gives the tiny tokenizer trained on the sample shipped with tuneful."""
+    if source in (None, "starter"):
+        from .samples import starter_tokenizer
+
+        return starter_tokenizer()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=trust_remote_code)
+
+
+def pad_id(tokenizer: Any, stop_ids: Sequence[int] = ()) -> int:
+    """The one padding rule: the tokenizer's pad token, else its EOS, else the first stop id, else 0.
+
+    tuneful masks padding by position everywhere (attention, labels), so the id never reaches a loss
+    or an attention score; for generation it is also what finished rows are filled with, which is
+    why a stop token is preferred over an arbitrary id.
+    """
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, *stop_ids):
+        if candidate is not None:
+            return candidate
+    return 0
 
 
 def special_tokens_of(tokenizer: Any) -> dict[str, str]:
@@ -45,6 +70,12 @@ def stop_strings_of(tokenizer: Any) -> list[str]:
         # BOS opens sequences; it never closes a turn (matters for templates that emit "</s><s>[INST]").
         strings.discard(bos)
     return sorted(s for s in strings if s)
+
+
+def end_of_turn_ids(tokenizer: Any, turns: Iterable[TurnSpan]) -> list[int]:
+    """Token ids of the end-of-turn strings that close ``turns`` (they become the model's stop tokens)."""
+    ids = {tokenizer.convert_tokens_to_ids(t.end_of_turn.strip()) for t in turns if t.end_of_turn.strip()}
+    return sorted(ids - {None, getattr(tokenizer, "unk_token_id", None)})
 
 
 @dataclass(frozen=True)

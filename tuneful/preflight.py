@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from .data.messages import reasoning_trace
 from .data.types import Conversation, tool_names
-from .masking import ConversationTokenizer, TokenizedConversation, TrainingExample
+from .masking import ConversationTokenizer, TokenizedConversation, TrainingExample, end_of_turn_ids
 from .templates.registry import from_tokenizer
 from .templates.render import render
 from .templates.spans import TurnSpan
@@ -57,6 +57,10 @@ class PreflightReport:
     truncated: int = 0
     dropped_overlong: int = 0
     failed_records: int = 0
+
+    def end_of_turn_ids(self, tokenizer: Any) -> list[int]:
+        """The token ids that end assistant turns in the rendered training data (they become stop tokens)."""
+        return end_of_turn_ids(tokenizer, (t for e in self.examples for t in e.rendered.turns))
 
     @property
     def training_examples(self) -> list[TrainingExample]:

@@ -15,17 +15,6 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def load_tokenizer(spec: str | None, *, trust_remote_code: bool = False) -> Any:
-    """A tokenizer folder or hub id; ``None`` or ``starter`` gives the tiny tokenizer trained on the sample."""
-    if spec in (None, "starter"):
-        from ..samples import starter_tokenizer
-
-        return starter_tokenizer()
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(spec, use_fast=True, trust_remote_code=trust_remote_code)
-
-
 def parse_now(value: str | None) -> datetime | None:
     if value is None:
         return None

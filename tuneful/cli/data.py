@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from .common import fail, load_tokenizer
+from ..masking import load_tokenizer
+from .common import fail
 
 data_app = typer.Typer(help="Instruction data: convert and inspect.", no_args_is_help=True)
 

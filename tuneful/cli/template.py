@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from .common import fail, load_tokenizer, parse_now, read_conversations
+from ..masking import load_tokenizer
+from .common import fail, parse_now, read_conversations
 
 CONV_HELP = ("CONV.json: one conversation or a list of them; each a message list or "
              "{messages, tools, chat_template_kwargs}.")

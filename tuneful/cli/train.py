@@ -81,7 +81,7 @@ def merge(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code from the checkpoint."),
 ) -> None:
     """Merge a LoRA adapter into its base model (safetensors, loads in transformers and vLLM)."""
-    from ..sft.output import merge_adapter
+    from ..train.output import merge_adapter
 
     try:
         path = merge_adapter(adapter, out, base=base, trust_remote_code=trust_remote_code)

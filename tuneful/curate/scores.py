@@ -42,12 +42,12 @@ def ifd_scores(model_spec: str, pairs: Sequence[tuple[str, str]], batch_size: in
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..losses import token_nll_sum
-    from ..masking import IGNORE_INDEX
+    from ..masking import IGNORE_INDEX, pad_id
     from ..sft.batching import Example, collate_padded
 
     tokenizer = AutoTokenizer.from_pretrained(model_spec)
     model = AutoModelForCausalLM.from_pretrained(model_spec, dtype=torch.float32).eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad = pad_id(tokenizer)
 
     first_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 

@@ -1,7 +1,7 @@
 """The DPO recipe: model, preference data, LoRA, the preference objective and training settings.
 
-Model, LoRA and most training settings are the SFT ones (same meaning, same checks); preference
-data and the objective have their own sections.
+Model, LoRA and most training settings are the shared ones (:mod:`tuneful.train.config`: same meaning,
+same checks as SFT's); preference data and the objective have their own sections.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import setting
-from ..sft.config import LoraSettings, ModelSettings, TrainSettings, source_problems
+from ..train.config import LoraSettings, ModelSettings, TrainSettings, source_problems
 
 REFERENCES = ("auto", "frozen", "adapters-off", "precomputed", "none")
 

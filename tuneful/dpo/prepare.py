@@ -12,7 +12,7 @@ from typing import Any
 from ..data.loader import LoadReport, load
 from ..data.types import Conversation, PreferencePair
 from ..preflight import PreflightReport, preflight
-from ..sft.data import end_of_turn_ids, hold_out
+from ..train.plan import hold_out
 from ..templates.registry import ChatTemplate, resolve
 from .config import PreferenceDataSettings
 from .data import PreferenceDataError, PreferenceExample, preference_tokenizer, tokenize_pairs
@@ -80,6 +80,6 @@ def prepare_pairs(settings: PreferenceDataSettings, tokenizer: Any, seed: int) -
     held, dropped_eval = _length_policy(tokenize_pairs(ctok, eval_pairs), settings, "held-out")
     if not train:
         raise PreferenceDataError(f"every training pair is longer than data.max_length={settings.max_length}")
-    return PreparedPairs(train, held, template, load_report, report, end_of_turn_ids(tokenizer, report),
+    return PreparedPairs(train, held, template, load_report, report, report.end_of_turn_ids(tokenizer),
                          dropped + dropped_eval)
 

@@ -22,11 +22,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..losses import gathered_logps
-from ..sft.model import SelectedTokenLoss
+from ..train.model import DecoderWithHead
 from .data import COLLATORS, PairBatch, PreferenceExample
 
 
-class ResponseLogps(SelectedTokenLoss):
+class ResponseLogps(DecoderWithHead):
     """One decoder pass over a PairBatch's inputs → (response log-prob sums, token counts), chosen then rejected [2B]."""
 
     def forward(self, input_ids, attention_mask, position_ids, sources, targets, scores, pairs):  # type: ignore[override]

@@ -230,7 +230,7 @@ def run_demo(settings: DemoSettings) -> dict:
     if settings.dpo:
         sft_full = result.model_dir
         if settings.lora:  # DPO starts from the SFT weights: merge the SFT adapter first
-            from ..sft.output import merge_adapter
+            from ..train.output import merge_adapter
 
             sft_full = merge_adapter(result.model_dir, settings.out / "sft" / "merged", base=str(base))
         dpo = _dpo(settings, sft_full, world)

@@ -9,7 +9,6 @@ is ignored, as it is in an unpacked row (nothing precedes it to predict it from)
 from __future__ import annotations
 
 import bisect
-import random
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -57,26 +56,6 @@ def plan_rows(examples: Sequence[Example], *, packing: bool, max_length: int) ->
     if packing:
         return best_fit_decreasing([len(e) for e in examples], max_length)
     return [[i] for i in range(len(examples))]
-
-
-def plan_epoch(row_lengths: Sequence[int], micro_batch_size: int, seed: int, epoch: int,
-               packing: bool) -> list[list[int]]:
-    """Micro-batches (lists of row indices) for one epoch; a pure function of (seed, epoch).
-
-    Unpacked rows are grouped by length inside shuffled windows so padding stays small.
-    """
-    rng = random.Random(seed * 1_000_003 + epoch)
-    order = list(range(len(row_lengths)))
-    rng.shuffle(order)
-    if not packing:
-        window = micro_batch_size * 64
-        grouped = []
-        for start in range(0, len(order), window):
-            grouped += sorted(order[start : start + window], key=lambda r: row_lengths[r])
-        order = grouped
-    batches = [order[i : i + micro_batch_size] for i in range(0, len(order), micro_batch_size)]
-    rng.shuffle(batches)
-    return batches
 
 
 def collate_padded(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:

@@ -3,45 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..config import setting
-
-SCHEDULES = ("cosine", "linear", "constant")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-@dataclass
-class ModelSettings:
-    name_or_path: str = setting("", "Hugging Face model id or local folder of the base model.")
-    dtype: str = setting("auto", "auto (fp32 on CPU, bf16 on GPU), float32, bfloat16 or float16.")
-    trust_remote_code: bool = setting(False, "Run model code shipped with the checkpoint. Off unless you trust it.")
-    gradient_checkpointing: bool = setting(False, "Recompute activations in backward to save memory.")
-    attn_implementation: str = setting("sdpa", "Attention kernel: sdpa, eager, or flash_attention_2 (GPU).")
-
-    def check(self) -> list[str]:
-        problems = []
-        if not self.name_or_path:
-            problems.append("name_or_path: required; set model.name_or_path=<id or folder>")
-        if self.dtype not in DTYPES:
-            problems.append(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
-        return problems
-
-
-def source_problems(data: Any) -> list[str]:
-    """Checks every data section shares (SFT conversations, DPO pairs): source, held-out split, errors, length."""
-    problems = []
-    if not data.train:
-        problems.append("train: required; set data.train=<file or dataset id>")
-    if not 0.0 <= data.eval_fraction < 1.0:
-        problems.append(f"eval_fraction: {data.eval_fraction} must be in [0, 1)")
-    if data.eval and data.eval_fraction:
-        problems.append("eval_fraction: set either data.eval or data.eval_fraction, not both")
-    if data.on_error not in ("fail", "skip"):
-        problems.append(f"on_error: {data.on_error!r} is not fail or skip")
-    if data.max_length < 8:
-        problems.append(f"max_length: {data.max_length} is too small (>= 8)")
-    return problems
+from ..train.config import LoraSettings, ModelSettings, TrainSettings, source_problems
 
 
 @dataclass
@@ -73,62 +37,6 @@ class DataSettings:
             problems.append(f"reasoning: {self.reasoning!r} is not keep or drop_earlier")
         if self.replay_ratio < 0 or (self.replay_ratio > 0 and not self.replay):
             problems.append("replay_ratio: needs data.replay=<documents.jsonl> and a value >= 0")
-        return problems
-
-
-@dataclass
-class LoraSettings:
-    enabled: bool = setting(False, "Train LoRA adapters instead of all weights.")
-    r: int = setting(16, "LoRA rank.")
-    alpha: int = setting(32, "LoRA scaling alpha (scale = alpha / r).")
-    dropout: float = setting(0.0, "Dropout on the LoRA branch.")
-    target_modules: list[str] = setting(["all-linear"], "Modules to adapt: names, or all-linear.")
-    qlora: bool = setting(False, "Load the base in 4-bit (needs bitsandbytes and a CUDA GPU).")
-
-    def check(self) -> list[str]:
-        problems = []
-        if self.enabled and self.r <= 0:
-            problems.append(f"r: {self.r} must be positive")
-        if self.qlora and not self.enabled:
-            problems.append("qlora: needs lora.enabled=true")
-        return problems
-
-
-@dataclass
-class TrainSettings:
-    output_dir: str = setting("runs/sft", "Where checkpoints, logs and the final model go.")
-    epochs: float = setting(1.0, "Passes over the training data (ignored when max_steps > 0).")
-    max_steps: int = setting(0, "Optimizer steps to run; 0 = derived from epochs.")
-    micro_batch_size: int = setting(8, "Rows per forward pass (per process).")
-    grad_accum: int = setting(1, "Micro-batches per optimizer step.")
-    lr: float = setting(2e-4, "Peak learning rate.")
-    weight_decay: float = setting(0.0, "AdamW weight decay (not applied to biases and norms).")
-    warmup_ratio: float = setting(0.03, "Share of steps with linear warm-up.")
-    schedule: str = setting("cosine", "Learning-rate schedule after warm-up: cosine, linear or constant.")
-    max_grad_norm: float = setting(1.0, "Gradient clipping norm; 0 = off.")
-    seed: int = setting(0, "Seed for initialisation, data order and dropout.")
-    eval_every: int = setting(0, "Held-out loss every N steps; 0 = only at the end (if there is eval data).")
-    save_every: int = setting(0, "Checkpoint every N steps; 0 = only the final model.")
-    log_every: int = setting(1, "Log metrics every N steps.")
-    loss_chunk_size: int = setting(0, "Tokens per chunk for chunked cross-entropy; 0 = full logits at once.")
-    resume: bool = setting(True, "Resume from the latest checkpoint in output_dir when there is one.")
-    threads: int = setting(0, "CPU threads for torch; 0 = torch's default.")
-    progress: bool = setting(True, "Show a progress bar.")
-
-    def check(self) -> list[str]:
-        problems = []
-        if self.micro_batch_size < 1 or self.grad_accum < 1:
-            problems.append("micro_batch_size and grad_accum must be >= 1")
-        if self.max_steps <= 0 and self.epochs <= 0:
-            problems.append("epochs: must be > 0 when max_steps is 0")
-        if self.schedule not in SCHEDULES:
-            problems.append(f"schedule: {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            problems.append(f"warmup_ratio: {self.warmup_ratio} must be in [0, 1)")
-        if self.lr <= 0:
-            problems.append(f"lr: {self.lr} must be positive")
-        if self.loss_chunk_size < 0:
-            problems.append("loss_chunk_size: must be >= 0")
         return problems
 
 

@@ -13,6 +13,7 @@ from ..data.types import Conversation
 from ..masking import ConversationTokenizer, labels_from_mask
 from ..preflight import PreflightReport, preflight
 from ..templates.registry import ChatTemplate, resolve
+from ..train.plan import hold_out
 from .batching import Example
 from .config import DataSettings
 
@@ -26,17 +27,6 @@ class PreparedData:
     load_report: LoadReport
     preflight_report: PreflightReport
     end_of_turn_ids: list[int]
-
-
-def hold_out(items: list, fraction: float, seed: int) -> tuple[list, list]:
-    """(kept, held out): a seeded random ``fraction`` of the items (at least one) is held out."""
-    if fraction <= 0:
-        return items, []
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, int(round(fraction * len(items))))
-    held = set(order[:n_eval])
-    return [c for i, c in enumerate(items) if i not in held], [c for i, c in enumerate(items) if i in held]
 
 
 def _load_conversations(source: str, settings: DataSettings) -> tuple[list[Conversation], LoadReport]:
@@ -77,13 +67,7 @@ def prepare_data(settings: DataSettings, tokenizer: Any, seed: int) -> PreparedD
 
     train = to_examples(report) + replay_examples(settings, tokenizer, len(report.examples), seed)
     return PreparedData(train, to_examples(eval_report), template, ctok, load_report, report,
-                        end_of_turn_ids(tokenizer, report))
-
-
-def end_of_turn_ids(tokenizer: Any, report: PreflightReport) -> list[int]:
-    """The token ids that end assistant turns in the rendered training data (they become stop tokens)."""
-    strings = {t.end_of_turn.strip() for e in report.examples for t in e.rendered.turns if t.end_of_turn}
-    return sorted({tokenizer.convert_tokens_to_ids(s) for s in strings} - {None})
+                        report.end_of_turn_ids(tokenizer))
 
 
 def replay_examples(settings: DataSettings, tokenizer: Any, n_conversations: int, seed: int) -> list[Example]:

@@ -1,0 +1,71 @@
+"""The pieces a training run is set up from: accelerator and precision, optimizer, schedule, step
+counts, resume."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .model import compute_dtype
+
+
+def make_accelerator(dtype_setting: str, seed: int, threads: int = 0) -> Any:
+    """An Accelerator with mixed precision matching ``model.dtype`` (fp32 on CPU by default); seeds torch
+    and, when ``threads`` > 0, sets torch's CPU thread count."""
+    from accelerate import Accelerator
+
+    if threads:
+        torch.set_num_threads(threads)
+    cuda = torch.cuda.is_available()
+    dtype = compute_dtype(dtype_setting, torch.device("cuda" if cuda else "cpu"))
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
+    acc = Accelerator(cpu=not cuda, mixed_precision=precision)
+    torch.manual_seed(seed)
+    return acc
+
+
+def resume_step(acc: Any, out: Path, resume: bool, model: Any, optimizer: Any, scheduler: Any) -> int:
+    """Restore the latest checkpoint under ``out/checkpoints`` (when resuming); the step to continue from."""
+    from .checkpoint import latest_checkpoint, load_checkpoint
+
+    ckpt = latest_checkpoint(out / "checkpoints") if resume else None
+    if ckpt is None:
+        return 0
+    step = load_checkpoint(ckpt, model, optimizer, scheduler)
+    acc.print(f"resumed from {ckpt} at step {step}")
+    return step
+
+
+def step_counts(items: int, train: Any, world: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps) for ``items`` micro-batch items (rows or pairs) per epoch."""
+    batches = math.ceil(items / train.micro_batch_size)
+    per_epoch = max(1, batches // (train.grad_accum * world))
+    return per_epoch, train.max_steps or max(1, int(train.epochs * per_epoch))
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, *, warmup_ratio: float, total: int, kind: str) -> Any:
+    warmup = int(warmup_ratio * total)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: schedule_factor(s, warmup=warmup, total=total, kind=kind))
+
+
+def schedule_factor(step: int, *, warmup: int, total: int, kind: str) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine/linear decay to 0, or constant."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)  # no decay on biases and norm weights
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)

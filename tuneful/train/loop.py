@@ -1,0 +1,220 @@
+"""The one training loop every trainer runs on (SFT, DPO, and those to come).
+
+A trainer is its data preparation, its loss over a micro-batch and its metrics; this module owns the
+rest: accelerator and precision, model + LoRA set-up, optimizer and schedule, the step loop
+(micro-batches → loss → normalised accumulation → clip → step → log / eval / save cadence),
+checkpoints and exact resume, and the output folder. Plain PyTorch + transformers + peft +
+accelerate; no ``transformers.Trainer``.
+
+Normalisation is the trainer's to state and the loop's to apply uniformly: before any backward, the
+loop sums the trainer's step counts (trained tokens, pairs, ...) over every micro-batch of the step
+on every process, and each micro-batch's loss is divided by those global counts. Accumulation and
+data parallelism therefore give the gradient of one big batch.
+
+A run reads top to bottom: ``run(trainer)`` is setup → train → save.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .checkpoint import save_checkpoint
+from ..masking import load_tokenizer, pad_id
+from .components import lr_scheduler, make_accelerator, make_optimizer, resume_step, step_counts
+from .metrics import MetricsLog, Progress
+from .model import apply_lora, load_model
+from .plan import plan_epoch
+
+
+class Trainer(ABC):
+    """One run's state. ``model``/``tokenizer`` may be passed in (tests, notebooks).
+
+    A subclass sets ``name`` and ``packing`` and implements the hooks below; ``self.data`` (set by
+    :meth:`prepare_data`) must carry ``template`` and ``end_of_turn_ids`` for the output folder.
+    """
+
+    name = "train"
+    packing = False  # whether the epoch plan packs items (rows of several examples) or groups them by length
+
+    def __init__(self, cfg: Any, *, model: Any = None, tokenizer: Any = None):
+        self.cfg = cfg
+        self._model_in, self._tokenizer_in = model, tokenizer
+        self.out = Path(cfg.train.output_dir)
+
+    # --- what a trainer supplies ----------------------------------------------------------------
+    @abstractmethod
+    def prepare_data(self) -> None:
+        """Load, check and tokenize the data into ``self.data`` (everything before the model)."""
+
+    def before_lora(self, model: Any) -> None:
+        """Work on the starting weights, before adapters are added (e.g. a precomputed reference)."""
+
+    @abstractmethod
+    def loss_module(self, model: Any) -> torch.nn.Module:
+        """The module whose forward computes this trainer's per-micro-batch quantities (wraps ``model``)."""
+
+    def after_prepare(self) -> None:
+        """Set-up that needs the prepared (wrapped, placed) module."""
+
+    @abstractmethod
+    def item_lengths(self) -> list[int]:
+        """One length per planned item (a row of examples, a pair): what batching balances."""
+
+    @abstractmethod
+    def micro_batch(self, items: list[int]) -> Any:
+        """What :meth:`step_counts` and :meth:`micro_loss` receive for a micro-batch of item indices."""
+
+    @abstractmethod
+    def step_counts(self, micro: Sequence[Any]) -> torch.Tensor:
+        """This process's normalisers for the step (e.g. trained tokens); the loop sums them over processes."""
+
+    @abstractmethod
+    def micro_loss(self, batch: Any, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the tensor to backward — normalised by the step's global ``counts``, scaled by the world size,
+        since DDP averages gradients over processes —, a tally of metrics to sum over the step)."""
+
+    @abstractmethod
+    def step_metrics(self, tally: torch.Tensor, counts: torch.Tensor, grad_norm: float) -> dict:
+        """The step's metrics from the tally summed over micro-batches and processes; needs "loss" and "tokens"."""
+
+    @abstractmethod
+    def eval_metrics(self) -> dict:
+        """Held-out metrics ("eval_loss", ...); called only when ``self.data.eval`` is non-empty."""
+
+    @abstractmethod
+    def summary(self) -> dict:
+        """What ``tuneful.json`` in the output folder records besides the history."""
+
+    @abstractmethod
+    def result(self, steps: int, last_loss: float | None, eval_metrics: dict | None, history: list[dict],
+               train_seconds: float) -> Any:
+        """The run's result object."""
+
+    # --- setup ----------------------------------------------------------------------------------
+    def setup(self) -> "Trainer":
+        cfg = self.cfg
+        self.acc = make_accelerator(cfg.model.dtype, cfg.train.seed, cfg.train.threads)
+        self.tokenizer = self._tokenizer_in or load_tokenizer(cfg.data.tokenizer or cfg.model.name_or_path,
+                                                              trust_remote_code=cfg.model.trust_remote_code)
+        self.prepare_data()
+        model = self._model_in if self._model_in is not None else load_model(cfg.model, quantize_4bit=cfg.lora.qlora)
+        self.before_lora(model)
+        if cfg.lora.enabled:
+            model = apply_lora(model, cfg.lora)
+        self.model = model
+        module = self.loss_module(model)
+        optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
+
+        self.world = self.acc.num_processes
+        self.lengths = self.item_lengths()
+        self._plan: tuple[int, list[list[int]]] | None = None
+        self.steps_per_epoch, self.total_steps = step_counts(len(self.lengths), cfg.train, self.world)
+        scheduler = lr_scheduler(optimizer, warmup_ratio=cfg.train.warmup_ratio, total=self.total_steps,
+                                 kind=cfg.train.schedule)
+        self.module, self.optimizer = self.acc.prepare(module, optimizer)
+        self.scheduler = scheduler
+        self.after_prepare()
+        self.start_step = resume_step(self.acc, self.out, cfg.train.resume, self.model, self.optimizer, self.scheduler)
+        return self
+
+    def _pad_id(self) -> int:
+        return pad_id(self.tokenizer)
+
+    # --- batches --------------------------------------------------------------------------------
+    def micro_batches(self, step: int) -> list[Any]:
+        """This process's micro-batches for optimizer step ``step``: a pure function of it."""
+        cfg = self.cfg.train
+        epoch, within = divmod(step, self.steps_per_epoch)
+        if self._plan is None or self._plan[0] != epoch:  # the plan depends on the epoch only
+            self._plan = (epoch, plan_epoch(self.lengths, cfg.micro_batch_size, cfg.seed, epoch, self.packing))
+        per_step = cfg.grad_accum * self.world
+        chosen = self._plan[1][within * per_step : (within + 1) * per_step]
+        return [self.micro_batch(items) for items in chosen[self.acc.process_index :: self.world]]
+
+    # --- loop -----------------------------------------------------------------------------------
+    def train(self) -> Any:
+        cfg = self.cfg.train
+        self.out.mkdir(parents=True, exist_ok=True)
+        log = MetricsLog(self.out / "metrics.jsonl", self.start_step, enabled=self.acc.is_main_process)
+        bar = Progress(self.total_steps, self.start_step, enabled=cfg.progress and self.acc.is_main_process,
+                       desc=self.name)
+        self.module.train()
+        last_loss, eval_metrics, train_seconds = None, None, 0.0
+        for step in range(self.start_step, self.total_steps):
+            started = time.perf_counter()
+            batches = self.micro_batches(step)
+            lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
+            last_loss, metrics = self._optimizer_step(batches)
+            seconds = time.perf_counter() - started
+            train_seconds += seconds
+            row = {"step": step + 1, **metrics, "lr": lr, "tok_s": metrics["tokens"] / seconds}
+            if "trained_tokens" in metrics:
+                row["trained_tok_s"] = metrics["trained_tokens"] / seconds
+            if (step + 1) % cfg.log_every == 0 or step + 1 == self.total_steps:
+                log.write(row)
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and self.data.eval:
+                eval_metrics = self.eval_metrics()
+                log.write({"step": step + 1, **eval_metrics})
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < self.total_steps:
+                self.acc.wait_for_everyone()
+                if self.acc.is_main_process:
+                    save_checkpoint(self.out / "checkpoints", step + 1, self.model, self.optimizer, self.scheduler)
+            bar.update(last_loss, row["tok_s"])
+        bar.close()
+        if self.data.eval and (not cfg.eval_every or self.total_steps % cfg.eval_every):
+            eval_metrics = self.eval_metrics()
+            log.write({"step": self.total_steps, **eval_metrics})
+        return self.result(self.total_steps, last_loss, eval_metrics, log.rows, train_seconds)
+
+    def _optimizer_step(self, micro: Sequence[Any]) -> tuple[float, dict]:
+        """One optimizer step over this process's micro-batches: (the step's loss, its metrics)."""
+        counts = self.acc.reduce(self.step_counts(micro), reduction="sum")
+        tally = None
+        for k, batch in enumerate(micro):
+            sync = k == len(micro) - 1
+            with self.acc.no_sync(self.module) if not sync else nullcontext():
+                loss, parts = self.micro_loss(batch, counts)
+                self.acc.backward(loss)
+            tally = parts if tally is None else tally + parts
+        grad_norm = 0.0
+        if self.cfg.train.max_grad_norm > 0:
+            grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics = self.step_metrics(self.acc.reduce(tally, reduction="sum"), counts, grad_norm)
+        return metrics["loss"], metrics
+
+    # --- output ---------------------------------------------------------------------------------
+    def save(self, result: Any) -> Path:
+        """The final model folder (model or adapter, tokenizer with the template, stop tokens, tuneful.json)."""
+        from .output import save_final
+
+        self.acc.wait_for_everyone()
+        target = self.out / "model"
+        if self.acc.is_main_process:
+            save_final(target, self.acc.unwrap_model(self.module).model, self.tokenizer,
+                       template_source=self.data.template.source, end_of_turn_ids=self.data.end_of_turn_ids,
+                       summary=self.summary(), history=result.history, lora=self.cfg.lora.enabled)
+        self.acc.wait_for_everyone()  # no process finishes while the main one is still writing
+        result.model_dir = target
+        return target
+
+
+def run(trainer: Trainer) -> Any:
+    """setup → train → save."""
+    trainer.setup()
+    try:
+        result = trainer.train()
+        trainer.save(result)
+    finally:
+        # Exiting with a live gloo/NCCL process group can abort a process at interpreter shutdown
+        # ("terminate called without an active exception") after a successful run.
+        trainer.acc.end_training()
+    return result

@@ -1,0 +1,112 @@
+"""Loading the model (full, LoRA, QLoRA) and the attention-mask helper every loss module uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import LoraSettings, ModelSettings
+
+
+def compute_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """fp32 on CPU unless asked (bf16 matmuls are slow on many CPUs), bf16 on GPU."""
+    if setting == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, setting)
+
+
+def load_model(settings: ModelSettings, *, quantize_4bit: bool = False) -> nn.Module:
+    """A Hugging Face causal LM, weights in fp32 (mixed precision is applied by autocast)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {
+        "trust_remote_code": settings.trust_remote_code,
+        "attn_implementation": settings.attn_implementation,
+        "dtype": torch.float32,
+    }
+    if quantize_4bit:
+        kwargs.update(quantization_config=_bnb_config(), dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(settings.name_or_path, **kwargs)
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
+
+
+def _bnb_config() -> Any:
+    if not torch.cuda.is_available():
+        raise RuntimeError("lora.qlora=true needs a CUDA GPU; none is visible. Fix: set lora.qlora=false.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise RuntimeError("lora.qlora=true needs bitsandbytes. Fix: pip install bitsandbytes, or lora.qlora=false.")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if settings.qlora:
+        model = prepare_model_for_kbit_training(model)
+    targets: Any = settings.target_modules
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def unwrap_causal_lm(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PEFT wrapper (adapters stay injected)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def attention_mask_for(model: nn.Module, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A collator's mask in the form the model's attention kernel reads.
+
+    Custom [B, 1, T, T] masks (packing, shared prompts) are boolean, True = attend, which is what
+    SDPA takes. Eager attention *adds* its mask to the scores, so a boolean mask there would let
+    every token see every other one: it gets the additive form (0 / most negative). Flash-attention
+    takes no such mask at all.
+    """
+    if mask is None or mask.dim() != 4 or mask.dtype != torch.bool:
+        return mask
+    implementation = str(getattr(unwrap_causal_lm(model).config, "_attn_implementation", "sdpa"))
+    if implementation.startswith("flash"):
+        raise ValueError(f"attention '{implementation}' cannot take a custom attention mask (packing with block "
+                         "masks, or a DPO shared prompt); use model.attn_implementation=sdpa, or the flash-friendly "
+                         "layout (SFT: packing restarts position ids; DPO: train.pair_layout=two-rows)")
+    if implementation == "sdpa":
+        return mask
+    dtype = getattr(unwrap_causal_lm(model), "dtype", torch.float32)  # transformers: the first floating dtype
+    dtype = dtype if dtype.is_floating_point else torch.float32
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
+class DecoderWithHead(nn.Module):
+    """A causal LM wrapped for a loss: the decoder's hidden states, and the vocabulary projection applied
+    only where a loss needs it. Wrapping the model (rather than calling its decoder from outside)
+    keeps the forward pass inside one module, so DDP's hooks see it. Trainers subclass it with a
+    ``forward`` that computes their per-micro-batch quantities.
+    """
+
+    def __init__(self, model: nn.Module, chunk_size: int = 0):
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        causal_lm = unwrap_causal_lm(self.model)
+        logits = causal_lm.get_output_embeddings()(hidden)
+        cap = getattr(causal_lm.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def hidden_states(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        """The decoder's final hidden states (no vocabulary projection), the mask in the kernel's form."""
+        decoder = unwrap_causal_lm(self.model).get_decoder()
+        return decoder(input_ids=input_ids, attention_mask=attention_mask_for(self.model, attention_mask),
+                       position_ids=position_ids, use_cache=False).last_hidden_state
