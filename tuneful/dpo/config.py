@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from ..config import setting
 from ..train.config import LoraSettings, ModelSettings, TrainSettings, source_problems
+from .objective import OBJECTIVES
 
 REFERENCES = ("auto", "frozen", "adapters-off", "precomputed", "none")
 
@@ -52,8 +53,6 @@ class ObjectiveSettings:
                                             "2 x micro_batch_size.")
 
     def check(self) -> list[str]:
-        from .objective import OBJECTIVES
-
         problems = []
         if self.loss not in OBJECTIVES:
             problems.append(f"loss: {self.loss!r} is not one of {', '.join(OBJECTIVES)}")

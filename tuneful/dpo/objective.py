@@ -9,21 +9,18 @@ NLL term by the number of chosen-response tokens in the step — never per micro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 import torch
 
-from .losses import dpo_robust, dpo_sigmoid, hinge, ipo, orpo_odds_ratio, simpo
-
-if TYPE_CHECKING:
-    from .config import ObjectiveSettings
+from .losses import PreferenceLoss, dpo_robust, dpo_sigmoid, hinge, ipo, orpo_odds_ratio, simpo
 
 
 @dataclass(frozen=True)
 class Objective:
     needs_reference: bool
     averaged: bool  # the loss reads per-token average log-probs
-    pair_loss: Callable[..., torch.Tensor]  # (pc, pr, rc, rr, settings) -> loss per pair
+    pair_loss: Callable[..., PreferenceLoss]  # (pc, pr, rc, rr, settings) -> losses and rewards per pair
     chosen_nll_weight: float = 0.0  # ORPO adds the chosen responses' NLL (weight 1; the OR term gets λ)
 
 
@@ -35,9 +32,13 @@ OBJECTIVES: dict[str, Objective] = {
     "ipo": Objective(True, True, lambda pc, pr, rc, rr, s: ipo(pc, pr, rc, rr, beta=s.beta)),
     "hinge": Objective(True, False, lambda pc, pr, rc, rr, s: hinge(pc, pr, rc, rr, beta=s.beta)),
     "simpo": Objective(False, True, lambda pc, pr, rc, rr, s: simpo(pc, pr, beta=s.beta, gamma=s.simpo_gamma)),
-    "orpo": Objective(False, True, lambda pc, pr, rc, rr, s: s.orpo_lambda * orpo_odds_ratio(pc, pr),
-                      chosen_nll_weight=1.0),
+    "orpo": Objective(False, True, lambda pc, pr, rc, rr, s: _scaled(orpo_odds_ratio(pc, pr, beta=s.beta),
+                                                                     s.orpo_lambda), chosen_nll_weight=1.0),
 }
+
+
+def _scaled(result: PreferenceLoss, weight: float) -> PreferenceLoss:
+    return result._replace(losses=weight * result.losses)
 
 
 @dataclass
@@ -50,9 +51,10 @@ class PairTerms:
     rewards_rejected: torch.Tensor
 
 
-def pair_terms(objective: Objective, settings: "ObjectiveSettings", sums: torch.Tensor, counts: torch.Tensor,
+def pair_terms(objective: Objective, settings: Any, sums: torch.Tensor, counts: torch.Tensor,
                ref_sums: torch.Tensor | None) -> PairTerms:
-    """``sums``/``counts``/``ref_sums`` hold chosen rows then rejected rows ([2B]), as PairBatch.scores lays them out."""
+    """``sums``/``counts``/``ref_sums`` hold chosen rows then rejected rows ([2B]), as PairBatch.scores lays
+    them out; ``settings`` is the run's ``ObjectiveSettings`` (beta, label_smoothing, ...)."""
     counts = counts.to(sums.dtype).clamp(min=1)
     logps = sums / counts if objective.averaged else sums
     ref = None
@@ -60,10 +62,6 @@ def pair_terms(objective: Objective, settings: "ObjectiveSettings", sums: torch.
         ref = ref_sums / counts if objective.averaged else ref_sums
     pc, pr = logps.chunk(2)
     rc, rr = ref.chunk(2) if ref is not None else (None, None)
-    losses = objective.pair_loss(pc, pr, rc, rr, settings)
-    beta = settings.beta
-    with torch.no_grad():  # implicit rewards β·(log π − log π_ref); β·log π without a reference
-        reward_c = beta * (pc - (rc if rc is not None else 0.0))
-        reward_r = beta * (pr - (rr if rr is not None else 0.0))
+    result = objective.pair_loss(pc, pr, rc, rr, settings)
     chosen_nll = -sums.chunk(2)[0].sum() * objective.chosen_nll_weight
-    return PairTerms(losses.sum(), chosen_nll, reward_c.detach(), reward_r.detach())
+    return PairTerms(result.losses.sum(), chosen_nll, result.chosen_rewards, result.rejected_rewards)

@@ -30,9 +30,20 @@ def load_model(settings: ModelSettings, *, quantize_4bit: bool = False) -> nn.Mo
         kwargs.update(quantization_config=_bnb_config(), dtype=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(settings.name_or_path, **kwargs)
     if settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        enable_activation_checkpointing(model)
     return model
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in backward (non-reentrant). transformers 5.24 calls it
+    ``activation_checkpointing_enable`` (the old ``gradient_checkpointing_enable`` warns and goes in v6);
+    the versions before know only the old name."""
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+    model.config.use_cache = False
 
 
 def _bnb_config() -> Any:
