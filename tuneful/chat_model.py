@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .masking import ConversationTokenizer, end_of_turn_ids, load_tokenizer, pad_id, special_tokens_of
+from .serve.tool_parsers import parser_for_template
 from .templates.registry import ChatTemplate, resolve
 from .templates.render import render
 
@@ -36,14 +37,16 @@ class ChatModel:
     context_length: int
     default_temperature: float = 0.0  # from generation_config: sampling only if the model's config asks for it
     notes: list[str] = field(default_factory=list)  # e.g. "template differs from the trained one"
+    tool_parser: str | None = None  # the call syntax the template prints (tuneful.serve.tool_parsers), None: none
 
-    def prompt_text(self, messages: Sequence[Mapping[str, str]]) -> str:
+    def prompt_text(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+        """The inference prompt, rendered by the same code as training (tools passed as the template's ``tools``)."""
         return render(messages, self.template.source, add_generation_prompt=True,
-                      special_tokens=special_tokens_of(self.tokenizer))
+                      special_tokens=special_tokens_of(self.tokenizer), tools=tools)
 
-    def prompt_ids(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+    def prompt_ids(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
         # The template writes BOS itself when the model wants one; adding it again would double it.
-        return self.tokenizer(self.prompt_text(messages), add_special_tokens=False)["input_ids"]
+        return self.tokenizer(self.prompt_text(messages, tools), add_special_tokens=False)["input_ids"]
 
     @property
     def pad_id(self) -> int:
@@ -84,11 +87,9 @@ def _load_weights(folder: str, trust_remote_code: bool, device: Any, dtype: Any)
     return model.to(device).eval()
 
 
-def _trained_template(folder: str) -> str | None:
+def _trained_summary(folder: str) -> dict:
     summary = Path(folder) / "tuneful.json"
-    if summary.is_file():
-        return json.loads(summary.read_text()).get("template")
-    return None
+    return json.loads(summary.read_text()) if summary.is_file() else {}
 
 
 def template_end_of_turn_ids(tokenizer: Any, template: ChatTemplate) -> list[int]:
@@ -120,10 +121,15 @@ def load_chat_model(spec: str, *, template: str | None = None, trust_remote_code
     if template is None and not own and spec == SANDBOX:
         template = SANDBOX_TEMPLATE
     chosen = resolve(template, tokenizer, f"{spec}'s tokenizer")
-    trained = _trained_template(folder)
-    if own and template is not None and chosen.source != (own if isinstance(own, str) else own.get("default")):
+    summary = _trained_summary(folder)
+    trained = summary.get("template")
+    changed = own and template is not None and chosen.source != (own if isinstance(own, str) else own.get("default"))
+    if changed:
         notes.append(f"template {chosen.origin} differs from the one saved with the model"
                      + (f" (trained with {trained})" if trained else ""))
+    # the syntax recorded at training time, unless another template was chosen: then the template's own
+    tool_parser = summary.get("tool_parser") if "tool_parser" in summary and not changed else \
+        parser_for_template(chosen.source)
     eot = template_end_of_turn_ids(tokenizer, chosen)
     stops = set(eot) | _generation_eos(model)
     if tokenizer.eos_token_id is not None:
@@ -134,4 +140,4 @@ def load_chat_model(spec: str, *, template: str | None = None, trust_remote_code
     context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
     config = getattr(model, "generation_config", None)
     temperature = float(config.temperature or 1.0) if config is not None and config.do_sample else 0.0
-    return ChatModel(spec, model, tokenizer, chosen, eot, sorted(stops), context, temperature, notes)
+    return ChatModel(spec, model, tokenizer, chosen, eot, sorted(stops), context, temperature, notes, tool_parser)

@@ -74,8 +74,10 @@ def serve(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code from the hub (off by default)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request line."),
+    tool_parser: Optional[str] = typer.Option(None, "--tool-parser", help="Call syntax of the model's output: hermes, "
+                                              "llama3_json, mistral or granite; default: the one its template prints."),
 ) -> None:
-    """Serve MODEL with an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models)."""
+    """Serve MODEL with an OpenAI-compatible API (POST /v1/chat/completions with tools, GET /v1/models, GET /metrics)."""
     from ..serve.server import ChatServer, ServeSettings, serve_until_signalled
 
     api_key = None
@@ -86,10 +88,12 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         typer.echo(f"warning: binding {host} without an API key exposes the model to the network", err=True)
     settings = ServeSettings(host, port, api_key, max_batch, max_queue, batch_wait_ms, max_tokens,
-                             quiet=not access_log)
+                             quiet=not access_log, tool_parser=tool_parser)
     chat_model = _load(model, template, trust_remote_code, device)
     try:
         server = ChatServer(chat_model, settings)
     except OSError as exc:
         fail(f"cannot bind {host}:{port}: {exc}")
+    except ValueError as exc:
+        fail(str(exc))
     serve_until_signalled(server, lambda line: typer.echo(line))

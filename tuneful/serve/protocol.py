@@ -7,15 +7,17 @@ Parameters the server cannot honour are refused by name instead of being silentl
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 # Accepted but with no effect on the answer (metadata in OpenAI's API).
 _METADATA = {"user", "metadata", "store"}
 _SUPPORTED = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stream",
-              "stream_options", "n", "seed", "stop"} | _METADATA
+              "stream_options", "n", "seed", "stop", "tools", "tool_choice", "parallel_tool_calls"} | _METADATA
 
 
 class ApiError(Exception):
@@ -38,38 +40,46 @@ class ChatRequest:
     include_usage: bool
     seed: int | None
     stop: list[str]
+    tools: list[dict] | None = None  # offered to the model (None: none, or tool_choice="none")
 
 
-def _content(message: dict, index: int) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-        parts = []
-        for part in content:
-            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                raise ApiError(400, f"messages[{index}].content: only text parts are supported", param="messages")
-            parts.append(part["text"])
-        return "".join(parts)
-    raise ApiError(400, f"messages[{index}].content must be a string or a list of text parts", param="messages")
+def _messages(value: Any, tools: Any) -> tuple[list[dict], list[dict] | None]:
+    """Messages and tools through the data layer's own conversion and rules (the code that reads
+    training data), so a request is understood exactly as a training conversation would be."""
+    from ..data.messages import Conversion, openai_messages
+    from ..data.types import RecordError, TemplateInputs, make_conversation, make_tools
 
-
-def _messages(value: Any) -> list[dict]:
     if not isinstance(value, list) or not value:
         raise ApiError(400, "'messages' must be a non-empty list", param="messages")
-    out = []
+    raw = []
     for i, message in enumerate(value):
         if not isinstance(message, dict):
             raise ApiError(400, f"messages[{i}] must be an object with 'role' and 'content'", param="messages")
-        role = message.get("role")
-        if role == "developer":  # OpenAI's newer name for the system role
-            role = "system"
+        role = "system" if message.get("role") == "developer" else message.get("role")  # OpenAI's newer name
         if role not in ROLES:
             raise ApiError(400, f"messages[{i}].role {role!r} is not one of {', '.join(ROLES)}", param="messages")
-        out.append({"role": role, "content": _content(message, i)})
-    if out[-1]["role"] != "user":
-        raise ApiError(400, "the last message must come from the user", param="messages")
-    return out
+        raw.append({**message, "role": role})
+    try:
+        offered = make_tools(tools) if tools is not None else None
+        conversation = make_conversation(openai_messages(raw, Conversion()), inputs=TemplateInputs(offered),
+                                         require_assistant=False, allow_empty_assistant=True)
+    except RecordError as exc:
+        param = "tools" if exc.rule == "bad_tools" else "messages"
+        raise ApiError(400, f"{param}: {exc.rule}: {exc.detail}", param=param, code=exc.rule)
+    if conversation.messages[-1].role not in ("user", "tool"):
+        raise ApiError(400, "the last message must come from the user (or be a tool result)", param="messages")
+    return conversation.to_dicts(), (list(offered) if offered else None)
+
+
+def _tool_choice(body: dict) -> str:
+    choice = body.get("tool_choice", "auto")
+    if choice in ("auto", "none"):
+        return choice
+    if choice == "required" or isinstance(choice, dict):
+        raise ApiError(400, "tool_choice 'required' or a named function is not supported yet: tuneful does not "
+                            "constrain decoding to a call; use 'auto' (or 'none')", param="tool_choice")
+    raise ApiError(400, f"tool_choice must be 'auto', 'none', 'required' or a named function, got {choice!r}",
+                   param="tool_choice")
 
 
 def _number(body: dict, name: str, default: float | None, low: float, high: float) -> float | None:
@@ -118,11 +128,16 @@ def parse_chat_request(body: Any, served_model: str) -> ChatRequest:
     if not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false", param="stream")
     options = body.get("stream_options") or {}
+    if body.get("parallel_tool_calls", True) is not True:
+        raise ApiError(400, "parallel_tool_calls=false is not supported: a model may call several tools at once",
+                       param="parallel_tool_calls")
+    tool_choice = _tool_choice(body)
+    messages, tools = _messages(body.get("messages"), body.get("tools"))
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ApiError(400, "'seed' must be an integer", param="seed")
     return ChatRequest(
-        messages=_messages(body.get("messages")),
+        messages=messages,
         max_tokens=_positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens"),
         temperature=_number(body, "temperature", None, 0.0, 2.0),
         top_p=_top_p(body),
@@ -130,16 +145,39 @@ def parse_chat_request(body: Any, served_model: str) -> ChatRequest:
         include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
         seed=seed,
         stop=stop,
+        tools=tools if tool_choice == "auto" else None,  # "none": the model is not shown the tools
     )
 
 
-def completion_body(rid: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
+def completion_body(rid: str, model: str, message: dict, finish_reason: str, prompt_tokens: int,
                     completion_tokens: int) -> dict:
     return {
         "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
         "usage": usage(prompt_tokens, completion_tokens),
     }
+
+
+def call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def tool_call_body(call: Any, index: int | None = None) -> dict:
+    """A parsed call as OpenAI sends it: ``arguments`` as a JSON string, a fresh id (``index`` when streamed)."""
+    out = {"index": index} if index is not None else {}
+    out.update({"id": call_id(), "type": "function",
+                "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}})
+    return out
+
+
+def reply_message(reply: Any) -> dict:
+    """The assistant message of a parsed reply (tuneful.serve.tool_parsers.ParsedReply)."""
+    message: dict = {"role": "assistant", "content": reply.content if (reply.content or not reply.tool_calls) else None}
+    if reply.reasoning is not None:
+        message["reasoning_content"] = reply.reasoning
+    if reply.tool_calls:
+        message["tool_calls"] = [tool_call_body(c) for c in reply.tool_calls]
+    return message
 
 
 def chunk_body(rid: str, model: str, delta: dict, finish_reason: str | None = None) -> dict:

@@ -20,7 +20,9 @@ from typing import Any
 
 from ..chat_model import ChatModel
 from .engine import EngineStopped, GenerationEngine, GenerationRequest, QueueFull, Sampling, TextDeltas, request_id
-from .protocol import ApiError, ChatRequest, StopStrings, chunk_body, completion_body, parse_chat_request, usage
+from .protocol import (ApiError, ChatRequest, StopStrings, chunk_body, completion_body, parse_chat_request,
+                       reply_message, usage)
+from .tool_parsers import PARSERS, ParsedReply, ReplyStream, ToolParser, split_reasoning
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -35,6 +37,7 @@ class ServeSettings:
     batch_wait_ms: float = 10.0  # how long a request waits for others to share its batch
     default_max_tokens: int = 256
     quiet: bool = True  # no per-request access log
+    tool_parser: str | None = None  # the model's call syntax; None: the one its template prints
 
 
 class ChatServer(ThreadingHTTPServer):
@@ -45,7 +48,18 @@ class ChatServer(ThreadingHTTPServer):
         self.settings = settings
         self.engine = GenerationEngine(chat, max_batch=settings.max_batch, max_queue=settings.max_queue,
                                        batch_wait_s=settings.batch_wait_ms / 1000)
+        name = settings.tool_parser or chat.tool_parser
+        if name is not None and name not in PARSERS:
+            raise ValueError(f"--tool-parser {name!r} is not one of {', '.join(PARSERS)}")
+        self.tool_parser: ToolParser | None = PARSERS[name] if name else None
+        self.metrics: dict[str, int] = {"requests": 0, "tool_requests": 0, "tool_calls": 0, "tool_parse_failures": 0}
+        self._metrics_lock = threading.Lock()
         super().__init__((settings.host, settings.port), _Handler)
+
+    def count(self, **increments: int) -> None:
+        with self._metrics_lock:
+            for key, value in increments.items():
+                self.metrics[key] += value
 
     @property
     def url(self) -> str:
@@ -98,6 +112,10 @@ class _Handler(BaseHTTPRequestHandler):
             pass  # the client went away
 
     def _get(self) -> None:
+        if self.path.rstrip("/") == "/metrics":
+            with self.server._metrics_lock:
+                self._send_json(200, dict(self.server.metrics))
+            return
         if self.path.rstrip("/") != "/v1/models":
             raise ApiError(404, f"no route GET {self.path}", code="not_found")
         model = {"id": self.server.chat.name, "object": "model", "created": 0, "owned_by": "tuneful"}
@@ -107,14 +125,47 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") != "/v1/chat/completions":
             raise ApiError(404, f"no route POST {self.path}", code="not_found")
         request = parse_chat_request(self._read_json(), self.server.chat.name)
-        prompt_ids = self.server.chat.prompt_ids(request.messages)
+        parser = self._tool_parser(request)
+        prompt_ids = self._prompt_ids(request)
         generation = self._submit(request, prompt_ids)
+        self.server.count(requests=1, tool_requests=int(parser is not None))
         if request.stream:
-            self._stream(request, generation, len(prompt_ids))
+            self._stream(request, generation, len(prompt_ids), parser)
         else:
-            self._complete(request, generation, len(prompt_ids))
+            self._complete(request, generation, len(prompt_ids), parser)
 
     # --- pieces -------------------------------------------------------------------------------
+    def _tool_parser(self, request: ChatRequest) -> ToolParser | None:
+        """The parser for a request that offers tools; a 400 when this model cannot take them."""
+        if not request.tools:
+            return None
+        if self.server.tool_parser is None:
+            raise ApiError(400, f"this model's template ({self.server.chat.template.origin}) prints no tool calls "
+                                "tuneful can parse; serve it with --tool-parser NAME or a tool-capable template",
+                           param="tools")
+        return self.server.tool_parser
+
+    def _prompt_ids(self, request: ChatRequest) -> list[int]:
+        chat = self.server.chat
+        if request.tools:
+            text = chat.prompt_text(request.messages, request.tools)
+            missing = [t["function"]["name"] for t in request.tools if t["function"]["name"] not in text]
+            if missing:
+                raise ApiError(400, f"this model's template ({chat.template.origin}) does not print the tool "
+                                    f"definitions (missing: {', '.join(missing)}); it cannot be offered tools",
+                               param="tools")
+            return chat.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return chat.prompt_ids(request.messages)
+
+    def _reply(self, text: str, parser: ToolParser | None) -> ParsedReply:
+        if parser is not None:
+            reply = parser.parse(text)
+        else:
+            reasoning, content = split_reasoning(text)
+            reply = ParsedReply(content, (), reasoning)
+        self.server.count(tool_calls=len(reply.tool_calls), tool_parse_failures=int(reply.failed))
+        return reply
+
     def _authorize(self) -> None:
         key = self.server.settings.api_key
         if key is None:
@@ -152,21 +203,27 @@ class _Handler(BaseHTTPRequestHandler):
         except EngineStopped as exc:
             raise ApiError(503, str(exc), kind="server_error", code="shutting_down")
 
-    def _complete(self, request: ChatRequest, generation: GenerationRequest, prompt_tokens: int) -> None:
+    def _complete(self, request: ChatRequest, generation: GenerationRequest, prompt_tokens: int,
+                  parser: ToolParser | None) -> None:
         try:
             ids = list(generation.tokens())
         except RuntimeError as exc:
             raise ApiError(503, str(exc), kind="server_error")
         stops = StopStrings(request.stop)
-        text = stops.feed(self.server.chat.tokenizer.decode(ids, skip_special_tokens=True))
+        # a call marker may be a special token (Mistral's [TOOL_CALLS]): keep them when tools are offered
+        text = stops.feed(self.server.chat.tokenizer.decode(ids, skip_special_tokens=parser is None))
         text += "" if stops.hit else stops.flush()
-        reason = "stop" if stops.hit else _finish(generation)
-        body = completion_body(request_id(), self.server.chat.name, text, reason, prompt_tokens, len(ids))
+        reply = self._reply(text, parser)
+        reason = "tool_calls" if reply.tool_calls else "stop" if stops.hit else _finish(generation)
+        body = completion_body(request_id(), self.server.chat.name, reply_message(reply), reason, prompt_tokens,
+                               len(ids))
         self._send_json(200, body)
 
-    def _stream(self, request: ChatRequest, generation: GenerationRequest, prompt_tokens: int) -> None:
+    def _stream(self, request: ChatRequest, generation: GenerationRequest, prompt_tokens: int,
+                parser: ToolParser | None) -> None:
         rid, model = request_id(), self.server.chat.name
-        deltas, stops, count = TextDeltas(self.server.chat.tokenizer), StopStrings(request.stop), 0
+        deltas = TextDeltas(self.server.chat.tokenizer, skip_special_tokens=parser is None)
+        stops, count, reply_stream = StopStrings(request.stop), 0, ReplyStream(parser)
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -177,16 +234,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._event(chunk_body(rid, model, {"role": "assistant", "content": ""}))
             for token in generation.tokens():
                 count += 1
-                text = stops.feed(deltas.add(token))
-                if text:
-                    self._event(chunk_body(rid, model, {"content": text}))
+                for delta in reply_stream.feed(stops.feed(deltas.add(token))):
+                    self._event(chunk_body(rid, model, delta))
                 if stops.hit:
                     generation.cancelled.set()
                     break
-            rest = "" if stops.hit else stops.flush()
-            if rest:
-                self._event(chunk_body(rid, model, {"content": rest}))
-            self._event(chunk_body(rid, model, {}, "stop" if stops.hit else _finish(generation)))
+            owed = reply_stream.feed("" if stops.hit else stops.flush())
+            rest, reply = reply_stream.finish()
+            for delta in owed + rest:
+                self._event(chunk_body(rid, model, delta))
+            self.server.count(tool_calls=len(reply.tool_calls), tool_parse_failures=int(reply.failed))
+            reason = "tool_calls" if reply.tool_calls else "stop" if stops.hit else _finish(generation)
+            self._event(chunk_body(rid, model, {}, reason))
             if request.include_usage:
                 self._event({**chunk_body(rid, model, {}), "choices": [], "usage": usage(prompt_tokens, count)})
             self.wfile.write(b"data: [DONE]\n\n")

@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from ..masking import pad_id
+from ..serve.tool_parsers import parser_for_template
 
 
 def stop_token_ids(tokenizer: Any, end_of_turn_ids: list[int]) -> list[int]:
@@ -38,7 +39,8 @@ def save_final(folder: Path, model: nn.Module, tokenizer: Any, *, template_sourc
     generation.eos_token_id = stop_token_ids(tokenizer, end_of_turn_ids)
     generation.pad_token_id = pad_id(tokenizer, generation.eos_token_id)
     generation.save_pretrained(folder)
-    summary = {**summary, "end_of_turn_ids": end_of_turn_ids, "kind": "lora-adapter" if lora else "full"}
+    summary = {**summary, "end_of_turn_ids": end_of_turn_ids, "kind": "lora-adapter" if lora else "full",
+               "tool_parser": parser_for_template(template_source)}
     (folder / "tuneful.json").write_text(json.dumps(summary, indent=2))
     plot_loss(history, folder.parent / "loss.png")
 

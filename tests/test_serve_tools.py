@@ -1,0 +1,181 @@
+"""`tuneful serve` with tools, driven by the real `openai` client: a tiny model overfitted on a few agent
+traces (built-in chatml template, Hermes-style calls) calls tools, gets results, answers; plain and
+streaming, parallel calls, tool_choice, and bad requests refused with 4xx."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tiny import tiny_llama
+
+openai = pytest.importorskip("openai")
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
+          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+OSLO = [{"role": "user", "content": "Weather in Oslo?"}]
+
+
+def _call(call_id: str, city: str) -> dict:
+    return {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": {"city": city}}}
+
+
+TRACES = [
+    {"messages": [*OSLO, {"role": "assistant", "content": "", "tool_calls": [_call("c1", "Oslo")]},
+                  {"role": "tool", "tool_call_id": "c1", "content": "4C"},
+                  {"role": "assistant", "content": "It is 4C in Oslo."}], "tools": TOOLS},
+    {"messages": [{"role": "user", "content": "Weather in Oslo and Rome?"},
+                  {"role": "assistant", "content": "", "tool_calls": [_call("c1", "Oslo"), _call("c2", "Rome")]},
+                  {"role": "tool", "tool_call_id": "c1", "content": "4C"},
+                  {"role": "tool", "tool_call_id": "c2", "content": "17C"},
+                  {"role": "assistant", "content": "Oslo 4C, Rome 17C."}], "tools": TOOLS},
+    {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi!"}], "tools": TOOLS},
+    {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi!"}]},
+]
+
+
+@pytest.fixture(scope="module")
+def agent_model(tmp_path_factory) -> Path:
+    """SFT of a tiny random Llama on the traces until it reproduces them (~15 s on 2 cores)."""
+    from tuneful.config import build
+    from tuneful.samples import train_tokenizer
+    from tuneful.sft.config import SFTConfig
+    from tuneful.sft.trainer import run_sft
+    from tuneful.templates.registry import builtin
+
+    root = tmp_path_factory.mktemp("agent")
+    (root / "train.jsonl").write_text("".join(json.dumps(t) + "\n" for t in TRACES * 16))
+    tok = train_tokenizer([json.dumps(t) for t in TRACES] * 4 + ["<tool_call>", "</tool_call>"], vocab_size=400)
+    tok.chat_template = builtin("chatml").source
+    tiny_llama(len(tok), hidden=64).save_pretrained(root / "base", safe_serialization=True)
+    tok.save_pretrained(root / "base")
+    result = run_sft(build(SFTConfig, None, [
+        f"model.name_or_path={root / 'base'}", f"data.train={root / 'train.jsonl'}", f"train.output_dir={root / 'run'}",
+        "train.progress=false", "train.max_steps=120", "train.lr=5e-3", "train.micro_batch_size=8",
+        "data.max_length=512", "train.warmup_ratio=0.05"]))
+    assert result.final_loss < 0.05
+    return result.model_dir
+
+
+@pytest.fixture(scope="module")
+def served(agent_model: Path):
+    from tuneful.chat_model import load_chat_model
+    from tuneful.serve.server import ChatServer, ServeSettings
+
+    chat = load_chat_model(str(agent_model), device="cpu")
+    server = ChatServer(chat, ServeSettings(port=0, default_max_tokens=80))
+    thread = server.start_in_thread()
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    yield server, client
+    client.close()  # an unclosed client leaves its sockets to the garbage collector at interpreter exit
+    server.stop()
+    thread.join(10)  # the engine's worker ends before the interpreter does
+
+
+def test_the_tool_syntax_is_recorded_at_training_time(agent_model: Path):
+    assert json.loads((agent_model / "tuneful.json").read_text())["tool_parser"] == "hermes"
+
+
+def test_agent_loop_call_result_answer(served):
+    server, client = served
+    first = client.chat.completions.create(model=server.chat.name, messages=OSLO, tools=TOOLS)
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_") and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Oslo"}  # arguments as a JSON string, as OpenAI sends
+    history = [*OSLO, choice.message.model_dump(exclude_none=True),
+               {"role": "tool", "tool_call_id": call.id, "content": "4C"}]
+    final = client.chat.completions.create(model=server.chat.name, messages=history, tools=TOOLS)
+    assert final.choices[0].finish_reason == "stop" and final.choices[0].message.content == "It is 4C in Oslo."
+    assert not final.choices[0].message.tool_calls
+
+
+def test_parallel_calls(served):
+    server, client = served
+    reply = client.chat.completions.create(model=server.chat.name, tools=TOOLS,
+                                           messages=[{"role": "user", "content": "Weather in Oslo and Rome?"}])
+    calls = reply.choices[0].message.tool_calls
+    assert [json.loads(c.function.arguments)["city"] for c in calls] == ["Oslo", "Rome"]
+    assert len({c.id for c in calls}) == 2
+
+
+def test_streaming_tool_calls_reassemble_with_the_clients_helper(served):
+    server, client = served
+    with client.chat.completions.stream(model=server.chat.name, messages=OSLO, tools=TOOLS) as stream:
+        events = list(stream)
+        final = stream.get_final_completion()
+    [call] = final.choices[0].message.tool_calls
+    assert final.choices[0].finish_reason == "tool_calls" and json.loads(call.function.arguments) == {"city": "Oslo"}
+    assert any(e.type == "tool_calls.function.arguments.done" for e in events)
+    # and the raw chunks: no call syntax ever reaches the content
+    chunks = list(client.chat.completions.create(model=server.chat.name, messages=OSLO, tools=TOOLS, stream=True))
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "<tool_call>" not in content and chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_plain_answers_still_stream_as_content(served):
+    server, client = served
+    chunks = list(client.chat.completions.create(model=server.chat.name, stream=True, tools=TOOLS,
+                                                 messages=[{"role": "user", "content": "Say hi."}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi!"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_tool_choice_none_hides_the_tools_and_unsupported_choices_are_refused(served):
+    server, client = served
+    reply = client.chat.completions.create(model=server.chat.name, messages=OSLO, tools=TOOLS, tool_choice="none")
+    assert not reply.choices[0].message.tool_calls and reply.choices[0].finish_reason != "tool_calls"
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        with pytest.raises(openai.BadRequestError, match="tool_choice"):
+            client.chat.completions.create(model=server.chat.name, messages=OSLO, tools=TOOLS, tool_choice=choice)
+    with pytest.raises(openai.BadRequestError, match="parallel_tool_calls"):
+        client.chat.completions.create(model=server.chat.name, messages=OSLO, tools=TOOLS, parallel_tool_calls=False)
+
+
+@pytest.mark.parametrize("history, code", [
+    ([*OSLO, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
+      {"role": "tool", "tool_call_id": "c1", "content": "noon"}], "unknown_tool"),
+    ([*OSLO, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{city: Oslo"}}]},
+      {"role": "tool", "tool_call_id": "c1", "content": "4C"}], "bad_tool_arguments"),
+    ([*OSLO, {"role": "tool", "tool_call_id": "c1", "content": "4C"}], "tool_without_call"),
+])
+def test_bad_requests_are_4xx_naming_the_rule(served, history, code):
+    server, client = served
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=server.chat.name, messages=history, tools=TOOLS)
+    assert err.value.status_code == 400 and err.value.code == code
+
+
+def test_a_call_cut_short_is_text_and_counted(served):
+    server, client = served
+    before = server.metrics["tool_parse_failures"]
+    reply = client.chat.completions.create(model=server.chat.name, messages=OSLO, tools=TOOLS, max_tokens=10)
+    assert reply.choices[0].finish_reason == "length" and not reply.choices[0].message.tool_calls
+    assert reply.choices[0].message.content.startswith("<tool_call>")
+    import urllib.request
+
+    metrics = json.loads(urllib.request.urlopen(server.url + "/metrics").read())
+    assert metrics["tool_parse_failures"] == before + 1 and metrics["tool_calls"] >= 1
+
+
+def test_a_template_without_tools_refuses_them(agent_model: Path):
+    from tuneful.chat_model import load_chat_model
+    from tuneful.serve.server import ChatServer, ServeSettings
+
+    chat = load_chat_model(str(agent_model), template="zephyr", device="cpu")
+    assert chat.tool_parser is None
+    server = ChatServer(chat, ServeSettings(port=0))
+    thread = server.start_in_thread()
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    try:
+        with pytest.raises(openai.BadRequestError, match="prints no tool calls"):
+            client.chat.completions.create(model=chat.name, messages=OSLO, tools=TOOLS)
+    finally:
+        client.close()
+        server.stop()
+        thread.join(10)

@@ -1,0 +1,102 @@
+"""Tool-call parsers and the streaming splitter, on literal model outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tuneful.data.types import ToolCall
+from tuneful.serve.tool_parsers import PARSERS, ReplyStream, parser_for_template
+from tuneful.templates.registry import builtin
+
+WEATHER = ToolCall("get_weather", {"city": "Oslo"})
+
+
+@pytest.mark.parametrize("parser, text, content, calls", [
+    ("hermes", 'Checking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>',
+     "Checking.", [WEATHER]),
+    ("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n'
+               '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>',
+     "", [WEATHER, ToolCall("get_weather", {"city": "Rome"})]),
+    ("llama3_json", '{"name": "get_weather", "parameters": {"city": "Oslo"}}', "", [WEATHER]),
+    ("llama3_json", '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Oslo"}}', "", [WEATHER]),
+    ("mistral", '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Oslo"}, "id": "abc123xyz"}]', "",
+     [ToolCall("get_weather", {"city": "Oslo"}, "abc123xyz")]),
+    ("granite", '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Oslo"}}]', "", [WEATHER]),
+    ("hermes", "It is sunny.", "It is sunny.", []),
+])
+def test_each_family_syntax_parses(parser, text, content, calls):
+    reply = PARSERS[parser].parse(text)
+    assert (reply.content, list(reply.tool_calls), reply.failed) == (content, calls, False)
+
+
+@pytest.mark.parametrize("parser, text", [
+    ("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": \n</tool_call>'),
+    ("hermes", '<tool_call>\n{"name": "get_weather"'),  # cut off
+    ("llama3_json", '{"answer": 42}'),
+    ("mistral", "[TOOL_CALLS] not json"),
+])
+def test_a_call_that_does_not_parse_is_text_and_flagged(parser, text):
+    reply = PARSERS[parser].parse(text)
+    assert reply.content == text and not reply.tool_calls and reply.failed
+
+
+def test_reasoning_is_split_off():
+    reply = PARSERS["hermes"].parse("<think>\nNeed the tool.\n</think>\n\n<tool_call>\n"
+                                    '{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>')
+    assert reply.reasoning == "Need the tool." and reply.tool_calls == (WEATHER,) and reply.content == ""
+
+
+def test_parser_comes_from_the_template(fixtures):
+    def source(name: str) -> str:
+        return (fixtures / "chat_templates" / f"{name}.jinja").read_text()
+
+    assert parser_for_template(builtin("chatml").source) == "hermes"
+    assert parser_for_template(source("qwen2.5-instruct")) == parser_for_template(source("qwen3")) == "hermes"
+    assert parser_for_template(source("llama-3.1-instruct")) == "llama3_json"
+    assert parser_for_template(source("mistral-7b-instruct-v0.3")) == "mistral"
+    assert parser_for_template(source("granite-3.2-instruct")) == "granite"
+    assert parser_for_template(builtin("zephyr").source) is None
+
+
+def _stream(parser: str | None, text: str, size: int = 3) -> tuple[list[dict], object]:
+    stream = ReplyStream(PARSERS[parser] if parser else None)
+    deltas = []
+    for start in range(0, len(text), size):
+        deltas += stream.feed(text[start : start + size])
+    rest, reply = stream.finish()
+    return deltas + rest, reply
+
+
+def _joined(deltas: list[dict], key: str) -> str:
+    return "".join(d.get(key) or "" for d in deltas)
+
+
+@pytest.mark.parametrize("size", [1, 3, 50])
+def test_streamed_text_is_all_content(size):
+    deltas, reply = _stream("hermes", "Plain answer, no call <tool maybe> at all.", size)
+    assert _joined(deltas, "content") == "Plain answer, no call <tool maybe> at all." and not reply.tool_calls
+
+
+@pytest.mark.parametrize("size", [1, 4, 200])
+def test_streamed_reasoning_text_and_call(size):
+    text = ("<think>\nI need the weather.\n</think>\n\nLet me check.\n<tool_call>\n"
+            '{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>')
+    deltas, reply = _stream("hermes", text, size)
+    assert _joined(deltas, "reasoning_content") == "I need the weather."
+    assert _joined(deltas, "content").strip() == "Let me check." and "<tool_call>" not in _joined(deltas, "content")
+    [call] = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
+    assert call["index"] == 0 and call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Oslo"} and reply.tool_calls == (WEATHER,)
+
+
+def test_streamed_broken_call_comes_out_as_text():
+    text = 'Sure <tool_call>{"name": oops'
+    deltas, reply = _stream("hermes", text, 2)
+    assert _joined(deltas, "content") == text and reply.failed
+
+
+def test_llama_json_call_is_held_until_the_end():
+    deltas, reply = _stream("llama3_json", '{"name": "get_weather", "parameters": {"city": "Oslo"}}', 5)
+    assert _joined(deltas, "content") == "" and len([d for d in deltas if "tool_calls" in d]) == 1
