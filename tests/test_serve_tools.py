@@ -179,3 +179,33 @@ def test_a_template_without_tools_refuses_them(agent_model: Path):
         client.close()
         server.stop()
         thread.join(10)
+
+
+def test_eval_scores_tool_use_base_vs_tuned(agent_model: Path, tmp_path: Path):
+    from tuneful.eval.runner import EvalSettings, run_eval
+
+    lines = [
+        {"id": "oslo", "messages": OSLO, "tools": TOOLS, "expected_calls": [{"name": "get_weather",
+                                                                               "arguments": {"city": "Oslo"}}]},
+        {"id": "both", "messages": [{"role": "user", "content": "Weather in Oslo and Rome?"}], "tools": TOOLS,
+         "expected_calls": [{"name": "get_weather", "arguments": {"city": "Rome"}},  # order is free
+                            {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}]},
+        {"id": "hi", "prompt": "Say hi.", "tools": TOOLS, "expected_calls": []},
+        {"id": "after-result", "tools": TOOLS, "expected_calls": [], "messages": [
+            *OSLO, {"role": "assistant", "content": None, "tool_calls": [_call("c1", "Oslo")]},
+            {"role": "tool", "tool_call_id": "c1", "content": "4C"}]},
+        {"id": "wrong-city", "messages": OSLO, "tools": TOOLS, "expected_calls": [{"name": "get_weather",
+                                                                                     "arguments": {"city": "Paris"}}]},
+    ]
+    prompts = tmp_path / "tools.jsonl"
+    prompts.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    base = agent_model.parent.parent / "base"  # the untrained starting point of the same run
+    report = run_eval(EvalSettings(models=[str(base), str(agent_model)], names=["base", "tuned"], prompts=str(prompts),
+                                   out=tmp_path / "eval", max_new_tokens=100, progress=False, device="cpu"))
+    tuned, untrained = report["models"]["tuned"]["tools"], report["models"]["base"]["tools"]
+    assert tuned["call_accuracy"] == pytest.approx(2 / 3)  # Oslo and both right; the Paris expectation is wrong
+    assert tuned["no_call_accuracy"] == 1.0 and tuned["parse_failure_rate"] == 0.0 and tuned["parser"] == "hermes"
+    assert untrained["call_accuracy"] == 0.0
+    assert "## Tool use" in (tmp_path / "eval" / "report.md").read_text()
+    answers = [json.loads(x) for x in (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()]
+    assert any(a.get("tool_calls") == [{"name": "get_weather", "arguments": {"city": "Oslo"}}] for a in answers)

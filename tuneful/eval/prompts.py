@@ -6,6 +6,8 @@ and optionally:
 - ``instruction_id_list`` + ``kwargs`` (IFEval's shape): scored by the instruction checks;
 - ``sandbox``: ``{"family", "check"}``: scored by the sandbox task verifier;
 - ``reference``: a reference reply: scored by held-out loss (NLL per reference token);
+- ``tools`` + ``expected_calls`` (``[{"name", "arguments"}]``; ``[]``: no call is expected): scored by
+  tool-use accuracy; ``messages`` may then hold earlier calls and results (read by the data layer);
 - ``id`` or ``key``: a name for the prompt in answers and reports.
 
 ``sandbox`` as the file name gives the sandbox's held-out prompt set (phrasings and families never
@@ -29,6 +31,8 @@ class EvalPrompt:
     ifeval: dict | None = None  # {"prompt", "instruction_id_list", "kwargs"}
     sandbox: dict | None = None  # {"family", "check", "set"}
     reference: str | None = None
+    tools: list[dict] | None = None  # offered to the model (the template's ``tools``)
+    expected_calls: list[dict] | None = None  # [{"name", "arguments"}]; [] = no call expected
 
 
 class PromptFileError(ValueError):
@@ -38,6 +42,8 @@ class PromptFileError(ValueError):
 def _parse(record: object, where: str, index: int) -> EvalPrompt:
     if not isinstance(record, dict):
         raise PromptFileError(f"{where}: expected a JSON object")
+    if "expected_calls" in record:
+        return _tool_prompt(record, where, index)
     if isinstance(record.get("messages"), list):
         messages = record["messages"]
         if not messages or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
@@ -63,6 +69,29 @@ def _parse(record: object, where: str, index: int) -> EvalPrompt:
         raise PromptFileError(f"{where}: 'reference' must be a string")
     name = record.get("id", record.get("key", index))
     return EvalPrompt(str(name), messages, ifeval, sandbox, reference)
+
+
+def _tool_prompt(record: dict, where: str, index: int) -> EvalPrompt:
+    """A tool-use prompt: messages and tools read by the data layer's own rules, calls as JSON objects."""
+    from ..data.messages import Conversion, openai_messages
+    from ..data.types import RecordError, TemplateInputs, make_conversation, make_tool_call, make_tools
+
+    try:
+        tools = make_tools(record.get("tools"))
+        messages = record.get("messages") or [{"role": "user", "content": record.get("prompt")}]
+        conv = make_conversation(openai_messages(messages, Conversion()), inputs=TemplateInputs(tools),
+                                 require_assistant=False, allow_empty_assistant=True)
+        expected = record["expected_calls"]
+        if not isinstance(expected, list):
+            raise RecordError("bad_expected_calls", "'expected_calls' must be a list of {name, arguments} ([] = no call)")
+        calls = [make_tool_call(c) for c in expected]
+    except RecordError as exc:
+        raise PromptFileError(f"{where}: {exc.rule}: {exc.detail}") from None
+    if conv.messages[-1].role not in ("user", "tool"):
+        raise PromptFileError(f"{where}: the last message must be the user's or a tool result (the model answers it)")
+    name = record.get("id", record.get("key", index))
+    return EvalPrompt(str(name), conv.to_dicts(), tools=list(tools) if tools else None,
+                      expected_calls=[{"name": c.name, "arguments": c.arguments} for c in calls])
 
 
 def load_prompts(source: str, *, limit: int | None = None, seed: int = 0) -> list[EvalPrompt]:

@@ -71,13 +71,17 @@ def _stopped(chat: ChatModel, stop_token: int | None) -> bool:
 def answer_all(chat: ChatModel, prompts: list[EvalPrompt], settings: EvalSettings, label: str) -> list[dict]:
     from ..generate import generate
 
-    outputs = generate(chat.model, chat.tokenizer, [chat.prompt_ids(p.messages) for p in prompts],
+    outputs = generate(chat.model, chat.tokenizer, [chat.prompt_ids(p.messages, p.tools) for p in prompts],
                        stop_ids=chat.stop_ids, max_new_tokens=settings.max_new_tokens,
                        batch_size=settings.batch_size, do_sample=settings.temperature > 0,
                        temperature=settings.temperature or 1.0, seed=settings.seed,
                        progress=label if settings.progress else None)
-    return [{"id": p.id, "answer": out.text, "tokens": len(out.token_ids), "stopped": _stopped(chat, out.stop_token)}
+    rows = [{"id": p.id, "answer": out.text, "tokens": len(out.token_ids), "stopped": _stopped(chat, out.stop_token)}
             for p, out in zip(prompts, outputs)]
+    for p, out, row in zip(prompts, outputs, rows):
+        if p.expected_calls is not None:  # a call marker may be a special token: parse the text with them kept
+            row["raw"] = chat.tokenizer.decode(out.token_ids, skip_special_tokens=False)
+    return rows
 
 
 def heldout_loss(chat: ChatModel, prompts: list[EvalPrompt], batch_size: int) -> dict | None:
@@ -127,6 +131,9 @@ def score(chat: ChatModel, prompts: list[EvalPrompt], answers: list[dict]) -> di
             a["correct"] = bool(family.verify(a["answer"], p.sandbox.get("check") or {}))
     if ifeval_results:
         metrics["ifeval"] = summarize(ifeval_results)
+    tool_rows = [(p, a) for p, a in zip(prompts, answers) if p.expected_calls is not None]
+    if tool_rows:
+        metrics["tools"] = score_tool_use(chat, tool_rows)
     sandbox = [(p, a) for p, a in zip(prompts, answers) if p.sandbox]
     if sandbox:
         def accuracy(rows: list) -> float:
@@ -140,6 +147,48 @@ def score(chat: ChatModel, prompts: list[EvalPrompt], answers: list[dict]) -> di
             "by_family": {f: accuracy([r for r in sandbox if r[0].sandbox["family"] == f]) for f in families},
         }
     return metrics
+
+
+def _normalised(value: Any) -> Any:
+    """JSON values compared as values: 1 == 1.0, keys in any order (BFCL's AST check in spirit)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _normalised(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalised(v) for v in value]
+    return value
+
+
+def _call_key(name: str, arguments: Any) -> str:
+    import json
+
+    return json.dumps([name, _normalised(arguments)], sort_keys=True)
+
+
+def score_tool_use(chat: ChatModel, rows: list[tuple[EvalPrompt, dict]]) -> dict[str, Any]:
+    """Call accuracy (every expected call made, names exact, arguments equal as JSON values, nothing more;
+    order free), no-call accuracy where no tool is needed, and the rate of calls that do not parse."""
+    from ..serve.tool_parsers import PARSERS, ParsedReply
+
+    parser = PARSERS.get(chat.tool_parser or "")
+    call_hits, call_total, quiet_hits, quiet_total, failures = 0, 0, 0, 0, 0
+    for p, a in rows:
+        reply = parser.parse(a["raw"]) if parser else ParsedReply(a["answer"])
+        made = sorted(_call_key(c.name, c.arguments) for c in reply.tool_calls)
+        wanted = sorted(_call_key(c["name"], c["arguments"]) for c in p.expected_calls)
+        a["tool_calls"] = [{"name": c.name, "arguments": c.arguments} for c in reply.tool_calls]
+        a["tool_call_correct"] = made == wanted
+        failures += reply.failed
+        if wanted:
+            call_total, call_hits = call_total + 1, call_hits + (made == wanted)
+        else:
+            quiet_total, quiet_hits = quiet_total + 1, quiet_hits + (not made)
+    return {"call_accuracy": call_hits / call_total if call_total else None,
+            "no_call_accuracy": quiet_hits / quiet_total if quiet_total else None,
+            "parse_failure_rate": failures / len(rows), "prompts": len(rows), "parser": chat.tool_parser}
 
 
 def _free(chat: ChatModel) -> None:
