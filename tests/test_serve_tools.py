@@ -13,8 +13,28 @@ from tiny import tiny_llama
 
 openai = pytest.importorskip("openai")
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
-          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+WEATHER_TOOL_SOURCE = '''
+def get_weather(city: str):
+    """Weather in a city.
+
+    Args:
+        city: The city name.
+    """
+    ASKED.append(city)
+    return "4C"
+'''
+
+
+def _weather_schema() -> dict:
+    """The schema `tuneful chat --tools` derives from the function (transformers' get_json_schema)."""
+    from transformers.utils import get_json_schema
+
+    namespace: dict = {"ASKED": []}
+    exec(WEATHER_TOOL_SOURCE, namespace)  # the test's own literal source
+    return get_json_schema(namespace["get_weather"])
+
+
+TOOLS = [_weather_schema()]
 OSLO = [{"role": "user", "content": "Weather in Oslo?"}]
 
 
@@ -209,3 +229,36 @@ def test_eval_scores_tool_use_base_vs_tuned(agent_model: Path, tmp_path: Path):
     assert "## Tool use" in (tmp_path / "eval" / "report.md").read_text()
     answers = [json.loads(x) for x in (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()]
     assert any(a.get("tool_calls") == [{"name": "get_weather", "arguments": {"city": "Oslo"}}] for a in answers)
+
+
+def test_chat_runs_the_tools_of_a_file_and_shows_the_calls(agent_model: Path, tmp_path: Path):
+    from tuneful.chat_model import load_chat_model
+    from tuneful.chat_repl import ChatSession, load_tools, run_chat
+
+    tools_file = tmp_path / "weather.py"
+    tools_file.write_text("import json\n\nASKED = []\n\n" + WEATHER_TOOL_SOURCE + "\n\ndef _helper():\n    return None\n")
+    tools = load_tools(tools_file)
+    assert list(tools) == ["get_weather"]  # public functions defined there; not imports or _private ones
+    chat = load_chat_model(str(agent_model), device="cpu")
+    asked: list[str] = []
+    session = ChatSession(chat, max_new_tokens=80, tools=tools, confirm=lambda q: asked.append(q) or True)
+    out: list[str] = []
+    run_chat(session, ["Weather in Oslo?", f"/save {tmp_path / 'c.json'}"], out.append)
+    shown = "".join(out)
+    assert "[calls get_weather(" in shown and "[get_weather returned 4C]" in shown and "It is 4C in Oslo." in shown
+    assert asked and "get_weather" in asked[0] and tools["get_weather"].__globals__["ASKED"] == ["Oslo"]
+    roles = [m["role"] for m in json.loads((tmp_path / "c.json").read_text())["messages"]]
+    assert roles == ["user", "assistant", "tool", "assistant"]
+    declined = ChatSession(chat, max_new_tokens=80, tools=tools, confirm=lambda q: False)
+    run_chat(declined, ["Weather in Oslo?"], out.append)
+    assert declined.turns[2]["content"] == "error: the user declined to run this tool"
+    assert tools["get_weather"].__globals__["ASKED"] == ["Oslo"]  # not run again
+
+
+def test_chat_refuses_a_tools_file_it_cannot_describe(tmp_path: Path):
+    from tuneful.chat_repl import load_tools
+
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f(x):\n    return x\n")
+    with pytest.raises(ValueError, match="f cannot be described.*docstring"):
+        load_tools(bad)

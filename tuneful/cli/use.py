@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Iterator, Optional
 
 import typer
@@ -42,11 +43,21 @@ def chat(
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy; > 0 samples."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code from the hub (off by default)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+    tools: Optional[Path] = typer.Option(None, "--tools", help="A Python file whose public functions (type hints, "
+                                         "docstring with Args:) are offered to the model as tools and run when it calls them."),
+    yes: bool = typer.Option(False, "--yes", help="Run tool calls without asking first."),
 ) -> None:
     """Multi-turn chat in the terminal with the model's own template; /help lists commands."""
-    from ..chat_repl import HELP, ChatSession, run_chat
+    from ..chat_repl import HELP, ChatSession, ask, load_tools, run_chat
 
-    session = ChatSession(_load(model, template, trust_remote_code, device), max_new_tokens, temperature, system)
+    try:
+        functions = load_tools(tools) if tools else {}
+    except (ValueError, OSError, SyntaxError) as exc:
+        fail(str(exc))
+    session = ChatSession(_load(model, template, trust_remote_code, device), max_new_tokens, temperature, system,
+                          tools=functions, confirm=(lambda _: True) if yes else ask)
+    if functions:
+        typer.echo(f"tools: {', '.join(functions)}" + ("" if yes else " (each call asks before it runs)"), err=True)
     interactive = sys.stdin.isatty()
     if interactive:
         typer.echo(f"chatting with {model} (template {session.chat.template.origin}); {HELP}")
