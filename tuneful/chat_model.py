@@ -75,13 +75,12 @@ def _load_weights(folder: str, trust_remote_code: bool, device: Any, dtype: Any)
     from transformers import AutoModelForCausalLM
 
     if _is_adapter(folder):
-        from peft import PeftModel
+        from .train.model import merged_adapter
 
         base = json.loads((Path(folder) / "adapter_config.json").read_text())["base_model_name_or_path"]
         if not base:
             raise ValueError(f"{folder}/adapter_config.json names no base model; merge it first with tuneful merge --base")
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=trust_remote_code)
-        model = PeftModel.from_pretrained(model, folder).merge_and_unload()  # merged: no adapter cost per token
+        model = merged_adapter(folder, base, dtype=dtype, trust_remote_code=trust_remote_code)  # no adapter cost per token
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
     return model.to(device).eval()

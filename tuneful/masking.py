@@ -9,6 +9,7 @@ template text never is. Labels are built from this mask in exactly one place: :f
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Mapping, Sequence
@@ -44,6 +45,34 @@ def pad_id(tokenizer: Any, stop_ids: Sequence[int] = ()) -> int:
         if candidate is not None:
             return candidate
     return 0
+
+
+# Role and turn markers as templates print them: <|im_start|>, <|eot_id|>, <|assistant|>, <start_of_turn> ...
+_MARKER = re.compile(r"<\|[^<>|\s]+\|>|<[a-z]+(?:_[a-z]+)+>")
+_MARKER_PROBE = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                 {"role": "assistant", "content": "a"}, {"role": "user", "content": "v"}]
+
+
+def template_markers(tokenizer: Any, template: ChatTemplate) -> list[str]:
+    """Markers the template prints around turns that the tokenizer does not have as tokens of their own."""
+    from .templates.render import render
+
+    text = render(_MARKER_PROBE, template.source, add_generation_prompt=True, special_tokens=special_tokens_of(tokenizer))
+    vocab = tokenizer.get_vocab()
+    return sorted({m for m in _MARKER.findall(text) if m not in vocab})
+
+
+def add_template_tokens(tokenizer: Any, template: ChatTemplate) -> list[int]:
+    """Make the template's missing markers special tokens of ``tokenizer`` (in place); their new ids.
+
+    A base model's tokenizer (GPT-2, Mistral, ...) splits ``<|im_end|>`` into pieces, so the end of a turn
+    is no single token the model can learn to stop on; as special tokens they are one id each, never
+    split inside text, and generation can stop on them. The model's embeddings must grow to match.
+    """
+    markers = template_markers(tokenizer, template)
+    if markers:
+        tokenizer.add_tokens(markers, special_tokens=True)
+    return [tokenizer.convert_tokens_to_ids(m) for m in markers]
 
 
 def special_tokens_of(tokenizer: Any) -> dict[str, str]:

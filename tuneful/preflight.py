@@ -244,8 +244,8 @@ def preflight(
     _add(report, "end_of_turn_not_trained", "error", names["no_eot"],
          f"no end-of-turn token follows the reply in {ctok.template.origin}, so the model would never learn "
          f"to stop. Stop strings known to this tokenizer: {', '.join(ctok.stop_strings[:6]) or 'none'}. Fix: "
-         "choose a template whose turns end with the tokenizer's EOS, or add the template's end marker to "
-         "the tokenizer as a special token.")
+         "choose a template whose turns end with the tokenizer's EOS, or add the template's markers to the "
+         "tokenizer as special tokens (tuneful sft --add-template-tokens, i.e. data.add_template_tokens=true).")
     _add(report, "double_bos", "error", names["double_bos"],
          "the sequence starts with two BOS tokens (the template prints BOS and the text already had one). "
          "Fix: remove the BOS from the data or the template.")

@@ -35,10 +35,15 @@ SETTINGS_OPT = typer.Option(False, "--settings", help="List every setting with i
 
 
 def sft(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
-        show_settings: bool = SETTINGS_OPT) -> None:
+        show_settings: bool = SETTINGS_OPT,
+        add_template_tokens: bool = typer.Option(False, "--add-template-tokens",
+                                                 help="Same as data.add_template_tokens=true: the template's markers "
+                                                      "become special tokens of a base tokenizer that lacks them.")) -> None:
     """Supervised fine-tuning (full or LoRA). The last stdout line is a JSON summary."""
     from ..sft.config import SFTConfig
 
+    if add_template_tokens:
+        overrides = [*(overrides or []), "data.add_template_tokens=true"]
     cfg = _recipe(SFTConfig, recipe, overrides, show_settings)
     if cfg is None:
         return

@@ -143,17 +143,16 @@ def _convert_whole(fmt: Format, records: list[tuple[str, dict]], conversion: Con
                    skip: _Skips) -> list[tuple[str, Item]]:
     from .fields import track, unused_fields
 
-    registry: list = []
-    tracked = []
+    registries, tracked = [], []  # one registry of tracked sub-objects per record
     for where, value in records:
-        record, registry_one = track(value)
+        record, registry = track(value)
         tracked.append((where, record))
-        registry.append(registry_one)
+        registries.append(registry)
     converted, skipped = fmt.convert_all(tracked, conversion)
     for where, exc in skipped:
         skip(where, exc)
-    for registry_one in registry:
-        report.ignored_fields.update(unused_fields(registry_one))
+    for registry in registries:
+        report.ignored_fields.update(unused_fields(registry))
     out: list[tuple[str, Item]] = []
     for messages, meta in converted:
         location = f"tree {meta.get('message_tree_id')} (leaf {meta.get('leaf_id')})"

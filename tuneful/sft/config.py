@@ -17,6 +17,10 @@ class DataSettings:
     on_error: str = setting("fail", "fail on a bad record, or skip it (skips are counted and reported).")
     template: str = setting("tokenizer", "Chat template: 'tokenizer' (its own), a built-in name, or a .jinja file.")
     allow_template_change: bool = setting(False, "Confirm a template that differs from the tokenizer's own.")
+    add_template_tokens: bool = setting(False, "Make the template's role markers and end-of-turn (e.g. <|im_start|>, "
+                                               "<|im_end|>) special tokens of a base model's tokenizer that lacks "
+                                               "them; the embeddings grow (new rows start at the mean) and the "
+                                               "new rows train, with LoRA too.")
     tokenizer: str = setting("", "Tokenizer folder/id; empty = the model's.")
     max_length: int = setting(1024, "Longest sequence in tokens.")
     overlong: str = setting("drop", "Examples over max_length: drop, truncate, or fail.")

@@ -45,10 +45,15 @@ def _load_conversations(source: str, settings: DataSettings) -> tuple[list[Conve
     return result.conversations, result.report
 
 
+def run_template(settings: DataSettings, tokenizer: Any) -> ChatTemplate:
+    """The template a run trains with (``data.template``: the tokenizer's own, a built-in, or a file)."""
+    return resolve(None if settings.template == "tokenizer" else settings.template, tokenizer,
+                   settings.tokenizer or "the model's tokenizer")
+
+
 def prepare_data(settings: DataSettings, tokenizer: Any, seed: int) -> PreparedData:
     """Everything the loop needs, or a PreflightError naming every problem at once."""
-    template = resolve(None if settings.template == "tokenizer" else settings.template, tokenizer,
-                       settings.tokenizer or "the model's tokenizer")
+    template = run_template(settings, tokenizer)
     ctok = ConversationTokenizer(tokenizer, template, last_turn_only=settings.last_turn_only,
                                  reasoning=settings.reasoning)
     convs, load_report = _load_conversations(settings.train, settings)

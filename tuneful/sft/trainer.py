@@ -13,11 +13,12 @@ from typing import Any, Sequence
 import torch
 
 from ..config import to_dict
+from ..masking import add_template_tokens
 from ..train.loop import Trainer, run
 from ..train.model import unwrap_causal_lm
 from .batching import Example, collate_packed, collate_padded, plan_rows
 from .config import SFTConfig
-from .data import PreparedData, prepare_data
+from .data import PreparedData, prepare_data, run_template
 from .model import SelectedTokenLoss
 
 
@@ -42,6 +43,8 @@ class SFTTrainer(Trainer):
 
     # --- data -----------------------------------------------------------------------------------
     def prepare_data(self) -> None:
+        if self.cfg.data.add_template_tokens:
+            self.new_token_ids = add_template_tokens(self.tokenizer, run_template(self.cfg.data, self.tokenizer))
         self.data: PreparedData = prepare_data(self.cfg.data, self.tokenizer, self.cfg.train.seed)
         if not self.data.train:
             raise ValueError(f"data.train={self.cfg.data.train}: no usable training examples after preflight")

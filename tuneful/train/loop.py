@@ -28,7 +28,7 @@ from .checkpoint import save_checkpoint
 from ..masking import load_tokenizer, pad_id
 from .components import lr_scheduler, make_accelerator, make_optimizer, resume_step, step_counts
 from .metrics import MetricsLog, Progress
-from .model import apply_lora, load_model
+from .model import add_token_rows, apply_lora, load_model
 from .plan import plan_epoch
 
 
@@ -41,6 +41,7 @@ class Trainer(ABC):
 
     name = "train"
     packing = False  # whether the epoch plan packs items (rows of several examples) or groups them by length
+    new_token_ids: list[int] = []  # tokens the trainer added to the tokenizer (the model grows to match)
 
     def __init__(self, cfg: Any, *, model: Any = None, tokenizer: Any = None):
         self.cfg = cfg
@@ -104,9 +105,11 @@ class Trainer(ABC):
                                                               trust_remote_code=cfg.model.trust_remote_code)
         self.prepare_data()
         model = self._model_in if self._model_in is not None else load_model(cfg.model, quantize_4bit=cfg.lora.qlora)
+        if self.new_token_ids:
+            add_token_rows(model, len(self.tokenizer), self.new_token_ids)
         self.before_lora(model)
         if cfg.lora.enabled:
-            model = apply_lora(model, cfg.lora)
+            model = apply_lora(model, cfg.lora, self.new_token_ids)
         self.model = model
         module = self.loss_module(model)
         optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)

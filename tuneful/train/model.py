@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -58,7 +59,38 @@ def _bnb_config() -> Any:
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
 
 
-def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
+def _module_name(model: nn.Module, module: nn.Module) -> str:
+    return next(name.rsplit(".", 1)[-1] for name, m in model.named_modules() if m is module)
+
+
+def add_token_rows(model: nn.Module, vocab_size: int, new_ids: list[int]) -> None:
+    """Grow the embeddings to ``vocab_size``; each new row starts as the mean of the existing rows (input
+    embeddings, and the output head when it is not tied to them)."""
+    old = model.get_input_embeddings().weight.shape[0]
+    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    with torch.no_grad():
+        for layer in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings())
+                      if m is not None}.values():
+            layer.weight[new_ids] = layer.weight[:old].mean(dim=0, keepdim=True).to(layer.weight.dtype)
+
+
+def merged_adapter(adapter_dir: str | Path, base: str, *, dtype: Any = torch.float32,
+                   trust_remote_code: bool = False) -> nn.Module:
+    """A LoRA adapter folded into its base model. When training added tokens (the adapter's tokenizer is
+    longer than the base's vocabulary), the base grows first: the adapter holds those rows."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=trust_remote_code)
+    vocab = len(AutoTokenizer.from_pretrained(adapter_dir))
+    if vocab > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(vocab, mean_resizing=False)
+    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+
+
+def apply_lora(model: nn.Module, settings: LoraSettings, new_token_ids: list[int] | None = None) -> nn.Module:
+    """LoRA adapters; with ``new_token_ids`` (tokens added for the template) those rows of the embeddings
+    and of an untied output head train too, through peft's trainable tokens, and no other row does."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if settings.qlora:
@@ -66,8 +98,13 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
     targets: Any = settings.target_modules
     if targets == ["all-linear"]:
         targets = "all-linear"
+    tokens: Any = None
+    if new_token_ids:
+        tokens = {_module_name(model, model.get_input_embeddings()): list(new_token_ids)}
+        if not getattr(model.config, "tie_word_embeddings", False) and model.get_output_embeddings() is not None:
+            tokens[_module_name(model, model.get_output_embeddings())] = list(new_token_ids)
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=targets, task_type="CAUSAL_LM")
+                        target_modules=targets, task_type="CAUSAL_LM", trainable_token_indices=tokens)
     return get_peft_model(model, config)
 
 

@@ -74,17 +74,16 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, *, base: str | N
     """Fold a LoRA adapter into its base model and write a plain Hugging Face folder."""
     import shutil
 
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from .model import merged_adapter
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     base = base or config["base_model_name_or_path"]
     if not base:
         raise ValueError(f"{adapter_dir}/adapter_config.json names no base model; pass --base")
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    merged = merged_adapter(adapter_dir, base, trust_remote_code=trust_remote_code)
     merged.save_pretrained(out_dir, safe_serialization=True)
     AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(out_dir)
     for name in ("generation_config.json", "tuneful.json"):
