@@ -119,6 +119,9 @@ class DPOConfig:
             problems.append(f"train.pair_layout: shared-prompt needs a custom attention mask, which "
                             f"model.attn_implementation={self.model.attn_implementation} cannot take; use two-rows "
                             "(or auto), or attn_implementation=sdpa")
+        if self.train.neftune_alpha:
+            problems.append("train.neftune_alpha: NEFTune is an SFT method; with a reference policy on the same "
+                            "embeddings it would also perturb the reference. Set it to 0 for preference tuning")
         if self.dpo.reference == "adapters-off" and self.dpo.reference_model:
             problems.append("dpo.reference_model: with reference=adapters-off the reference is the policy's own base; "
                             "remove reference_model or use reference=frozen/precomputed")

@@ -62,10 +62,18 @@ def schedule_factor(step: int, *, warmup: int, total: int, kind: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)  # no decay on biases and norm weights
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+                   lora_plus_ratio: float = 1.0) -> torch.optim.Optimizer:
+    """AdamW; no decay on biases and norm weights; with LoRA+ the B matrices learn ``lora_plus_ratio`` x faster."""
+    decay, no_decay, lora_b = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if lora_plus_ratio != 1.0 and ".lora_B." in name:
+            lora_b.append(p)
+        else:
+            (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if lora_b:
+        groups.append({"params": lora_b, "weight_decay": weight_decay, "lr": lr * lora_plus_ratio})
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)

@@ -9,6 +9,7 @@ from typing import Any
 from ..config import setting
 
 SCHEDULES = ("cosine", "linear", "constant")
+LORA_INITS = ("default", "gaussian", "pissa", "olora")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -53,6 +54,15 @@ class LoraSettings:
     dropout: float = setting(0.0, "Dropout on the LoRA branch.")
     target_modules: list[str] = setting(["all-linear"], "Modules to adapt: names, or all-linear.")
     qlora: bool = setting(False, "Load the base in 4-bit (needs bitsandbytes and a CUDA GPU).")
+    dora: bool = setting(False, "DoRA (Liu et al. 2024, arXiv:2402.09353): each adapted weight split into a trained "
+                                "magnitude and a LoRA-updated direction.")
+    rslora: bool = setting(False, "rsLoRA (Kalajdzievski 2023, arXiv:2312.03732): scale alpha / sqrt(r) instead of "
+                                  "alpha / r, so high ranks keep learning.")
+    init: str = setting("default", "Adapter initialisation: default (B = 0), gaussian, pissa (Meng et al. 2024, "
+                                   "arXiv:2404.02948: principal singular vectors, base keeps the residual) or olora "
+                                   "(Büyükakyüz 2024, arXiv:2406.01775: QR-orthonormal).")
+    plus_lr_ratio: float = setting(1.0, "LoRA+ (Hayou et al. 2024, arXiv:2402.12354): learning rate of the B "
+                                        "matrices = ratio x train.lr (the paper suggests 16); 1 = plain LoRA.")
 
     def check(self) -> list[str]:
         problems = []
@@ -60,6 +70,15 @@ class LoraSettings:
             problems.append(f"r: {self.r} must be positive")
         if self.qlora and not self.enabled:
             problems.append("qlora: needs lora.enabled=true")
+        if self.init not in LORA_INITS:
+            problems.append(f"init: {self.init!r} is not one of {', '.join(LORA_INITS)}")
+        if self.plus_lr_ratio <= 0:
+            problems.append(f"plus_lr_ratio: {self.plus_lr_ratio} must be positive")
+        variants = [name for name, on in (("dora", self.dora), ("rslora", self.rslora),
+                                          ("init", self.init != "default"), ("plus_lr_ratio", self.plus_lr_ratio != 1.0))
+                    if on]
+        if variants and not self.enabled:
+            problems.append(f"{', '.join(variants)}: LoRA variants need lora.enabled=true")
         return problems
 
 
@@ -82,6 +101,9 @@ class TrainSettings:
     loss_chunk_size: int = setting(0, "Tokens per chunk for chunked cross-entropy; 0 = full logits at once.")
     resume: bool = setting(True, "Resume from the latest checkpoint in output_dir when there is one.")
     threads: int = setting(0, "CPU threads for torch; 0 = torch's default.")
+    neftune_alpha: float = setting(0.0, "NEFTune (Jain et al. 2023, arXiv:2310.05914): uniform noise of scale "
+                                        "alpha / sqrt(length x width) on the input embeddings while training (the "
+                                        "paper uses 5); 0 = off. Never applied in evaluation or inference.")
     progress: bool = setting(True, "Show a progress bar.")
 
     def check(self) -> list[str]:
@@ -98,4 +120,6 @@ class TrainSettings:
             problems.append(f"lr: {self.lr} must be positive")
         if self.loss_chunk_size < 0:
             problems.append("loss_chunk_size: must be >= 0")
+        if self.neftune_alpha < 0:
+            problems.append(f"neftune_alpha: {self.neftune_alpha} must be >= 0")
         return problems

@@ -28,7 +28,7 @@ from .checkpoint import save_checkpoint
 from ..masking import load_tokenizer, pad_id
 from .components import lr_scheduler, make_accelerator, make_optimizer, resume_step, step_counts
 from .metrics import MetricsLog, Progress
-from .model import add_token_rows, apply_lora, load_model
+from .model import add_neftune, add_token_rows, apply_lora, load_model, save_initial_adapter
 from .plan import plan_epoch
 
 
@@ -108,11 +108,18 @@ class Trainer(ABC):
         if self.new_token_ids:
             add_token_rows(model, len(self.tokenizer), self.new_token_ids)
         self.before_lora(model)
+        self.initial_adapter: Path | None = None
         if cfg.lora.enabled:
             model = apply_lora(model, cfg.lora, self.new_token_ids)
+            if cfg.lora.init in ("pissa", "olora"):  # they rewrite the base: keep the start to convert against
+                self.initial_adapter = self.out / "initial_adapter"
+                save_initial_adapter(model, self.initial_adapter, is_main=self.acc.is_main_process)
+        if cfg.train.neftune_alpha:
+            add_neftune(model, cfg.train.neftune_alpha)
         self.model = model
         module = self.loss_module(model)
-        optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
+        optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay,
+                                   cfg.lora.plus_lr_ratio if cfg.lora.enabled else 1.0)
 
         self.world = self.acc.num_processes
         self.lengths = self.item_lengths()
@@ -204,7 +211,8 @@ class Trainer(ABC):
         if self.acc.is_main_process:
             save_final(target, self.acc.unwrap_model(self.module).model, self.tokenizer,
                        template_source=self.data.template.source, end_of_turn_ids=self.data.end_of_turn_ids,
-                       summary=self.summary(), history=result.history, lora=self.cfg.lora.enabled)
+                       summary=self.summary(), history=result.history, lora=self.cfg.lora.enabled,
+                       initial_adapter=self.initial_adapter)
         self.acc.wait_for_everyone()  # no process finishes while the main one is still writing
         result.model_dir = target
         return target

@@ -103,9 +103,34 @@ def apply_lora(model: nn.Module, settings: LoraSettings, new_token_ids: list[int
         tokens = {_module_name(model, model.get_input_embeddings()): list(new_token_ids)}
         if not getattr(model.config, "tie_word_embeddings", False) and model.get_output_embeddings() is not None:
             tokens[_module_name(model, model.get_output_embeddings())] = list(new_token_ids)
+    init: Any = {"default": True}.get(settings.init, settings.init)
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=targets, task_type="CAUSAL_LM", trainable_token_indices=tokens)
+                        target_modules=targets, task_type="CAUSAL_LM", trainable_token_indices=tokens,
+                        use_dora=settings.dora, use_rslora=settings.rslora, init_lora_weights=init)
     return get_peft_model(model, config)
+
+
+def save_initial_adapter(model: nn.Module, folder: Path, *, is_main: bool) -> None:
+    """A PiSSA/OLoRA adapter as initialised (saved as plain LoRA), for converting the final one at save time."""
+    if not is_main:
+        return
+    config = model.peft_config["default"]
+    init, config.init_lora_weights = config.init_lora_weights, True
+    model.save_pretrained(str(folder), safe_serialization=True)
+    config.init_lora_weights = init
+
+
+def add_neftune(model: nn.Module, alpha: float) -> Any:
+    """NEFTune (Jain et al. 2023, arXiv:2310.05914): in training mode only, the input embeddings get uniform
+    noise in [-m, m], m = alpha / sqrt(length x width) of the batch. Returns the hook's handle."""
+
+    def noisy(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        if not module.training:
+            return output
+        magnitude = alpha / (output.size(1) * output.size(2)) ** 0.5
+        return output + torch.zeros_like(output).uniform_(-magnitude, magnitude)
+
+    return unwrap_causal_lm(model).get_input_embeddings().register_forward_hook(noisy)
 
 
 def unwrap_causal_lm(model: nn.Module) -> nn.Module:

@@ -26,12 +26,20 @@ def stop_token_ids(tokenizer: Any, end_of_turn_ids: list[int]) -> list[int]:
 
 
 def save_final(folder: Path, model: nn.Module, tokenizer: Any, *, template_source: str, end_of_turn_ids: list[int],
-               summary: dict, history: list[dict], lora: bool) -> None:
-    """Model (or adapter), tokenizer with the training template, stop tokens, ``tuneful.json``, loss plot."""
+               summary: dict, history: list[dict], lora: bool, initial_adapter: Path | None = None) -> None:
+    """Model (or adapter), tokenizer with the training template, stop tokens, ``tuneful.json``, loss plot.
+
+    ``initial_adapter``: PiSSA/OLoRA rewrote the base weights at the start; the adapter is converted
+    against its initial state so that it applies to the original, unmodified base.
+    """
     from transformers import GenerationConfig
 
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
+    if initial_adapter is not None:
+        model.save_pretrained(folder, safe_serialization=True,
+                              path_initial_model_for_weight_conversion=str(initial_adapter))
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
     tokenizer.chat_template = template_source
     tokenizer.save_pretrained(folder)
     base_config = getattr(model, "generation_config", None) if not lora else None
