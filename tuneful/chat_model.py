@@ -45,8 +45,11 @@ class ChatModel:
                       special_tokens=special_tokens_of(self.tokenizer), tools=tools)
 
     def prompt_ids(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
+        return self.encode_prompt(self.prompt_text(messages, tools))
+
+    def encode_prompt(self, text: str) -> list[int]:
         # The template writes BOS itself when the model wants one; adding it again would double it.
-        return self.tokenizer(self.prompt_text(messages, tools), add_special_tokens=False)["input_ids"]
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     @property
     def pad_id(self) -> int:

@@ -154,7 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(400, f"this model's template ({chat.template.origin}) does not print the tool "
                                     f"definitions (missing: {', '.join(missing)}); it cannot be offered tools",
                                param="tools")
-            return chat.tokenizer(text, add_special_tokens=False)["input_ids"]
+            return chat.encode_prompt(text)
         return chat.prompt_ids(request.messages)
 
     def _reply(self, text: str, parser: ToolParser | None) -> ParsedReply:
