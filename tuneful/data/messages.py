@@ -77,6 +77,11 @@ class Conversion:
 _THINK = re.compile(r"\A\s*<think>(.*?)</think>", re.DOTALL)
 
 
+def opening_think(text: str) -> re.Match | None:
+    """The ``<think>...</think>`` block a text opens with (group 1: the trace), or None."""
+    return _THINK.match(text)
+
+
 def reasoning_trace(message: Message) -> str:
     """A message's reasoning: ``reasoning_content``, or a ``<think>`` block opening its content ("" if none)."""
     if message.reasoning_content:
@@ -193,13 +198,18 @@ def openai_messages(messages: Any, conv: Conversion) -> list[Message]:
         raise RecordError("bad_conversation", "'messages' must be a list of {role, content}")
     out: list[Message] = []
     for m in messages:
-        message = openai_message(m, conv)
-        results = _text_results(message.content or "", conv) if message.role in ("tool", "user") else None
-        if results is not None and (message.role == "tool" or (out and out[-1].tool_calls)):
-            out += [Message("tool", r) for r in results]
-        else:
-            out.append(message)
+        _append(out, openai_message(m, conv), conv)
     return out
+
+
+def _append(out: list[Message], message: Message, conv: Conversion) -> None:
+    """Append ``message``; a tool (or, after calls, user) turn of ``<tool_response>`` blocks becomes one tool
+    message per block when text tool calls are parsed."""
+    results = _text_results(message.content or "", conv) if message.role in ("tool", "user") else None
+    if results is not None and (message.role == "tool" or (out and out[-1].tool_calls)):
+        out += [Message("tool", r) for r in results]
+    else:
+        out.append(message)
 
 
 # --- ShareGPT turns ------------------------------------------------------------------------------
@@ -242,12 +252,7 @@ def sharegpt_messages(turns: Any, conv: Conversion) -> list[Message]:
             else:
                 out.append(make_message("assistant", None, tool_calls=calls))
             continue
-        message = openai_message({"role": role, "content": turn["value"]}, conv)
-        results = _text_results(message.content or "", conv) if role in ("tool", "user") else None
-        if results is not None and (role == "tool" or (out and out[-1].tool_calls)):
-            out += [Message("tool", r) for r in results]
-        else:
-            out.append(message)
+        _append(out, openai_message({"role": role, "content": turn["value"]}, conv), conv)
     return out
 
 

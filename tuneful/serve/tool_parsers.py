@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..data.messages import opening_think
 from ..data.types import RecordError, ToolCall, make_tool_call
+from .protocol import tool_call_body
 
 
 @dataclass(frozen=True)
@@ -54,14 +55,12 @@ class ToolParser:
         return ParsedReply(content, calls, reasoning, failed=not calls)
 
 
-_THINK = re.compile(r"\A\s*<think>(.*?)</think>\s*", re.DOTALL)
-
-
 def split_reasoning(text: str) -> tuple[str | None, str]:
-    found = _THINK.match(text)
+    """(the opening ``<think>`` block's trace, the reply after it without leading whitespace); (None, text)."""
+    found = opening_think(text)
     if not found:
         return None, text
-    return found.group(1).strip("\n"), text[found.end():]
+    return found.group(1).strip("\n"), text[found.end():].lstrip()
 
 
 def _json(text: str) -> Any:
@@ -202,10 +201,7 @@ class ReplyStream:
             rest = reply.content[self.released:] if len(reply.content) > self.released else ""
             if rest.strip():
                 out.append({"content": rest})
-            for index, call in enumerate(reply.tool_calls):
-                out.append({"tool_calls": [{"index": index, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                                            "function": {"name": call.name,
-                                                         "arguments": json.dumps(call.arguments, ensure_ascii=False)}}]})
+            out += [{"tool_calls": [tool_call_body(call, index)]} for index, call in enumerate(reply.tool_calls)]
         elif body[self.released:]:
             out.append({"content": body[self.released:]})
         return out, reply
