@@ -52,3 +52,17 @@ def write_pairs(path: Path, n: int = 24, seed: int = 0) -> Path:
         lines.append(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def write_labeled(path: Path, n: int = 24, seed: int = 0) -> Path:
+    """Unpaired KTO data (messages + label JSONL): the pairs of :func:`write_pairs`, each reply on its own line,
+    the right sum desirable, the wrong or rambling one undesirable."""
+    pairs = [json.loads(line) for line in write_pairs(path, (n + 1) // 2, seed).read_text().splitlines()]
+    lines = []
+    for k, pair in enumerate(pairs):
+        for reply, label in ((pair["chosen"], True), (pair["rejected"], False)):
+            if len(lines) < n:
+                lines.append(json.dumps({"messages": pair["prompt"] + [{"role": "assistant", "content": reply}],
+                                         "label": label}))
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -7,7 +7,7 @@ import typer
 from .data import data_app
 from .template import template_app
 from .sandbox import demo, sandbox_app
-from .train import dpo, merge, sft
+from .train import dpo, kto, merge, sft
 from .evaluate import evaluate
 from .generate import generate_cmd
 from .curate import curate_cmd
@@ -22,6 +22,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(template_app, name="template")
 app.command("sft")(sft)
 app.command("dpo")(dpo)
+app.command("kto")(kto)
 app.command("merge")(merge)
 app.command("demo")(demo)
 app.add_typer(sandbox_app, name="sandbox")

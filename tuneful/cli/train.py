@@ -1,4 +1,4 @@
-"""``tuneful sft``, ``tuneful dpo`` and ``tuneful merge``."""
+"""``tuneful sft``, ``tuneful dpo``, ``tuneful kto`` and ``tuneful merge``."""
 
 from __future__ import annotations
 
@@ -66,12 +66,31 @@ def dpo(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = OV
     cfg = _recipe(DPOConfig, recipe, overrides, show_settings)
     if cfg is None:
         return
-    from ..dpo.data import PreferenceDataError
     from ..dpo.trainer import run_dpo
+
+    _run_preference(run_dpo, cfg)
+
+
+def kto(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
+        show_settings: bool = SETTINGS_OPT) -> None:
+    """KTO on unpaired replies labelled desirable / undesirable (thumbs up / down). The last stdout line is JSON."""
+    from ..kto.config import KTOConfig
+
+    cfg = _recipe(KTOConfig, recipe, overrides, show_settings)
+    if cfg is None:
+        return
+    from ..kto.trainer import run_kto
+
+    _run_preference(run_kto, cfg)
+
+
+def _run_preference(run_fn: Any, cfg: Any) -> None:
+    """Run a trainer with a reference policy (DPO, KTO) and print its JSON summary."""
+    from ..dpo.data import PreferenceDataError
     from ..preflight import PreflightError
 
     try:
-        result = run_dpo(cfg)
+        result = run_fn(cfg)
     except (PreflightError, PreferenceDataError) as exc:
         fail(str(exc))
     typer.echo(json.dumps({"steps": result.steps, "final_loss": result.final_loss, "eval": result.eval_metrics,

@@ -36,7 +36,8 @@ class PreferenceDataError(ValueError):
     pass
 
 
-def _split(encoded: Any) -> tuple[list[int], list[int], list[int]]:
+def reply_tokens(encoded: Any) -> tuple[list[int], list[int], list[int]]:
+    """(prompt ids, reply ids, reply mask) of a conversation whose last assistant turn is the one trained."""
     mask = encoded.train_mask
     if 1 not in mask:
         raise PreferenceDataError("the response has no trained tokens (empty reply, or cut off by the template)")
@@ -77,7 +78,7 @@ def tokenize_pair(ctok: ConversationTokenizer, pair: PreferencePair) -> Preferen
         if enc.rendered.turns and not enc.rendered.turns[-1].prompt_matches_inference:
             raise PreferenceDataError("the template renders the prompt differently at inference than in front "
                                       "of the reply; the model would be trained on a prompt it never sees")
-    (p_c, chosen, m_c), (p_r, rejected, m_r) = (_split(e) for e in encoded)
+    (p_c, chosen, m_c), (p_r, rejected, m_r) = (reply_tokens(e) for e in encoded)
     if p_c != p_r:
         raise PreferenceDataError("the prompt tokenizes differently in front of chosen and rejected (a BPE merge "
                                   "across the boundary); the shared prompt would not be shared")

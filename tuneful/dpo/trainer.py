@@ -59,28 +59,41 @@ def pair_cost(example: PreferenceExample, layout: str) -> int:
     return pair_length(example)
 
 
-def resolve_reference(cfg: DPOConfig) -> str:
-    if cfg.dpo.reference != "auto":
-        return cfg.dpo.reference
-    if not OBJECTIVES[cfg.dpo.loss].needs_reference:
+def resolve_reference(settings: Any, *, needs_reference: bool, lora: bool) -> str:
+    """The reference policy a run uses: ``settings`` is the objective section (reference, reference_model)."""
+    if settings.reference != "auto":
+        return settings.reference
+    if not needs_reference:
         return "none"
-    return "adapters-off" if cfg.lora.enabled and not cfg.dpo.reference_model else "precomputed"
+    return "adapters-off" if lora and not settings.reference_model else "precomputed"
 
 
 class DPOTrainer(Trainer):
-    """Preference tuning: ``micro_batches`` yield lists of pair indices."""
+    """Preference tuning: ``micro_batches`` yield lists of pair indices.
+
+    The reference policy and the pair batches are shared with trainers whose items have the same shape
+    (KTO: a reply and a mismatched reply after one prompt); ``self.settings`` is the objective section.
+    """
 
     name = "dpo"
 
     def __init__(self, cfg: DPOConfig, *, model: Any = None, tokenizer: Any = None, reference_model: Any = None):
         super().__init__(cfg, model=model, tokenizer=tokenizer)
         self._reference_in = reference_model
-        self.objective = OBJECTIVES[cfg.dpo.loss]
-        self.reference_kind = resolve_reference(cfg)
+        self.settings = self.objective_settings()
+        self.reference_kind = resolve_reference(self.settings, needs_reference=self.needs_reference(),
+                                                lora=cfg.lora.enabled)
         self.layout = resolve_pair_layout(cfg)
         self.collate = COLLATORS[self.layout]
         self.reference: Any = None
         self.reference_cached, self.precompute_seconds = False, 0.0
+
+    def objective_settings(self) -> Any:
+        self.objective = OBJECTIVES[self.cfg.dpo.loss]
+        return self.cfg.dpo
+
+    def needs_reference(self) -> bool:
+        return self.objective.needs_reference
 
     # --- data and reference ---------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -106,9 +119,9 @@ class DPOTrainer(Trainer):
     def _reference_model(self) -> Any:
         if self._reference_in is not None:
             return self._reference_in
-        if not self.cfg.dpo.reference_model:
+        if not self.settings.reference_model:
             return None
-        settings = ModelSettings(name_or_path=self.cfg.dpo.reference_model, dtype=self.cfg.model.dtype,
+        settings = ModelSettings(name_or_path=self.settings.reference_model, dtype=self.cfg.model.dtype,
                                  trust_remote_code=self.cfg.model.trust_remote_code,
                                  attn_implementation=self.cfg.model.attn_implementation)
         return load_model(settings)
@@ -121,7 +134,7 @@ class DPOTrainer(Trainer):
         splits = {"train": self.data.train, "eval": self.data.eval}
         identity = model_fingerprint(ref_model) + "".join(pairs_fingerprint(v) for v in splits.values())
         key = hashlib.sha256(identity.encode()).hexdigest()
-        size = self.cfg.dpo.precompute_batch_size or 2 * self.cfg.train.micro_batch_size
+        size = self.settings.precompute_batch_size or 2 * self.cfg.train.micro_batch_size
 
         def compute() -> dict[str, torch.Tensor]:
             out = {}
@@ -144,12 +157,19 @@ class DPOTrainer(Trainer):
     def micro_batch(self, items: list[int]) -> list[int]:
         return items
 
-    def _terms(self, split: str, examples: Sequence[PreferenceExample], indices: Sequence[int]) -> tuple[PairTerms, int]:
+    def response_logps(self, split: str, examples: Sequence[PreferenceExample],
+                       indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+        """Policy log-prob sums and token counts of both replies of ``indices`` (first replies, then second
+        replies: [2B]), the reference's sums (None without a reference), and the tokens the batch stands for."""
         batch = self.collate([examples[i] for i in indices], self._pad_id()).to(self.acc.device)
         ref = self.reference(split, indices, batch) if self.reference is not None else None
         with self.acc.autocast():
             sums, counts = self.module(**batch.inputs())
-        return pair_terms(self.objective, self.cfg.dpo, sums.float(), counts, ref), batch.tokens
+        return sums.float(), counts, ref, batch.tokens
+
+    def _terms(self, split: str, examples: Sequence[PreferenceExample], indices: Sequence[int]) -> tuple[PairTerms, int]:
+        sums, counts, ref, tokens = self.response_logps(split, examples, indices)
+        return pair_terms(self.objective, self.settings, sums, counts, ref), tokens
 
     def step_counts(self, micro: Sequence[list[int]]) -> torch.Tensor:
         pairs = sum(len(b) for b in micro)
