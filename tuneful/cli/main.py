@@ -12,6 +12,7 @@ from .evaluate import evaluate
 from .generate import generate_cmd
 from .curate import curate_cmd
 from .use import chat, serve
+from .reward import rm_app
 
 app = typer.Typer(
     help="tuneful: turn a pretrained base language model into an instruction-following chat model.",
@@ -23,6 +24,7 @@ app.add_typer(template_app, name="template")
 app.command("sft")(sft)
 app.command("dpo")(dpo)
 app.command("kto")(kto)
+app.add_typer(rm_app, name="rm")
 app.command("merge")(merge)
 app.command("demo")(demo)
 app.add_typer(sandbox_app, name="sandbox")

@@ -180,7 +180,9 @@ def convert_preference(record: dict, conv: Conversion) -> list[Item]:
     prompt = _prompt_messages(record["prompt"], conv)
     chosen = _final_reply(record["chosen"], prompt, "chosen", conv)
     rejected = _final_reply(record["rejected"], prompt, "rejected", conv)
-    return [make_preference(prompt, chosen, rejected, _meta(record, "id", "meta"), inputs=template_inputs(record))]
+    # a "margin" (how much better chosen is, e.g. a rating difference) is kept: reward models can train with it
+    return [make_preference(prompt, chosen, rejected, _meta(record, "id", "meta", "margin"),
+                            inputs=template_inputs(record))]
 
 
 def convert_sharegpt_preference(record: dict, conv: Conversion) -> list[Item]:

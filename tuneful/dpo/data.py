@@ -30,6 +30,7 @@ class PreferenceExample:
     chosen_mask: list[int]  # 1 = response token (reply + end-of-turn), aligned with chosen_ids
     rejected_ids: list[int]
     rejected_mask: list[int]
+    margin: float = 0.0  # the record's "margin" (how much better chosen is); only reward models read it
 
 
 class PreferenceDataError(ValueError):
@@ -82,7 +83,10 @@ def tokenize_pair(ctok: ConversationTokenizer, pair: PreferencePair) -> Preferen
     if p_c != p_r:
         raise PreferenceDataError("the prompt tokenizes differently in front of chosen and rejected (a BPE merge "
                                   "across the boundary); the shared prompt would not be shared")
-    return PreferenceExample(p_c, chosen, m_c, rejected, m_r)
+    margin = (pair.meta or {}).get("margin", 0.0)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        raise PreferenceDataError(f"margin: {margin!r} is not a number")
+    return PreferenceExample(p_c, chosen, m_c, rejected, m_r, float(margin))
 
 
 def tokenize_pairs(ctok: ConversationTokenizer, pairs: Sequence[PreferencePair]) -> list[PreferenceExample]:

@@ -42,6 +42,7 @@ class Trainer(ABC):
     name = "train"
     packing = False  # whether the epoch plan packs items (rows of several examples) or groups them by length
     new_token_ids: list[int] = []  # tokens the trainer added to the tokenizer (the model grows to match)
+    lora_task_type = "CAUSAL_LM"  # peft's task type: SEQ_CLS also trains the new score head in full
 
     def __init__(self, cfg: Any, *, model: Any = None, tokenizer: Any = None):
         self.cfg = cfg
@@ -52,6 +53,10 @@ class Trainer(ABC):
     @abstractmethod
     def prepare_data(self) -> None:
         """Load, check and tokenize the data into ``self.data`` (everything before the model)."""
+
+    def load_base_model(self) -> Any:
+        """The starting weights (a causal LM; a reward model loads a sequence-classification head instead)."""
+        return load_model(self.cfg.model, quantize_4bit=self.cfg.lora.qlora)
 
     def before_lora(self, model: Any) -> None:
         """Work on the starting weights, before adapters are added (e.g. a precomputed reference)."""
@@ -104,13 +109,13 @@ class Trainer(ABC):
         self.tokenizer = self._tokenizer_in or load_tokenizer(cfg.data.tokenizer or cfg.model.name_or_path,
                                                               trust_remote_code=cfg.model.trust_remote_code)
         self.prepare_data()
-        model = self._model_in if self._model_in is not None else load_model(cfg.model, quantize_4bit=cfg.lora.qlora)
+        model = self._model_in if self._model_in is not None else self.load_base_model()
         if self.new_token_ids:
             add_token_rows(model, len(self.tokenizer), self.new_token_ids)
         self.before_lora(model)
         self.initial_adapter: Path | None = None
         if cfg.lora.enabled:
-            model = apply_lora(model, cfg.lora, self.new_token_ids)
+            model = apply_lora(model, cfg.lora, self.new_token_ids, task_type=self.lora_task_type)
             if cfg.lora.init in ("pissa", "olora"):  # they rewrite the base: keep the start to convert against
                 self.initial_adapter = self.out / "initial_adapter"
                 save_initial_adapter(model, self.initial_adapter, is_main=self.acc.is_main_process)
@@ -202,6 +207,10 @@ class Trainer(ABC):
         return metrics["loss"], metrics
 
     # --- output ---------------------------------------------------------------------------------
+    def final_model(self) -> tuple[Any, bool]:
+        """(what the output folder holds, whether it is a LoRA adapter)."""
+        return self.acc.unwrap_model(self.module).model, self.cfg.lora.enabled
+
     def save(self, result: Any) -> Path:
         """The final model folder (model or adapter, tokenizer with the template, stop tokens, tuneful.json)."""
         from .output import save_final
@@ -209,10 +218,11 @@ class Trainer(ABC):
         self.acc.wait_for_everyone()
         target = self.out / "model"
         if self.acc.is_main_process:
-            save_final(target, self.acc.unwrap_model(self.module).model, self.tokenizer,
+            model, lora = self.final_model()
+            save_final(target, model, self.tokenizer,
                        template_source=self.data.template.source, end_of_turn_ids=self.data.end_of_turn_ids,
-                       summary=self.summary(), history=result.history, lora=self.cfg.lora.enabled,
-                       initial_adapter=self.initial_adapter)
+                       summary=self.summary(), history=result.history, lora=lora,
+                       initial_adapter=self.initial_adapter if lora else None)
         self.acc.wait_for_everyone()  # no process finishes while the main one is still writing
         result.model_dir = target
         return target

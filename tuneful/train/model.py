@@ -88,7 +88,8 @@ def merged_adapter(adapter_dir: str | Path, base: str, *, dtype: Any = torch.flo
     return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
 
 
-def apply_lora(model: nn.Module, settings: LoraSettings, new_token_ids: list[int] | None = None) -> nn.Module:
+def apply_lora(model: nn.Module, settings: LoraSettings, new_token_ids: list[int] | None = None, *,
+               task_type: str = "CAUSAL_LM") -> nn.Module:
     """LoRA adapters; with ``new_token_ids`` (tokens added for the template) those rows of the embeddings
     and of an untied output head train too, through peft's trainable tokens, and no other row does."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -105,7 +106,7 @@ def apply_lora(model: nn.Module, settings: LoraSettings, new_token_ids: list[int
             tokens[_module_name(model, model.get_output_embeddings())] = list(new_token_ids)
     init: Any = {"default": True}.get(settings.init, settings.init)
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=targets, task_type="CAUSAL_LM", trainable_token_indices=tokens,
+                        target_modules=targets, task_type=task_type, trainable_token_indices=tokens,
                         use_dora=settings.dora, use_rslora=settings.rslora, init_lora_weights=init)
     return get_peft_model(model, config)
 

@@ -1,0 +1,52 @@
+"""The reward-model recipe: a base or SFT model with a scalar score head, trained on preference pairs.
+
+Data settings are DPO's (same loaders, templates, masks and checks); model, LoRA and training are the
+shared ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import setting
+from ..dpo.config import DPOTrainSettings, PreferenceDataSettings
+from ..train.config import LoraSettings, ModelSettings
+
+
+@dataclass
+class RewardSettings:
+    center_coefficient: float = setting(0.0, "Weight of (r_chosen + r_rejected)^2, which keeps rewards centred on "
+                                             "zero (0.01 is common); 0 = off.")
+    use_margins: bool = setting(True, "Subtract each pair's 'margin' field (when the data has one) inside the "
+                                      "loss: -log σ(r_c - r_r - margin).")
+
+    def check(self) -> list[str]:
+        return [] if self.center_coefficient >= 0 else [f"center_coefficient: {self.center_coefficient} must be >= 0"]
+
+
+@dataclass
+class RewardTrainSettings(DPOTrainSettings):
+    output_dir: str = setting("runs/rm", "Where checkpoints, logs and the reward model go.")
+    lr: float = setting(1e-5, "Peak learning rate (the new score head trains at the same rate).")
+
+
+@dataclass
+class RewardConfig:
+    """A reward-model run; ``check`` collects every problem at once."""
+
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: PreferenceDataSettings = field(default_factory=PreferenceDataSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    reward: RewardSettings = field(default_factory=RewardSettings)
+    train: RewardTrainSettings = field(default_factory=RewardTrainSettings)
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.train.neftune_alpha:
+            problems.append("train.neftune_alpha: NEFTune is an SFT method; set it to 0 for a reward model")
+        if self.lora.qlora:
+            problems.append("lora.qlora: the reward model is saved merged (it must load in transformers without "
+                            "peft); train it in full or with plain LoRA")
+        if self.train.pair_layout == "shared-prompt" and self.model.attn_implementation.startswith("flash"):
+            problems.append("train.pair_layout: shared-prompt needs a custom attention mask; use two-rows or auto")
+        return problems

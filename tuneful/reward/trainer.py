@@ -1,0 +1,127 @@
+"""Reward-model training on the shared core: preference pairs → a scalar score per reply, Bradley–Terry loss.
+
+Data preparation is DPO's (the same loaders, templates, masks and preflight), the batch layouts are
+DPO's (a shared prompt encoded once, or two rows); the score is read at the end of each reply. The step
+loss is the per-pair loss summed over every pair of the step on every process, divided once by their
+count. With LoRA the score head trains in full and the saved folder is merged, so it loads in
+transformers (``AutoModelForSequenceClassification``) without peft.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..config import to_dict
+from ..dpo.data import COLLATORS
+from ..dpo.prepare import PreparedPairs, prepare_pairs
+from ..dpo.trainer import pair_cost, resolve_pair_layout
+from ..train.loop import Trainer, run
+from .config import RewardConfig
+from .losses import bradley_terry
+from .model import RewardScores, load_reward_model, reward_inputs
+
+
+@dataclass
+class RewardResult:
+    steps: int
+    final_loss: float | None
+    eval_metrics: dict | None
+    output_dir: Path
+    train_seconds: float = 0.0
+    model_dir: Path | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+class RewardTrainer(Trainer):
+    """A reward model: ``micro_batches`` yield lists of pair indices."""
+
+    name = "rm"
+    lora_task_type = "SEQ_CLS"
+
+    def __init__(self, cfg: RewardConfig, *, model: Any = None, tokenizer: Any = None):
+        super().__init__(cfg, model=model, tokenizer=tokenizer)
+        self.layout = resolve_pair_layout(cfg)
+        self.collate = COLLATORS[self.layout]
+
+    def prepare_data(self) -> None:
+        self.data: PreparedPairs = prepare_pairs(self.cfg.data, self.tokenizer, self.cfg.train.seed)
+
+    def load_base_model(self) -> Any:
+        return load_reward_model(self.cfg.model, self._pad_id())
+
+    def loss_module(self, model: Any) -> torch.nn.Module:
+        return RewardScores(model)
+
+    def item_lengths(self) -> list[int]:
+        return [pair_cost(e, self.layout) for e in self.data.train]
+
+    def micro_batch(self, items: list[int]) -> list[int]:
+        return items
+
+    def _pair_loss(self, examples: Sequence[Any], indices: Sequence[int]):
+        part = [examples[i] for i in indices]
+        batch = self.collate(part, self._pad_id()).to(self.acc.device)
+        with self.acc.autocast():
+            rewards = self.module(**reward_inputs(batch, part, self.layout))
+        chosen, rejected = rewards.chunk(2)
+        margin = None
+        if self.cfg.reward.use_margins and any(e.margin for e in part):
+            margin = torch.tensor([e.margin for e in part], device=rewards.device)
+        result = bradley_terry(chosen, rejected, margin=margin, center_coefficient=self.cfg.reward.center_coefficient)
+        return result, rewards.detach(), batch.tokens
+
+    def step_counts(self, micro: Sequence[list[int]]) -> torch.Tensor:
+        return torch.tensor([sum(len(b) for b in micro)], device=self.acc.device)
+
+    def micro_loss(self, indices: list[int], counts: torch.Tensor):
+        result, rewards, tokens = self._pair_loss(self.data.train, indices)
+        loss = result.losses.sum() / max(1, int(counts[0]))
+        tally = torch.stack([loss.detach().float(), result.margins.sum(), (result.margins > 0).float().sum(),
+                             rewards.sum(), torch.tensor(float(tokens), device=self.acc.device)])
+        return loss * self.world, tally  # DDP averages gradients over processes: x world size makes it a sum
+
+    def step_metrics(self, tally: torch.Tensor, counts: torch.Tensor, grad_norm: float) -> dict:
+        pairs = max(1, int(counts[0]))
+        return {"loss": float(tally[0]), "margin": float(tally[1]) / pairs, "accuracy": float(tally[2]) / pairs,
+                "mean_reward": float(tally[3]) / (2 * pairs), "grad_norm": grad_norm, "pairs": int(counts[0]),
+                "tokens": int(tally[4])}
+
+    @torch.no_grad()
+    def eval_metrics(self) -> dict:
+        """Held-out pairs: mean loss, pair accuracy (chosen scored above rejected) and margin."""
+        self.module.eval()
+        mine = list(range(len(self.data.eval)))[self.acc.process_index :: self.world]
+        total = torch.zeros(4, device=self.acc.device)  # loss, margin, correct, pairs
+        size = self.cfg.train.micro_batch_size
+        for start in range(0, len(mine), size):
+            result, _, _ = self._pair_loss(self.data.eval, mine[start : start + size])
+            total += torch.stack([result.losses.sum(), result.margins.sum(), (result.margins > 0).float().sum(),
+                                  torch.tensor(float(len(result.margins)), device=self.acc.device)])
+        total = self.acc.reduce(total, reduction="sum")
+        self.module.train()
+        pairs = max(1.0, float(total[3]))
+        return {"eval_loss": float(total[0]) / pairs, "eval_margin": float(total[1]) / pairs,
+                "eval_accuracy": float(total[2]) / pairs}
+
+    def final_model(self) -> tuple[Any, bool]:
+        model = self.acc.unwrap_model(self.module).model
+        if self.cfg.lora.enabled:  # merged, so the folder loads in transformers alone
+            import copy
+
+            model = copy.deepcopy(model).merge_and_unload()
+        return model, False
+
+    def summary(self) -> dict:
+        return {"recipe": to_dict(self.cfg), "task": "reward-model", "pair_layout": self.layout, **self.data.summary()}
+
+    def result(self, steps, last_loss, eval_metrics, history, train_seconds) -> RewardResult:
+        return RewardResult(steps, last_loss, eval_metrics, self.out, train_seconds, history=history)
+
+
+def run_reward(cfg: RewardConfig, *, model: Any = None, tokenizer: Any = None) -> RewardResult:
+    """setup → train → save."""
+    return run(RewardTrainer(cfg, model=model, tokenizer=tokenizer))
