@@ -60,6 +60,30 @@ def selected_nll_sum(
     return total, int(targets.numel())
 
 
+def token_logps(
+    states: torch.Tensor,
+    sources: torch.Tensor,
+    targets: torch.Tensor,
+    lm_head: Callable[[torch.Tensor], torch.Tensor],
+    chunk_size: int = 0,
+) -> torch.Tensor:
+    """log p(targets[i] | the state at sources[i]) for each i: [len(targets)] fp32.
+
+    ``states`` are flattened final hidden states [positions, hidden]. Only the listed states reach
+    the vocabulary projection (in checkpointed chunks when ``chunk_size > 0``, so at most
+    ``chunk_size x vocab`` logits exist at once); log-softmax runs in fp32.
+    """
+    picked_states = states.index_select(0, sources)
+
+    def chunk_logps(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(lm_head(h).float(), dim=-1).gather(1, y.unsqueeze(1))[:, 0]
+
+    if chunk_size <= 0 or picked_states.shape[0] <= chunk_size:
+        return chunk_logps(picked_states, targets)
+    return torch.cat([checkpoint(chunk_logps, picked_states[s : s + chunk_size], targets[s : s + chunk_size],
+                                 use_reentrant=False) for s in range(0, picked_states.shape[0], chunk_size)])
+
+
 def gathered_logps(
     states: torch.Tensor,
     sources: torch.Tensor,
@@ -69,24 +93,13 @@ def gathered_logps(
     lm_head: Callable[[torch.Tensor], torch.Tensor],
     chunk_size: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sums of log p(target | state) grouped by score: ([n_scores] fp32 sums, [n_scores] token counts).
+    """Sums of :func:`token_logps` grouped by score: ([n_scores] fp32 sums, [n_scores] token counts).
 
-    ``states`` are flattened final hidden states [positions, hidden]; the state at ``sources[i]``
-    predicts token ``targets[i]``, whose log-prob joins sum ``scores[i]``. Preference losses need one
+    The log-prob of token ``targets[i]`` joins sum ``scores[i]``. Preference losses need one
     log-probability per response, and a response's tokens need not be one contiguous row (a shared
-    prompt predicts the first token of both replies). Only those states reach the vocabulary
-    projection (in checkpointed chunks when ``chunk_size > 0``); log-softmax runs in fp32.
+    prompt predicts the first token of both replies).
     """
-    picked_states = states.index_select(0, sources)
-
-    def chunk_logps(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(lm_head(h).float(), dim=-1).gather(1, y.unsqueeze(1))[:, 0]
-
-    if chunk_size <= 0 or picked_states.shape[0] <= chunk_size:
-        picked = chunk_logps(picked_states, targets)
-    else:
-        picked = torch.cat([checkpoint(chunk_logps, picked_states[s : s + chunk_size], targets[s : s + chunk_size],
-                                       use_reentrant=False) for s in range(0, picked_states.shape[0], chunk_size)])
+    picked = token_logps(states, sources, targets, lm_head, chunk_size)
     sums = torch.zeros(n_scores, dtype=torch.float32, device=states.device).index_add(0, scores, picked)
     counts = torch.zeros(n_scores, dtype=torch.long, device=states.device).index_add(0, scores, torch.ones_like(scores))
     return sums, counts

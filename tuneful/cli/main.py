@@ -7,7 +7,7 @@ import typer
 from .data import data_app
 from .template import template_app
 from .sandbox import demo, sandbox_app
-from .train import dpo, kto, merge, sft
+from .train import dpo, grpo, kto, merge, sft
 from .evaluate import evaluate
 from .generate import generate_cmd
 from .curate import curate_cmd
@@ -24,6 +24,7 @@ app.add_typer(template_app, name="template")
 app.command("sft")(sft)
 app.command("dpo")(dpo)
 app.command("kto")(kto)
+app.command("grpo")(grpo)
 app.add_typer(rm_app, name="rm")
 app.command("merge")(merge)
 app.command("demo")(demo)

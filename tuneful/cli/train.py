@@ -1,4 +1,4 @@
-"""``tuneful sft``, ``tuneful dpo``, ``tuneful kto`` and ``tuneful merge``."""
+"""``tuneful sft``, ``tuneful dpo``, ``tuneful kto``, ``tuneful grpo`` and ``tuneful merge``."""
 
 from __future__ import annotations
 
@@ -82,6 +82,33 @@ def kto(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = OV
     from ..kto.trainer import run_kto
 
     _run_preference(run_kto, cfg)
+
+
+def grpo(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
+         show_settings: bool = SETTINGS_OPT,
+         reward_fn: Optional[List[str]] = typer.Option(None, "--reward-fn", help="MODULE:FUNCTION or FILE.py:FUNCTION "
+                                                       "called as fn(prompt=, completion=, record=) -> number; "
+                                                       "repeatable, added to grpo.rewards.")) -> None:
+    """Online RL with verifiable rewards (GRPO): sample groups, reward them, learn from the differences.
+    The last stdout line is JSON."""
+    from ..rl.config import GRPOConfig
+
+    if reward_fn:
+        overrides = [*(overrides or []), "grpo.rewards=" + ",".join(f"python:{spec}" for spec in reward_fn)]
+    cfg = _recipe(GRPOConfig, recipe, overrides, show_settings)
+    if cfg is None:
+        return
+    from ..preflight import PreflightError
+    from ..rl.rewards import RewardSpecError
+    from ..rl.trainer import run_grpo
+
+    try:
+        result = run_grpo(cfg)
+    except (PreflightError, RewardSpecError) as exc:
+        fail(str(exc))
+    last = next((r for r in reversed(result.history) if "reward_mean" in r), {})
+    typer.echo(json.dumps({"steps": result.steps, "final_loss": result.final_loss, "reward_mean": last.get("reward_mean"),
+                           "eval": result.eval_metrics, "model_dir": str(result.model_dir)}))
 
 
 def _run_preference(run_fn: Any, cfg: Any) -> None:

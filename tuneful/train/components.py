@@ -39,10 +39,11 @@ def resume_step(acc: Any, out: Path, resume: bool, model: Any, optimizer: Any, s
     return step
 
 
-def step_counts(items: int, train: Any, world: int) -> tuple[int, int]:
-    """(optimizer steps per epoch, total steps) for ``items`` micro-batch items (rows or pairs) per epoch."""
+def step_counts(items: int, train: Any, world: int, updates_per_batch: int = 1) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps) for ``items`` micro-batch items (rows, pairs, prompts) per
+    epoch, each step's batch used for ``updates_per_batch`` optimizer steps (GRPO's μ)."""
     batches = math.ceil(items / train.micro_batch_size)
-    per_epoch = max(1, batches // (train.grad_accum * world))
+    per_epoch = max(1, batches // (train.grad_accum * world)) * updates_per_batch
     return per_epoch, train.max_steps or max(1, int(train.epochs * per_epoch))
 
 

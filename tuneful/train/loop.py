@@ -43,6 +43,7 @@ class Trainer(ABC):
     packing = False  # whether the epoch plan packs items (rows of several examples) or groups them by length
     new_token_ids: list[int] = []  # tokens the trainer added to the tokenizer (the model grows to match)
     lora_task_type = "CAUSAL_LM"  # peft's task type: SEQ_CLS also trains the new score head in full
+    updates_per_batch = 1  # optimizer steps taken on each planned batch (GRPO's μ reuses a sampled batch)
 
     def __init__(self, cfg: Any, *, model: Any = None, tokenizer: Any = None):
         self.cfg = cfg
@@ -129,7 +130,8 @@ class Trainer(ABC):
         self.world = self.acc.num_processes
         self.lengths = self.item_lengths()
         self._plan: tuple[int, list[list[int]]] | None = None
-        self.steps_per_epoch, self.total_steps = step_counts(len(self.lengths), cfg.train, self.world)
+        self.steps_per_epoch, self.total_steps = step_counts(len(self.lengths), cfg.train, self.world,
+                                                             self.updates_per_batch)
         scheduler = lr_scheduler(optimizer, warmup_ratio=cfg.train.warmup_ratio, total=self.total_steps,
                                  kind=cfg.train.schedule)
         self.module, self.optimizer = self.acc.prepare(module, optimizer)
@@ -145,7 +147,7 @@ class Trainer(ABC):
     def micro_batches(self, step: int) -> list[Any]:
         """This process's micro-batches for optimizer step ``step``: a pure function of it."""
         cfg = self.cfg.train
-        epoch, within = divmod(step, self.steps_per_epoch)
+        epoch, within = divmod(step // self.updates_per_batch, self.steps_per_epoch // self.updates_per_batch)
         if self._plan is None or self._plan[0] != epoch:  # the plan depends on the epoch only
             self._plan = (epoch, plan_epoch(self.lengths, cfg.micro_batch_size, cfg.seed, epoch, self.packing))
         per_step = cfg.grad_accum * self.world

@@ -1,0 +1,210 @@
+"""GRPO on tiny in-process models: advantages and the surrogate as literal tensors, TRL's loss on the same
+completions, a short run raises a verifiable reward, accumulation equals one big batch, exact resume, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny import save_tiny_model, tiny_llama
+from tuneful.config import ConfigError, build
+from tuneful.rl.config import GRPOConfig
+from tuneful.rl.losses import clipped_policy_gradient, group_advantages
+from tuneful.rl.rollout import Completion, CompletionLogps, completion_inputs
+from tuneful.rl.trainer import GRPOTrainer, aggregate_token_losses, run_grpo
+
+REWARDS = '''
+def short(prompt, completion, record):
+    """1 for an empty reply, falling with its length: learnable by any model that can stop."""
+    return 1.0 - min(len(completion), 40) / 40
+
+
+def has_reference(prompt, completion, record):
+    return float(record.get("reference", "") in completion)
+'''
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("grpo")
+    save_tiny_model(root / "model")
+    lines = [json.dumps({"prompt": f"Say something about {w}.", "answer": w}) for w in
+             ("cats", "rivers", "taxes", "poems", "planets", "markets", "bridges", "songs", "laws", "clouds",
+              "trains", "maps")]
+    (root / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "rewards.py").write_text(REWARDS)
+    return root
+
+
+def config(workdir: Path, out: str, *extra: str) -> GRPOConfig:
+    base = [f"model.name_or_path={workdir / 'model'}", f"data.train={workdir / 'prompts.jsonl'}",
+            "data.template=chatml", "data.allow_template_change=true", f"train.output_dir={workdir / out}",
+            "train.progress=false", f"grpo.rewards=python:{workdir / 'rewards.py'}:short", "grpo.group_size=4",
+            "grpo.max_new_tokens=12", "train.micro_batch_size=2", "train.lr=2e-3", "train.resume=false"]
+    return build(GRPOConfig, None, base + list(extra))
+
+
+def test_group_advantages_literal():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+    adv = group_advantages(rewards, 4)
+    std = torch.tensor([1.0, 0.0, 0.0, 1.0]).std()  # Bessel-corrected, as TRL
+    assert torch.allclose(adv[:4], torch.tensor([0.5, -0.5, -0.5, 0.5]) / (std + 1e-4))
+    assert torch.equal(adv[4:], torch.zeros(4))  # a group that all scored the same teaches nothing
+    assert torch.allclose(group_advantages(rewards, 4, scale="none")[:4], torch.tensor([0.5, -0.5, -0.5, 0.5]))
+
+
+def test_clipped_surrogate_literal():
+    logps = torch.tensor([0.0, 0.0, 0.0])
+    old = torch.log(torch.tensor([1 / 1.5, 1 / 0.5, 1.0]))  # ratios 1.5, 0.5, 1
+    adv = torch.tensor([1.0, -1.0, 2.0])
+    terms = clipped_policy_gradient(logps, old, adv, epsilon_low=0.2, epsilon_high=0.28)
+    # A>0 caps the ratio at 1.28; A<0 keeps the worse of 0.5 vs 0.8 => -0.8*(-1)... min(-0.5, -0.8) = -0.8
+    assert torch.allclose(terms.token_losses, torch.tensor([-1.28, 0.8, -2.0]))
+    assert terms.clipped.tolist() == [True, True, False]
+    ref = torch.tensor([0.1, 0.0, -0.1])
+    with_kl = clipped_policy_gradient(logps, logps, adv, reference_logps=ref, beta=0.5)
+    k3 = torch.exp(ref) - ref - 1
+    assert torch.allclose(with_kl.token_losses, -adv + 0.5 * k3) and torch.allclose(with_kl.kl, k3)
+
+
+def test_aggregation_normalises_by_the_step_not_the_micro_batch():
+    losses, sequence, lengths = torch.tensor([1.0, 1.0, 1.0, 4.0]), torch.tensor([0, 0, 0, 1]), torch.tensor([3, 1])
+    assert float(aggregate_token_losses(losses, sequence, lengths, loss="grpo", step_completions=4, step_tokens=8,
+                                        max_new_tokens=5)) == pytest.approx((1.0 + 4.0) / 4)
+    assert float(aggregate_token_losses(losses, sequence, lengths, loss="dapo", step_completions=4, step_tokens=8,
+                                        max_new_tokens=5)) == pytest.approx(7.0 / 8)
+    assert float(aggregate_token_losses(losses, sequence, lengths, loss="dr_grpo", step_completions=4,
+                                        step_tokens=8, max_new_tokens=5)) == pytest.approx(7.0 / 20)
+
+
+@pytest.mark.parametrize("loss_type,beta,temperature", [("grpo", 0.0, 1.0), ("dapo", 0.04, 0.7), ("dr_grpo", 0.0, 1.0),
+                                                        ("dapo", 0.0, 1.0)])
+def test_loss_on_a_fixed_batch_equals_trl(loss_type: str, beta: float, temperature: float, starter_tok, tmp_path: Path):
+    pytest.importorskip("trl", reason="TRL is the peer this test compares against (pip install -e '.[dev]')")
+    from datasets import Dataset
+    from trl import GRPOConfig as TrlConfig, GRPOTrainer as TrlTrainer
+
+    g = torch.Generator().manual_seed(0)
+    prompt = starter_tok("<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n",
+                         add_special_tokens=False)["input_ids"]
+    lengths = [5, 3, 7, 2]
+    completions = [Completion(0, prompt, torch.randint(5, len(starter_tok), (n,), generator=g).tolist(), "", True,
+                              0.0, a) for n, a in zip(lengths, [1.2, -0.4, 0.3, -1.1])]
+    policy, reference = tiny_llama(len(starter_tok), seed=1), tiny_llama(len(starter_tok), seed=2)
+    inputs = completion_inputs(completions, starter_tok.pad_token_id)
+    with torch.no_grad():
+        current = CompletionLogps(policy, temperature=temperature)(**inputs.model_args())
+        ref = CompletionLogps(reference, temperature=temperature)(**inputs.model_args())
+    old = current + 0.3 * torch.randn(current.shape, generator=g)  # as if sampled a few updates ago: the clip acts
+
+    args = TrlConfig(output_dir=str(tmp_path / "trl"), report_to=[], use_cpu=True, bf16=False, loss_type=loss_type,
+                     beta=0.0, temperature=temperature, num_generations=4, per_device_train_batch_size=4,
+                     max_completion_length=8, epsilon=0.2, epsilon_high=0.28)
+    trl = TrlTrainer(model=policy, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args,
+                     processing_class=starter_tok, train_dataset=Dataset.from_list([{"prompt": "x"}] * 4))
+    trl.current_gradient_accumulation_steps = 1
+    trl.beta = beta  # set after construction: with beta > 0 TRL would load a reference from the hub by name
+    width = max(lengths)
+    completion_ids = torch.full((4, width), starter_tok.pad_token_id)
+    completion_mask = torch.zeros((4, width), dtype=torch.long)
+    per_token = lambda flat: torch.zeros((4, width)).masked_scatter(completion_mask.bool(), flat)  # noqa: E731
+    for row, c in enumerate(completions):
+        completion_ids[row, : len(c.ids)] = torch.tensor(c.ids)
+        completion_mask[row, : len(c.ids)] = 1
+    batch = {"prompt_ids": torch.tensor([prompt] * 4), "prompt_mask": torch.ones((4, len(prompt)), dtype=torch.long),
+             "completion_ids": completion_ids, "completion_mask": completion_mask,
+             "advantages": inputs.advantages, "old_per_token_logps": per_token(old),
+             "num_items_in_batch": completion_mask.sum()}
+    if beta:
+        batch["ref_per_token_logps"] = per_token(ref)
+    with torch.no_grad():
+        trl_loss = float(trl._compute_loss(trl.model, batch))
+        terms = clipped_policy_gradient(CompletionLogps(policy, temperature=temperature)(**inputs.model_args()), old,
+                                        inputs.advantages[inputs.sequence], epsilon_low=0.2, epsilon_high=0.28,
+                                        reference_logps=ref if beta else None, beta=beta)
+        ours = aggregate_token_losses(terms.token_losses, inputs.sequence, inputs.lengths, loss=loss_type,
+                                      step_completions=4, step_tokens=int(inputs.lengths.sum()), max_new_tokens=8)
+    assert terms.clipped.any()
+    assert abs(float(ours) - trl_loss) < 1e-5
+
+
+def test_training_raises_the_reward_and_saves_a_chat_model(workdir: Path):
+    result = run_grpo(config(workdir, "learn", "train.max_steps=25", "data.eval_fraction=0.2"))
+    rows = [r for r in result.history if "reward_mean" in r]
+    first, last = sum(r["reward_mean"] for r in rows[:5]) / 5, sum(r["reward_mean"] for r in rows[-5:]) / 5
+    assert last > first + 0.15, (first, last)
+    assert {"kl", "clip_fraction", "completion_length", "stop_rate", "reward_std"} <= set(rows[0])
+    assert "eval_reward" in result.eval_metrics
+    saved = json.loads((result.model_dir / "tuneful.json").read_text())
+    assert saved["rewards"] == [f"python:{workdir / 'rewards.py'}:short"] and saved["end_of_turn_ids"]
+
+
+def test_accumulation_2x2_equals_batch_4(workdir: Path, monkeypatch):
+    """Same prompts, same samples; two micro-batches of 2 prompts give the gradient of one of 4 (compared
+    before the optimizer: Adam's first step, g / (|g| + eps), would magnify float noise in tiny gradients)."""
+    from tuneful.train.loop import Trainer
+
+    def one_step(out: str, groups: list[list[int]], *extra: str):
+        monkeypatch.setattr(Trainer, "micro_batches", lambda self, step: groups)
+        trainer = GRPOTrainer(config(workdir, out, "train.max_steps=1", "train.max_grad_norm=0", *extra)).setup()
+        grads: list[torch.Tensor] = []
+        step = trainer.optimizer.step
+        trainer.optimizer.step = lambda *a, **k: (grads.extend(p.grad.clone() for p in trainer.model.parameters()
+                                                               if p.grad is not None), step(*a, **k))[1]
+        result = trainer.train()
+        trainer.acc.end_training()
+        return result.final_loss, grads
+
+    for loss in ("grpo", "dapo"):
+        big_loss, big = one_step(f"acc-big-{loss}", [[0, 1, 2, 3]], f"grpo.loss={loss}")
+        small_loss, small = one_step(f"acc-small-{loss}", [[0, 1], [2, 3]], f"grpo.loss={loss}")
+        assert abs(big_loss - small_loss) < 1e-6 and len(big) == len(small) > 0
+        assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-8) for a, b in zip(big, small))
+
+
+def test_resume_continues_exactly(workdir: Path, monkeypatch):
+    common = ("train.max_steps=4", "train.save_every=2", "grpo.iterations=2", "train.resume=true", "grpo.beta=0.05")
+    straight = run_grpo(config(workdir, "straight", *common))
+    original, calls = GRPOTrainer._optimizer_step, {"n": 0}
+
+    def dies_at_step_3(self, micro):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, micro)
+
+    monkeypatch.setattr(GRPOTrainer, "_optimizer_step", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_grpo(config(workdir, "resumed", *common))
+    monkeypatch.setattr(GRPOTrainer, "_optimizer_step", original)
+    resumed = run_grpo(config(workdir, "resumed", *common))
+    rows = lambda result: [(r["step"], r["loss"], r["reward_mean"]) for r in result.history if "loss" in r]  # noqa: E731
+    ours, theirs = rows(resumed), rows(straight)
+    assert [s for s, *_ in ours] == [1, 2, 3, 4] == [s for s, *_ in theirs]
+    assert all(abs(a[1] - b[1]) < 1e-6 and a[2] == b[2] for a, b in zip(ours, theirs)), (ours, theirs)
+    clipped = [r["clip_fraction"] for r in straight.history if "clip_fraction" in r]
+    assert clipped[0] == 0 and clipped[1] > 0  # μ = 2: the second update on a batch is off-policy, the clip acts
+
+
+def test_cli_runs_with_a_reward_function_and_settings_are_checked(workdir: Path, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from tuneful.cli.main import app
+
+    result = CliRunner().invoke(app, ["grpo", f"model.name_or_path={workdir / 'model'}",
+                                      f"data.train={workdir / 'prompts.jsonl'}", "data.template=chatml",
+                                      "data.allow_template_change=true", "train.max_steps=1", "train.progress=false",
+                                      "grpo.group_size=2", "grpo.max_new_tokens=4",
+                                      f"train.output_dir={tmp_path / 'out'}",
+                                      "--reward-fn", f"{workdir / 'rewards.py'}:has_reference"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 1 and Path(summary["model_dir"], "tuneful.json").exists()
+    with pytest.raises(ConfigError) as err:
+        build(GRPOConfig, None, ["model.name_or_path=x", "data.train=y", "grpo.group_size=1", "grpo.loss=ppo",
+                                 "grpo.reference=adapters-off"])
+    text = str(err.value)
+    assert "rewards: required" in text and "group_size" in text and "ppo" in text and "adapters-off" in text

@@ -1,0 +1,119 @@
+"""The GRPO recipe: the policy, prompt records, reward sources, the online objective and training.
+
+Model, LoRA and training settings are the shared ones. ``train.micro_batch_size`` counts *prompts*
+per forward pass (each with its ``grpo.group_size`` completions), so one optimizer step samples
+micro_batch_size x grad_accum x processes prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import setting
+from ..train.config import LoraSettings, ModelSettings, TrainSettings
+
+GRPO_LOSSES = ("grpo", "dapo", "dr_grpo")
+REWARD_SCALES = ("group", "none")
+GRPO_REFERENCES = ("auto", "frozen", "adapters-off")
+
+
+@dataclass
+class PromptDataSettings:
+    train: str = setting("", "Prompt records: file or Hugging Face id; 'messages' or 'prompt', optional 'tools', "
+                             "other fields go to the reward functions.")
+    eval: str = setting("", "Held-out prompts: mean reward of greedy replies; empty = split eval_fraction off train.")
+    eval_fraction: float = setting(0.0, "Share of prompts held out when data.eval is empty.")
+    on_error: str = setting("fail", "fail on a bad record, or skip it (skips are counted and reported).")
+    template: str = setting("tokenizer", "Chat template: 'tokenizer' (its own: the SFT model's), a built-in name, "
+                                         "or a .jinja file.")
+    allow_template_change: bool = setting(False, "Confirm a template that differs from the tokenizer's own.")
+    tokenizer: str = setting("", "Tokenizer folder/id; empty = the model's.")
+    max_prompt_length: int = setting(512, "Prompts longer than this (in tokens) are dropped and counted.")
+
+    def check(self) -> list[str]:
+        problems = []
+        if not self.train:
+            problems.append("train: required; set data.train=<prompt file or dataset id>")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            problems.append(f"eval_fraction: {self.eval_fraction} must be in [0, 1)")
+        if self.eval and self.eval_fraction:
+            problems.append("eval_fraction: set either data.eval or data.eval_fraction, not both")
+        if self.on_error not in ("fail", "skip"):
+            problems.append(f"on_error: {self.on_error!r} is not fail or skip")
+        return problems
+
+
+@dataclass
+class GRPOSettings:
+    rewards: list[str] = setting([], "Reward sources: python:MODULE:FUNCTION (or FILE.py:FUNCTION), rm:FOLDER "
+                                     "(tuneful rm train), judge:MODEL@BASE_URL (OpenAI-compatible).")
+    reward_weights: list[float] = setting([], "One weight per reward source; empty = 1 each.")
+    group_size: int = setting(8, "Completions sampled per prompt; advantages are relative within the group.")
+    max_new_tokens: int = setting(128, "Cap on each completion's length (a capped completion has no end-of-turn).")
+    temperature: float = setting(1.0, "Sampling temperature of the completions.")
+    loss: str = setting("dapo", "Token-loss aggregation: grpo (mean per completion, then over completions), dapo "
+                                "(sum over the step's completion tokens / their count), dr_grpo (/ completions x "
+                                "max_new_tokens).")
+    scale_rewards: str = setting("group", "Divide advantages by the group's std (group) or not (none, Dr. GRPO).")
+    epsilon: float = setting(0.2, "Clip range below 1 of the ratio π/π_old.")
+    epsilon_high: float = setting(0.0, "Clip range above 1; 0 = epsilon (DAPO's clip-higher uses 0.28).")
+    beta: float = setting(0.0, "Weight of the KL to the reference policy; 0 = no reference (no extra forward).")
+    kl_ratio_correction: bool = setting(True, "Weight the KL term by π/π_old (DeepSeek-V3.2): the unbiased reverse-KL "
+                                              "gradient for tokens drawn from π_old.")
+    reference: str = setting("auto", "Reference for beta > 0: frozen (a copy of the start), adapters-off (LoRA), "
+                                     "auto (adapters-off with LoRA, else frozen).")
+    iterations: int = setting(1, "Optimizer steps per sampled batch (μ); above 1 the clip starts to act. A resume "
+                                 "inside a μ-cycle samples that cycle afresh.")
+    generation_batch_size: int = setting(64, "Sequences generated together (KV cache, left-padded batches).")
+
+    def check(self) -> list[str]:
+        problems = []
+        if not self.rewards:
+            problems.append("rewards: required; e.g. grpo.rewards=python:my_rewards.py:correct")
+        if self.reward_weights and len(self.reward_weights) != len(self.rewards):
+            problems.append(f"reward_weights: {len(self.reward_weights)} weight(s) for {len(self.rewards)} reward(s)")
+        if self.group_size < 2:
+            problems.append(f"group_size: {self.group_size}; advantages compare completions of one prompt, so >= 2")
+        if self.max_new_tokens < 1 or self.generation_batch_size < 1 or self.iterations < 1:
+            problems.append("max_new_tokens, generation_batch_size and iterations must be >= 1")
+        if self.temperature <= 0:
+            problems.append(f"temperature: {self.temperature}; online methods sample, so > 0")
+        if self.loss not in GRPO_LOSSES:
+            problems.append(f"loss: {self.loss!r} is not one of {', '.join(GRPO_LOSSES)}")
+        if self.scale_rewards not in REWARD_SCALES:
+            problems.append(f"scale_rewards: {self.scale_rewards!r} is not one of {', '.join(REWARD_SCALES)}")
+        if not 0 < self.epsilon < 1 or self.epsilon_high < 0:
+            problems.append("epsilon must be in (0, 1) and epsilon_high >= 0")
+        if self.beta < 0:
+            problems.append(f"beta: {self.beta} must be >= 0")
+        if self.reference not in GRPO_REFERENCES:
+            problems.append(f"reference: {self.reference!r} is not one of {', '.join(GRPO_REFERENCES)}")
+        return problems
+
+
+@dataclass
+class GRPOTrainSettings(TrainSettings):
+    output_dir: str = setting("runs/grpo", "Where checkpoints, logs and the model go.")
+    micro_batch_size: int = setting(2, "Prompts per forward pass, each with its group of completions.")
+    lr: float = setting(1e-6, "Peak learning rate (online RL wants low rates).")
+    warmup_ratio: float = setting(0.0, "Share of steps with linear warm-up.")
+    schedule: str = setting("constant", "Learning-rate schedule after warm-up: cosine, linear or constant.")
+
+
+@dataclass
+class GRPOConfig:
+    """A GRPO run; ``check`` collects every problem at once."""
+
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: PromptDataSettings = field(default_factory=PromptDataSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    grpo: GRPOSettings = field(default_factory=GRPOSettings)
+    train: GRPOTrainSettings = field(default_factory=GRPOTrainSettings)
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.grpo.reference == "adapters-off" and not self.lora.enabled:
+            problems.append("grpo.reference: adapters-off needs lora.enabled=true; use frozen (or auto)")
+        if self.train.neftune_alpha:
+            problems.append("train.neftune_alpha: NEFTune is an SFT method; set it to 0 for GRPO")
+        return problems

@@ -1,0 +1,131 @@
+"""Sampling a group of completions per prompt, scoring them, and laying them out for the loss.
+
+Knows token ids, a policy that can ``generate`` and a reward callable; nothing about the loop. A
+completion is trained exactly as sampled: the prompt ids the policy saw, then its tokens, ending
+with the end-of-turn token when it stopped (so stopping is learned; a completion cut at
+``max_new_tokens`` has none).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..generate import generate
+from ..train.model import DecoderWithHead
+from ..losses import token_logps
+from .losses import group_advantages
+
+
+@dataclass(frozen=True)
+class Completion:
+    prompt: int  # index of the prompt record
+    prompt_ids: list[int]
+    ids: list[int]
+    text: str
+    stopped: bool
+    reward: float
+    advantage: float
+
+
+@dataclass
+class RolloutBatch:
+    """One micro-batch of completions; ``old_logps`` are the sampling policy's per-token log-probs (μ > 1)."""
+
+    completions: list[Completion]
+    old_logps: torch.Tensor | None = None
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(c.ids) for c in self.completions)
+
+
+@dataclass(frozen=True)
+class CompletionInputs:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    sources: torch.Tensor  # flat position predicting each completion token
+    targets: torch.Tensor  # that token
+    sequence: torch.Tensor  # which completion of the batch it belongs to
+    advantages: torch.Tensor  # per completion
+    lengths: torch.Tensor  # completion tokens per completion
+
+    def to(self, device: Any) -> "CompletionInputs":
+        return CompletionInputs(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+    def model_args(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids,
+                "sources": self.sources, "targets": self.targets}
+
+
+def completion_inputs(completions: Sequence[Completion], pad_id: int) -> CompletionInputs:
+    """Rows prompt | completion, right-padded; positions count from each row's start."""
+    width = max(len(c.prompt_ids) + len(c.ids) for c in completions)
+    n = len(completions)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    sources, targets, sequence = [], [], []
+    for row, c in enumerate(completions):
+        full = c.prompt_ids + c.ids
+        ids[row, : len(full)] = torch.tensor(full)
+        mask[row, : len(full)] = 1
+        for k, token in enumerate(c.ids):
+            sources.append(row * width + len(c.prompt_ids) + k - 1)
+            targets.append(token)
+            sequence.append(row)
+    long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    return CompletionInputs(ids, mask, torch.arange(width).expand(n, width).clone(), long(sources), long(targets),
+                            long(sequence), torch.tensor([c.advantage for c in completions], dtype=torch.float32),
+                            long([len(c.ids) for c in completions]))
+
+
+class CompletionLogps(DecoderWithHead):
+    """One decoder pass → the log-prob of every completion token ([T] fp32, in ``sources`` order) under the
+    *sampling* distribution: logits divided by the sampling temperature, so π/π_old compares the policy
+    that actually drew the tokens."""
+
+    def __init__(self, model: Any, chunk_size: int = 0, temperature: float = 1.0):
+        super().__init__(model, chunk_size)
+        self.temperature = temperature
+
+    def forward(self, input_ids, attention_mask, position_ids, sources, targets):  # type: ignore[override]
+        hidden = self.hidden_states(input_ids, attention_mask, position_ids)
+        head = self.lm_head if self.temperature == 1.0 else (lambda h: self.lm_head(h) / self.temperature)
+        return token_logps(hidden.reshape(-1, hidden.shape[-1]), sources, targets, head, self.chunk_size)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    group_size: int
+    max_new_tokens: int
+    temperature: float
+    batch_size: int
+    scale_rewards: str
+
+
+def sample_groups(policy: Any, tokenizer: Any, prompt_groups: Sequence[Sequence[int]], prompt_ids: Sequence[list[int]],
+                  records: Sequence[Any], reward: Callable[..., list[float]], stop_ids: Sequence[int],
+                  settings: SamplingSettings, seed: int) -> list[list[Completion]]:
+    """For each micro-batch of prompt indices, ``group_size`` sampled completions per prompt, rewarded and
+    given group-relative advantages; the groups of a micro-batch stay together."""
+    flat = [i for group in prompt_groups for i in group]
+    repeated = [i for i in flat for _ in range(settings.group_size)]
+    generations = generate(policy, tokenizer, [prompt_ids[i] for i in repeated], stop_ids=stop_ids,
+                           max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size, do_sample=True,
+                           temperature=settings.temperature, seed=seed)
+    texts = [g.text for g in generations]
+    rewards = reward([records[i].messages for i in repeated], texts, [records[i].fields for i in repeated])
+    advantages = group_advantages(torch.tensor(rewards, dtype=torch.float32), settings.group_size,
+                                  scale=settings.scale_rewards).tolist()
+    completions = [Completion(i, prompt_ids[i], g.token_ids + ([g.stop_token] if g.stopped else []), g.text,
+                              g.stopped, r, a)
+                   for i, g, r, a in zip(repeated, generations, rewards, advantages)]
+    out, start = [], 0
+    for group in prompt_groups:
+        size = len(group) * settings.group_size
+        out.append(completions[start : start + size])
+        start += size
+    return out

@@ -1,0 +1,191 @@
+"""GRPO on the shared training core (Shao et al. 2024, arXiv:2402.03300).
+
+Each optimizer step's prompts come from the core's epoch plan; for them the current policy samples a
+group of completions (batched generation with the KV cache, the template's stop tokens, a cap on new
+tokens), the reward sources score them, and advantages are relative within each group. The loss is
+the clipped surrogate (with an optional KL to a reference), aggregated with the normaliser the loss
+type names over the *whole step* on every process — never per micro-batch. With ``iterations`` μ > 1
+a sampled batch serves μ optimizer steps, the sampling policy's log-probs kept for the ratio. The
+loop, checkpoints, resume and output are :mod:`tuneful.train.loop`'s.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..config import to_dict
+from ..generate import generate
+from ..train.loop import Trainer, run
+from .config import GRPOConfig
+from .losses import clipped_policy_gradient
+from .prompts import PreparedPrompts, prepare_prompts
+from .rewards import CombinedReward
+from .rollout import CompletionLogps, RolloutBatch, SamplingSettings, completion_inputs, sample_groups
+
+
+@dataclass
+class GRPOResult:
+    steps: int
+    final_loss: float | None
+    eval_metrics: dict | None
+    output_dir: Path
+    train_seconds: float = 0.0
+    model_dir: Path | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+def aggregate_token_losses(token_losses: torch.Tensor, sequence: torch.Tensor, lengths: torch.Tensor, *, loss: str,
+                           step_completions: int, step_tokens: int, max_new_tokens: int) -> torch.Tensor:
+    """This micro-batch's share of the step loss: grpo = mean per completion, averaged over the step's
+    completions; dapo = sum over tokens / the step's completion tokens (DAPO, Yu et al. 2025); dr_grpo =
+    sum / (the step's completions x max_new_tokens) (Dr. GRPO, Liu et al. 2025)."""
+    if loss == "grpo":
+        per_completion = torch.zeros(len(lengths), dtype=token_losses.dtype, device=token_losses.device)
+        per_completion = per_completion.index_add(0, sequence, token_losses) / lengths.clamp(min=1)
+        return per_completion.sum() / max(1, step_completions)
+    if loss == "dapo":
+        return token_losses.sum() / max(1, step_tokens)
+    if loss == "dr_grpo":
+        return token_losses.sum() / max(1, step_completions * max_new_tokens)
+    raise ValueError(f"unknown GRPO loss {loss!r}")
+
+
+class GRPOTrainer(Trainer):
+    """GRPO: ``micro_batches`` sample and return RolloutBatches (one per micro-batch of prompts)."""
+
+    name = "grpo"
+
+    def __init__(self, cfg: GRPOConfig, *, model: Any = None, tokenizer: Any = None, reward: Any = None):
+        super().__init__(cfg, model=model, tokenizer=tokenizer)
+        self.settings = cfg.grpo
+        self.updates_per_batch = cfg.grpo.iterations
+        self._reward_in = reward
+        self._rollout: tuple[int, list[RolloutBatch]] | None = None
+        self.reference_module: Any = None
+        self.reference_kind = "none" if not cfg.grpo.beta else (
+            cfg.grpo.reference if cfg.grpo.reference != "auto" else ("adapters-off" if cfg.lora.enabled else "frozen"))
+
+    # --- data, rewards, reference ---------------------------------------------------------------
+    def prepare_data(self) -> None:
+        self.data: PreparedPrompts = prepare_prompts(self.cfg.data, self.tokenizer, self.cfg.train.seed)
+        self.reward = self._reward_in or CombinedReward(self.settings.rewards, self.settings.reward_weights,
+                                                        device=str(self.acc.device))
+        self.sampling = SamplingSettings(self.settings.group_size, self.settings.max_new_tokens,
+                                         self.settings.temperature, self.settings.generation_batch_size,
+                                         self.settings.scale_rewards)
+
+    def before_lora(self, model: Any) -> None:
+        if self.reference_kind == "frozen":
+            reference = copy.deepcopy(model).requires_grad_(False).eval()
+            self.reference_module = CompletionLogps(reference, self.cfg.train.loss_chunk_size,
+                                                    self.settings.temperature).to(self.acc.device)
+
+    def loss_module(self, model: Any) -> torch.nn.Module:
+        return CompletionLogps(model, self.cfg.train.loss_chunk_size, self.settings.temperature)
+
+    def item_lengths(self) -> list[int]:
+        return [len(ids) for ids in self.data.train_ids]
+
+    def micro_batch(self, items: list[int]) -> list[int]:
+        return items
+
+    # --- sampling ---------------------------------------------------------------------------------
+    def _policy(self) -> Any:
+        return self.acc.unwrap_model(self.module).model
+
+    def micro_batches(self, step: int) -> list[RolloutBatch]:
+        cycle = step // self.updates_per_batch
+        if self._rollout is None or self._rollout[0] != cycle:
+            prompt_groups = super().micro_batches(step)
+            seed = (self.cfg.train.seed * 1_000_003 + cycle) * 101 + self.acc.process_index
+            with self.acc.autocast():
+                groups = sample_groups(self._policy(), self.tokenizer, prompt_groups, self.data.train_ids,
+                                       self.data.train, self.reward, self.data.stop_ids, self.sampling, seed)
+            self.module.train()  # generation switched the model to eval mode
+            batches = [RolloutBatch(g) for g in groups]
+            if self.updates_per_batch > 1:  # the ratio's denominator: the sampling policy's log-probs
+                for batch in batches:
+                    batch.old_logps = self._logps(batch, self.module, grad=False)
+            self._rollout = (cycle, batches)
+        return self._rollout[1]
+
+    def _logps(self, batch: RolloutBatch, module: Any, *, grad: bool = True, adapters_off: bool = False) -> torch.Tensor:
+        inputs = completion_inputs(batch.completions, self._pad_id()).to(self.acc.device)
+        off = self._policy().disable_adapter() if adapters_off else nullcontext()
+        with (nullcontext() if grad else torch.no_grad()), off, self.acc.autocast():
+            return module(**inputs.model_args()).float()
+
+    # --- loss and metrics -------------------------------------------------------------------------
+    def step_counts(self, micro: Sequence[RolloutBatch]) -> torch.Tensor:
+        return torch.tensor([sum(len(b.completions) for b in micro), sum(b.tokens for b in micro)],
+                            device=self.acc.device)
+
+    def micro_loss(self, batch: RolloutBatch, counts: torch.Tensor):
+        inputs = completion_inputs(batch.completions, self._pad_id()).to(self.acc.device)
+        with self.acc.autocast():
+            logps = self.module(**inputs.model_args()).float()
+        reference = None
+        if self.reference_kind == "frozen":
+            reference = self._logps(batch, self.reference_module, grad=False)
+        elif self.reference_kind == "adapters-off":
+            reference = self._logps(batch, self.module, grad=False, adapters_off=True)
+        old = batch.old_logps if batch.old_logps is not None else logps.detach()
+        terms = clipped_policy_gradient(logps, old, inputs.advantages[inputs.sequence],
+                                        epsilon_low=self.settings.epsilon,
+                                        epsilon_high=self.settings.epsilon_high or self.settings.epsilon,
+                                        reference_logps=reference, beta=self.settings.beta,
+                                        kl_ratio_correction=self.settings.kl_ratio_correction)
+        loss = aggregate_token_losses(terms.token_losses, inputs.sequence, inputs.lengths, loss=self.settings.loss,
+                                      step_completions=int(counts[0]), step_tokens=int(counts[1]),
+                                      max_new_tokens=self.settings.max_new_tokens)
+        rewards = torch.tensor([c.reward for c in batch.completions], device=self.acc.device)
+        tally = torch.stack([loss.detach(), rewards.sum(), (rewards ** 2).sum(),
+                             torch.tensor(float(sum(c.stopped for c in batch.completions)), device=self.acc.device),
+                             terms.kl.sum(), terms.clipped.float().sum(),
+                             torch.tensor(float(inputs.attention_mask.sum()), device=self.acc.device)])
+        return loss * self.world, tally  # DDP averages gradients over processes: x world size makes it a sum
+
+    def step_metrics(self, tally: torch.Tensor, counts: torch.Tensor, grad_norm: float) -> dict:
+        n, tokens = max(1, int(counts[0])), max(1, int(counts[1]))
+        mean = float(tally[1]) / n
+        return {"loss": float(tally[0]), "reward_mean": mean,
+                "reward_std": max(0.0, float(tally[2]) / n - mean ** 2) ** 0.5, "completion_length": tokens / n,
+                "stop_rate": float(tally[3]) / n, "kl": float(tally[4]) / tokens, "clip_fraction": float(tally[5]) / tokens,
+                "grad_norm": grad_norm, "completions": int(counts[0]), "tokens": int(tally[6])}
+
+    @torch.no_grad()
+    def eval_metrics(self) -> dict:
+        """Greedy replies to the held-out prompts: mean reward and stop rate (this process's share, reduced)."""
+        mine = list(range(len(self.data.eval)))[self.acc.process_index :: self.world]
+        total = torch.zeros(3, device=self.acc.device)
+        if mine:
+            with self.acc.autocast():
+                replies = generate(self._policy(), self.tokenizer, [self.data.eval_ids[i] for i in mine],
+                                   stop_ids=self.data.stop_ids, max_new_tokens=self.settings.max_new_tokens,
+                                   batch_size=self.settings.generation_batch_size)
+            rewards = self.reward([self.data.eval[i].messages for i in mine], [r.text for r in replies],
+                                  [self.data.eval[i].fields for i in mine])
+            total += torch.tensor([sum(rewards), sum(r.stopped for r in replies), len(mine)], device=self.acc.device)
+        self.module.train()
+        total = self.acc.reduce(total, reduction="sum")
+        prompts = max(1.0, float(total[2]))
+        return {"eval_reward": float(total[0]) / prompts, "eval_stop_rate": float(total[1]) / prompts}
+
+    # --- output ---------------------------------------------------------------------------------
+    def summary(self) -> dict:
+        return {"recipe": to_dict(self.cfg), "rewards": [s.name for s in getattr(self.reward, "sources", [])],
+                "reference": self.reference_kind, **self.data.summary()}
+
+    def result(self, steps, last_loss, eval_metrics, history, train_seconds) -> GRPOResult:
+        return GRPOResult(steps, last_loss, eval_metrics, self.out, train_seconds, history=history)
+
+
+def run_grpo(cfg: GRPOConfig, *, model: Any = None, tokenizer: Any = None, reward: Any = None) -> GRPOResult:
+    """setup → train → save."""
+    return run(GRPOTrainer(cfg, model=model, tokenizer=tokenizer, reward=reward))
