@@ -194,17 +194,41 @@ def test_cli_runs_with_a_reward_function_and_settings_are_checked(workdir: Path,
 
     from tuneful.cli.main import app
 
-    result = CliRunner().invoke(app, ["grpo", f"model.name_or_path={workdir / 'model'}",
-                                      f"data.train={workdir / 'prompts.jsonl'}", "data.template=chatml",
-                                      "data.allow_template_change=true", "train.max_steps=1", "train.progress=false",
-                                      "grpo.group_size=2", "grpo.max_new_tokens=4",
-                                      f"train.output_dir={tmp_path / 'out'}",
-                                      "--reward-fn", f"{workdir / 'rewards.py'}:has_reference"])
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["steps"] == 1 and Path(summary["model_dir"], "tuneful.json").exists()
+    for command, section in (("grpo", "grpo"), ("online-dpo", "online_dpo")):
+        result = CliRunner().invoke(app, [command, f"model.name_or_path={workdir / 'model'}",
+                                          f"data.train={workdir / 'prompts.jsonl'}", "data.template=chatml",
+                                          "data.allow_template_change=true", "train.max_steps=1", "train.progress=false",
+                                          f"{section}.group_size=2", f"{section}.max_new_tokens=4",
+                                          f"train.output_dir={tmp_path / command}",
+                                          "--reward-fn", f"{workdir / 'rewards.py'}:has_reference"])
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout.strip().splitlines()[-1])
+        assert summary["steps"] == 1 and Path(summary["model_dir"], "tuneful.json").exists()
+    bad = CliRunner().invoke(app, ["grpo", f"model.name_or_path={workdir / 'model'}",
+                                   f"data.train={workdir / 'prompts.jsonl'}", f"train.output_dir={tmp_path / 'bad'}",
+                                   "--reward-fn", "no_such_module_here:fn"])
+    assert bad.exit_code == 2 and "cannot import no_such_module_here" in bad.output
     with pytest.raises(ConfigError) as err:
         build(GRPOConfig, None, ["model.name_or_path=x", "data.train=y", "grpo.group_size=1", "grpo.loss=ppo",
                                  "grpo.reference=adapters-off"])
     text = str(err.value)
     assert "rewards: required" in text and "group_size" in text and "ppo" in text and "adapters-off" in text
+
+
+def test_online_dpo_pairs_and_a_run_that_raises_the_reward(workdir: Path):
+    from tuneful.rl.online_dpo import OnlineDPOConfig, best_and_worst, run_online_dpo
+
+    assert best_and_worst([0.1, 0.9, 0.5, 0.5, 1.0, 0.0, 0.3, 1.0], 2) == [(1, 0), (4, 5), (7, 6)]
+    assert best_and_worst([0.2, 0.7, 0.7, 0.1], 4) == [(1, 3)]
+    cfg = build(OnlineDPOConfig, None, [
+        f"model.name_or_path={workdir / 'model'}", f"data.train={workdir / 'prompts.jsonl'}", "data.template=chatml",
+        "data.allow_template_change=true", f"train.output_dir={workdir / 'online'}", "train.progress=false",
+        f"online_dpo.rewards=python:{workdir / 'rewards.py'}:short", "online_dpo.group_size=4",
+        "online_dpo.max_new_tokens=12", "train.micro_batch_size=2", "train.lr=2e-3", "train.max_steps=25",
+        "train.resume=false", "lora.enabled=true", "lora.r=8", "train.lr=1e-2"])
+    result = run_online_dpo(cfg)
+    rows = [r for r in result.history if "reward_mean" in r]
+    assert abs(rows[0]["loss"] - 0.6931) < 1e-3  # step 1: the policy is its reference (adapters off)
+    first, last = sum(r["reward_mean"] for r in rows[:5]) / 5, sum(r["reward_mean"] for r in rows[-5:]) / 5
+    assert last > first + 0.15, (first, last)
+    assert json.loads((result.model_dir / "tuneful.json").read_text())["reference"] == "adapters-off"

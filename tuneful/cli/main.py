@@ -7,7 +7,7 @@ import typer
 from .data import data_app
 from .template import template_app
 from .sandbox import demo, sandbox_app
-from .train import dpo, grpo, kto, merge, sft
+from .train import dpo, grpo, kto, merge, online_dpo, sft
 from .evaluate import evaluate
 from .generate import generate_cmd
 from .curate import curate_cmd
@@ -25,6 +25,7 @@ app.command("sft")(sft)
 app.command("dpo")(dpo)
 app.command("kto")(kto)
 app.command("grpo")(grpo)
+app.command("online-dpo")(online_dpo)
 app.add_typer(rm_app, name="rm")
 app.command("merge")(merge)
 app.command("demo")(demo)

@@ -1,4 +1,4 @@
-"""``tuneful sft``, ``tuneful dpo``, ``tuneful kto``, ``tuneful grpo`` and ``tuneful merge``."""
+"""``tuneful sft``, ``dpo``, ``kto``, ``grpo``, ``online-dpo`` and ``merge``."""
 
 from __future__ import annotations
 
@@ -84,26 +84,41 @@ def kto(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = OV
     _run_preference(run_kto, cfg)
 
 
+REWARD_FN_OPT = typer.Option(None, "--reward-fn", help="MODULE:FUNCTION or FILE.py:FUNCTION called as "
+                             "fn(prompt=, completion=, record=) -> number; repeatable, added to the reward sources.")
+
+
 def grpo(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
-         show_settings: bool = SETTINGS_OPT,
-         reward_fn: Optional[List[str]] = typer.Option(None, "--reward-fn", help="MODULE:FUNCTION or FILE.py:FUNCTION "
-                                                       "called as fn(prompt=, completion=, record=) -> number; "
-                                                       "repeatable, added to grpo.rewards.")) -> None:
+         show_settings: bool = SETTINGS_OPT, reward_fn: Optional[List[str]] = REWARD_FN_OPT) -> None:
     """Online RL with verifiable rewards (GRPO): sample groups, reward them, learn from the differences.
     The last stdout line is JSON."""
     from ..rl.config import GRPOConfig
+    from ..rl.trainer import run_grpo
 
+    _run_online(GRPOConfig, run_grpo, "grpo", recipe, overrides, show_settings, reward_fn)
+
+
+def online_dpo(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
+               show_settings: bool = SETTINGS_OPT, reward_fn: Optional[List[str]] = REWARD_FN_OPT) -> None:
+    """Online DPO: each step, DPO on the best-vs-worst of replies the policy just sampled, ranked by the
+    reward sources. The last stdout line is JSON."""
+    from ..rl.online_dpo import OnlineDPOConfig, run_online_dpo
+
+    _run_online(OnlineDPOConfig, run_online_dpo, "online_dpo", recipe, overrides, show_settings, reward_fn)
+
+
+def _run_online(cls: type, run_fn: Any, section: str, recipe: Optional[Path], overrides: Optional[List[str]],
+                show_settings: bool, reward_fn: Optional[List[str]]) -> None:
     if reward_fn:
-        overrides = [*(overrides or []), "grpo.rewards=" + ",".join(f"python:{spec}" for spec in reward_fn)]
-    cfg = _recipe(GRPOConfig, recipe, overrides, show_settings)
+        overrides = [*(overrides or []), f"{section}.rewards=" + ",".join(f"python:{spec}" for spec in reward_fn)]
+    cfg = _recipe(cls, recipe, overrides, show_settings)
     if cfg is None:
         return
     from ..preflight import PreflightError
     from ..rl.rewards import RewardSpecError
-    from ..rl.trainer import run_grpo
 
     try:
-        result = run_grpo(cfg)
+        result = run_fn(cfg)
     except (PreflightError, RewardSpecError) as exc:
         fail(str(exc))
     last = next((r for r in reversed(result.history) if "reward_mean" in r), {})

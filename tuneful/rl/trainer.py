@@ -63,13 +63,22 @@ class GRPOTrainer(Trainer):
 
     def __init__(self, cfg: GRPOConfig, *, model: Any = None, tokenizer: Any = None, reward: Any = None):
         super().__init__(cfg, model=model, tokenizer=tokenizer)
-        self.settings = cfg.grpo
-        self.updates_per_batch = cfg.grpo.iterations
+        self.settings = self.section()
+        self.updates_per_batch = self.settings.iterations
         self._reward_in = reward
         self._rollout: tuple[int, list[RolloutBatch]] | None = None
         self.reference_module: Any = None
-        self.reference_kind = "none" if not cfg.grpo.beta else (
-            cfg.grpo.reference if cfg.grpo.reference != "auto" else ("adapters-off" if cfg.lora.enabled else "frozen"))
+        self.reference_kind = self._reference_kind()
+
+    def section(self) -> Any:
+        """The objective's settings (sampling, rewards, reference, loss)."""
+        return self.cfg.grpo
+
+    def _reference_kind(self) -> str:
+        if not self.settings.beta:
+            return "none"
+        chosen = self.settings.reference
+        return chosen if chosen != "auto" else ("adapters-off" if self.cfg.lora.enabled else "frozen")
 
     # --- data, rewards, reference ---------------------------------------------------------------
     def prepare_data(self) -> None:

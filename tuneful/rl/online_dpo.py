@@ -1,0 +1,165 @@
+"""Online DPO on the shared training core (Guo et al. 2024, "Direct Language Model Alignment from
+Online AI Feedback", arXiv:2402.04792): each step the current policy samples a group of replies per
+prompt, the reward sources rank them, and the best and the worst reply of each group form a DPO
+pair — on-policy pairs, instead of a fixed offline set. Groups whose replies all score the same
+give no pair and are counted. Sampling, rewards and the reference are GRPO's; the loss is DPO's
+(:mod:`tuneful.dpo.losses`), averaged over the step's pairs on every process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from ..config import setting
+from ..dpo.losses import dpo_sigmoid, ipo
+from ..train.config import LoraSettings, ModelSettings
+from ..train.loop import run
+from .config import GRPO_REFERENCES, GRPOTrainSettings, PromptDataSettings
+from .rollout import RolloutBatch, completion_inputs
+from .trainer import GRPOResult, GRPOTrainer
+
+ONLINE_DPO_LOSSES = ("sigmoid", "ipo")
+
+
+@dataclass
+class OnlineDPOSettings:
+    rewards: list[str] = setting([], "Reward sources that rank the sampled replies (as grpo.rewards).")
+    reward_weights: list[float] = setting([], "One weight per reward source; empty = 1 each.")
+    group_size: int = setting(2, "Replies sampled per prompt; the best and the worst form the pair.")
+    max_new_tokens: int = setting(128, "Cap on each reply's length.")
+    temperature: float = setting(1.0, "Sampling temperature.")
+    loss: str = setting("sigmoid", "sigmoid (DPO) or ipo.")
+    beta: float = setting(0.1, "DPO's β: the strength of the pull towards the reference.")
+    reference: str = setting("auto", "frozen (a copy of the start), adapters-off (LoRA), auto (adapters-off with "
+                                     "LoRA, else frozen).")
+    generation_batch_size: int = setting(64, "Sequences generated together.")
+
+    # what the shared sampling reads and online DPO fixes
+    scale_rewards: str = "none"
+    iterations: int = 1
+
+    def check(self) -> list[str]:
+        problems = []
+        if not self.rewards:
+            problems.append("rewards: required; e.g. online_dpo.rewards=python:my_rewards.py:correct")
+        if self.reward_weights and len(self.reward_weights) != len(self.rewards):
+            problems.append(f"reward_weights: {len(self.reward_weights)} weight(s) for {len(self.rewards)} reward(s)")
+        if self.group_size < 2:
+            problems.append(f"group_size: {self.group_size}; a pair needs two replies, so >= 2")
+        if self.loss not in ONLINE_DPO_LOSSES:
+            problems.append(f"loss: {self.loss!r} is not one of {', '.join(ONLINE_DPO_LOSSES)}")
+        if self.beta <= 0 or self.temperature <= 0:
+            problems.append("beta and temperature must be positive")
+        if self.reference not in GRPO_REFERENCES:
+            problems.append(f"reference: {self.reference!r} is not one of {', '.join(GRPO_REFERENCES)}")
+        return problems
+
+
+@dataclass
+class OnlineDPOTrainSettings(GRPOTrainSettings):
+    output_dir: str = setting("runs/online-dpo", "Where checkpoints, logs and the model go.")
+    lr: float = setting(5e-6, "Peak learning rate.")
+
+
+@dataclass
+class OnlineDPOConfig:
+    """An online DPO run; ``check`` collects every problem at once."""
+
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: PromptDataSettings = field(default_factory=PromptDataSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    online_dpo: OnlineDPOSettings = field(default_factory=OnlineDPOSettings)
+    train: OnlineDPOTrainSettings = field(default_factory=OnlineDPOTrainSettings)
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.online_dpo.reference == "adapters-off" and not self.lora.enabled:
+            problems.append("online_dpo.reference: adapters-off needs lora.enabled=true; use frozen (or auto)")
+        if self.train.neftune_alpha:
+            problems.append("train.neftune_alpha: NEFTune is an SFT method; set it to 0 for online DPO")
+        return problems
+
+
+def best_and_worst(rewards: Sequence[float], group_size: int) -> list[tuple[int, int]]:
+    """(chosen, rejected) completion indices per group: its best and worst reply; tied groups give none.
+    Among equal best (or worst) scores the first sampled is taken."""
+    pairs = []
+    for start in range(0, len(rewards), group_size):
+        group = list(rewards[start : start + group_size])
+        best, worst = group.index(max(group)), group.index(min(group))
+        if group[best] > group[worst]:
+            pairs.append((start + best, start + worst))
+    return pairs
+
+
+class OnlineDPOTrainer(GRPOTrainer):
+    """Online DPO: GRPO's sampling and reference, DPO's loss on each group's best-vs-worst pair."""
+
+    name = "online-dpo"
+
+    def __init__(self, cfg: OnlineDPOConfig, *, model: Any = None, tokenizer: Any = None, reward: Any = None):
+        super().__init__(cfg, model=model, tokenizer=tokenizer, reward=reward)
+
+    def section(self) -> Any:
+        return self.cfg.online_dpo
+
+    def _reference_kind(self) -> str:
+        chosen = self.settings.reference
+        return chosen if chosen != "auto" else ("adapters-off" if self.cfg.lora.enabled else "frozen")
+
+    def step_counts(self, micro: Sequence[RolloutBatch]) -> torch.Tensor:
+        group = self.settings.group_size
+        pairs = sum(len(best_and_worst([c.reward for c in b.completions], group)) for b in micro)
+        return torch.tensor([pairs, sum(b.tokens for b in micro)], device=self.acc.device)
+
+    def micro_loss(self, batch: RolloutBatch, counts: torch.Tensor):
+        inputs = completion_inputs(batch.completions, self._pad_id()).to(self.acc.device)
+        with self.acc.autocast():
+            token_logps = self.module(**inputs.model_args()).float()
+        reference_tokens = self._reference_logps(batch)
+        n = len(batch.completions)
+        sums = torch.zeros(n, device=token_logps.device).index_add(0, inputs.sequence, token_logps)
+        reference = torch.zeros(n, device=token_logps.device).index_add(0, inputs.sequence, reference_tokens)
+        pairs = best_and_worst([c.reward for c in batch.completions], self.settings.group_size)
+        rewards = torch.tensor([c.reward for c in batch.completions], device=self.acc.device)
+        zero = torch.zeros((), device=self.acc.device)
+        positions = torch.tensor(float(inputs.attention_mask.sum()), device=self.acc.device)
+        if not pairs:  # no preference in this micro-batch: a zero loss that still reaches every parameter
+            return sums.sum() * 0.0, torch.stack([zero, rewards.sum(), zero, zero, zero, zero,
+                                                  torch.tensor(float(n), device=self.acc.device), positions])
+        chosen, rejected = (torch.tensor(x, device=self.acc.device) for x in zip(*pairs))
+        args = (sums[chosen], sums[rejected], reference[chosen], reference[rejected])
+        if self.settings.loss == "ipo":  # IPO reads per-token averages
+            lengths = inputs.lengths.float()
+            args = (args[0] / lengths[chosen], args[1] / lengths[rejected], args[2] / lengths[chosen],
+                    args[3] / lengths[rejected])
+            result = ipo(*args, beta=self.settings.beta)
+        else:
+            result = dpo_sigmoid(*args, beta=self.settings.beta)
+        loss = result.losses.sum() / max(1, int(counts[0]))
+        margin = result.chosen_rewards - result.rejected_rewards
+        tally = torch.stack([loss.detach(), rewards.sum(), (rewards[chosen] - rewards[rejected]).sum(), margin.sum(),
+                             (margin > 0).float().sum(), torch.tensor(float(len(pairs)), device=self.acc.device),
+                             torch.tensor(float(n), device=self.acc.device), positions])
+        return loss * self.world, tally  # DDP averages gradients over processes: x world size makes it a sum
+
+    def _reference_logps(self, batch: RolloutBatch) -> torch.Tensor:
+        if self.reference_kind == "frozen":
+            return self._logps(batch, self.reference_module, grad=False)
+        return self._logps(batch, self.module, grad=False, adapters_off=True)
+
+    def step_metrics(self, tally: torch.Tensor, counts: torch.Tensor, grad_norm: float) -> dict:
+        pairs, completions = max(1.0, float(tally[5])), max(1.0, float(tally[6]))
+        return {"loss": float(tally[0]), "reward_mean": float(tally[1]) / completions,
+                "pair_reward_gap": float(tally[2]) / pairs, "margin": float(tally[3]) / pairs,
+                "accuracy": float(tally[4]) / pairs, "pairs": int(tally[5]), "tied_groups":
+                int(completions) // self.settings.group_size - int(tally[5]), "grad_norm": grad_norm,
+                "tokens": int(tally[7])}
+
+
+def run_online_dpo(cfg: OnlineDPOConfig, *, model: Any = None, tokenizer: Any = None, reward: Any = None) -> GRPOResult:
+    """setup → train → save."""
+    return run(OnlineDPOTrainer(cfg, model=model, tokenizer=tokenizer, reward=reward))
