@@ -70,6 +70,20 @@ def test_clipped_surrogate_literal():
     assert torch.allclose(with_kl.token_losses, -adv + 0.5 * k3) and torch.allclose(with_kl.kl, k3)
 
 
+def test_shared_prompt_layout_literal():
+    group = [Completion(0, [1, 2], [3, 4], "", True, 0.0, 0.5), Completion(0, [1, 2], [5], "", True, 0.0, -0.5),
+             Completion(1, [6], [7], "", True, 0.0, 0.0)]
+    inputs = completion_inputs(group, pad_id=0, shared_prompt=True)
+    assert inputs.input_ids.tolist() == [[1, 2, 3, 4, 5], [6, 7, 0, 0, 0]]
+    assert inputs.position_ids.tolist() == [[0, 1, 2, 3, 2], [0, 1, 0, 0, 0]]
+    # the last prompt token (1) predicts both first tokens; 3 predicts 4; row 2 starts at flat position 5
+    assert inputs.sources.tolist() == [1, 2, 1, 5] and inputs.targets.tolist() == [3, 4, 5, 7]
+    assert inputs.sequence.tolist() == [0, 0, 1, 2] and inputs.lengths.tolist() == [2, 1, 1]
+    mask = inputs.attention_mask[0, 0].int()
+    assert mask[4].tolist() == [1, 1, 0, 0, 1]  # the second completion sees the prompt and itself, not the first
+    assert mask[3].tolist() == [1, 1, 1, 1, 0]
+
+
 def test_aggregation_normalises_by_the_step_not_the_micro_batch():
     losses, sequence, lengths = torch.tensor([1.0, 1.0, 1.0, 4.0]), torch.tensor([0, 0, 0, 1]), torch.tensor([3, 1])
     assert float(aggregate_token_losses(losses, sequence, lengths, loss="grpo", step_completions=4, step_tokens=8,
@@ -95,9 +109,14 @@ def test_loss_on_a_fixed_batch_equals_trl(loss_type: str, beta: float, temperatu
                               0.0, a) for n, a in zip(lengths, [1.2, -0.4, 0.3, -1.1])]
     policy, reference = tiny_llama(len(starter_tok), seed=1), tiny_llama(len(starter_tok), seed=2)
     inputs = completion_inputs(completions, starter_tok.pad_token_id)
+    shared = completion_inputs(completions, starter_tok.pad_token_id, shared_prompt=True)
+    assert shared.input_ids.shape[0] == 1  # one group, one row: the prompt encoded once
     with torch.no_grad():
         current = CompletionLogps(policy, temperature=temperature)(**inputs.model_args())
         ref = CompletionLogps(reference, temperature=temperature)(**inputs.model_args())
+        # each completion sees exactly what it sees in its own row
+        assert torch.allclose(CompletionLogps(policy, temperature=temperature)(**shared.model_args()), current,
+                              atol=1e-5)
     old = current + 0.3 * torch.randn(current.shape, generator=g)  # as if sampled a few updates ago: the clip acts
 
     args = TrlConfig(output_dir=str(tmp_path / "trl"), report_to=[], use_cpu=True, bf16=False, loss_type=loss_type,

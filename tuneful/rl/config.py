@@ -15,6 +15,7 @@ from ..train.config import LoraSettings, ModelSettings, TrainSettings
 GRPO_LOSSES = ("grpo", "dapo", "dr_grpo")
 REWARD_SCALES = ("group", "none")
 GRPO_REFERENCES = ("auto", "frozen", "adapters-off")
+LAYOUTS = ("auto", "shared-prompt", "rows")
 
 
 @dataclass
@@ -65,6 +66,9 @@ class GRPOSettings:
     iterations: int = setting(1, "Optimizer steps per sampled batch (μ); above 1 the clip starts to act. A resume "
                                  "inside a μ-cycle samples that cycle afresh.")
     generation_batch_size: int = setting(64, "Sequences generated together (KV cache, left-padded batches).")
+    layout: str = setting("auto", "How a group meets the model in training: shared-prompt (one row, the prompt "
+                                  "encoded once), rows (a row per completion), auto (shared-prompt unless "
+                                  "flash-attention, which takes no block mask).")
 
     def check(self) -> list[str]:
         problems = []
@@ -86,6 +90,8 @@ class GRPOSettings:
             problems.append("epsilon must be in (0, 1) and epsilon_high >= 0")
         if self.beta < 0:
             problems.append(f"beta: {self.beta} must be >= 0")
+        if self.layout not in LAYOUTS:
+            problems.append(f"layout: {self.layout!r} is not one of {', '.join(LAYOUTS)}")
         if self.reference not in GRPO_REFERENCES:
             problems.append(f"reference: {self.reference!r} is not one of {', '.join(GRPO_REFERENCES)}")
         return problems
@@ -114,6 +120,9 @@ class GRPOConfig:
         problems = []
         if self.grpo.reference == "adapters-off" and not self.lora.enabled:
             problems.append("grpo.reference: adapters-off needs lora.enabled=true; use frozen (or auto)")
+        if self.grpo.layout == "shared-prompt" and self.model.attn_implementation.startswith("flash"):
+            problems.append("grpo.layout: shared-prompt needs a block attention mask, which "
+                            f"model.attn_implementation={self.model.attn_implementation} cannot take; use rows or auto")
         if self.train.neftune_alpha:
             problems.append("train.neftune_alpha: NEFTune is an SFT method; set it to 0 for GRPO")
         return problems

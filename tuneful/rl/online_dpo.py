@@ -17,8 +17,8 @@ from ..config import setting
 from ..dpo.losses import dpo_sigmoid, ipo
 from ..train.config import LoraSettings, ModelSettings
 from ..train.loop import run
-from .config import GRPO_REFERENCES, GRPOTrainSettings, PromptDataSettings
-from .rollout import RolloutBatch, completion_inputs
+from .config import GRPO_REFERENCES, LAYOUTS, GRPOTrainSettings, PromptDataSettings
+from .rollout import RolloutBatch
 from .trainer import GRPOResult, GRPOTrainer
 
 ONLINE_DPO_LOSSES = ("sigmoid", "ipo")
@@ -36,6 +36,8 @@ class OnlineDPOSettings:
     reference: str = setting("auto", "frozen (a copy of the start), adapters-off (LoRA), auto (adapters-off with "
                                      "LoRA, else frozen).")
     generation_batch_size: int = setting(64, "Sequences generated together.")
+    layout: str = setting("auto", "How a group meets the model in training: shared-prompt (one row, the prompt "
+                                  "encoded once), rows (a row per reply), auto (shared-prompt unless flash-attention).")
 
     # what the shared sampling reads and online DPO fixes
     scale_rewards: str = "none"
@@ -53,6 +55,8 @@ class OnlineDPOSettings:
             problems.append(f"loss: {self.loss!r} is not one of {', '.join(ONLINE_DPO_LOSSES)}")
         if self.beta <= 0 or self.temperature <= 0:
             problems.append("beta and temperature must be positive")
+        if self.layout not in LAYOUTS:
+            problems.append(f"layout: {self.layout!r} is not one of {', '.join(LAYOUTS)}")
         if self.reference not in GRPO_REFERENCES:
             problems.append(f"reference: {self.reference!r} is not one of {', '.join(GRPO_REFERENCES)}")
         return problems
@@ -78,6 +82,9 @@ class OnlineDPOConfig:
         problems = []
         if self.online_dpo.reference == "adapters-off" and not self.lora.enabled:
             problems.append("online_dpo.reference: adapters-off needs lora.enabled=true; use frozen (or auto)")
+        if self.online_dpo.layout == "shared-prompt" and self.model.attn_implementation.startswith("flash"):
+            problems.append("online_dpo.layout: shared-prompt needs a block attention mask, which "
+                            f"model.attn_implementation={self.model.attn_implementation} cannot take; use rows or auto")
         if self.train.neftune_alpha:
             problems.append("train.neftune_alpha: NEFTune is an SFT method; set it to 0 for online DPO")
         return problems
@@ -116,7 +123,7 @@ class OnlineDPOTrainer(GRPOTrainer):
         return torch.tensor([pairs, sum(b.tokens for b in micro)], device=self.acc.device)
 
     def micro_loss(self, batch: RolloutBatch, counts: torch.Tensor):
-        inputs = completion_inputs(batch.completions, self._pad_id()).to(self.acc.device)
+        inputs = self.inputs(batch)
         with self.acc.autocast():
             token_logps = self.module(**inputs.model_args()).float()
         reference_tokens = self._reference_logps(batch)

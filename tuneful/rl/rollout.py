@@ -45,11 +45,11 @@ class RolloutBatch:
 @dataclass(frozen=True)
 class CompletionInputs:
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor  # [rows, width] padding mask, or [rows, 1, width, width] boolean (True = attend)
     position_ids: torch.Tensor
     sources: torch.Tensor  # flat position predicting each completion token
     targets: torch.Tensor  # that token
-    sequence: torch.Tensor  # which completion of the batch it belongs to
+    sequence: torch.Tensor  # which completion of the batch it belongs to (tokens in completion order)
     advantages: torch.Tensor  # per completion
     lengths: torch.Tensor  # completion tokens per completion
 
@@ -61,24 +61,53 @@ class CompletionInputs:
                 "sources": self.sources, "targets": self.targets}
 
 
-def completion_inputs(completions: Sequence[Completion], pad_id: int) -> CompletionInputs:
-    """Rows prompt | completion, right-padded; positions count from each row's start."""
-    width = max(len(c.prompt_ids) + len(c.ids) for c in completions)
-    n = len(completions)
+def completion_inputs(completions: Sequence[Completion], pad_id: int, *, shared_prompt: bool = False) -> CompletionInputs:
+    """The model inputs for a micro-batch of completions, and where each completion token's log-prob is read.
+
+    Rows ``prompt | completion``, right-padded, positions counting from each row's start; or, with
+    ``shared_prompt``, one row per run of completions of the same prompt (a group): ``prompt | c1 | c2
+    | ...``, the prompt encoded once. There each completion attends to the prompt and to itself only
+    and its positions continue from the prompt, so it sees exactly what it would see in its own row
+    (same attention, same rotary positions); the last prompt token predicts every completion's first
+    token. The block mask needs an attention kernel that takes one (SDPA, eager; not flash-attention).
+    """
+    rows: list[tuple[list[int], list[int]]] = []  # (prompt ids, completion indices)
+    for index, c in enumerate(completions):
+        if shared_prompt and rows and completions[rows[-1][1][-1]].prompt == c.prompt:
+            rows[-1][1].append(index)
+        else:
+            rows.append((c.prompt_ids, [index]))
+    width = max(len(prompt) + sum(len(completions[i].ids) for i in members) for prompt, members in rows)
+    n = len(rows)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
+    positions = torch.zeros((n, width), dtype=torch.long)
+    segment = torch.full((n, width), -1, dtype=torch.long)  # -1 padding, 0 prompt, k + 1 the row's k-th completion
     sources, targets, sequence = [], [], []
-    for row, c in enumerate(completions):
-        full = c.prompt_ids + c.ids
-        ids[row, : len(full)] = torch.tensor(full)
-        mask[row, : len(full)] = 1
-        for k, token in enumerate(c.ids):
-            sources.append(row * width + len(c.prompt_ids) + k - 1)
-            targets.append(token)
-            sequence.append(row)
+    for row, (prompt, members) in enumerate(rows):
+        p = len(prompt)
+        ids[row, :p], positions[row, :p], segment[row, :p] = torch.tensor(prompt), torch.arange(p), 0
+        at = p
+        for k, index in enumerate(members):
+            c = completions[index]
+            ids[row, at : at + len(c.ids)] = torch.tensor(c.ids)
+            positions[row, at : at + len(c.ids)] = torch.arange(p, p + len(c.ids))
+            segment[row, at : at + len(c.ids)] = k + 1
+            for j, token in enumerate(c.ids):
+                sources.append(row * width + (p - 1 if j == 0 else at + j - 1))
+                targets.append(token)
+                sequence.append(index)
+            at += len(c.ids)
+    real = segment >= 0
+    if shared_prompt:
+        causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
+        same_or_prompt = (segment[:, :, None] == segment[:, None, :]) | (segment[:, None, :] == 0)
+        mask = causal & real[:, :, None] & real[:, None, :] & same_or_prompt
+        attention = (mask | torch.eye(width, dtype=torch.bool))[:, None]  # padding attends to itself: no empty row
+    else:
+        attention = real.long()
     long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
-    return CompletionInputs(ids, mask, torch.arange(width).expand(n, width).clone(), long(sources), long(targets),
-                            long(sequence), torch.tensor([c.advantage for c in completions], dtype=torch.float32),
+    return CompletionInputs(ids, attention, positions, long(sources), long(targets), long(sequence),
+                            torch.tensor([c.advantage for c in completions], dtype=torch.float32),
                             long([len(c.ids) for c in completions]))
 
 

@@ -26,7 +26,8 @@ from .config import GRPOConfig
 from .losses import clipped_policy_gradient
 from .prompts import PreparedPrompts, prepare_prompts
 from .rewards import CombinedReward
-from .rollout import CompletionLogps, RolloutBatch, SamplingSettings, completion_inputs, sample_groups
+from .rollout import (CompletionInputs, CompletionLogps, RolloutBatch, SamplingSettings, completion_inputs,
+                      sample_groups)
 
 
 @dataclass
@@ -124,8 +125,16 @@ class GRPOTrainer(Trainer):
             self._rollout = (cycle, batches)
         return self._rollout[1]
 
+    def inputs(self, batch: RolloutBatch) -> CompletionInputs:
+        """The micro-batch laid out for the model: one row per group (the prompt encoded once) unless the
+        attention kernel takes no block mask (flash-attention) or ``layout=rows``."""
+        layout = self.settings.layout
+        shared = layout == "shared-prompt" or (layout == "auto" and
+                                              not self.cfg.model.attn_implementation.startswith("flash"))
+        return completion_inputs(batch.completions, self._pad_id(), shared_prompt=shared).to(self.acc.device)
+
     def _logps(self, batch: RolloutBatch, module: Any, *, grad: bool = True, adapters_off: bool = False) -> torch.Tensor:
-        inputs = completion_inputs(batch.completions, self._pad_id()).to(self.acc.device)
+        inputs = self.inputs(batch)
         off = self._policy().disable_adapter() if adapters_off else nullcontext()
         with (nullcontext() if grad else torch.no_grad()), off, self.acc.autocast():
             return module(**inputs.model_args()).float()
@@ -136,7 +145,7 @@ class GRPOTrainer(Trainer):
                             device=self.acc.device)
 
     def micro_loss(self, batch: RolloutBatch, counts: torch.Tensor):
-        inputs = completion_inputs(batch.completions, self._pad_id()).to(self.acc.device)
+        inputs = self.inputs(batch)
         with self.acc.autocast():
             logps = self.module(**inputs.model_args()).float()
         reference = None
