@@ -34,6 +34,8 @@ def demo(
                               "vs random 1k vs all 10k, same SFT steps, same eval (OUT/lima.md, ~6 min)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the training data, its order, the eval prompts and the "
                              "pool; run two to see how much a result moves from seed to seed."),
+    rl: bool = typer.Option(False, "--rl", help="After SFT also GRPO (verifier reward), online DPO, a reward model "
+                            "and GRPO on it, each evaluated like SFT (report.json after_sft; ~30 min)."),
 ) -> None:
     """Instruction-tune the sandbox base model and compare base vs tuned on held-out prompts."""
     from rich.console import Console
@@ -41,9 +43,12 @@ def demo(
 
     from ..sandbox.demo import DemoSettings, run_demo
 
-    settings = DemoSettings(out=out, base_dir=base_dir, lora=lora, dpo=dpo, seed=seed)
+    settings = DemoSettings(out=out, base_dir=base_dir, lora=lora, dpo=dpo, seed=seed, rl=rl)
     if quick:
+        from ..sandbox.after_sft import OnlineSettings
+
         settings.sft_per_family, settings.eval_per_family, settings.epochs, settings.dpo_pairs = 20, 4, 1.0, 100
+        settings.online = OnlineSettings(prompts=32, steps=2, prompts_per_step=2, group_size=4, rm_epochs=1.0)
     if lima:
         _lima(settings, quick)
         return
@@ -57,8 +62,24 @@ def demo(
     for key in ("heldout_phrasing_accuracy", "heldout_family_accuracy", "stop_rate"):
         table.add_row(key, *(f"{report[n][key]:.1%}" for n in names))
     Console().print(table)
+    if "after_sft" in report:
+        _after_sft_table(report["after_sft"])
     seed = report["seed_example"]
     typer.echo(f"\n{seed['prompt']}\n-- base continues:\n{seed['base_continuation']}\n-- tuned:\n{seed['tuned']}")
+
+
+def _after_sft_table(after: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    arms = [a for a in ("sft", "dpo", "grpo", "online_dpo", "grpo_rm") if a in after]
+    table = Table(title=f"after SFT (reward model: {after['rm_heldout_pair_accuracy']:.1%} on held-out pairs)")
+    table.add_column("metric")
+    for arm in arms:
+        table.add_column(arm, justify="right")
+    for key in ("heldout_phrasing_accuracy", "heldout_family_accuracy", "stop_rate"):
+        table.add_row(key, *(f"{after[a][key]:.1%}" for a in arms))
+    Console().print(table)
 
 
 def _lima(settings, quick: bool) -> None:

@@ -40,6 +40,8 @@ class DemoSettings:
     dpo_pairs: int = 600
     dpo_lr: float = 5e-5
     dpo_beta: float = 0.1
+    rl: bool = False  # after SFT also GRPO, online DPO, a reward model and GRPO on it (report.json "after_sft")
+    online: Any = None  # after_sft.OnlineSettings; None = its defaults
 
 
 def write_replay(folder: Path, world: list, recipe: BaseRecipe) -> Path:
@@ -78,15 +80,22 @@ def _sft(settings: DemoSettings, base: Path, train: Path, replay: Path, *, out: 
     return run_sft(build(SFTConfig, None, overrides))
 
 
+def write_pairs(settings: DemoSettings, world: list) -> Path:
+    """The sandbox preference pairs (training phrasings): DPO's data, and the reward model's."""
+    from .noisy import preference_pairs
+
+    pairs = settings.out / "data" / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in preference_pairs(world, settings.dpo_pairs, settings.seed)))
+    return pairs
+
+
 def _dpo(settings: DemoSettings, sft_model: Path, world: list) -> Any:
     """DPO on preference pairs (training phrasings) after SFT; reference log-probs precomputed."""
     from ..config import build
     from ..dpo.config import DPOConfig
     from ..dpo.trainer import run_dpo
-    from .noisy import preference_pairs
 
-    pairs = settings.out / "data" / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps(p) + "\n" for p in preference_pairs(world, settings.dpo_pairs, settings.seed)))
+    pairs = write_pairs(settings, world)
     overrides = [
         f"model.name_or_path={sft_model}", f"data.train={pairs}", "data.max_length=256", "data.eval_fraction=0.1",
         f"train.output_dir={settings.out / 'dpo'}", "train.epochs=1", f"train.lr={settings.dpo_lr}",
@@ -227,12 +236,12 @@ def run_demo(settings: DemoSettings) -> dict:
     tuned = _load(result.model_dir, settings.lora, base)
     models = {"base": base_model, "tuned": tuned}
     dpo = None
-    if settings.dpo:
-        sft_full = result.model_dir
-        if settings.lora:  # DPO starts from the SFT weights: merge the SFT adapter first
-            from ..train.output import merge_adapter
+    sft_full = result.model_dir
+    if settings.lora and (settings.dpo or settings.rl):  # later stages start from the SFT weights: merge first
+        from ..train.output import merge_adapter
 
-            sft_full = merge_adapter(result.model_dir, settings.out / "sft" / "merged", base=str(base))
+        sft_full = merge_adapter(result.model_dir, settings.out / "sft" / "merged", base=str(base))
+    if settings.dpo:
         dpo = _dpo(settings, sft_full, world)
         models["tuned+dpo"] = _load(dpo.model_dir, settings.lora, sft_full)
     report: dict[str, Any] = {}
@@ -247,12 +256,25 @@ def run_demo(settings: DemoSettings) -> dict:
                          "beta": settings.dpo_beta, "heldout_pairs": len(pairs),
                          "preference": {name: preference_rates(models[name], tokenizer, pairs)
                                         for name in ("tuned", "tuned+dpo")}}
+    if settings.rl:
+        from .after_sft import after_sft
+
+        if not settings.dpo:
+            write_pairs(settings, world)
+
+        def evaluate(model_dir: Path) -> dict:
+            return evaluate_model(_load(model_dir, settings.lora, sft_full), tokenizer, sets, stop_ids,
+                                  settings.max_new_tokens, end_of_turn)[0]
+
+        report["after_sft"] = after_sft(settings, sft_full, world, heldout_pairs(world, sets, settings.seed),
+                                        evaluate, report, settings.online)
     report["seed_example"] = _seed_example(base_model, tuned, tokenizer, stop_ids)
     report["sft"] = {"steps": result.steps, "final_loss": result.final_loss, "eval_loss": result.eval_loss,
                      "kind": "lora" if settings.lora else "full", "train_conversations": settings.sft_per_family
                      * (len(FAMILIES) - len(HELDOUT_FAMILIES))}
     report["heldout_families"] = list(HELDOUT_FAMILIES)
     report["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()}
+    report["settings"]["online"] = report.get("after_sft", {}).get("settings")
     report["seconds"] = time.perf_counter() - started
     write_report(settings.out, report, answers)
     return report

@@ -401,3 +401,9 @@ def verify(instance: TaskInstance, response: str) -> bool:
 def to_conversation(instance: TaskInstance, response: str | None = None) -> dict:
     return {"messages": instance.messages + [{"role": "assistant", "content": response or instance.answer}],
             "meta": {"family": instance.family, "phrasing": instance.phrasing}}
+
+
+def verifier_reward(prompt: list[dict], completion: str, record: dict) -> float:
+    """The sandbox's verifier as an online-RL reward (``python:tuneful.sandbox.tasks:verifier_reward``):
+    1 when the reply passes its family's check, else 0. ``record`` carries ``family`` and ``check``."""
+    return float(FAMILY_BY_NAME[record["family"]].verify(completion, record["check"]))

@@ -1,0 +1,135 @@
+"""``tuneful demo --rl``: what each method after SFT buys, measured on the sandbox.
+
+From the same SFT model: offline DPO (the demo's), GRPO with the task verifiers as reward, online
+DPO with verifier-ranked pairs of the policy's own replies, a reward model trained on the sandbox
+preference pairs (its held-out pair accuracy reported), and GRPO with that reward model instead of
+the verifier. Every online method samples prompts of *training* phrasings of *training* families
+only (fresh instances); held-out phrasings and held-out families are only ever evaluated. The
+settings below are fixed in advance and were not tuned on held-out prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .tasks import sft_instances
+
+VERIFIER = "python:tuneful.sandbox.tasks:verifier_reward"
+
+
+@dataclass
+class OnlineSettings:
+    prompts: int = 512  # training-phrasing instances the online methods sample from
+    steps: int = 40
+    prompts_per_step: int = 8
+    group_size: int = 8
+    max_new_tokens: int = 40
+    grpo_lr: float = 2e-5
+    online_dpo_lr: float = 5e-5
+    online_dpo_group: int = 4
+    rm_lr: float = 1e-4
+    rm_epochs: float = 2.0
+
+
+def write_prompts(folder: Path, world: list, n: int, seed: int) -> Path:
+    """Prompt records of training phrasings (fresh instances: another seed than the SFT data's)."""
+    path = folder / "rl_prompts.jsonl"
+    instances = sft_instances(world, max(1, n // 16), seed + 1_000)
+    path.write_text("".join(json.dumps({"messages": i.messages, "family": i.family, "check": i.check,
+                                        "reference": i.answer}) + "\n" for i in instances))
+    return path
+
+
+def _common(settings: Any, online: OnlineSettings, model: Path, prompts: Path, out: Path) -> list[str]:
+    return [f"model.name_or_path={model}", f"data.train={prompts}", f"train.output_dir={out}",
+            f"train.max_steps={online.steps}", f"train.micro_batch_size={online.prompts_per_step}",
+            "train.resume=false", f"train.seed={settings.seed}", f"train.progress={settings.progress}",
+            "train.log_every=5", f"lora.enabled={settings.lora}", "lora.r=32", "lora.alpha=64"]
+
+
+def run_grpo_arm(settings: Any, online: OnlineSettings, model: Path, prompts: Path, out: Path, reward: str) -> Any:
+    from ..config import build
+    from ..rl.config import GRPOConfig
+    from ..rl.trainer import run_grpo
+
+    return run_grpo(build(GRPOConfig, None, _common(settings, online, model, prompts, out) + [
+        f"grpo.rewards={reward}", f"grpo.group_size={online.group_size}",
+        f"grpo.max_new_tokens={online.max_new_tokens}", f"train.lr={online.grpo_lr}", "grpo.loss=dapo"]))
+
+
+def run_online_dpo_arm(settings: Any, online: OnlineSettings, model: Path, prompts: Path, out: Path) -> Any:
+    from ..config import build
+    from ..rl.online_dpo import OnlineDPOConfig, run_online_dpo
+
+    return run_online_dpo(build(OnlineDPOConfig, None, _common(settings, online, model, prompts, out) + [
+        f"online_dpo.rewards={VERIFIER}", f"online_dpo.group_size={online.online_dpo_group}",
+        f"online_dpo.max_new_tokens={online.max_new_tokens}", f"train.lr={online.online_dpo_lr}"]))
+
+
+def run_reward_model(settings: Any, online: OnlineSettings, model: Path, pairs: Path, out: Path) -> Any:
+    from ..config import build
+    from ..reward.config import RewardConfig
+    from ..reward.trainer import run_reward
+
+    return run_reward(build(RewardConfig, None, [
+        f"model.name_or_path={model}", f"data.train={pairs}", "data.max_length=256", "data.eval_fraction=0.1",
+        f"train.output_dir={out}", f"train.epochs={online.rm_epochs}", f"train.lr={online.rm_lr}",
+        "train.micro_batch_size=16", "train.resume=false", f"train.seed={settings.seed}",
+        f"train.progress={settings.progress}", "train.log_every=5"]))
+
+
+def rm_pair_accuracy(model_dir: Path, pairs: list[dict]) -> float:
+    """Share of held-out-phrasing pairs whose chosen reply the reward model scores higher."""
+    from ..data.types import Message, PreferencePair
+    from ..reward.score import RewardScorer
+
+    scorer = RewardScorer(model_dir)
+    chosen, rejected = scorer.score_pairs([PreferencePair(tuple(Message(**m) for m in p["prompt"]), p["chosen"],
+                                                          p["rejected"]) for p in pairs])
+    return sum(c > r for c, r in zip(chosen, rejected)) / len(pairs)
+
+
+def after_sft(settings: Any, sft_model: Path, world: list, heldout_pairs: list[dict], evaluate: Any,
+              report: dict, online: OnlineSettings | None = None) -> dict:
+    """Train every arm from ``sft_model`` and evaluate it with ``evaluate(model_dir) -> summary``; ``report``
+    already holds the SFT ("tuned") and offline DPO ("tuned+dpo") summaries."""
+    online = online or OnlineSettings()
+    data = settings.out / "data"
+    prompts = write_prompts(data, world, online.prompts, settings.seed)
+    arms: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn: Any) -> Any:
+        started = time.perf_counter()
+        result = fn()
+        timings[name] = time.perf_counter() - started
+        return result
+
+    grpo = timed("grpo", lambda: run_grpo_arm(settings, online, sft_model, prompts, settings.out / "grpo", VERIFIER))
+    arms["grpo"] = evaluate(grpo.model_dir)
+    online_dpo = timed("online_dpo", lambda: run_online_dpo_arm(settings, online, sft_model, prompts,
+                                                                settings.out / "online_dpo"))
+    arms["online_dpo"] = evaluate(online_dpo.model_dir)
+    rm = timed("rm", lambda: run_reward_model(settings, online, sft_model, data / "pairs.jsonl", settings.out / "rm"))
+    rm_accuracy = rm_pair_accuracy(rm.model_dir, heldout_pairs)
+    grpo_rm = timed("grpo_rm", lambda: run_grpo_arm(settings, online, sft_model, prompts, settings.out / "grpo_rm",
+                                                    f"rm:{rm.model_dir}"))
+    arms["grpo_rm"] = evaluate(grpo_rm.model_dir)
+    keys = ("heldout_phrasing_accuracy", "heldout_family_accuracy", "stop_rate")
+    out = {"sft": {k: report["tuned"][k] for k in keys}}
+    if "tuned+dpo" in report:
+        out["dpo"] = {k: report["tuned+dpo"][k] for k in keys}
+    for name, summary in arms.items():
+        out[name] = {k: summary[k] for k in keys} | {"by_family": summary["by_family"]}
+    last = lambda result: next((r for r in reversed(result.history) if "reward_mean" in r), {})  # noqa: E731
+    out["rm_heldout_pair_accuracy"] = rm_accuracy
+    out["training"] = {"grpo_reward_last": last(grpo).get("reward_mean"),
+                       "online_dpo_reward_last": last(online_dpo).get("reward_mean"),
+                       "grpo_rm_reward_last": last(grpo_rm).get("reward_mean"), "rm_eval": rm.eval_metrics,
+                       "seconds": timings}
+    out["settings"] = {k: getattr(online, k) for k in online.__dataclass_fields__}
+    return out
