@@ -251,3 +251,32 @@ def test_online_dpo_pairs_and_a_run_that_raises_the_reward(workdir: Path):
     first, last = sum(r["reward_mean"] for r in rows[:5]) / 5, sum(r["reward_mean"] for r in rows[-5:]) / 5
     assert last > first + 0.15, (first, last)
     assert json.loads((result.model_dir / "tuneful.json").read_text())["reference"] == "adapters-off"
+
+
+def test_reward_sources_judge_and_rm_and_their_weighted_sum(workdir: Path, tmp_path: Path, monkeypatch):
+    """A judge's [[N]] ratings scale to 0-1 (a reply without one scores 0 and is counted); the key is read
+    from the environment and never lands in the request body; weights combine the sources."""
+    from stub_openai import completion, stub_endpoint
+
+    from tuneful.rl.rewards import CombinedReward, RewardSpecError, reward_source
+
+    seen = []
+
+    def answer(body, headers):
+        seen.append((body, headers.get("Authorization")))
+        text = body["messages"][-1]["content"]
+        return 200, completion("Fine. [[8]]" if "[Answer]\ngood" in text else "No rating here.")
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
+    with stub_endpoint(answer) as url:
+        combined = CombinedReward([f"judge:rater@{url}", f"python:{workdir / 'rewards.py'}:short"], [2.0, 1.0])
+        prompts = [[{"role": "user", "content": "Say hi."}]] * 2
+        scores = combined(prompts, ["good", "bad reply"], [{}, {}])
+    assert combined.parts["judge:rater"] == [0.8, 0.0] and combined.sources[0].unparsed == 1
+    assert scores == pytest.approx([2 * 0.8 + 1 - 4 / 40, 0.0 + 1 - 9 / 40])
+    assert seen[0][1] == "Bearer sk-test-secret" and "sk-test-secret" not in json.dumps(seen[0][0])
+    with pytest.raises(RewardSpecError, match="expected python:MODULE:FUNCTION"):
+        reward_source("lambda:x")
+    (tmp_path / "bad.py").write_text("def fn(prompt, completion, record):\n    return 'yes'\n")
+    with pytest.raises(RewardSpecError, match="must return a number"):
+        reward_source(f"python:{tmp_path / 'bad.py'}:fn")([[]], ["x"], [{}])

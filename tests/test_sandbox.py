@@ -100,6 +100,19 @@ def test_verifiers_accept_right_and_reject_wrong(family, check, good, bad):
 # --- the shipped base model -------------------------------------------------------------------------
 
 
+def test_verifier_reward_scores_reference_answers_one_and_others_zero():
+    from tuneful.sandbox.tasks import sft_instances, verifier_reward
+
+    world = WORLD
+    instances = sft_instances(world, 2, seed=5, augmented=False)
+    for inst in instances:
+        assert verifier_reward(inst.messages, inst.answer, {"family": inst.family, "check": inst.check}) == 1.0
+    refused = [verifier_reward(i.messages, "I cannot say.", {"family": i.family, "check": i.check}) for i in instances]
+    assert sum(refused) <= 2 * 2  # only the refusal and clarification families may accept a non-answer
+    capital = next(i for i in sft_instances(world, 3, seed=5, augmented=False) if "capital" in i.family)
+    assert verifier_reward(capital.messages, "Nowhere at all.", {"family": capital.family, "check": capital.check}) == 0.0
+
+
 def test_shipped_base_recipe_reproduces_its_first_losses():
     """Rebuild tokenizer and model from the recorded recipe; the first steps give the recorded losses."""
     from transformers import AutoTokenizer
@@ -131,7 +144,7 @@ def test_demo_quick_writes_the_contract(tmp_path: Path):
 
     from tuneful.cli.main import app
 
-    res = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path)])
+    res = CliRunner().invoke(app, ["demo", "--quick", "--rl", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "report.json").read_text())
     for model in ("base", "tuned", "tuned+dpo"):
@@ -149,6 +162,12 @@ def test_demo_quick_writes_the_contract(tmp_path: Path):
     for rates in dpo["preference"].values():
         assert set(rates) == {"prefers_chosen_over_wrong", "prefers_chosen_over_rambling"}
     assert "## DPO after SFT" in (tmp_path / "report.md").read_text()
+    after = report["after_sft"]  # --rl: every method after SFT, evaluated like SFT
+    assert set(after) >= {"sft", "dpo", "grpo", "online_dpo", "grpo_rm", "rm_heldout_pair_accuracy"}
+    for arm in ("sft", "dpo", "grpo", "online_dpo", "grpo_rm"):
+        assert {"heldout_phrasing_accuracy", "heldout_family_accuracy"} <= set(after[arm])
+    assert after["sft"]["heldout_phrasing_accuracy"] == report["tuned"]["heldout_phrasing_accuracy"]
+    assert 0.0 <= after["rm_heldout_pair_accuracy"] <= 1.0
 
 
 @pytest.mark.slow
