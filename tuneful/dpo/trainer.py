@@ -89,8 +89,12 @@ class DPOTrainer(Trainer):
         self.reference_cached, self.precompute_seconds = False, 0.0
 
     def objective_settings(self) -> Any:
-        self.objective = OBJECTIVES[self.cfg.dpo.loss]
+        """The config section with the loss and reference settings."""
         return self.cfg.dpo
+
+    @property
+    def objective(self) -> Any:
+        return OBJECTIVES[self.settings.loss]
 
     def needs_reference(self) -> bool:
         return self.objective.needs_reference

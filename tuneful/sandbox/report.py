@@ -89,6 +89,8 @@ def render_markdown(report: dict, answers: dict[str, list[dict]]) -> str:
         lines.append(f"| {cell(t['prompt'])} | {cell(b['answer'])} | {cell(t['answer'])} | {'yes' if t['correct'] else 'no'} |")
     if "dpo" in report:
         lines += dpo_section(report)
+    if "after_sft" in report:
+        lines += after_sft_section(report["after_sft"])
     lines += ["", "Every answer is in `answers.jsonl`; the SFT loss curve is `sft_loss.png`."]
     return "\n".join(lines) + "\n"
 
@@ -112,4 +114,23 @@ def dpo_section(report: dict) -> list[str]:
              f"{pref['tuned']['prefers_chosen_over_rambling']:.1%} | {pref['tuned+dpo']['prefers_chosen_over_rambling']:.1%} |"]
     for key, label in SUMMARY_KEYS:
         lines.append(f"| {label} (generated) | {tuned[key]:.1%} | {after[key]:.1%} |")
+    return lines
+
+
+AFTER_SFT_ARMS = (("sft", "SFT"), ("dpo", "+ offline DPO"), ("grpo", "+ GRPO (verifier)"),
+                  ("online_dpo", "+ online DPO (verifier-ranked)"), ("grpo_rm", "+ GRPO (reward model)"))
+
+
+def after_sft_section(after: dict) -> list[str]:
+    online = after["settings"]
+    arms = [(key, label) for key, label in AFTER_SFT_ARMS if key in after]
+    lines = ["", "## After SFT: offline DPO, GRPO, online DPO, a reward model", "",
+             f"From the SFT model, each online method ran {online['steps']} steps on prompts of training phrasings "
+             f"of training families ({online['prompts_per_step']} prompts per step; GRPO {online['group_size']} "
+             f"completions per prompt, lr {online['grpo_lr']}; online DPO best-vs-worst of {online['online_dpo_group']}, "
+             f"lr {online['online_dpo_lr']}). The reward model, trained on the DPO pairs, prefers the right reply on "
+             f"{after['rm_heldout_pair_accuracy']:.1%} of the held-out-phrasing pairs.", "",
+             "| metric | " + " | ".join(label for _, label in arms) + " |", "|---|" + "---:|" * len(arms)]
+    for key, label in SUMMARY_KEYS:
+        lines.append(f"| {label} | " + " | ".join(f"{after[arm][key]:.1%}" for arm, _ in arms) + " |")
     return lines
