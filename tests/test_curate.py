@@ -170,3 +170,28 @@ def test_ifd_scores_come_from_a_local_model(tmp_path: Path):
     model = save_tiny_model(tmp_path / "model")
     scores = ifd_scores(str(model), [("What is 2+2?", "4"), ("Name a colour.", "Blue is a colour.")])
     assert len(scores) == 2 and all(0 < s < 10 for s in scores)
+
+
+def test_reward_model_scores_every_record_and_drops_below_min_reward(tmp_path: Path):
+    import statistics
+
+    from tiny import save_tiny_model, write_pairs
+    from tuneful.config import build
+    from tuneful.reward.config import RewardConfig
+    from tuneful.reward.trainer import run_reward
+
+    rm = run_reward(build(RewardConfig, None, [
+        f"model.name_or_path={save_tiny_model(tmp_path / 'base')}", f"data.train={write_pairs(tmp_path / 'p.jsonl', 16)}",
+        "data.template=chatml", "data.allow_template_change=true", f"train.output_dir={tmp_path / 'rm'}",
+        "train.max_steps=2", "train.progress=false"]))
+    pool = _pool(tmp_path, 40)
+    common = dict(semantic=False, near=False, selection="first", reward_model=str(rm.model_dir))
+    scored = Curator(CurateSettings(**common)).run(str(pool), on_error="skip")
+    rewards = {r.index: scored.scores[r.index]["reward"] for r in scored.kept}
+    assert len(rewards) == len(scored.kept) > 10
+    cut = statistics.median(rewards.values())
+    filtered = Curator(CurateSettings(**common, min_reward=cut)).run(str(pool), on_error="skip")
+    dropped = [r for r in filtered.rejected if r.stage == "reward"]
+    assert dropped and all(r.reason.startswith("reward ") for r in dropped)
+    assert all(rewards[r.index] >= cut for r in filtered.kept)
+    assert len(filtered.kept) + len(dropped) == len(scored.kept)

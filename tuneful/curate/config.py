@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from ..config import setting
 
@@ -36,6 +37,10 @@ class CurateSettings:
     judge_base_url: str = setting("", "Judge endpoint base URL (empty = OpenAI's).")
     judge_api_key_env: str = setting("OPENAI_API_KEY", "Environment variable holding the judge's API key.")
     min_judge_score: float = setting(4.0, "Records the judge rates below this are dropped (AlpaGasus used 4.5).")
+    reward_model: str = setting("", "Reward-model folder (tuneful rm train) scoring each record's last reply; the "
+                                    "score is recorded per record; empty = off.")
+    min_reward: Optional[float] = setting(None, "Records the reward model scores below this are dropped; null = keep "
+                                                "all (scores only).")
     ifd_model: str = setting("", "Small local causal LM for IFD scores (loss(answer|instruction) / loss(answer)); "
                                  "empty = off.")
     ifd_max: float = setting(1.0, "Records with IFD >= this are dropped: the instruction does not help predict the "

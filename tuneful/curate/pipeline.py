@@ -1,4 +1,4 @@
-"""``tuneful curate``: load → quality → exact → near → semantic → IFD → judge → select, nothing lost.
+"""``tuneful curate``: load → quality → exact → near → semantic → IFD → judge → reward → select, nothing lost.
 
 Every record that does not reach the output is written to the rejected file with the stage that
 removed it and why (a duplicate names the record it duplicates), so kept + rejected = input.
@@ -23,7 +23,7 @@ from .dedup import embed, exact_duplicates, near_duplicates, semantic_duplicates
 from .quality import quality_problem
 from .select import cluster_balanced, default_clusters, k_center, kmeans
 
-STAGES = ("load", "quality", "exact", "near", "semantic", "ifd", "judge", "select")
+STAGES = ("load", "quality", "exact", "near", "semantic", "ifd", "judge", "reward", "select")
 
 
 @dataclass
@@ -61,7 +61,7 @@ class CurationResult:
     kept: list[Record]
     rejected: list[Rejection]
     seconds_by_stage: dict[str, float] = field(default_factory=dict)
-    scores: dict[int, dict[str, float]] = field(default_factory=dict)  # record index -> {"judge":, "ifd":}
+    scores: dict[int, dict[str, float]] = field(default_factory=dict)  # record index -> {"judge":, "ifd":, "reward":}
     embeddings: np.ndarray | None = None  # rows aligned with ``embedded``
     embedded: list[int] = field(default_factory=list)  # record indices with an embedding row
     judge_unrated: int = 0
@@ -86,7 +86,8 @@ class Curator:
         result = CurationResult(len(records) + loaded.report.skipped_count, [], [])
         result.rejected += [Rejection({"where": where}, "load", message) for where, message in loaded.report.skipped]
         result.seconds_by_stage["load"] = time.perf_counter() - started
-        for stage in (self._quality, self._exact, self._near, self._semantic, self._ifd, self._judge, self._select):
+        for stage in (self._quality, self._exact, self._near, self._semantic, self._ifd, self._judge, self._reward,
+                      self._select):
             started = time.perf_counter()
             records = stage(records, result)
             result.seconds_by_stage[stage.__name__.strip("_")] = time.perf_counter() - started
@@ -159,6 +160,23 @@ class Curator:
             if score >= self.s.ifd_max:
                 reasons[pos] = f"IFD {score:.3f} >= {self.s.ifd_max}: the instruction does not help predict the answer"
         return self._drop(result, records, reasons, "ifd")
+
+    def _reward(self, records: list[Record], result: CurationResult) -> list[Record]:
+        """A reward model's score of each record's last reply (``tuneful rm train``); below ``min_reward`` dropped."""
+        if not self.s.reward_model or not records:
+            return records
+        from ..reward.score import RewardScorer
+
+        scorer = RewardScorer(self.s.reward_model, batch_size=self.s.batch_size)
+        scorable = [pos for pos, r in enumerate(records)
+                    if r.conversation.messages and r.conversation.messages[-1].role == "assistant"]
+        scores = scorer.score([records[pos].conversation for pos in scorable])
+        reasons = {}
+        for pos, score in zip(scorable, scores):
+            result.scores.setdefault(records[pos].index, {})["reward"] = score
+            if self.s.min_reward is not None and score < self.s.min_reward:
+                reasons[pos] = f"reward {score:.3f} < {self.s.min_reward:g}"
+        return self._drop(result, records, reasons, "reward")
 
     def _judge(self, records: list[Record], result: CurationResult) -> list[Record]:
         if self.judge is None or not records:

@@ -39,9 +39,15 @@ class OnlineDPOSettings:
     layout: str = setting("auto", "How a group meets the model in training: shared-prompt (one row, the prompt "
                                   "encoded once), rows (a row per reply), auto (shared-prompt unless flash-attention).")
 
-    # what the shared sampling reads and online DPO fixes
-    scale_rewards: str = "none"
-    iterations: int = 1
+    @property
+    def scale_rewards(self) -> str:
+        """Read by the shared sampling; online DPO ranks rewards and uses no advantages."""
+        return "none"
+
+    @property
+    def iterations(self) -> int:
+        """One update per sample: the pairs are on-policy."""
+        return 1
 
     def check(self) -> list[str]:
         problems = []
