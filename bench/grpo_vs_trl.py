@@ -53,7 +53,7 @@ def fixed_completions(workdir: Path) -> list[dict]:
     """Two prompts x GROUP completions of random tokens with advantages: what both losses are computed on."""
     from transformers import AutoTokenizer
 
-    from tuneful.chat_model import ChatModel
+    from tuneful.infer.chat_model import ChatModel
     from tuneful.templates.registry import resolve
 
     tok = AutoTokenizer.from_pretrained(workdir / "model")

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 
 def sequential(chat, prompts: list[list[dict]], max_tokens: int) -> tuple[float, int]:
-    from tuneful.generate import generate
+    from tuneful.infer.generate import generate
 
     started, tokens = time.perf_counter(), 0
     for messages in prompts:
@@ -89,7 +89,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    from tuneful.chat_model import load_chat_model
+    from tuneful.infer.chat_model import load_chat_model
     from tuneful.eval.prompts import load_prompts
 
     n = 16 if args.quick else 48

@@ -58,6 +58,6 @@ def starter_tok():
 @pytest.fixture(scope="session")
 def sandbox_chat():
     """The shipped sandbox base model, loaded for inference (its logits are sharp: greedy is stable)."""
-    from tuneful.chat_model import load_chat_model
+    from tuneful.infer.chat_model import load_chat_model
 
     return load_chat_model("sandbox", device="cpu")

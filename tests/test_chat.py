@@ -7,9 +7,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from tuneful.chat_repl import ChatSession, run_chat
+from tuneful.infer.chat_repl import ChatSession, run_chat
 from tuneful.cli.main import app
-from tuneful.generate import generate
+from tuneful.infer.generate import generate
 
 
 def _greedy(chat, messages, n):
@@ -54,7 +54,7 @@ def test_cli_chat_names_a_missing_model(tmp_path: Path):
 def test_chat_works_with_a_plain_hugging_face_folder(tmp_path: Path):
     from tiny import save_tiny_model
 
-    from tuneful.chat_model import load_chat_model
+    from tuneful.infer.chat_model import load_chat_model
     from tuneful.samples import starter_tokenizer
     from tuneful.templates.registry import builtin
 

@@ -82,7 +82,7 @@ def test_variant_settings_are_checked_together():
 
 def test_a_run_with_every_variant_trains_saves_and_loads_merged(tmp_path):
     from tiny import save_tiny_model, write_data
-    from tuneful.chat_model import load_chat_model
+    from tuneful.infer.chat_model import load_chat_model
     from tuneful.sft.config import SFTConfig
     from tuneful.sft.trainer import run_sft
 
@@ -106,7 +106,7 @@ def test_pissa_and_olora_adapters_apply_to_the_original_base(tmp_path, init):
     import json
 
     from tiny import save_tiny_model, write_data
-    from tuneful.chat_model import load_chat_model
+    from tuneful.infer.chat_model import load_chat_model
     from tuneful.sft.config import SFTConfig
     from tuneful.sft.trainer import SFTTrainer
     from tuneful.train.loop import run

@@ -14,7 +14,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tuneful.generate import generate
+from tuneful.infer.generate import generate
 from tuneful.serve.engine import GenerationEngine, GenerationRequest, QueueFull
 from tuneful.serve.server import ChatServer, ServeSettings
 

@@ -81,7 +81,7 @@ def agent_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(agent_model: Path):
-    from tuneful.chat_model import load_chat_model
+    from tuneful.infer.chat_model import load_chat_model
     from tuneful.serve.server import ChatServer, ServeSettings
 
     chat = load_chat_model(str(agent_model), device="cpu")
@@ -184,7 +184,7 @@ def test_a_call_cut_short_is_text_and_counted(served):
 
 
 def test_a_template_without_tools_refuses_them(agent_model: Path):
-    from tuneful.chat_model import load_chat_model
+    from tuneful.infer.chat_model import load_chat_model
     from tuneful.serve.server import ChatServer, ServeSettings
 
     chat = load_chat_model(str(agent_model), template="zephyr", device="cpu")
@@ -232,8 +232,8 @@ def test_eval_scores_tool_use_base_vs_tuned(agent_model: Path, tmp_path: Path):
 
 
 def test_chat_runs_the_tools_of_a_file_and_shows_the_calls(agent_model: Path, tmp_path: Path):
-    from tuneful.chat_model import load_chat_model
-    from tuneful.chat_repl import ChatSession, load_tools, run_chat
+    from tuneful.infer.chat_model import load_chat_model
+    from tuneful.infer.chat_repl import ChatSession, load_tools, run_chat
 
     tools_file = tmp_path / "weather.py"
     tools_file.write_text("import json\n\nASKED = []\n\n" + WEATHER_TOOL_SOURCE + "\n\ndef _helper():\n    return None\n")
@@ -256,7 +256,7 @@ def test_chat_runs_the_tools_of_a_file_and_shows_the_calls(agent_model: Path, tm
 
 
 def test_chat_refuses_a_tools_file_it_cannot_describe(tmp_path: Path):
-    from tuneful.chat_repl import load_tools
+    from tuneful.infer.chat_repl import load_tools
 
     bad = tmp_path / "bad.py"
     bad.write_text("def f(x):\n    return x\n")

@@ -72,8 +72,8 @@ def gpt2_base(tmp_path_factory, fixtures) -> Path:
 
 
 def _stop_rate(model_dir: Path, data: Path) -> float:
-    from tuneful.chat_model import load_chat_model
-    from tuneful.generate import generate
+    from tuneful.infer.chat_model import load_chat_model
+    from tuneful.infer.generate import generate
 
     chat = load_chat_model(str(model_dir), device="cpu")
     assert chat.tokenizer.convert_tokens_to_ids("<|im_end|>") in chat.stop_ids

@@ -16,7 +16,7 @@ TEMPLATE_HELP = "Chat template (built-in name or .jinja file); default: the one 
 
 
 def _load(model: str, template: Optional[str], trust_remote_code: bool, device: str):
-    from ..chat_model import load_chat_model
+    from ..infer.chat_model import load_chat_model
 
     try:
         chat = load_chat_model(model, template=template, trust_remote_code=trust_remote_code, device=device)
@@ -48,7 +48,7 @@ def chat(
     yes: bool = typer.Option(False, "--yes", help="Run tool calls without asking first."),
 ) -> None:
     """Multi-turn chat in the terminal with the model's own template; /help lists commands."""
-    from ..chat_repl import HELP, ChatSession, ask, load_tools, run_chat
+    from ..infer.chat_repl import HELP, ChatSession, ask, load_tools, run_chat
 
     try:
         functions = load_tools(tools) if tools else {}

@@ -41,7 +41,7 @@ def ifd_scores(model_spec: str, pairs: Sequence[tuple[str, str]], batch_size: in
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..losses import token_nll_sum
+    from ..train.losses import token_nll_sum
     from ..masking import IGNORE_INDEX, pad_id
     from ..sft.batching import Example, collate_padded
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import setting
-from ..train.config import LoraSettings, ModelSettings, TrainSettings, source_problems
+from ..train.config import LoraSettings, ModelSettings, TrainSettings, after_sft_problems, source_problems
 from .objective import OBJECTIVES
 
 REFERENCES = ("auto", "frozen", "adapters-off", "precomputed", "none")
@@ -109,19 +109,11 @@ class DPOConfig:
 
     def check(self) -> list[str]:
         """Cross-section checks (each section checks itself first)."""
-        problems = []
-        if self.dpo.reference == "adapters-off" and not self.lora.enabled:
-            problems.append("dpo.reference: adapters-off needs lora.enabled=true (without adapters there is nothing "
-                            "to switch off); use frozen or precomputed")
+        problems = after_sft_problems("preference tuning", self.model, self.lora, self.train,
+                                      reference=("dpo.reference", self.dpo.reference),
+                                      shared_layout=("train.pair_layout", self.train.pair_layout == "shared-prompt"))
         if self.train.pair_layout not in PAIR_LAYOUTS:
             problems.append(f"train.pair_layout: {self.train.pair_layout!r} is not one of {', '.join(PAIR_LAYOUTS)}")
-        if self.train.pair_layout == "shared-prompt" and self.model.attn_implementation.startswith("flash"):
-            problems.append(f"train.pair_layout: shared-prompt needs a custom attention mask, which "
-                            f"model.attn_implementation={self.model.attn_implementation} cannot take; use two-rows "
-                            "(or auto), or attn_implementation=sdpa")
-        if self.train.neftune_alpha:
-            problems.append("train.neftune_alpha: NEFTune is an SFT method; with a reference policy on the same "
-                            "embeddings it would also perturb the reference. Set it to 0 for preference tuning")
         if self.dpo.reference == "adapters-off" and self.dpo.reference_model:
             problems.append("dpo.reference_model: with reference=adapters-off the reference is the policy's own base; "
                             "remove reference_model or use reference=frozen/precomputed")

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..losses import gathered_logps
+from ..train.losses import gathered_logps
 from ..train.model import DecoderWithHead
 from .data import COLLATORS, PairBatch, PreferenceExample
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..chat_model import ChatModel, load_chat_model
+from ..infer.chat_model import ChatModel, load_chat_model
 from .ifeval import check_record, summarize
 from .judge import JudgeSettings, OpenAIJudge, pairwise
 from .prompts import EvalPrompt, load_prompts
@@ -69,7 +69,7 @@ def _stopped(chat: ChatModel, stop_token: int | None) -> bool:
 
 
 def answer_all(chat: ChatModel, prompts: list[EvalPrompt], settings: EvalSettings, label: str) -> list[dict]:
-    from ..generate import generate
+    from ..infer.generate import generate
 
     outputs = generate(chat.model, chat.tokenizer, [chat.prompt_ids(p.messages, p.tools) for p in prompts],
                        stop_ids=chat.stop_ids, max_new_tokens=settings.max_new_tokens,
@@ -88,7 +88,7 @@ def heldout_loss(chat: ChatModel, prompts: list[EvalPrompt], batch_size: int) ->
     """Mean NLL per reference-reply token (the trained tokens of the final assistant turn), and perplexity."""
     import torch
 
-    from ..losses import token_nll_sum
+    from ..train.losses import token_nll_sum
     from ..masking import ConversationTokenizer, labels_from_mask
     from ..sft.batching import Example, collate_padded
 

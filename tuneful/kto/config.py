@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from ..config import setting
 from ..dpo.config import REFERENCES, DPOTrainSettings, PreferenceDataSettings
-from ..train.config import LoraSettings, ModelSettings
+from ..train.config import LoraSettings, ModelSettings, after_sft_problems
 
 KTO_LOSSES = ("kto", "apo_zero_unpaired")
 
@@ -71,14 +71,10 @@ class KTOConfig:
     train: KTOTrainSettings = field(default_factory=KTOTrainSettings)
 
     def check(self) -> list[str]:
-        problems = []
-        if self.kto.reference == "adapters-off" and not self.lora.enabled:
-            problems.append("kto.reference: adapters-off needs lora.enabled=true; use frozen or precomputed")
+        problems = after_sft_problems("KTO", self.model, self.lora, self.train,
+                                      reference=("kto.reference", self.kto.reference),
+                                      shared_layout=("train.pair_layout", self.train.pair_layout == "shared-prompt"))
         if self.kto.loss == "kto" and self.train.micro_batch_size < 2:
             problems.append(f"train.micro_batch_size: {self.train.micro_batch_size}; KTO estimates its reference "
                             "point from the other replies of the micro-batch, so it needs >= 2 (4 or more is better)")
-        if self.train.neftune_alpha:
-            problems.append("train.neftune_alpha: NEFTune is an SFT method; set it to 0 for KTO")
-        if self.train.pair_layout == "shared-prompt" and self.model.attn_implementation.startswith("flash"):
-            problems.append("train.pair_layout: shared-prompt needs a custom attention mask; use two-rows or auto")
         return problems

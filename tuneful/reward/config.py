@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from ..config import setting
 from ..dpo.config import DPOTrainSettings, PreferenceDataSettings
-from ..train.config import LoraSettings, ModelSettings
+from ..train.config import LoraSettings, ModelSettings, after_sft_problems
 
 
 @dataclass
@@ -41,12 +41,9 @@ class RewardConfig:
     train: RewardTrainSettings = field(default_factory=RewardTrainSettings)
 
     def check(self) -> list[str]:
-        problems = []
-        if self.train.neftune_alpha:
-            problems.append("train.neftune_alpha: NEFTune is an SFT method; set it to 0 for a reward model")
+        problems = after_sft_problems("a reward model", self.model, self.lora, self.train,
+                                      shared_layout=("train.pair_layout", self.train.pair_layout == "shared-prompt"))
         if self.lora.qlora:
             problems.append("lora.qlora: the reward model is saved merged (it must load in transformers without "
                             "peft); train it in full or with plain LoRA")
-        if self.train.pair_layout == "shared-prompt" and self.model.attn_implementation.startswith("flash"):
-            problems.append("train.pair_layout: shared-prompt needs a custom attention mask; use two-rows or auto")
         return problems

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import setting
-from ..train.config import LoraSettings, ModelSettings, TrainSettings
+from ..train.config import LoraSettings, ModelSettings, TrainSettings, after_sft_problems, source_problems
 
 GRPO_LOSSES = ("grpo", "dapo", "dr_grpo")
 REWARD_SCALES = ("group", "none")
@@ -32,15 +32,9 @@ class PromptDataSettings:
     max_prompt_length: int = setting(512, "Prompts longer than this (in tokens) are dropped and counted.")
 
     def check(self) -> list[str]:
-        problems = []
-        if not self.train:
-            problems.append("train: required; set data.train=<prompt file or dataset id>")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            problems.append(f"eval_fraction: {self.eval_fraction} must be in [0, 1)")
-        if self.eval and self.eval_fraction:
-            problems.append("eval_fraction: set either data.eval or data.eval_fraction, not both")
-        if self.on_error not in ("fail", "skip"):
-            problems.append(f"on_error: {self.on_error!r} is not fail or skip")
+        problems = source_problems(self)
+        if self.max_prompt_length < 1:
+            problems.append(f"max_prompt_length: {self.max_prompt_length} must be >= 1")
         return problems
 
 
@@ -117,12 +111,6 @@ class GRPOConfig:
     train: GRPOTrainSettings = field(default_factory=GRPOTrainSettings)
 
     def check(self) -> list[str]:
-        problems = []
-        if self.grpo.reference == "adapters-off" and not self.lora.enabled:
-            problems.append("grpo.reference: adapters-off needs lora.enabled=true; use frozen (or auto)")
-        if self.grpo.layout == "shared-prompt" and self.model.attn_implementation.startswith("flash"):
-            problems.append("grpo.layout: shared-prompt needs a block attention mask, which "
-                            f"model.attn_implementation={self.model.attn_implementation} cannot take; use rows or auto")
-        if self.train.neftune_alpha:
-            problems.append("train.neftune_alpha: NEFTune is an SFT method; set it to 0 for GRPO")
-        return problems
+        return after_sft_problems("GRPO", self.model, self.lora, self.train,
+                                  reference=("grpo.reference", self.grpo.reference),
+                                  shared_layout=("grpo.layout", self.grpo.layout == "shared-prompt"))

@@ -15,7 +15,7 @@ import torch
 
 from ..config import setting
 from ..dpo.losses import dpo_sigmoid, ipo
-from ..train.config import LoraSettings, ModelSettings
+from ..train.config import LoraSettings, ModelSettings, after_sft_problems
 from ..train.loop import run
 from .config import GRPO_REFERENCES, LAYOUTS, GRPOTrainSettings, PromptDataSettings
 from .rollout import RolloutBatch
@@ -85,15 +85,9 @@ class OnlineDPOConfig:
     train: OnlineDPOTrainSettings = field(default_factory=OnlineDPOTrainSettings)
 
     def check(self) -> list[str]:
-        problems = []
-        if self.online_dpo.reference == "adapters-off" and not self.lora.enabled:
-            problems.append("online_dpo.reference: adapters-off needs lora.enabled=true; use frozen (or auto)")
-        if self.online_dpo.layout == "shared-prompt" and self.model.attn_implementation.startswith("flash"):
-            problems.append("online_dpo.layout: shared-prompt needs a block attention mask, which "
-                            f"model.attn_implementation={self.model.attn_implementation} cannot take; use rows or auto")
-        if self.train.neftune_alpha:
-            problems.append("train.neftune_alpha: NEFTune is an SFT method; set it to 0 for online DPO")
-        return problems
+        return after_sft_problems("online DPO", self.model, self.lora, self.train,
+                                  reference=("online_dpo.reference", self.online_dpo.reference),
+                                  shared_layout=("online_dpo.layout", self.online_dpo.layout == "shared-prompt"))
 
 
 def best_and_worst(rewards: Sequence[float], group_size: int) -> list[tuple[int, int]]:

@@ -100,7 +100,7 @@ class PreparedPrompts:
 
 def prepare_prompts(settings: Any, tokenizer: Any, seed: int) -> PreparedPrompts:
     """Load → hold out → template checks → prompt ids as inference renders them → length policy."""
-    from ..chat_model import ChatModel, template_end_of_turn_ids
+    from ..infer.chat_model import ChatModel, template_end_of_turn_ids
     from ..masking import ConversationTokenizer
     from ..preflight import PreflightReport, check_template_choice, check_tokenizer
     from ..templates.registry import resolve

@@ -13,9 +13,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..generate import generate
+from ..infer.generate import generate
 from ..train.model import DecoderWithHead
-from ..losses import token_logps
+from ..train.losses import token_logps
 from .losses import group_advantages
 
 

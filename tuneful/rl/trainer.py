@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from ..config import to_dict
-from ..generate import generate
+from ..infer.generate import generate
 from ..train.loop import Trainer, run
 from .config import GRPOConfig
 from .losses import clipped_policy_gradient

@@ -89,7 +89,7 @@ def init_model(recipe: BaseRecipe, vocab_size: int, tokenizer: Any = None) -> An
 def pretrain(model: Any, stream: torch.Tensor, recipe: BaseRecipe, *, steps: int | None = None,
              on_step: Callable[[int, float], None] | None = None) -> list[float]:
     """Next-token training on every token of fixed-length chunks; returns the loss per step."""
-    from ..losses import token_nll_sum
+    from ..train.losses import token_nll_sum
 
     torch.set_num_threads(recipe.threads)
     steps = recipe.steps if steps is None else steps

@@ -175,7 +175,7 @@ def evaluate_model(model: Any, tokenizer: Any, sets: dict[str, list[TaskInstance
     The stop rate counts answers ended by the end-of-turn token; a base model that ends the
     *document* (``<|endoftext|>``) has not learned to end a turn.
     """
-    from ..generate import generate
+    from ..infer.generate import generate
 
     everything = [(name, inst) for name, insts in sets.items() for inst in insts]
     outputs = generate(model, tokenizer, [_prompt_ids(tokenizer, i.messages) for _, i in everything],
@@ -195,7 +195,7 @@ def evaluate_model(model: Any, tokenizer: Any, sets: dict[str, list[TaskInstance
 
 
 def _seed_example(base_model: Any, tuned: Any, tokenizer: Any, stop_ids: list[int]) -> dict:
-    from ..generate import generate
+    from ..infer.generate import generate
 
     raw = tokenizer(SEED_PROMPT, add_special_tokens=False)["input_ids"]
     chat = _prompt_ids(tokenizer, [{"role": "user", "content": SEED_PROMPT}])

@@ -126,7 +126,7 @@ class LocalTeacher:
     """A local model (folder, hub id, adapter or 'sandbox') generating in batches with its own template."""
 
     def __init__(self, spec: str, *, batch_size: int = 16, trust_remote_code: bool = False, device: str = "auto"):
-        from ..chat_model import load_chat_model
+        from ..infer.chat_model import load_chat_model
 
         self.chat = load_chat_model(spec, trust_remote_code=trust_remote_code, device=device)
         self.batch_size = batch_size
@@ -134,7 +134,7 @@ class LocalTeacher:
 
     def complete(self, prompts: Sequence[list[dict]], *, max_tokens: int, temperature: float,
                  seed: int | None = None) -> list[str | None]:
-        from ..generate import generate
+        from ..infer.generate import generate
 
         ids = []
         for messages in prompts:

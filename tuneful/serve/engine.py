@@ -22,8 +22,8 @@ import torch
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from ..chat_model import ChatModel
-from ..generate import left_padded
+from ..infer.chat_model import ChatModel
+from ..infer.generate import left_padded
 
 
 class QueueFull(RuntimeError):

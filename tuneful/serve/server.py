@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ..chat_model import ChatModel
+from ..infer.chat_model import ChatModel
 from .engine import EngineStopped, GenerationEngine, GenerationRequest, QueueFull, Sampling, TextDeltas, request_id
 from .protocol import (ApiError, ChatRequest, StopStrings, chunk_body, completion_body, parse_chat_request,
                        reply_message, usage)

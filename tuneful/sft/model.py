@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import selected_nll_sum
+from ..train.losses import selected_nll_sum
 from ..train.model import DecoderWithHead
 
 

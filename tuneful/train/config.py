@@ -31,7 +31,8 @@ class ModelSettings:
 
 
 def source_problems(data: Any) -> list[str]:
-    """Checks every data section shares (SFT conversations, DPO pairs): source, held-out split, errors, length."""
+    """Checks every data section shares (SFT conversations, DPO pairs, prompts): source, held-out split, errors,
+    and the length limit where the section has ``max_length``."""
     problems = []
     if not data.train:
         problems.append("train: required; set data.train=<file or dataset id>")
@@ -41,8 +42,28 @@ def source_problems(data: Any) -> list[str]:
         problems.append("eval_fraction: set either data.eval or data.eval_fraction, not both")
     if data.on_error not in ("fail", "skip"):
         problems.append(f"on_error: {data.on_error!r} is not fail or skip")
-    if data.max_length < 8:
+    if hasattr(data, "max_length") and data.max_length < 8:
         problems.append(f"max_length: {data.max_length} is too small (>= 8)")
+    return problems
+
+
+def after_sft_problems(method: str, model: "ModelSettings", lora: "LoraSettings", train: Any, *,
+                       reference: tuple[str, str] | None = None,
+                       shared_layout: tuple[str, bool] | None = None) -> list[str]:
+    """Cross-checks every trainer after SFT shares: NEFTune stays an SFT method, a reference with adapters
+    switched off needs adapters, and a layout that shares the prompt needs a kernel that takes a block mask.
+    ``reference``: (its setting's key, its value); ``shared_layout``: (its setting's key, whether it is on)."""
+    problems = []
+    if reference is not None and reference[1] == "adapters-off" and not lora.enabled:
+        problems.append(f"{reference[0]}: adapters-off needs lora.enabled=true (without adapters there is nothing "
+                        "to switch off); use frozen or precomputed")
+    if shared_layout is not None and shared_layout[1] and model.attn_implementation.startswith("flash"):
+        problems.append(f"{shared_layout[0]}: shared-prompt needs a custom attention mask, which "
+                        f"model.attn_implementation={model.attn_implementation} cannot take; use the row-per-reply "
+                        "layout (or auto), or attn_implementation=sdpa")
+    if train.neftune_alpha:
+        problems.append(f"train.neftune_alpha: NEFTune is an SFT method; with a reference policy on the same "
+                        f"embeddings it would also perturb the reference. Set it to 0 for {method}")
     return problems
 
 

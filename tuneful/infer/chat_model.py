@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .masking import ConversationTokenizer, end_of_turn_ids, load_tokenizer, pad_id, special_tokens_of
-from .serve.tool_parsers import parser_for_template
-from .templates.registry import ChatTemplate, resolve
-from .templates.render import render
+from ..masking import ConversationTokenizer, end_of_turn_ids, load_tokenizer, pad_id, special_tokens_of
+from ..serve.tool_parsers import parser_for_template
+from ..templates.registry import ChatTemplate, resolve
+from ..templates.render import render
 
 SANDBOX = "sandbox"
 SANDBOX_TEMPLATE = "tuneful"  # the template the demo trains the sandbox model with
@@ -78,7 +78,7 @@ def _load_weights(folder: str, trust_remote_code: bool, device: Any, dtype: Any)
     from transformers import AutoModelForCausalLM
 
     if _is_adapter(folder):
-        from .train.model import merged_adapter
+        from ..train.model import merged_adapter
 
         base = json.loads((Path(folder) / "adapter_config.json").read_text())["base_model_name_or_path"]
         if not base:
@@ -112,7 +112,7 @@ def load_chat_model(spec: str, *, template: str | None = None, trust_remote_code
     """Load MODEL for inference with the template it was trained with (or ``template`` if given)."""
     folder = spec
     if spec == SANDBOX:
-        from .sandbox.base import shipped_base_dir
+        from ..sandbox.base import shipped_base_dir
 
         folder = str(shipped_base_dir())
     torch_device, dtype = _device_and_dtype(device)

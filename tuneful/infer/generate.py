@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .masking import pad_id
+from ..masking import pad_id
 
 
 @dataclass(frozen=True)
