@@ -280,3 +280,21 @@ def test_reward_sources_judge_and_rm_and_their_weighted_sum(workdir: Path, tmp_p
     (tmp_path / "bad.py").write_text("def fn(prompt, completion, record):\n    return 'yes'\n")
     with pytest.raises(RewardSpecError, match="must return a number"):
         reward_source(f"python:{tmp_path / 'bad.py'}:fn")([[]], ["x"], [{}])
+
+
+def test_shipped_recipe_runs_from_the_cli(workdir: Path):
+    from typer.testing import CliRunner
+
+    from tuneful.cli.main import app
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "grpo_lora_tiny.yaml"
+    result = CliRunner().invoke(app, ["grpo", str(recipe), f"model.name_or_path={workdir / 'model'}",
+                                      f"data.train={workdir / 'prompts.jsonl'}", "data.template=chatml",
+                                      "data.allow_template_change=true", "train.max_steps=2", "train.grad_accum=1",
+                                      "grpo.group_size=2", "grpo.max_new_tokens=4", "train.save_every=1",
+                                      "train.eval_every=0", f"train.output_dir={workdir / 'recipe'}",
+                                      "train.progress=false", "--reward-fn", f"{workdir / 'rewards.py'}:short"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and Path(summary["model_dir"], "adapter_config.json").exists()
+    assert summary["eval"] is not None and "eval_reward" in summary["eval"]

@@ -132,3 +132,19 @@ def test_settings_are_checked(workdir: Path):
     with pytest.raises(ConfigError) as err:
         config(workdir, "bad", "reward.center_coefficient=-1", "lora.enabled=true", "lora.qlora=true")
     assert "center_coefficient" in str(err.value) and "qlora" in str(err.value)
+
+
+def test_shipped_recipe_runs_from_the_cli(workdir: Path):
+    from typer.testing import CliRunner
+
+    from tuneful.cli.main import app
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "rm_lora_tiny.yaml"
+    result = CliRunner().invoke(app, ["rm", "train", str(recipe), f"model.name_or_path={workdir / 'model'}",
+                                      f"data.train={workdir / 'pairs.jsonl'}", "data.template=chatml",
+                                      "data.allow_template_change=true", "train.max_steps=2",
+                                      f"train.output_dir={workdir / 'recipe'}", "train.progress=false"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and summary["eval"]["eval_accuracy"] >= 0.0
+    assert Path(summary["model_dir"], "model.safetensors").exists()  # merged: no adapter files
