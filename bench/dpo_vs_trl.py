@@ -110,7 +110,7 @@ def worker_tuneful(workdir: Path, steps: int, out: Path, reference: str, layout:
     cfg = build(DPOConfig, None, [
         f"model.name_or_path={workdir / 'model'}", f"data.train={workdir / 'pairs.jsonl'}",
         f"train.output_dir={out}", f"train.max_steps={steps}", f"train.micro_batch_size={BATCH}",
-        f"data.max_length={MAX_LEN}", f"train.lr={LR}", "train.warmup_ratio=0", "train.progress=false",
+        f"data.max_length={MAX_LEN}", f"train.lr={LR}", "train.warmup_ratio=0", "train.progress=false", "train.report_to=",
         "train.resume=false", f"train.seed={SEED}", f"dpo.beta={BETA}", f"dpo.reference={reference}",
         f"train.pair_layout={layout}",
         f"lora.enabled={lora}", f"lora.r={LORA_R}", f"lora.alpha={LORA_ALPHA}",

@@ -78,7 +78,7 @@ def worker_tuneful(workdir: Path, steps: int, out: Path, layout: str = "auto") -
     cfg = build(GRPOConfig, None, [
         f"model.name_or_path={workdir / 'model'}", f"data.train={workdir / 'prompts.jsonl'}",
         f"train.output_dir={out}", f"train.max_steps={steps}", f"train.micro_batch_size={PROMPTS_PER_STEP}",
-        f"train.lr={LR}", "train.progress=false", "train.resume=false", f"train.seed={SEED}",
+        f"train.lr={LR}", "train.progress=false", "train.report_to=", "train.resume=false", f"train.seed={SEED}",
         f"grpo.rewards=python:{Path(__file__).resolve()}:short_reply", f"grpo.group_size={GROUP}",
         f"grpo.max_new_tokens={MAX_NEW}", "grpo.loss=dapo", f"grpo.layout={layout}"])
     started = time.perf_counter()

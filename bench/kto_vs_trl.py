@@ -62,7 +62,7 @@ def worker_tuneful(workdir: Path, steps: int, out: Path, layout: str = "auto") -
     cfg = build(KTOConfig, None, [
         f"model.name_or_path={workdir / 'model'}", f"data.train={workdir / 'labeled.jsonl'}",
         f"train.output_dir={out}", f"train.max_steps={steps}", f"train.micro_batch_size={BATCH}",
-        f"data.max_length={MAX_LEN}", f"train.lr={LR}", "train.warmup_ratio=0", "train.progress=false",
+        f"data.max_length={MAX_LEN}", f"train.lr={LR}", "train.warmup_ratio=0", "train.progress=false", "train.report_to=",
         "train.resume=false", f"train.seed={SEED}", f"kto.beta={BETA}", "kto.reference=precomputed",
         f"train.pair_layout={layout}"])
     started = time.perf_counter()

@@ -136,7 +136,7 @@ def worker_tuneful(workdir: Path, steps: int, out: Path, packing: bool) -> dict:
         f"model.name_or_path={workdir / 'model'}", f"data.train={workdir / 'train.jsonl'}",
         f"train.output_dir={out}", f"train.max_steps={steps}", f"train.micro_batch_size={BATCH}",
         f"data.max_length={MAX_LEN}", f"train.lr={LR}", "train.warmup_ratio=0", "train.schedule=cosine",
-        "train.progress=false", "train.resume=false", f"train.seed={SEED}", "train.log_every=1",
+        "train.progress=false", "train.report_to=", "train.resume=false", f"train.seed={SEED}", "train.log_every=1",
         f"data.packing={packing}",
     ])
     trainer = SFTTrainer(cfg).setup()

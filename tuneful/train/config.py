@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import setting
+from .trackers import TRACKERS
 
 SCHEDULES = ("cosine", "linear", "constant")
 LORA_INITS = ("default", "gaussian", "pissa", "olora")
@@ -126,6 +127,10 @@ class TrainSettings:
                                         "alpha / sqrt(length x width) on the input embeddings while training (the "
                                         "paper uses 5); 0 = off. Never applied in evaluation or inference.")
     progress: bool = setting(True, "Show a progress bar.")
+    report_to: list[str] = setting(["tensorboard"], "Trackers besides metrics.jsonl, several at once: tensorboard "
+                                   "(used when installed), wandb (offline unless WANDB_MODE=online), mlflow (file "
+                                   "store in output_dir/mlruns unless MLFLOW_TRACKING_URI), trackio (local); empty = "
+                                   "none. Each gets the settings, every metrics row, the loss plot and tuneful.json.")
 
     def check(self) -> list[str]:
         problems = []
@@ -143,4 +148,7 @@ class TrainSettings:
             problems.append("loss_chunk_size: must be >= 0")
         if self.neftune_alpha < 0:
             problems.append(f"neftune_alpha: {self.neftune_alpha} must be >= 0")
+        unknown = [name for name in self.report_to if name not in TRACKERS]
+        if unknown:
+            problems.append(f"report_to: {', '.join(unknown)} not among {', '.join(TRACKERS)}")
         return problems

@@ -27,9 +27,11 @@ import torch
 from .checkpoint import save_checkpoint
 from ..masking import load_tokenizer, pad_id
 from .components import lr_scheduler, make_accelerator, make_optimizer, resume_step, step_counts
+from ..config import to_dict
 from .metrics import MetricsLog, Progress
 from .model import add_neftune, add_token_rows, apply_lora, load_model, save_initial_adapter
 from .plan import plan_epoch
+from .trackers import open_trackers
 
 
 class Trainer(ABC):
@@ -158,7 +160,10 @@ class Trainer(ABC):
     def train(self) -> Any:
         cfg = self.cfg.train
         self.out.mkdir(parents=True, exist_ok=True)
-        log = MetricsLog(self.out / "metrics.jsonl", self.start_step, enabled=self.acc.is_main_process)
+        trackers = open_trackers(cfg.report_to, self.out, self.out.name, to_dict(self.cfg)) \
+            if self.acc.is_main_process else []
+        log = self.metrics_log = MetricsLog(self.out / "metrics.jsonl", self.start_step,
+                                            enabled=self.acc.is_main_process, trackers=trackers)
         bar = Progress(self.total_steps, self.start_step, enabled=cfg.progress and self.acc.is_main_process,
                        desc=self.name)
         self.module.train()
@@ -225,6 +230,7 @@ class Trainer(ABC):
                        template_source=self.data.template.source, end_of_turn_ids=self.data.end_of_turn_ids,
                        summary=self.summary(), history=result.history, lora=lora,
                        initial_adapter=self.initial_adapter if lora else None)
+            self.metrics_log.finish([target / "tuneful.json", self.out / "loss.png"])
         self.acc.wait_for_everyone()  # no process finishes while the main one is still writing
         result.model_dir = target
         return target

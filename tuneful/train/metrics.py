@@ -1,24 +1,23 @@
-"""What a run reports while it trains: the JSONL metrics log (TensorBoard beside it when installed)
-and the progress bar."""
+"""What a run reports while it trains: the JSONL metrics log (and the trackers of ``train.report_to``
+beside it, :mod:`tuneful.train.trackers`) and the progress bar."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 
 class MetricsLog:
-    """JSONL metrics (and TensorBoard when installed). On resume, rows after the checkpoint are dropped."""
+    """JSONL metrics, each row also sent to the trackers. On resume, rows after the checkpoint are dropped."""
 
-    def __init__(self, path: Path, start_step: int, enabled: bool):
-        self.path, self.enabled, self.rows = path, enabled, []
+    def __init__(self, path: Path, start_step: int, enabled: bool, trackers: Sequence[Any] = ()):
+        self.path, self.enabled, self.rows, self.trackers = path, enabled, [], list(trackers)
         if not enabled:
             return
         if path.exists():
             self.rows = [r for r in _read_metrics(path) if r["step"] <= start_step]
         path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
-        self.tb = _tensorboard(path.parent)
 
     def write(self, row: dict) -> None:
         if not self.enabled:
@@ -26,10 +25,14 @@ class MetricsLog:
         self.rows.append(row)
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.tb.add_scalar(key, value, row["step"])
+        for tracker in self.trackers:
+            tracker.log(row)
+
+    def finish(self, files: Sequence[Path]) -> None:
+        """Hand the trackers the run's output files (those that exist) and close them."""
+        for tracker in self.trackers:
+            tracker.finish([f for f in files if f.exists()])
+        self.trackers = []
 
 
 def _read_metrics(path: Path) -> list[dict]:
@@ -44,15 +47,6 @@ def _read_metrics(path: Path) -> list[dict]:
             if number < len(lines):
                 raise ValueError(f"{path}:{number}: corrupt metrics line (not the last one)") from None
     return rows
-
-
-def _tensorboard(folder: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(folder / "tensorboard"))
-    except ImportError:
-        return None
 
 
 class Progress:
