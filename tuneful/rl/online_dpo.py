@@ -155,8 +155,8 @@ class OnlineDPOTrainer(GRPOTrainer):
 
     def _reference_logps(self, batch: RolloutBatch) -> torch.Tensor:
         if self.reference_kind == "frozen":
-            return self._logps(batch, self.reference_module, grad=False)
-        return self._logps(batch, self.module, grad=False, adapters_off=True)
+            return self._logps(batch, self.reference_module)
+        return self._logps(batch, self.module, adapters_off=True)
 
     def step_metrics(self, tally: torch.Tensor, counts: torch.Tensor, grad_norm: float) -> dict:
         pairs, completions = max(1.0, float(tally[5])), max(1.0, float(tally[6]))

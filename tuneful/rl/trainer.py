@@ -121,7 +121,7 @@ class GRPOTrainer(Trainer):
             batches = [RolloutBatch(g) for g in groups]
             if self.updates_per_batch > 1:  # the ratio's denominator: the sampling policy's log-probs
                 for batch in batches:
-                    batch.old_logps = self._logps(batch, self.module, grad=False)
+                    batch.old_logps = self._logps(batch, self.module)
             self._rollout = (cycle, batches)
         return self._rollout[1]
 
@@ -133,10 +133,11 @@ class GRPOTrainer(Trainer):
                                               not self.cfg.model.attn_implementation.startswith("flash"))
         return completion_inputs(batch.completions, self._pad_id(), shared_prompt=shared).to(self.acc.device)
 
-    def _logps(self, batch: RolloutBatch, module: Any, *, grad: bool = True, adapters_off: bool = False) -> torch.Tensor:
+    @torch.no_grad()
+    def _logps(self, batch: RolloutBatch, module: Any, *, adapters_off: bool = False) -> torch.Tensor:
+        """Per-token log-probs without a gradient: the sampling policy's (μ > 1) or the reference's."""
         inputs = self.inputs(batch)
-        off = self._policy().disable_adapter() if adapters_off else nullcontext()
-        with (nullcontext() if grad else torch.no_grad()), off, self.acc.autocast():
+        with self._policy().disable_adapter() if adapters_off else nullcontext(), self.acc.autocast():
             return module(**inputs.model_args()).float()
 
     # --- loss and metrics -------------------------------------------------------------------------
@@ -150,9 +151,9 @@ class GRPOTrainer(Trainer):
             logps = self.module(**inputs.model_args()).float()
         reference = None
         if self.reference_kind == "frozen":
-            reference = self._logps(batch, self.reference_module, grad=False)
+            reference = self._logps(batch, self.reference_module)
         elif self.reference_kind == "adapters-off":
-            reference = self._logps(batch, self.module, grad=False, adapters_off=True)
+            reference = self._logps(batch, self.module, adapters_off=True)
         old = batch.old_logps if batch.old_logps is not None else logps.detach()
         terms = clipped_policy_gradient(logps, old, inputs.advantages[inputs.sequence],
                                         epsilon_low=self.settings.epsilon,
