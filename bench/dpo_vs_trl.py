@@ -27,7 +27,6 @@ reference, so the loss is not the trivial log 2 of step 0.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
@@ -38,8 +37,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sft_vs_trl import (SEED, VOCAB, count_params, make_conversations, peak_rss_mb, run_worker,  # noqa: E402
-                        save_random_llama)
+from sft_vs_trl import (SEED, VOCAB, alternate, count_params, make_conversations, peak_rss_mb,  # noqa: E402
+                        peer_bench_args, save_random_llama)
 
 BATCH, MAX_LEN, LR, BETA = 4, 1024, 1e-4, 0.1
 LORA_R, LORA_ALPHA = 16, 32
@@ -220,31 +219,19 @@ WORKERS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer steps, one round, no TRL-LoRA run (< 4 min)")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run")
-    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per configuration")
-    parser.add_argument("--pairs", type=int, default=None, help="preference pairs in the data set")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/tuneful-bench-dpo"))
-    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-
-    if args.worker:
-        print(json.dumps(WORKERS[args.worker](args.workdir, args.steps, args.out)))
+    args = peer_bench_args(__doc__, WORKERS, "/tmp/tuneful-bench-dpo",
+                           "fewer steps, one round, no TRL-LoRA run (< 4 min)",
+                           lambda parser: parser.add_argument("--pairs", type=int, default=None,
+                                                              help="preference pairs in the data set"))
+    if args is None:
         return
-
     steps = args.steps or (20 if args.quick else 40)
     rounds = args.rounds or (1 if args.quick else 2)
     n_pairs = args.pairs or (200 if args.quick else 800)
     prepare(args.workdir, n_pairs)
     names = ["trl", "tuneful", "tuneful-two-rows", "tuneful-frozen", "tuneful-adapters-off"]
     names += [] if args.quick else ["trl-lora"]
-    results: dict[str, list[dict]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names:
-            results[name].append(run_worker(name, args.workdir, steps, r, script=__file__))
-            print(f"round {r + 1}: {name} trained in {results[name][-1]['seconds']:.1f}s", flush=True)
+    results = alternate(names, args.workdir, steps, rounds, __file__)
 
     def tok_s(name: str) -> float:
         return statistics.median(x["tokens"] / x["seconds"] for x in results[name])

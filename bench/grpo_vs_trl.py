@@ -17,7 +17,6 @@ advantages on the starting weights.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
@@ -29,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dpo_vs_trl import prepare  # noqa: E402
-from sft_vs_trl import SEED, count_params, peak_rss_mb, run_worker  # noqa: E402
+from sft_vs_trl import SEED, alternate, count_params, peak_rss_mb, peer_bench_args  # noqa: E402
 
 PROMPTS_PER_STEP, GROUP, MAX_NEW, LR = 4, 4, 32, 1e-5
 
@@ -156,30 +155,16 @@ WORKERS = {"trl": worker_trl, "tuneful": worker_tuneful,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer steps, one round (~3 min)")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run")
-    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per configuration")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/tuneful-bench-grpo"))
-    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-
-    if args.worker:
-        print(json.dumps(WORKERS[args.worker](args.workdir, args.steps, args.out)))
+    args = peer_bench_args(__doc__, WORKERS, "/tmp/tuneful-bench-grpo", "fewer steps, one round (~1 min)")
+    if args is None:
         return
-
     steps = args.steps or (8 if args.quick else 20)
     rounds = args.rounds or (1 if args.quick else 2)
     prepare(args.workdir, 64)
     write_prompts(args.workdir)
     (args.workdir / "fixed.json").write_text(json.dumps(fixed_completions(args.workdir)))
     names = ["trl", "tuneful", "tuneful-rows"]
-    results: dict[str, list[dict]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names:
-            results[name].append(run_worker(name, args.workdir, steps, r, script=__file__))
-            print(f"round {r + 1}: {name} trained in {results[name][-1]['seconds']:.1f}s", flush=True)
+    results = alternate(names, args.workdir, steps, rounds, __file__)
 
     def per_s(name: str, key: str = "completions") -> float:
         return statistics.median(x[key] / x["seconds"] for x in results[name])

@@ -24,7 +24,6 @@ starting weights as reference.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -36,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dpo_vs_trl import load_probe, prepare  # noqa: E402
-from sft_vs_trl import SEED, count_params, peak_rss_mb, run_worker  # noqa: E402
+from sft_vs_trl import SEED, alternate, count_params, peak_rss_mb, peer_bench_args  # noqa: E402
 
 BATCH, MAX_LEN, LR, BETA = 8, 1024, 1e-4, 0.1
 
@@ -157,30 +156,17 @@ WORKERS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer steps, one round (~3 min)")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run")
-    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per configuration")
-    parser.add_argument("--pairs", type=int, default=None, help="pairs unpaired into 2x labelled replies")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/tuneful-bench-kto"))
-    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-
-    if args.worker:
-        print(json.dumps(WORKERS[args.worker](args.workdir, args.steps, args.out)))
+    args = peer_bench_args(__doc__, WORKERS, "/tmp/tuneful-bench-kto", "fewer steps, one round (~2 min)",
+                           lambda parser: parser.add_argument("--pairs", type=int, default=None,
+                                                              help="pairs unpaired into 2x labelled replies"))
+    if args is None:
         return
-
     steps = args.steps or (15 if args.quick else 40)
     rounds = args.rounds or (1 if args.quick else 2)
     prepare(args.workdir, args.pairs or (100 if args.quick else 400))
     write_labeled(args.workdir)
     names = ["trl", "tuneful", "tuneful-two-rows"]
-    results: dict[str, list[dict]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names:
-            results[name].append(run_worker(name, args.workdir, steps, r, script=__file__))
-            print(f"round {r + 1}: {name} trained in {results[name][-1]['seconds']:.1f}s", flush=True)
+    results = alternate(names, args.workdir, steps, rounds, __file__)
 
     def tok_s(name: str) -> float:
         return statistics.median(x["tokens"] / x["seconds"] for x in results[name])

@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -234,6 +235,36 @@ def run_worker(name: str, workdir: Path, steps: int, round_no: int, script: str 
     if done.returncode != 0:
         raise RuntimeError(f"{name} worker failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def peer_bench_args(doc: str, workers: dict, workdir: str, quick_help: str,
+                    extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace | None:
+    """The command line every peer bench shares (--quick, --steps, --rounds, --workdir, extras). Run as a
+    worker (``--worker NAME``), it runs that worker, prints its JSON and returns None."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per configuration")
+    parser.add_argument("--workdir", type=Path, default=Path(workdir))
+    parser.add_argument("--worker", choices=sorted(workers), help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(workers[args.worker](args.workdir, args.steps, args.out)))
+        return None
+    return args
+
+
+def alternate(names: Sequence[str], workdir: Path, steps: int, rounds: int, script: str) -> dict[str, list[dict]]:
+    """Each configuration once per round, in turn, each in its own process: {name: [result per round]}."""
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names:
+            results[name].append(run_worker(name, workdir, steps, r, script=script))
+            print(f"round {r + 1}: {name} trained in {results[name][-1]['seconds']:.1f}s", flush=True)
+    return results
 
 
 def main() -> None:
