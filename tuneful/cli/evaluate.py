@@ -36,6 +36,13 @@ def evaluate(
     judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", help="e.g. http://127.0.0.1:8000/v1"),
     judge_api_key_env: str = typer.Option("OPENAI_API_KEY", "--judge-api-key-env",
                                           help="Environment variable holding the judge's API key."),
+    lm_eval: Optional[str] = typer.Option(None, "--lm-eval", help="Comma-separated lm-evaluation-harness tasks run "
+                                                                 "on every model (e.g. ifeval,mmlu; needs lm-eval)."),
+    lm_eval_include: Optional[Path] = typer.Option(None, "--lm-eval-include", help="Folder of lm-eval task YAML "
+                                                                                   "files (tasks on local data)."),
+    lm_eval_chat_template: bool = typer.Option(True, "--lm-eval-chat-template/--lm-eval-raw",
+                                               help="lm-eval prompts through the model's chat template (default), "
+                                                    "or raw text (for base models)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
@@ -50,9 +57,11 @@ def evaluate(
                                 ablate_template=ablate_template, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                 temperature=temperature, seed=seed, limit=limit, judge=judge,
                                 trust_remote_code=trust_remote_code, device=device,
-                                names=_split(names) if names else [])
+                                names=_split(names) if names else [], lm_eval_tasks=_split(lm_eval or ""),
+                                lm_eval_include=str(lm_eval_include) if lm_eval_include else None,
+                                lm_eval_chat_template=lm_eval_chat_template)
         report = run_eval(settings)
-    except (PromptFileError, ValueError, OSError) as exc:
+    except (PromptFileError, ValueError, OSError, RuntimeError) as exc:
         fail(str(exc))
     _print_table(report, out)
     summary = {name: {k: m[k] for k in ("stop_rate",) if k in m} | _headline(m) for name, m in report["models"].items()}
@@ -69,6 +78,8 @@ def _headline(metrics: dict) -> dict:
         out["heldout_loss"] = metrics["heldout_loss"]["loss"]
     if "judge_win_rate" in metrics:
         out["judge_win_rate"] = metrics["judge_win_rate"]
+    if "lm_eval" in metrics:
+        out["lm_eval"] = metrics["lm_eval"]
     return out
 
 

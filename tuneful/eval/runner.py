@@ -39,6 +39,9 @@ class EvalSettings:
     device: str = "auto"
     progress: bool = True
     names: list[str] = field(default_factory=list)  # report names; default: the specs
+    lm_eval_tasks: list[str] = field(default_factory=list)  # lm-evaluation-harness tasks run on every model
+    lm_eval_include: str | None = None  # a folder of lm-eval task YAML files (local tasks)
+    lm_eval_chat_template: bool = True  # lm-eval prompts go through the model's chat template
 
     def __post_init__(self) -> None:
         errors = []
@@ -222,6 +225,12 @@ def run_eval(settings: EvalSettings) -> dict[str, Any]:
         loss = heldout_loss(chat, prompts, settings.batch_size)
         if loss is not None:
             metrics["heldout_loss"] = loss
+        if settings.lm_eval_tasks:
+            from .lm_harness import lm_eval_scores
+
+            metrics["lm_eval"] = lm_eval_scores(chat, settings.lm_eval_tasks, include_path=settings.lm_eval_include,
+                                                limit=settings.limit, batch_size=settings.batch_size,
+                                                apply_chat_template=settings.lm_eval_chat_template, seed=settings.seed)
         seconds = time.perf_counter() - t0
         generated = sum(r["tokens"] for r in rows)
         metrics.update(model=spec, template=chat.template.origin, notes=chat.notes, seconds=seconds,
