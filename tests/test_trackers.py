@@ -68,6 +68,7 @@ def test_every_tracker_reads_back_the_run(tmp_path: Path):
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     assert [(e.step, round(e.value, 5)) for e in events.Scalars("loss")] == [(s, round(v, 5)) for s, v in losses]
+    assert events.Images("loss_plot") and "tuneful.json/text_summary" in events.Tags()["tensors"]
 
     from mlflow.tracking import MlflowClient
 
@@ -89,6 +90,7 @@ def test_every_tracker_reads_back_the_run(tmp_path: Path):
                           capture_output=True, text=True, env=env, timeout=120)
     logs = json.loads(read.stdout.strip().splitlines()[-1])
     assert [(r["step"], r["loss"]) for r in logs if "loss" in r] == losses
+    assert any("loss_plot" in r for r in logs) and any("tuneful.json" in r for r in logs)
 
 
 def test_unknown_or_missing_trackers_are_named(tmp_path: Path, monkeypatch):

@@ -66,6 +66,10 @@ class TensorBoardTracker:
         for path in files:
             if path.suffix == ".json":
                 self.writer.add_text(path.name, f"```\n{path.read_text()}\n```")
+            elif path.suffix == ".png":
+                from matplotlib.image import imread
+
+                self.writer.add_image(f"{path.stem}_plot", imread(str(path))[..., :3], dataformats="HWC")
         self.writer.close()
 
 
@@ -133,7 +137,15 @@ class TrackioTracker:
         self.run.log(_scalars(row), step=int(row["step"]))
 
     def finish(self, files: Sequence[Path]) -> None:
+        media: dict[str, Any] = {}
+        for path in files:
+            if path.suffix == ".png":
+                media[f"{path.stem}_plot"] = self.trackio.Image(str(path))
+            elif path.suffix == ".json":
+                media[path.name] = self.trackio.Markdown(f"```json\n{path.read_text()}\n```")
         with quiet_stdout():
+            if media:
+                self.run.log(media)
             self.trackio.finish()  # also clears trackio's current run, so its exit hook has nothing left to do
 
 
