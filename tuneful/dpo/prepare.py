@@ -7,13 +7,13 @@ conversations prompt + chosen, so every template check SFT makes is made here to
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ..data.loader import LoadReport, load
 from ..data.types import Conversation, PreferencePair
 from ..preflight import PreflightReport, preflight
-from ..train.plan import hold_out
-from ..templates.registry import ChatTemplate, resolve
+from ..train.plan import split_eval
+from ..templates.registry import ChatTemplate, run_template
 from .config import PreferenceDataSettings
 from .data import PreferenceDataError, PreferenceExample, preference_tokenizer, tokenize_pairs
 
@@ -50,34 +50,32 @@ def _load_pairs(source: str, settings: PreferenceDataSettings) -> tuple[list[Pre
     return result.preferences, result.report
 
 
-def _length_policy(examples: list[PreferenceExample], settings: PreferenceDataSettings,
-                   split: str) -> tuple[list[PreferenceExample], int]:
-    kept = [e for e in examples if pair_length(e) <= settings.max_length]
+def length_policy(examples: list, settings: Any, split: str, *, length: Callable[[Any], int] = pair_length,
+                  unit: str = "pair") -> tuple[list, int]:
+    """``data.overlong`` applied: the examples within ``data.max_length`` (by ``length``) and how many were
+    dropped; with ``overlong=fail`` any longer one is an error naming the fix."""
+    kept = [e for e in examples if length(e) <= settings.max_length]
     dropped = len(examples) - len(kept)
     if dropped and settings.overlong == "fail":
-        longest = max(pair_length(e) for e in examples)
-        raise PreferenceDataError(f"{dropped} {split} pair(s) exceed data.max_length={settings.max_length} (longest "
+        longest = max(length(e) for e in examples)
+        raise PreferenceDataError(f"{dropped} {split} {unit}(s) exceed data.max_length={settings.max_length} (longest "
                                   f"{longest} tokens). Fix: raise data.max_length or set data.overlong=drop")
     return kept, dropped
 
 
 def prepare_pairs(settings: PreferenceDataSettings, tokenizer: Any, seed: int) -> PreparedPairs:
-    template = resolve(None if settings.template == "tokenizer" else settings.template, tokenizer,
-                       settings.tokenizer or "the model's tokenizer")
+    template = run_template(settings, tokenizer)
     ctok = preference_tokenizer(tokenizer, template)
     pairs, load_report = _load_pairs(settings.train, settings)
-    if settings.eval:
-        train_pairs, (eval_pairs, _) = pairs, _load_pairs(settings.eval, settings)
-    else:
-        train_pairs, eval_pairs = hold_out(pairs, settings.eval_fraction, seed)
+    train_pairs, eval_pairs = split_eval(pairs, settings, seed, lambda src: _load_pairs(src, settings)[0])
     if not train_pairs:
         raise PreferenceDataError(f"data.train={settings.train}: no preference pairs to train on")
     chosen_conversations = [Conversation((*p.prompt, p.chosen), p.meta, p.inputs) for p in train_pairs]
     report = preflight(tokenizer, ctok, chosen_conversations, max_length=None,
                        allow_template_change=settings.allow_template_change)
     report.raise_on_errors()
-    train, dropped = _length_policy(tokenize_pairs(ctok, train_pairs), settings, "training")
-    held, dropped_eval = _length_policy(tokenize_pairs(ctok, eval_pairs), settings, "held-out")
+    train, dropped = length_policy(tokenize_pairs(ctok, train_pairs), settings, "training")
+    held, dropped_eval = length_policy(tokenize_pairs(ctok, eval_pairs), settings, "held-out")
     if not train:
         raise PreferenceDataError(f"every training pair is longer than data.max_length={settings.max_length}")
     return PreparedPairs(train, held, template, load_report, report, report.end_of_turn_ids(tokenizer),

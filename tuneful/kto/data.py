@@ -18,9 +18,10 @@ from typing import Any, Sequence
 from ..data.loader import LoadReport, load
 from ..data.types import Conversation, LabeledConversation
 from ..dpo.data import PreferenceDataError, PreferenceExample, preference_tokenizer, reply_tokens
+from ..dpo.prepare import length_policy
 from ..preflight import PreflightReport, preflight
-from ..templates.registry import ChatTemplate, resolve
-from ..train.plan import hold_out
+from ..templates.registry import ChatTemplate, run_template
+from ..train.plan import split_eval
 from .config import LabeledDataSettings
 
 
@@ -108,14 +109,10 @@ def with_mismatched_replies(items: Sequence[LabeledReply], max_length: int, spli
 
 
 def prepare_labeled(settings: LabeledDataSettings, tokenizer: Any, seed: int) -> PreparedLabeled:
-    template = resolve(None if settings.template == "tokenizer" else settings.template, tokenizer,
-                       settings.tokenizer or "the model's tokenizer")
+    template = run_template(settings, tokenizer)
     ctok = preference_tokenizer(tokenizer, template)
     records, load_report = _load(settings.train, settings)
-    if settings.eval:
-        train_records, (eval_records, _) = records, _load(settings.eval, settings)
-    else:
-        train_records, eval_records = hold_out(records, settings.eval_fraction, seed)
+    train_records, eval_records = split_eval(records, settings, seed, lambda src: _load(src, settings)[0])
     if not train_records:
         raise PreferenceDataError(f"data.train={settings.train}: no labelled replies to train on")
     # the template checks SFT makes, on the desirable conversations (never train targets of their own here)
@@ -125,12 +122,9 @@ def prepare_labeled(settings: LabeledDataSettings, tokenizer: Any, seed: int) ->
     report.raise_on_errors()
     splits, dropped = {}, 0
     for split, part in (("training", train_records), ("held-out", eval_records)):
-        items = tokenize_labeled(ctok, part)
-        kept = [x for x in items if len(x.prompt_ids) + len(x.reply_ids) <= settings.max_length]
-        if len(kept) < len(items) and settings.overlong == "fail":
-            raise PreferenceDataError(f"{len(items) - len(kept)} {split} item(s) exceed data.max_length="
-                                      f"{settings.max_length}. Fix: raise data.max_length or set data.overlong=drop")
-        dropped += len(items) - len(kept)
+        kept, too_long = length_policy(tokenize_labeled(ctok, part), settings, split, unit="item",
+                                       length=lambda x: len(x.prompt_ids) + len(x.reply_ids))
+        dropped += too_long
         splits[split] = kept
     if not splits["training"]:
         raise PreferenceDataError(f"every training item is longer than data.max_length={settings.max_length}")

@@ -103,12 +103,11 @@ def prepare_prompts(settings: Any, tokenizer: Any, seed: int) -> PreparedPrompts
     from ..infer.chat_model import ChatModel, template_end_of_turn_ids
     from ..masking import ConversationTokenizer
     from ..preflight import PreflightReport, check_template_choice, check_tokenizer
-    from ..templates.registry import resolve
+    from ..templates.registry import run_template
     from ..train.output import stop_token_ids
-    from ..train.plan import hold_out
+    from ..train.plan import split_eval
 
-    template = resolve(None if settings.template == "tokenizer" else settings.template, tokenizer,
-                       settings.tokenizer or "the model's tokenizer")
+    template = run_template(settings, tokenizer)
     report = PreflightReport()
     report.findings += check_tokenizer(tokenizer)
     report.findings += check_template_choice(tokenizer, ConversationTokenizer(tokenizer, template),
@@ -122,10 +121,8 @@ def prepare_prompts(settings: Any, tokenizer: Any, seed: int) -> PreparedPrompts
     renderer = ChatModel("policy", None, tokenizer, template, eot, stops, 0)
     loaded = load_prompts(settings.train, on_error=settings.on_error)
     skipped = list(loaded.skipped)
-    if settings.eval:
-        train, held = loaded.records, load_prompts(settings.eval, on_error=settings.on_error).records
-    else:
-        train, held = hold_out(loaded.records, settings.eval_fraction, seed)
+    train, held = split_eval(loaded.records, settings, seed,
+                             lambda src: load_prompts(src, on_error=settings.on_error).records)
     dropped, splits = 0, []
     for records in (train, held):
         ids = [renderer.prompt_ids(r.messages, r.tools) for r in records]

@@ -12,8 +12,8 @@ from ..data.loader import LoadReport, load
 from ..data.types import Conversation
 from ..masking import ConversationTokenizer, labels_from_mask
 from ..preflight import PreflightReport, preflight
-from ..templates.registry import ChatTemplate, resolve
-from ..train.plan import hold_out
+from ..templates.registry import ChatTemplate, run_template
+from ..train.plan import split_eval
 from .batching import Example
 from .config import DataSettings
 
@@ -45,22 +45,13 @@ def _load_conversations(source: str, settings: DataSettings) -> tuple[list[Conve
     return result.conversations, result.report
 
 
-def run_template(settings: DataSettings, tokenizer: Any) -> ChatTemplate:
-    """The template a run trains with (``data.template``: the tokenizer's own, a built-in, or a file)."""
-    return resolve(None if settings.template == "tokenizer" else settings.template, tokenizer,
-                   settings.tokenizer or "the model's tokenizer")
-
-
 def prepare_data(settings: DataSettings, tokenizer: Any, seed: int) -> PreparedData:
     """Everything the loop needs, or a PreflightError naming every problem at once."""
     template = run_template(settings, tokenizer)
     ctok = ConversationTokenizer(tokenizer, template, last_turn_only=settings.last_turn_only,
                                  reasoning=settings.reasoning)
     convs, load_report = _load_conversations(settings.train, settings)
-    if settings.eval:
-        train_convs, (eval_convs, _) = convs, _load_conversations(settings.eval, settings)
-    else:
-        train_convs, eval_convs = hold_out(convs, settings.eval_fraction, seed)
+    train_convs, eval_convs = split_eval(convs, settings, seed, lambda src: _load_conversations(src, settings)[0])
     report = preflight(tokenizer, ctok, train_convs, max_length=settings.max_length, overlong=settings.overlong,
                        allow_template_change=settings.allow_template_change)
     report.raise_on_errors()

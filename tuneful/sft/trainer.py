@@ -18,7 +18,8 @@ from ..train.loop import Trainer, run
 from ..train.model import unwrap_causal_lm
 from .batching import Example, collate_packed, collate_padded, plan_rows
 from .config import SFTConfig
-from .data import PreparedData, prepare_data, run_template
+from ..templates.registry import run_template
+from .data import PreparedData, prepare_data
 from .model import SelectedTokenLoss
 
 

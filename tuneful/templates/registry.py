@@ -64,3 +64,9 @@ def resolve(spec: str | None, tokenizer: Any = None, tokenizer_where: str = "tok
             raise FileNotFoundError(f"template file {spec} does not exist")
         return ChatTemplate(path.read_text(encoding="utf-8"), f"file:{path}")
     return builtin(spec)
+
+
+def run_template(settings: Any, tokenizer: Any) -> ChatTemplate:
+    """The template a run trains with, from any trainer's data section: ``settings.template`` (the
+    tokenizer's own, a built-in name or a .jinja file) and ``settings.tokenizer`` (where it came from)."""
+    return resolve(settings.template, tokenizer, settings.tokenizer or "the model's tokenizer")

@@ -5,7 +5,7 @@ about the data needs checkpointing."""
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 
 def plan_epoch(row_lengths: Sequence[int], micro_batch_size: int, seed: int, epoch: int,
@@ -37,3 +37,11 @@ def hold_out(items: list, fraction: float, seed: int) -> tuple[list, list]:
     n_eval = max(1, int(round(fraction * len(items))))
     held = set(order[:n_eval])
     return [c for i, c in enumerate(items) if i not in held], [c for i, c in enumerate(items) if i in held]
+
+
+def split_eval(items: list, settings: Any, seed: int, load_eval: Callable[[str], list]) -> tuple[list, list]:
+    """(train, held out) for a data section: ``data.eval`` loaded with ``load_eval`` when it is set, else a
+    seeded ``data.eval_fraction`` of ``items``."""
+    if settings.eval:
+        return items, load_eval(settings.eval)
+    return hold_out(items, settings.eval_fraction, seed)
