@@ -11,7 +11,7 @@ from .train import dpo, grpo, kto, merge, online_dpo, sft
 from .evaluate import evaluate
 from .generate import generate_cmd
 from .curate import curate_cmd
-from .use import chat, serve
+from .use import chat, export, serve
 from .reward import rm_app
 
 app = typer.Typer(
@@ -32,6 +32,7 @@ app.command("demo")(demo)
 app.add_typer(sandbox_app, name="sandbox")
 app.command("chat")(chat)
 app.command("serve")(serve)
+app.command("export")(export)
 app.command("eval")(evaluate)
 app.command("generate")(generate_cmd)
 app.command("curate")(curate_cmd)

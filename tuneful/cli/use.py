@@ -108,3 +108,30 @@ def serve(
     except ValueError as exc:
         fail(str(exc))
     serve_until_signalled(server, lambda line: typer.echo(line))
+
+
+def export(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    gguf: Path = typer.Option(..., "--gguf", help="GGUF file to write (an Ollama Modelfile is written beside it)."),
+    quant: str = typer.Option("f16", "--quant", help="f16, bf16, f32 or q8_0 (written by llama.cpp's converter); "
+                              "q4_k_m, q5_k_m, q6_k or q4_0 (llama.cpp's quantizer, from f16)."),
+    template: Optional[str] = typer.Option(None, "--template", help=TEMPLATE_HELP + " It is embedded in the GGUF."),
+    llama_cpp: Optional[Path] = typer.Option(None, "--llama-cpp", help="A llama.cpp folder holding convert_hf_to_gguf.py; "
+                                             "default: $TUNEFUL_LLAMA_CPP, else the one scripts/setup-gguf installs."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code from the checkpoint."),
+) -> None:
+    """Export MODEL to GGUF for llama.cpp / Ollama / LM Studio, with its chat template embedded (adapters merged first)."""
+    import json
+
+    from ..export.gguf import ExportError, export_gguf
+
+    try:
+        result = export_gguf(model, gguf, quant=quant, template=template, llama_cpp=llama_cpp,
+                             trust_remote_code=trust_remote_code)
+    except (ExportError, OSError, ValueError) as exc:
+        fail(str(exc))
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"wrote {result.gguf} and {result.modelfile}; run it with: llama-cli -m {result.gguf} -cnv   or   "
+               f"cd {result.gguf.parent} && ollama create NAME -f Modelfile && ollama run NAME", err=True)
+    typer.echo(json.dumps(result.summary()))

@@ -107,17 +107,18 @@ def _generation_eos(model: Any) -> set[int]:
     return set(eos) if isinstance(eos, (list, tuple)) else {eos}
 
 
-def load_chat_model(spec: str, *, template: str | None = None, trust_remote_code: bool = False,
-                    device: str = "auto") -> ChatModel:
-    """Load MODEL for inference with the template it was trained with (or ``template`` if given)."""
-    folder = spec
+def model_folder(spec: str) -> str:
+    """The folder MODEL names (``sandbox``: the shipped sandbox base model)."""
     if spec == SANDBOX:
         from ..sandbox.base import shipped_base_dir
 
-        folder = str(shipped_base_dir())
-    torch_device, dtype = _device_and_dtype(device)
-    tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
-    model = _load_weights(folder, trust_remote_code, torch_device, dtype)
+        return str(shipped_base_dir())
+    return spec
+
+
+def choose_template(spec: str, folder: str, tokenizer: Any, template: str | None) -> tuple[ChatTemplate, str | None, list[str]]:
+    """The template MODEL is used with: the one saved with it unless ``template`` names another (which
+    is reported); returns it with the tool-call syntax it prints and the notes for the user."""
     notes = []
     own = getattr(tokenizer, "chat_template", None)
     if template is None and not own and spec == SANDBOX:
@@ -132,6 +133,17 @@ def load_chat_model(spec: str, *, template: str | None = None, trust_remote_code
     # the syntax recorded at training time, unless another template was chosen: then the template's own
     tool_parser = summary.get("tool_parser") if "tool_parser" in summary and not changed else \
         parser_for_template(chosen.source)
+    return chosen, tool_parser, notes
+
+
+def load_chat_model(spec: str, *, template: str | None = None, trust_remote_code: bool = False,
+                    device: str = "auto") -> ChatModel:
+    """Load MODEL for inference with the template it was trained with (or ``template`` if given)."""
+    folder = model_folder(spec)
+    torch_device, dtype = _device_and_dtype(device)
+    tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
+    model = _load_weights(folder, trust_remote_code, torch_device, dtype)
+    chosen, tool_parser, notes = choose_template(spec, folder, tokenizer, template)
     eot = template_end_of_turn_ids(tokenizer, chosen)
     stops = set(eot) | _generation_eos(model)
     if tokenizer.eos_token_id is not None:
