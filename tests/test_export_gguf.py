@@ -30,9 +30,9 @@ F16_LOGIT_TOLERANCE = 0.05  # max |logit difference| over the vocabulary, f16 we
 
 def _llama_cpp_ready() -> str | None:
     """Why the llama.cpp tests cannot run here (None: they can)."""
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
         return "llama-cpp-python is not installed"
     from tuneful.export.gguf import ExportError, find_converter
 

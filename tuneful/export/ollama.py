@@ -136,7 +136,7 @@ def go_template(layout: RoleLayout) -> str:
 def modelfile(gguf_name: str, template: str, special_tokens: Mapping[str, str], stops: Sequence[str],
               temperature: float = 0.0) -> tuple[str, bool]:
     """The Modelfile text and whether it carries a TEMPLATE."""
-    lines = [f"# Written by tuneful export. Use: ollama create NAME -f Modelfile && ollama run NAME",
+    lines = ["# Written by tuneful export. Use: ollama create NAME -f Modelfile && ollama run NAME",
              f"FROM ./{gguf_name}"]
     layout = derive_layout(template, special_tokens)
     if layout is None:
