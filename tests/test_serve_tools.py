@@ -1,6 +1,7 @@
 """`tuneful serve` with tools, driven by the real `openai` client: a tiny model overfitted on a few agent
 traces (built-in chatml template, Hermes-style calls) calls tools, gets results, answers; plain and
-streaming, parallel calls, tool_choice, and bad requests refused with 4xx."""
+streaming, parallel calls, tool_choice (forced calls through constrained decoding), and bad requests
+refused with 4xx."""
 
 from __future__ import annotations
 
@@ -144,13 +145,71 @@ def test_plain_answers_still_stream_as_content(served):
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
-def test_tool_choice_none_hides_the_tools_and_unsupported_choices_are_refused(served):
+def test_tool_choice_none_hides_the_tools(served):
     server, client = served
     reply = client.chat.completions.create(model=server.chat.name, messages=OSLO, tools=TOOLS, tool_choice="none")
     assert not reply.choices[0].message.tool_calls and reply.choices[0].finish_reason != "tool_calls"
-    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
-        with pytest.raises(openai.BadRequestError, match="tool_choice"):
-            client.chat.completions.create(model=server.chat.name, messages=OSLO, tools=TOOLS, tool_choice=choice)
+
+
+TIME_TOOL = {"type": "function", "function": {"name": "get_time", "description": "Time in a zone.", "parameters": {
+    "type": "object", "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}, "hours_ahead": {"type": "integer"}},
+    "required": ["zone", "hours_ahead"]}}}
+HI = [{"role": "user", "content": "Say hi."}]
+
+
+def _metrics(server) -> dict:
+    from urllib.request import urlopen
+
+    with urlopen(server.url + "/metrics", timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def test_tool_choice_required_forces_a_call_where_the_model_would_answer(served):
+    server, client = served
+    free = client.chat.completions.create(model=server.chat.name, messages=HI, tools=TOOLS)
+    assert free.choices[0].message.content == "Hi!"  # what the model does on its own
+    before = _metrics(server)["constrained_requests"]
+    forced = client.chat.completions.create(model=server.chat.name, messages=HI, tools=TOOLS, tool_choice="required")
+    [call] = forced.choices[0].message.tool_calls
+    assert forced.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+    assert _metrics(server)["constrained_requests"] == before + 1
+
+
+def test_a_named_tool_choice_calls_that_function_with_schema_valid_arguments(served):
+    server, client = served
+    for stream in (False, True):
+        kwargs = dict(model=server.chat.name, messages=OSLO, tools=[*TOOLS, TIME_TOOL],
+                      tool_choice={"type": "function", "function": {"name": "get_time"}}, max_tokens=60)
+        if stream:
+            with client.chat.completions.stream(**kwargs) as events:
+                reply = events.get_final_completion()
+        else:
+            reply = client.chat.completions.create(**kwargs)
+        [call] = reply.choices[0].message.tool_calls
+        arguments = json.loads(call.function.arguments)
+        assert call.function.name == "get_time" and set(arguments) == {"zone", "hours_ahead"}
+        assert arguments["zone"] in ("UTC", "CET") and isinstance(arguments["hours_ahead"], int)
+
+
+def test_parallel_tool_calls_false_with_a_forced_choice_gives_one_call(served):
+    server, client = served
+    both = [{"role": "user", "content": "Weather in Oslo and Rome?"}]
+    free = client.chat.completions.create(model=server.chat.name, messages=both, tools=TOOLS, tool_choice="required")
+    assert len(free.choices[0].message.tool_calls) == 2  # the model's own answer, the constraint allows it
+    one = client.chat.completions.create(model=server.chat.name, messages=both, tools=TOOLS, tool_choice="required",
+                                         parallel_tool_calls=False)
+    [call] = one.choices[0].message.tool_calls
+    assert json.loads(call.function.arguments) == {"city": "Oslo"}
+
+
+def test_tool_choices_that_cannot_be_honoured_are_refused(served):
+    server, client = served
+    with pytest.raises(openai.BadRequestError, match="unknown_tool|not among the offered tools"):
+        client.chat.completions.create(model=server.chat.name, messages=OSLO, tools=TOOLS,
+                                       tool_choice={"type": "function", "function": {"name": "get_time"}})
+    with pytest.raises(openai.BadRequestError, match="needs 'tools'"):
+        client.chat.completions.create(model=server.chat.name, messages=OSLO, tool_choice="required")
     with pytest.raises(openai.BadRequestError, match="parallel_tool_calls"):
         client.chat.completions.create(model=server.chat.name, messages=OSLO, tools=TOOLS, parallel_tool_calls=False)
 
@@ -195,6 +254,8 @@ def test_a_template_without_tools_refuses_them(agent_model: Path):
     try:
         with pytest.raises(openai.BadRequestError, match="prints no tool calls"):
             client.chat.completions.create(model=chat.name, messages=OSLO, tools=TOOLS)
+        with pytest.raises(openai.BadRequestError, match="prints no tool calls"):
+            client.chat.completions.create(model=chat.name, messages=OSLO, tools=TOOLS, tool_choice="required")
     finally:
         client.close()
         server.stop()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
+from transformers.generation.logits_process import LogitsProcessorList
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
@@ -49,6 +50,7 @@ class GenerationRequest:
     sampling: Sampling = Sampling()
     seed: int | None = None
     stream: bool = True  # False: tokens are collected and handed over once, at the end (fewer thread wake-ups)
+    constraint: Any = None  # an llguidance matcher the reply must follow (tool_choice required / named), see constrain.py
     events: "queue.Queue[tuple[str, Any]]" = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -208,6 +210,11 @@ class GenerationEngine:
             options = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
             if batch[0].seed is not None:
                 torch.manual_seed(batch[0].seed)
+        if any(r.constraint is not None for r in batch):
+            from .constrain import ConstrainedRows
+
+            vocab = model.get_output_embeddings().weight.shape[0]
+            options["logits_processor"] = LogitsProcessorList([ConstrainedRows([r.constraint for r in batch], vocab, self.chat.stop_ids)])
         model.generate(input_ids=ids.to(self.chat.device), attention_mask=mask.to(self.chat.device),
                        max_new_tokens=max(r.max_new_tokens for r in batch), eos_token_id=self.chat.stop_ids,
                        pad_token_id=pad, streamer=rows, stopping_criteria=StoppingCriteriaList([rows]), **options)

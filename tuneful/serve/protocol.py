@@ -41,6 +41,8 @@ class ChatRequest:
     seed: int | None
     stop: list[str]
     tools: list[dict] | None = None  # offered to the model (None: none, or tool_choice="none")
+    forced_calls: list[dict] | None = None  # tool_choice "required" / a named function: the reply must call one of these
+    parallel_tool_calls: bool = True  # False: a forced reply is exactly one call
 
 
 def _messages(value: Any, tools: Any) -> tuple[list[dict], list[dict] | None]:
@@ -71,13 +73,25 @@ def _messages(value: Any, tools: Any) -> tuple[list[dict], list[dict] | None]:
     return conversation.to_dicts(), (list(offered) if offered else None)
 
 
-def _tool_choice(body: dict) -> str:
+def _tool_choice(body: dict, tools: list[dict] | None) -> tuple[str, list[dict] | None]:
+    """("auto" | "none" | "required", the tools a forced reply must call, or None)."""
     choice = body.get("tool_choice", "auto")
     if choice in ("auto", "none"):
-        return choice
+        return choice, None
     if choice == "required" or isinstance(choice, dict):
-        raise ApiError(400, "tool_choice 'required' or a named function is not supported yet: tuneful does not "
-                            "constrain decoding to a call; use 'auto' (or 'none')", param="tool_choice")
+        if not tools:
+            raise ApiError(400, "tool_choice 'required' or a named function needs 'tools'", param="tool_choice")
+        if choice == "required":
+            return "required", tools
+        name = (choice.get("function") or {}).get("name") if choice.get("type") == "function" else None
+        if not isinstance(name, str):
+            raise ApiError(400, "a named tool_choice is {\"type\": \"function\", \"function\": {\"name\": NAME}}",
+                           param="tool_choice")
+        named = [t for t in tools if t["function"]["name"] == name]
+        if not named:
+            raise ApiError(400, f"tool_choice names {name!r}, which is not among the offered tools", param="tool_choice",
+                           code="unknown_tool")
+        return "required", named
     raise ApiError(400, f"tool_choice must be 'auto', 'none', 'required' or a named function, got {choice!r}",
                    param="tool_choice")
 
@@ -128,11 +142,15 @@ def parse_chat_request(body: Any, served_model: str) -> ChatRequest:
     if not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false", param="stream")
     options = body.get("stream_options") or {}
-    if body.get("parallel_tool_calls", True) is not True:
-        raise ApiError(400, "parallel_tool_calls=false is not supported: a model may call several tools at once",
-                       param="parallel_tool_calls")
-    tool_choice = _tool_choice(body)
     messages, tools = _messages(body.get("messages"), body.get("tools"))
+    tool_choice, forced = _tool_choice(body, tools)
+    parallel = body.get("parallel_tool_calls", True)
+    if not isinstance(parallel, bool):
+        raise ApiError(400, "'parallel_tool_calls' must be true or false", param="parallel_tool_calls")
+    if not parallel and tools and forced is None and tool_choice == "auto":
+        raise ApiError(400, "parallel_tool_calls=false is honoured with tool_choice 'required' or a named function "
+                            "(decoding is then constrained to one call); with 'auto' the model may call several tools",
+                       param="parallel_tool_calls")
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ApiError(400, "'seed' must be an integer", param="seed")
@@ -145,7 +163,9 @@ def parse_chat_request(body: Any, served_model: str) -> ChatRequest:
         include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
         seed=seed,
         stop=stop,
-        tools=tools if tool_choice == "auto" else None,  # "none": the model is not shown the tools
+        tools=tools if tool_choice != "none" else None,  # "none": the model is not shown the tools
+        forced_calls=forced,
+        parallel_tool_calls=parallel,
     )
 
 

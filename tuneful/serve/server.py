@@ -52,9 +52,30 @@ class ChatServer(ThreadingHTTPServer):
         if name is not None and name not in PARSERS:
             raise ValueError(f"--tool-parser {name!r} is not one of {', '.join(PARSERS)}")
         self.tool_parser: ToolParser | None = PARSERS[name] if name else None
-        self.metrics: dict[str, int] = {"requests": 0, "tool_requests": 0, "tool_calls": 0, "tool_parse_failures": 0}
+        self.metrics: dict[str, int] = {"requests": 0, "tool_requests": 0, "tool_calls": 0, "tool_parse_failures": 0,
+                                        "constrained_requests": 0}
+        self._constraints: Any = None  # CallConstraints, built on the first forced tool_choice
         self._metrics_lock = threading.Lock()
         super().__init__((settings.host, settings.port), _Handler)
+
+    def call_constraint(self, request: ChatRequest) -> Any:
+        """The matcher a forced reply follows (tool_choice required / named), or None."""
+        if request.forced_calls is None:
+            return None
+        from .constrain import SYNTAXES, CallConstraints
+
+        if self.tool_parser is None or self.tool_parser.name not in SYNTAXES:
+            raise ApiError(400, f"tool_choice forces a call, but this model's template ({self.chat.template.origin}) "
+                                "prints no call syntax tuneful can constrain decoding to", param="tool_choice")
+        with self._metrics_lock:
+            if self._constraints is None:
+                vocab = self.chat.model.get_output_embeddings().weight.shape[0]
+                self._constraints = CallConstraints(self.chat.tokenizer, vocab, self.chat.stop_ids)
+        try:
+            return self._constraints.matcher(self.tool_parser.name, request.forced_calls,
+                                             parallel=request.parallel_tool_calls)
+        except ValueError as exc:
+            raise ApiError(400, f"tools: {exc}", param="tools")
 
     def count(self, **increments: int) -> None:
         with self._metrics_lock:
@@ -127,8 +148,9 @@ class _Handler(BaseHTTPRequestHandler):
         request = parse_chat_request(self._read_json(), self.server.chat.name)
         parser = self._tool_parser(request)
         prompt_ids = self._prompt_ids(request)
-        generation = self._submit(request, prompt_ids)
-        self.server.count(requests=1, tool_requests=int(parser is not None))
+        generation = self._submit(request, prompt_ids, self.server.call_constraint(request))
+        self.server.count(requests=1, tool_requests=int(parser is not None),
+                          constrained_requests=int(generation.constraint is not None))
         if request.stream:
             self._stream(request, generation, len(prompt_ids), parser)
         else:
@@ -185,7 +207,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"the request body is not valid JSON: {exc}")
 
-    def _submit(self, request: ChatRequest, prompt_ids: list[int]) -> GenerationRequest:
+    def _submit(self, request: ChatRequest, prompt_ids: list[int], constraint: Any = None) -> GenerationRequest:
         chat, settings = self.server.chat, self.server.settings
         room = chat.context_length - len(prompt_ids)
         wanted = request.max_tokens or min(settings.default_max_tokens, room)
@@ -197,7 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
         sampling = Sampling(temperature, request.top_p) if temperature > 0 else Sampling()
         try:
             return self.server.engine.submit(GenerationRequest(prompt_ids, wanted, sampling, request.seed,
-                                                               stream=request.stream))
+                                                               stream=request.stream, constraint=constraint))
         except QueueFull as exc:
             raise ApiError(503, f"server busy: {exc}; retry later", kind="server_error", code="overloaded")
         except EngineStopped as exc:

@@ -1,0 +1,158 @@
+"""Constrained decoding for ``tool_choice: "required"`` or a named function: the reply *is* a call.
+
+Boundary: knows token ids, the tokenizer and the call syntaxes of ``tool_parsers``; nothing of HTTP.
+For a request it builds a grammar — one or more calls (exactly one when ``parallel_tool_calls`` is
+false) of the offered functions (or the named one), each ``{"name": ..., "arguments": ...}`` valid
+against that function's JSON schema, in the syntax the model's template prints — and a transformers
+``LogitsProcessor`` that, at every decoding step, masks each constrained row of a batch to the tokens
+the grammar allows (other rows are untouched, so constrained and free requests share batches). When
+a call is complete the grammar allows only the model's end-of-turn tokens, so the row stops there.
+
+The grammar engine is llguidance (the one llama.cpp, vLLM and SGLang use: Lark grammars with JSON
+schemas, matched against the tokenizer's vocabulary). What is written here is each syntax's grammar
+and the per-row bookkeeping. JSON is constrained to the separators ``json.dumps`` writes (no free
+whitespace: a model could otherwise emit newlines forever inside an object).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+_COMPACT_JSON = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+@dataclass(frozen=True)
+class CallSyntax:
+    """How a parser's syntax wraps calls: ``open`` + call (+ ``between`` + call ...) + ``close``;
+    ``as_list``: the calls are one JSON array; ``arguments_key``: the key holding the arguments."""
+    open: str
+    close: str = ""
+    between: str = "\n"
+    as_list: bool = False
+    arguments_key: str = "arguments"
+
+
+# each block is what the template prints and what tool_parsers.PARSERS[name] reads back
+SYNTAXES = {
+    "hermes": CallSyntax("<tool_call>\n", "\n</tool_call>", between="\n</tool_call>\n<tool_call>\n"),
+    "llama3_json": CallSyntax("", between="; ", arguments_key="parameters"),
+    "mistral": CallSyntax("[TOOL_CALLS] ", as_list=True),
+    "granite": CallSyntax("<|tool_call|>", as_list=True),
+}
+
+
+def call_schema(tools: Sequence[dict], arguments_key: str = "arguments") -> dict:
+    """JSON schema of one call of any of ``tools`` (OpenAI function tools), name first. Arguments the
+    function does not declare are not allowed unless its schema says otherwise (as OpenAI's strict mode)."""
+    variants = []
+    for tool in tools:
+        function = tool["function"]
+        parameters = {"additionalProperties": False,
+                      **(function.get("parameters") or {"type": "object", "properties": {}})}
+        variants.append({"type": "object", "properties": {"name": {"const": function["name"]}, arguments_key: parameters},
+                         "required": ["name", arguments_key], "additionalProperties": False})
+    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+
+
+def _literal(text: str, tokenizer: Any) -> str:
+    """A grammar literal for ``text``: a special token by id when the tokenizer has it as one (llguidance
+    matches quoted strings against ordinary text only)."""
+    if not text:
+        return ""
+    stripped = text.strip()
+    token_id = tokenizer.convert_tokens_to_ids(stripped) if stripped else None
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    if token_id is not None and token_id != getattr(tokenizer, "unk_token_id", None) and token_id in special:
+        head, tail = text.split(stripped, 1)
+        return " ".join(part for part in (json.dumps(head) if head else "", f"<[{token_id}]>",
+                                          json.dumps(tail) if tail else "") if part)
+    return json.dumps(text)
+
+
+def call_grammar(syntax_name: str, tools: Sequence[dict], tokenizer: Any, *, parallel: bool = True) -> str:
+    """A Lark grammar (llguidance dialect) for the calls a constrained reply may be."""
+    syntax = SYNTAXES[syntax_name]
+    schema = {"x-guidance": _COMPACT_JSON, **call_schema(tools, syntax.arguments_key)}
+    if syntax.as_list:
+        array = {"x-guidance": _COMPACT_JSON, "type": "array", "items": call_schema(tools, syntax.arguments_key),
+                 "minItems": 1, **({} if parallel else {"maxItems": 1})}
+        body = f"%json {json.dumps(array)}"
+        rules = f"start: {_literal(syntax.open, tokenizer)} calls\ncalls: {body}\n"
+    else:
+        more = f' ({_literal(syntax.between, tokenizer)} call)*' if parallel else ""
+        parts = [p for p in (_literal(syntax.open, tokenizer), f"call{more}", _literal(syntax.close, tokenizer)) if p]
+        rules = f"start: {' '.join(parts)}\ncall: %json {json.dumps(schema)}\n"
+    return rules
+
+
+class CallConstraints:
+    """Per-model grammar machinery: the tokenizer as llguidance sees it (built once: it walks the
+    vocabulary) and a matcher per constrained request."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_ids: Sequence[int]):
+        import llguidance
+        import llguidance.hf
+
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self._llg = llguidance
+        self._ll_tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=list(stop_ids))
+        self._lock = threading.Lock()
+
+    def matcher(self, syntax_name: str, tools: Sequence[dict], *, parallel: bool = True) -> Any:
+        """A fresh matcher for one reply; ValueError when the grammar does not compile."""
+        grammar = self._llg.LLMatcher.grammar_from_lark(call_grammar(syntax_name, tools, self.tokenizer, parallel=parallel))
+        problem = self._llg.LLMatcher.validate_grammar(grammar, self._ll_tokenizer)  # '' when it compiles
+        if problem:
+            raise ValueError(f"the call grammar does not compile: {problem}")
+        with self._lock:
+            return self._llg.LLMatcher(self._ll_tokenizer, grammar)
+
+
+class ConstrainedRows:
+    """A transformers logits processor for one batched ``generate``: row ``i`` follows ``matchers[i]``
+    (None: unconstrained). Each call first feeds the token chosen at the previous step to the rows'
+    matchers, then masks the scores. Once a row's grammar is complete only ``stop_ids`` are allowed, so
+    the reply ends with the call; after that stop token the row is left alone (``generate`` pads it)."""
+
+    def __init__(self, matchers: Sequence[Any | None], vocab_size: int, stop_ids: Sequence[int]):
+        import llguidance.torch as llg_torch
+
+        self.matchers = list(matchers)
+        self.stop_ids = list(stop_ids)
+        self._torch = llg_torch
+        self._mask = llg_torch.allocate_token_bitmask(len(self.matchers), vocab_size)
+        self._started = False
+        self._state = ["free" if m is None else "grammar" for m in self.matchers]  # → "complete" → "done"
+
+    def _advance(self, row: int, token: int) -> None:
+        if token in self.stop_ids:
+            self._state[row] = "done"
+        elif self._state[row] == "grammar":
+            self.matchers[row].consume_token(token)
+            if self.matchers[row].is_stopped() or self.matchers[row].is_error():
+                self._state[row] = "complete"
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self._started:
+            for row, state in enumerate(self._state):
+                if state in ("grammar", "complete"):
+                    self._advance(row, int(input_ids[row, -1]))
+        self._started = True
+        rows = [row for row, state in enumerate(self._state) if state == "grammar"]
+        if rows:
+            for row in rows:
+                self._torch.fill_next_token_bitmask(self.matchers[row], self._mask, row)
+            masked = scores[rows].float()
+            self._torch.apply_token_bitmask_inplace(masked, self._mask[rows])
+            scores[rows] = masked.to(scores.dtype)
+        for row in (row for row, state in enumerate(self._state) if state == "complete"):
+            keep = scores[row, self.stop_ids].clone()
+            scores[row] = float("-inf")
+            scores[row, self.stop_ids] = keep
+        return scores
