@@ -101,6 +101,37 @@ def test_concurrent_requests_are_batched_and_answer_like_sequential_ones(server,
     assert max(server.engine.batches) > 1  # some requests were decoded together
 
 
+def _greedy_ids(chat, prompt: list[int], n: int) -> list[int]:
+    [out] = generate(chat.model, chat.tokenizer, [prompt], stop_ids=chat.stop_ids, max_new_tokens=n)
+    return out.token_ids
+
+
+def test_requests_join_a_running_batch_and_leave_it_as_they_end(sandbox_chat):
+    """Continuous batching: a request submitted while another is decoding joins it at the next step (its
+    prompt length differs: its cache rows are left-padded in), and every reply is token for token what it
+    is alone; rows that end leave, the others go on."""
+    from tuneful.serve.engine import Sampling
+
+    engine = GenerationEngine(sandbox_chat, max_batch=8, batch_wait_s=0.0).start()
+    try:
+        long_prompt = sandbox_chat.prompt_ids([{"role": "user", "content": "Tell me everything about Norland and its "
+                                                                           "flag, its animal and its capital city."}])
+        short_prompt = sandbox_chat.prompt_ids(QUESTION)
+        first = engine.submit(GenerationRequest(long_prompt, 40))
+        stream = first.tokens()
+        head = [next(stream) for _ in range(5)]  # the first request is decoding
+        second = engine.submit(GenerationRequest(short_prompt, 8))
+        third = engine.submit(GenerationRequest(short_prompt, 20, Sampling(0.8, 0.9), seed=7))
+        assert head + list(stream) == _greedy_ids(sandbox_chat, long_prompt, 40)
+        assert list(second.tokens()) == _greedy_ids(sandbox_chat, short_prompt, 8)
+        sampled = list(third.tokens())
+        assert 2 in engine.batches[5:] or 3 in engine.batches[5:]  # they shared steps with the running one
+        again = engine.submit(GenerationRequest(short_prompt, 20, Sampling(0.8, 0.9), seed=7))
+        assert list(again.tokens()) == sampled  # a seed reproduces a sampled reply, whatever shares its steps
+    finally:
+        engine.stop()
+
+
 def test_malformed_requests_get_openai_style_errors(server):
     api = client(server)
     status, body = raw_post(server, b"{not json")

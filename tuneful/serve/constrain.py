@@ -114,45 +114,60 @@ class CallConstraints:
             return self._llg.LLMatcher(self._ll_tokenizer, grammar)
 
 
-class ConstrainedRows:
-    """A transformers logits processor for one batched ``generate``: row ``i`` follows ``matchers[i]``
-    (None: unconstrained). Each call first feeds the token chosen at the previous step to the rows'
-    matchers, then masks the scores. Once a row's grammar is complete only ``stop_ids`` are allowed, so
-    the reply ends with the call; after that stop token the row is left alone (``generate`` pads it)."""
+class RowConstraint:
+    """One reply's constraint during decoding: ``restrict`` masks its next-token scores, ``advance``
+    feeds it the token chosen. While the grammar runs, the allowed tokens are the grammar's; once the
+    call is complete, only ``stop_ids`` (the reply ends with the call)."""
 
-    def __init__(self, matchers: Sequence[Any | None], vocab_size: int, stop_ids: Sequence[int]):
+    def __init__(self, matcher: Any, vocab_size: int, stop_ids: Sequence[int]):
         import llguidance.torch as llg_torch
 
-        self.matchers = list(matchers)
+        self.matcher = matcher
         self.stop_ids = list(stop_ids)
         self._torch = llg_torch
-        self._mask = llg_torch.allocate_token_bitmask(len(self.matchers), vocab_size)
-        self._started = False
-        self._state = ["free" if m is None else "grammar" for m in self.matchers]  # → "complete" → "done"
+        self._mask = llg_torch.allocate_token_bitmask(1, vocab_size)
+        self.complete = False
 
-    def _advance(self, row: int, token: int) -> None:
-        if token in self.stop_ids:
-            self._state[row] = "done"
-        elif self._state[row] == "grammar":
-            self.matchers[row].consume_token(token)
-            if self.matchers[row].is_stopped() or self.matchers[row].is_error():
-                self._state[row] = "complete"
+    def restrict(self, scores: torch.Tensor) -> torch.Tensor:
+        """``scores`` (vocab,) with every token the constraint forbids at -inf (a new tensor)."""
+        if self.complete:
+            out = torch.full_like(scores, float("-inf"))
+            out[self.stop_ids] = scores[self.stop_ids]
+            return out
+        self._torch.fill_next_token_bitmask(self.matcher, self._mask, 0)
+        out = scores.float().unsqueeze(0).clone()
+        self._torch.apply_token_bitmask_inplace(out, self._mask)
+        return out[0].to(scores.dtype)
+
+    def advance(self, token: int) -> None:
+        if self.complete or token in self.stop_ids:
+            return
+        self.matcher.consume_token(token)
+        if self.matcher.is_stopped() or self.matcher.is_error():
+            self.complete = True
+
+
+class ConstrainedRows:
+    """The same constraints as a transformers logits processor for one batched ``generate``: row ``i``
+    follows ``matchers[i]`` (None: unconstrained). Each call first feeds the token chosen at the previous
+    step, then masks; a row that chose an end-of-turn token is left alone (``generate`` pads it)."""
+
+    def __init__(self, matchers: Sequence[Any | None], vocab_size: int, stop_ids: Sequence[int]):
+        self.rows = [None if m is None else RowConstraint(m, vocab_size, stop_ids) for m in matchers]
+        self.stop_ids = list(stop_ids)
+        self._started = False
+        self._done = [False] * len(self.rows)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self._started:
-            for row, state in enumerate(self._state):
-                if state in ("grammar", "complete"):
-                    self._advance(row, int(input_ids[row, -1]))
+        for row, constraint in enumerate(self.rows):
+            if constraint is None or self._done[row]:
+                continue
+            if self._started:
+                token = int(input_ids[row, -1])
+                if token in self.stop_ids:
+                    self._done[row] = True
+                    continue
+                constraint.advance(token)
+            scores[row] = constraint.restrict(scores[row])
         self._started = True
-        rows = [row for row, state in enumerate(self._state) if state == "grammar"]
-        if rows:
-            for row in rows:
-                self._torch.fill_next_token_bitmask(self.matchers[row], self._mask, row)
-            masked = scores[rows].float()
-            self._torch.apply_token_bitmask_inplace(masked, self._mask[rows])
-            scores[rows] = masked.to(scores.dtype)
-        for row in (row for row, state in enumerate(self._state) if state == "complete"):
-            keep = scores[row, self.stop_ids].clone()
-            scores[row] = float("-inf")
-            scores[row, self.stop_ids] = keep
         return scores

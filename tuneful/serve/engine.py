@@ -1,11 +1,17 @@
-"""One generation worker shared by every client: a bounded queue and dynamic batching.
+"""One generation worker shared by every client: a bounded queue and continuous batching.
 
 Requests wait in a queue of bounded size (a full queue is refused at once, so an overloaded server
-answers "busy" instead of piling up work). The worker takes the oldest request plus every other
-waiting request with the same sampling settings, up to ``max_batch``, and decodes them together
-with the KV cache; each row streams its tokens to its own request as they are produced and stops
-at its own limit or stop token. Batching is what makes 16 concurrent clients cheaper than 16
-sequential generations: a decoding step costs little more for 16 rows than for one.
+answers "busy" instead of piling up work). The worker decodes every running request together, one
+token per step, with the KV cache; between steps, waiting requests join the running batch (their
+prompts are prefilled together and their cache rows merged in, left-padded) and finished ones leave
+it, so a batch never waits for its longest reply and a new request never waits for a batch to end.
+Each row keeps its own sampling settings, seed and (for forced tool calls) grammar constraint, so any
+requests can share a step. A decoding step costs little more for 16 rows than for one, which is what
+makes 16 concurrent clients cheaper than 16 sequential generations.
+
+Rows are merged and dropped in transformers' ``DynamicCache`` (full-attention layers); for a model
+whose cache has other layer kinds (sliding-window, static) the worker falls back to static batches:
+one ``generate`` call per batch, rows ending at their own stop token.
 """
 
 from __future__ import annotations
@@ -37,8 +43,6 @@ class EngineStopped(RuntimeError):
 
 @dataclass(frozen=True)
 class Sampling:
-    """Settings that must agree for requests to share a batch."""
-
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
 
@@ -68,55 +72,97 @@ class GenerationRequest:
             else:
                 raise RuntimeError(value)
 
-    finish_reason: str | None = None  # "stop" (end of turn) or "length"
+    finish_reason: str | None = None  # "stop" (end of turn), "length" or "cancelled"
     collected: list[int] = field(default_factory=list)  # tokens not yet handed over (stream=False)
 
+    def emit(self, token: int) -> None:
+        if self.stream:
+            self.events.put(("token", token))
+        else:
+            self.collected.append(token)
 
-class _Rows(StoppingCriteria, BaseStreamer):
-    """Per-row bookkeeping during one batched ``generate`` call: routes tokens, ends rows."""
+    def finish(self, reason: str) -> None:
+        if self.collected:
+            self.events.put(("tokens", self.collected))
+            self.collected = []
+        self.events.put(("done", reason))
 
-    def __init__(self, requests: list[GenerationRequest], stop_ids: set[int]):
-        self.requests = requests
-        self.stop_ids = stop_ids
-        self.produced = [0] * len(requests)
-        self.done = [False] * len(requests)
-        self.prompt_seen = False
 
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # generate() first hands the streamer the prompt
-            self.prompt_seen = True
-            return
-        for row, token in enumerate(value.view(-1).tolist()):
-            if self.done[row]:
-                continue
-            request = self.requests[row]
-            if token in self.stop_ids:
-                self._finish(row, "stop")
-                continue
-            if request.stream:
-                request.events.put(("token", token))
+class _Row:
+    """A running request: what it has produced, its sampler and its constraint."""
+
+    def __init__(self, request: GenerationRequest, vocab_size: int, stop_ids: list[int], *, constrained: bool = True):
+        self.request = request
+        self.produced = 0
+        self.done = False
+        self.generator = None
+        if request.sampling.temperature > 0:
+            self.generator = torch.Generator()
+            if request.seed is not None:
+                self.generator.manual_seed(request.seed)
             else:
-                request.collected.append(token)
-            self.produced[row] += 1
-            if self.produced[row] >= request.max_new_tokens:
-                self._finish(row, "length")
-            elif request.cancelled.is_set():
-                self._finish(row, "cancelled")
+                self.generator.seed()
+        self.constraint = None
+        if request.constraint is not None and constrained:  # static batches constrain inside generate()
+            from .constrain import RowConstraint
 
-    def end(self) -> None:
-        for row in range(len(self.requests)):
-            if not self.done[row]:
-                self._finish(row, "length")
+            self.constraint = RowConstraint(request.constraint, vocab_size, stop_ids)
 
-    def _finish(self, row: int, reason: str) -> None:
-        self.done[row] = True
-        request = self.requests[row]
-        if request.collected:
-            request.events.put(("tokens", request.collected))
-        request.events.put(("done", reason))
+    def choose(self, scores: torch.Tensor) -> int:
+        """The next token from this row's last-position scores (greedy, or sampled with its settings)."""
+        if self.constraint is not None:
+            scores = self.constraint.restrict(scores)
+        sampling = self.request.sampling
+        if self.generator is None:
+            return int(scores.argmax())
+        probs = torch.softmax(scores.float() / sampling.temperature, dim=-1).cpu()
+        if sampling.top_p < 1.0:
+            ordered, order = probs.sort(descending=True)
+            outside = ordered.cumsum(0) - ordered > sampling.top_p  # keep the smallest head reaching top_p
+            ordered[outside] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, order, ordered)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
 
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        return torch.tensor(self.done, device=input_ids.device)
+    def take(self, token: int, stop_ids: set[int]) -> None:
+        """Hand ``token`` to the request, or end it (stop token, length limit, client gone)."""
+        request = self.request
+        if token in stop_ids:
+            return self._end("stop")
+        if self.constraint is not None:
+            self.constraint.advance(token)
+        request.emit(token)
+        self.produced += 1
+        if self.produced >= request.max_new_tokens:
+            self._end("length")
+        elif request.cancelled.is_set():
+            self._end("cancelled")
+
+    def _end(self, reason: str) -> None:
+        self.done = True
+        self.request.finish(reason)
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _cache_layers(cache: Any) -> list[Any] | None:
+    """The cache's layers when each holds plain (batch, heads, length, dim) keys/values that rows can be
+    padded, merged and dropped in; None otherwise."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        return None
+    return list(layers)
+
+
+def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    if width == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = width
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
 class GenerationEngine:
@@ -124,12 +170,19 @@ class GenerationEngine:
         self.chat = chat
         self.max_batch = max_batch
         self.max_queue = max_queue
-        self.batch_wait_s = batch_wait_s  # how long the first request waits for company
+        self.batch_wait_s = batch_wait_s  # how long an idle worker waits for company before starting
         self._waiting: deque[GenerationRequest] = deque()
         self._lock = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name="tuneful-generation", daemon=True)
-        self.batches: list[int] = []  # batch sizes served, for tests and the benchmark
+        self.batches: list[int] = []  # rows decoded per step, for tests and the benchmark
+        self.continuous = True  # False once a model's cache turned out not to allow merging rows
+        self._stop_ids = list(chat.stop_ids)
+        self._vocab = chat.model.get_output_embeddings().weight.shape[0]
+        self._rows: list[_Row] = []
+        self._cache: Any = None
+        self._mask: torch.Tensor | None = None  # (rows, cached length): 1 where a row has a token
+        self._next: torch.Tensor | None = None  # (rows,): each row's last chosen token, not yet in the cache
 
     def start(self) -> "GenerationEngine":
         self._thread.start()
@@ -146,7 +199,7 @@ class GenerationEngine:
         return request
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the batch being decoded, refuse what still waits, and end the worker."""
+        """Finish the requests being decoded, refuse what still waits, and end the worker."""
         with self._lock:
             self._stopping = True
             refused = list(self._waiting)
@@ -157,53 +210,140 @@ class GenerationEngine:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def _next_batch(self) -> list[GenerationRequest] | None:
+    def _take_waiting(self, room: int, block: bool) -> list[GenerationRequest] | None:
+        """Up to ``room`` waiting requests; when ``block`` (nothing is running), wait for the first and
+        then ``batch_wait_s`` for company. None once stopping."""
         with self._lock:
-            while not self._waiting and not self._stopping:
-                self._lock.wait()
+            if block:
+                while not self._waiting and not self._stopping:
+                    self._lock.wait()
+                deadline = time.monotonic() + self.batch_wait_s
+                while len(self._waiting) < room and not self._stopping:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._lock.wait(left)
             if self._stopping:
                 return None
-            # Requests that arrive together (a burst of clients) should be decoded together: give
-            # the queue a moment to fill before starting a batch that cannot take latecomers.
-            deadline = time.monotonic() + self.batch_wait_s
-            while len(self._waiting) < self.max_batch and not self._stopping:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._lock.wait(left)
-            if self._stopping:  # stop() also emptied the queue
-                return None
-            first = self._waiting.popleft()
-            batch = [first]
-            for request in list(self._waiting):
-                if len(batch) >= self.max_batch:
-                    break
-                if request.sampling == first.sampling and request.seed == first.seed:
-                    self._waiting.remove(request)
-                    batch.append(request)
-            return batch
+            taken = []
+            while self._waiting and len(taken) < room:
+                taken.append(self._waiting.popleft())
+            return taken
 
     def _work(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            live = [r for r in batch if not r.cancelled.is_set()]
-            for r in batch:
-                if r.cancelled.is_set():
-                    r.events.put(("done", "cancelled"))
-            if not live:
-                continue
+        while True:
+            new = self._take_waiting(self.max_batch - len(self._rows), block=not self._rows)
+            if new is None:  # stopping: what is running finishes, nothing joins
+                if not self._rows:
+                    break
+                new = []
+            for request in [r for r in new if r.cancelled.is_set()]:
+                request.finish("cancelled")
+            new = [r for r in new if not r.cancelled.is_set()]
             try:
-                self._decode(live)
-            except Exception as exc:  # a failed batch must not kill the server; its clients get the error
-                for r in live:
-                    r.events.put(("error", f"generation failed: {exc}"))
+                if not self.continuous:
+                    if new:
+                        self._static_batch(new)
+                    continue
+                if new:
+                    self._join(new)
+                if self._rows:
+                    self._step()
+            except Exception as exc:  # a failed step must not kill the server; its clients get the error
+                for row in self._rows:
+                    if not row.done:
+                        row.request.events.put(("error", f"generation failed: {exc}"))
+                for request in new:
+                    if not any(row.request is request for row in self._rows):
+                        request.events.put(("error", f"generation failed: {exc}"))
+                self._rows, self._cache, self._mask, self._next = [], None, None, None
 
     @torch.no_grad()
-    def _decode(self, batch: list[GenerationRequest]) -> None:
+    def _join(self, requests: list[GenerationRequest]) -> None:
+        """Prefill ``requests`` together, choose their first tokens, and merge their cache rows in."""
+        from transformers.cache_utils import DynamicCache
+
+        model, device = self.chat.model, self.chat.device
+        ids, mask = left_padded([r.prompt_ids for r in requests], self.chat.pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        cache = DynamicCache(config=model.config)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), past_key_values=cache,
+                       use_cache=True).logits[:, -1, :]
+        if _cache_layers(cache) is None:  # this model's cache cannot merge rows: static batches from now on
+            self.continuous = False
+            self._static_batch(requests)
+            return
+        rows = [_Row(r, self._vocab, self._stop_ids) for r in requests]
+        stop = set(self._stop_ids)
+        first = []
+        for row, scores in zip(rows, logits):
+            token = row.choose(scores)
+            row.take(token, stop)
+            first.append(token)
+        self.batches.append(len(rows))
+        self._merge(rows, cache, mask, torch.tensor(first, device=device))
+
+    def _merge(self, rows: list[_Row], cache: Any, mask: torch.Tensor, first: torch.Tensor) -> None:
+        if not self._rows:
+            self._rows, self._cache, self._mask, self._next = rows, cache, mask, first
+        else:
+            width = max(self._mask.shape[1], mask.shape[1])
+            for old, new in zip(_cache_layers(self._cache), _cache_layers(cache)):
+                old.keys = torch.cat([_pad_left(old.keys, width - old.keys.shape[-2], -2),
+                                      _pad_left(new.keys, width - new.keys.shape[-2], -2)], dim=0)
+                old.values = torch.cat([_pad_left(old.values, width - old.values.shape[-2], -2),
+                                        _pad_left(new.values, width - new.values.shape[-2], -2)], dim=0)
+            self._mask = torch.cat([_pad_left(self._mask, width - self._mask.shape[1], 1),
+                                    _pad_left(mask, width - mask.shape[1], 1)], dim=0)
+            self._rows = self._rows + rows
+            self._next = torch.cat([self._next, first])
+        self._drop_finished()
+
+    @torch.no_grad()
+    def _step(self) -> None:
+        """One token for every running row."""
+        self._mask = torch.cat([self._mask, self._mask.new_ones((len(self._rows), 1))], dim=1)
+        positions = (self._mask.sum(-1, keepdim=True) - 1)
+        logits = self.chat.model(input_ids=self._next[:, None], attention_mask=self._mask, position_ids=positions,
+                                 past_key_values=self._cache, use_cache=True).logits[:, -1, :]
+        self.batches.append(len(self._rows))
+        stop = set(self._stop_ids)
+        chosen = []
+        for row, scores in zip(self._rows, logits):
+            if row.request.cancelled.is_set() and not row.done:
+                row._end("cancelled")
+            token = row.choose(scores) if not row.done else self._stop_ids[0]
+            if not row.done:
+                row.take(token, stop)
+            chosen.append(token)
+        self._next = torch.tensor(chosen, device=self._mask.device)
+        self._drop_finished()
+
+    def _drop_finished(self) -> None:
+        keep = [i for i, row in enumerate(self._rows) if not row.done]
+        if len(keep) == len(self._rows):
+            return
+        if not keep:
+            self._rows, self._cache, self._mask, self._next = [], None, None, None
+            return
+        index = torch.tensor(keep, device=self._mask.device)
+        self._cache.batch_select_indices(index)
+        self._rows = [self._rows[i] for i in keep]
+        self._mask, self._next = self._mask[index], self._next[index]
+        empty = int((self._mask.sum(0) == 0).cumprod(0).sum())  # leading columns no remaining row uses
+        if empty:
+            for layer in _cache_layers(self._cache):
+                layer.keys, layer.values = layer.keys[..., empty:, :], layer.values[..., empty:, :]
+            self._mask = self._mask[:, empty:]
+
+    @torch.no_grad()
+    def _static_batch(self, batch: list[GenerationRequest]) -> None:
+        """One ``generate`` call for the batch (models whose cache cannot merge rows)."""
         self.batches.append(len(batch))
         model = self.chat.model
         pad = self.chat.pad_id
         ids, mask = left_padded([r.prompt_ids for r in batch], pad)
-        rows = _Rows(batch, set(self.chat.stop_ids))
+        rows = _StaticRows([_Row(r, self._vocab, self._stop_ids, constrained=False) for r in batch], set(self._stop_ids))
         sampling = batch[0].sampling
         options: dict[str, Any] = {"do_sample": False}
         if sampling.temperature > 0:
@@ -213,12 +353,37 @@ class GenerationEngine:
         if any(r.constraint is not None for r in batch):
             from .constrain import ConstrainedRows
 
-            vocab = model.get_output_embeddings().weight.shape[0]
-            options["logits_processor"] = LogitsProcessorList([ConstrainedRows([r.constraint for r in batch], vocab, self.chat.stop_ids)])
+            options["logits_processor"] = LogitsProcessorList(
+                [ConstrainedRows([r.constraint for r in batch], self._vocab, self._stop_ids)])
         model.generate(input_ids=ids.to(self.chat.device), attention_mask=mask.to(self.chat.device),
-                       max_new_tokens=max(r.max_new_tokens for r in batch), eos_token_id=self.chat.stop_ids,
+                       max_new_tokens=max(r.max_new_tokens for r in batch), eos_token_id=self._stop_ids,
                        pad_token_id=pad, streamer=rows, stopping_criteria=StoppingCriteriaList([rows]), **options)
         rows.end()
+
+
+class _StaticRows(StoppingCriteria, BaseStreamer):
+    """Per-row bookkeeping during one batched ``generate`` call (static batches): routes tokens, ends rows."""
+
+    def __init__(self, rows: list[_Row], stop_ids: set[int]):
+        self.rows = rows
+        self.stop_ids = stop_ids
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate() first hands the streamer the prompt
+            self.prompt_seen = True
+            return
+        for row, token in zip(self.rows, value.view(-1).tolist()):
+            if not row.done:
+                row.take(token, self.stop_ids)
+
+    def end(self) -> None:
+        for row in self.rows:
+            if not row.done:
+                row._end("length")
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.tensor([row.done for row in self.rows], device=input_ids.device)
 
 
 class TextDeltas:
