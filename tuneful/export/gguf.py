@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..infer.chat_model import _is_adapter, choose_template, model_folder, template_end_of_turn_ids
+from ..infer.chat_model import is_adapter_folder, choose_template, model_folder, template_end_of_turn_ids
 from ..masking import load_tokenizer, special_tokens_of
 from .ollama import modelfile
 
@@ -110,7 +110,7 @@ def stage_model(spec: str, stage: Path, *, template: str | None, trust_remote_co
     tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
     chosen, _, notes = choose_template(spec, folder, tokenizer, template)
     stage.mkdir(parents=True)
-    if _is_adapter(folder):
+    if is_adapter_folder(folder):
         from ..train.model import merged_adapter
 
         base = json.loads((Path(folder) / "adapter_config.json").read_text())["base_model_name_or_path"]

@@ -70,14 +70,14 @@ def _device_and_dtype(device: str) -> tuple[Any, Any]:
     return torch.device(device), (torch.bfloat16 if device.startswith("cuda") else torch.float32)
 
 
-def _is_adapter(spec: str) -> bool:
+def is_adapter_folder(spec: str) -> bool:
     return (Path(spec) / "adapter_config.json").is_file()
 
 
 def _load_weights(folder: str, trust_remote_code: bool, device: Any, dtype: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
-    if _is_adapter(folder):
+    if is_adapter_folder(folder):
         from ..train.model import merged_adapter
 
         base = json.loads((Path(folder) / "adapter_config.json").read_text())["base_model_name_or_path"]
