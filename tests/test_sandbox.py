@@ -144,7 +144,7 @@ def test_demo_quick_writes_the_contract(tmp_path: Path):
 
     from tuneful.cli.main import app
 
-    res = CliRunner().invoke(app, ["demo", "--quick", "--rl", "--out", str(tmp_path)])
+    res = CliRunner().invoke(app, ["demo", "--quick", "--rl", "--agent", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "report.json").read_text())
     for model in ("base", "tuned", "tuned+dpo"):
@@ -168,6 +168,13 @@ def test_demo_quick_writes_the_contract(tmp_path: Path):
         assert {"heldout_phrasing_accuracy", "heldout_family_accuracy"} <= set(after[arm])
     assert after["sft"]["heldout_phrasing_accuracy"] == report["tuned"]["heldout_phrasing_accuracy"]
     assert 0.0 <= after["rm_heldout_pair_accuracy"] <= 1.0
+    tools = report["tools"]  # the sandbox agent (contract keys; accuracies as fractions)
+    assert set(tools) >= {"tuned_with_tools", "tuned_without_tools", "base_with_tools", "valid_call_rate",
+                          "heldout_countries"}
+    assert all(0.0 <= tools[k] <= 1.0 for k in ("tuned_with_tools", "tuned_without_tools", "base_with_tools",
+                                                   "valid_call_rate"))
+    assert "## The sandbox agent: tools" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "agent_transcripts.jsonl").stat().st_size > 100
 
 
 @pytest.mark.slow

@@ -36,6 +36,9 @@ def demo(
                              "pool; run two to see how much a result moves from seed to seed."),
     rl: bool = typer.Option(False, "--rl", help="After SFT also GRPO (verifier reward), online DPO, a reward model "
                             "and GRPO on it, each evaluated like SFT (report.json after_sft; ~30 min)."),
+    agent: bool = typer.Option(False, "--agent", help="Also tool use: SFT on 900 agent traces (call, result, "
+                               "answer) about a second world the base model never read, then the agent loop on "
+                               "held-out countries and phrasings, with and without tools (report.json tools)."),
 ) -> None:
     """Instruction-tune the sandbox base model and compare base vs tuned on held-out prompts."""
     from rich.console import Console
@@ -43,11 +46,13 @@ def demo(
 
     from ..sandbox.demo import DemoSettings, run_demo
 
-    settings = DemoSettings(out=out, base_dir=base_dir, lora=lora, dpo=dpo, seed=seed, rl=rl)
+    settings = DemoSettings(out=out, base_dir=base_dir, lora=lora, dpo=dpo, seed=seed, rl=rl,
+                            agent_traces=900 if agent else 0)
     if quick:
         from ..sandbox.after_sft import OnlineSettings
 
         settings.sft_per_family, settings.eval_per_family, settings.epochs, settings.dpo_pairs = 20, 4, 1.0, 100
+        settings.agent_traces, settings.agent_eval_per_family = (30, 4) if agent else (0, 4)
         settings.online = OnlineSettings(prompts=32, steps=2, prompts_per_step=2, group_size=4, rm_epochs=1.0)
     if lima:
         _lima(settings, quick)
@@ -62,6 +67,11 @@ def demo(
     for key in ("heldout_phrasing_accuracy", "heldout_family_accuracy", "stop_rate"):
         table.add_row(key, *(f"{report[n][key]:.1%}" for n in names))
     Console().print(table)
+    tools = report.get("tools")
+    if tools:
+        typer.echo(f"agent on held-out countries (held-out phrasings): tuned with tools {tools['tuned_with_tools']:.1%}, "
+                   f"without tools {tools['tuned_without_tools']:.1%}, base with tools "
+                   f"{tools['base_with_tools']:.1%}; valid calls {tools['valid_call_rate']:.1%}")
     if "after_sft" in report:
         _after_sft_table(report["after_sft"])
     seed = report["seed_example"]

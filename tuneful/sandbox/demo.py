@@ -42,6 +42,9 @@ class DemoSettings:
     dpo_beta: float = 0.1
     rl: bool = False  # after SFT also GRPO, online DPO, a reward model and GRPO on it (report.json "after_sft")
     online: Any = None  # after_sft.OnlineSettings; None = its defaults
+    agent_traces: int = 0  # tool-use traces (call → result → answer) about the second world's training countries;
+    # > 0 also runs the agent evaluation (report.json "tools"); `tuneful demo --agent` sets 900
+    agent_eval_per_family: int = 20  # held-out phrasings about held-out countries, per agent family
 
 
 def write_replay(folder: Path, world: list, recipe: BaseRecipe) -> Path:
@@ -52,11 +55,20 @@ def write_replay(folder: Path, world: list, recipe: BaseRecipe) -> Path:
     return replay
 
 
-def _write_data(folder: Path, settings: DemoSettings, world: list, recipe: BaseRecipe) -> tuple[Path, Path]:
+def _write_data(folder: Path, settings: DemoSettings, world: list, tool_world: list,
+                recipe: BaseRecipe) -> tuple[Path, Path]:
+    """The SFT data: the task families, and the agent's tool-use traces, shuffled together."""
+    import random
+
+    from .agent import training_traces
+
     replay = write_replay(folder, world, recipe)
     train = folder / "train.jsonl"
-    instances = sft_instances(world, settings.sft_per_family, settings.seed)
-    train.write_text("".join(json.dumps(to_conversation(i)) + "\n" for i in instances))
+    records = [to_conversation(i) for i in sft_instances(world, settings.sft_per_family, settings.seed)]
+    if settings.agent_traces:
+        records += training_traces(tool_world, settings.agent_traces, settings.seed)
+    random.Random(settings.seed + 5).shuffle(records)
+    train.write_text("".join(json.dumps(r) + "\n" for r in records))
     return train, replay
 
 
@@ -69,7 +81,8 @@ def _sft(settings: DemoSettings, base: Path, train: Path, replay: Path, *, out: 
 
     overrides = [
         f"model.name_or_path={base}", f"data.train={train}", f"data.template={TEMPLATE}",
-        "data.allow_template_change=true", "data.max_length=256", "data.packing=false",
+        "data.allow_template_change=true", f"data.max_length={448 if settings.agent_traces else 256}",
+        "data.packing=false",  # agent traces reach ~430 tokens
         f"data.replay={replay}", f"data.replay_ratio={settings.replay_ratio}",
         f"train.output_dir={out or settings.out / 'sft'}", f"train.epochs={settings.epochs}",
         f"train.max_steps={max_steps}", f"train.lr={settings.lr}",
@@ -158,14 +171,43 @@ def _load(folder: Path, adapter: bool, base: Path) -> Any:
     return model.eval()
 
 
-def _prompt_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
+def _prompt_ids(tokenizer: Any, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
     from ..masking import special_tokens_of
     from ..templates.registry import builtin
     from ..templates.render import render
 
     text = render(messages, builtin(TEMPLATE).source, add_generation_prompt=True,
-                  special_tokens=special_tokens_of(tokenizer))
+                  special_tokens=special_tokens_of(tokenizer), tools=tools)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def evaluate_agents(models: dict[str, Any], tokenizer: Any, tool_world: list, settings: DemoSettings,
+                    stop_ids: list[int]) -> tuple[dict, list[dict]]:
+    """The agent loop on held-out phrasings about held-out countries of the second world: tuned and base
+    with the tools, tuned without them (report.json ``tools``)."""
+    from ..infer.generate import generate
+    from .agent import eval_tasks, run_agents, split_countries
+
+    def texts_of(model: Any) -> Any:
+        def texts(conversations: list[list[dict]], tools: list[dict] | None) -> list[str]:
+            prompts = [_prompt_ids(tokenizer, c, tools) for c in conversations]
+            return [g.text for g in generate(model, tokenizer, prompts, stop_ids=stop_ids, max_new_tokens=128)]  # two calls ~110
+        return texts
+
+    tasks = eval_tasks(tool_world, settings.agent_eval_per_family, settings.seed)
+    runs, rows = {}, []
+    for name, model, tools in (("tuned_with_tools", models["tuned"], True), ("tuned_without_tools", models["tuned"], False),
+                               ("base_with_tools", models["base"], True)):
+        runs[name], transcripts = run_agents(texts_of(model), tasks, tool_world, tools=tools)
+        rows += [{"run": name, **row} for row in transcripts]
+    report = {name: run["accuracy"] for name, run in runs.items()}
+    report.update(valid_call_rate=runs["tuned_with_tools"]["valid_call_rate"],
+                  heldout_countries=[c.name for c in split_countries(tool_world)[1]],
+                  by_family={name: run["by_family"] for name, run in runs.items()},
+                  calls={name: run["calls"] for name, run in runs.items()},
+                  base_valid_call_rate=runs["base_with_tools"]["valid_call_rate"],
+                  tasks=len(tasks), traces=settings.agent_traces)
+    return report, rows
 
 
 def evaluate_model(model: Any, tokenizer: Any, sets: dict[str, list[TaskInstance]], stop_ids: list[int],
@@ -214,6 +256,13 @@ def sandbox(settings: DemoSettings) -> tuple[Path, BaseRecipe, list]:
     return base, recipe, make_world(recipe.seed, recipe.countries)
 
 
+def tool_world_of(recipe: BaseRecipe, world: list) -> list:
+    """The agent's second world: countries the base model never read about."""
+    from .agent import agent_world
+
+    return agent_world(recipe.seed, {c.name for c in world} | {c.capital for c in world})
+
+
 def stop_tokens(tokenizer: Any) -> tuple[int, list[int]]:
     """(the end-of-turn id, every id that ends generation: end-of-turn and end-of-document)."""
     end_of_turn = tokenizer.convert_tokens_to_ids("<|end|>")
@@ -226,7 +275,8 @@ def run_demo(settings: DemoSettings) -> dict:
     started = time.perf_counter()
     base, recipe, world = sandbox(settings)
     settings.out.mkdir(parents=True, exist_ok=True)
-    train, replay = _write_data(settings.out / "data", settings, world, recipe)
+    tool_world = tool_world_of(recipe, world)
+    train, replay = _write_data(settings.out / "data", settings, world, tool_world, recipe)
     result = _sft(settings, base, train, replay)
 
     tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
@@ -249,6 +299,9 @@ def run_demo(settings: DemoSettings) -> dict:
     for name, model in models.items():
         report[name], answers[name] = evaluate_model(model, tokenizer, sets, stop_ids, settings.max_new_tokens,
                                                      end_of_turn)
+    if settings.agent_traces:
+        report["tools"], transcripts = evaluate_agents(models, tokenizer, tool_world, settings, stop_ids)
+        (settings.out / "agent_transcripts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in transcripts))
     if dpo is not None:
         pairs = heldout_pairs(world, sets, settings.seed)
         report["dpo"] = {"pairs": settings.dpo_pairs, "steps": dpo.steps, "final_loss": dpo.final_loss,

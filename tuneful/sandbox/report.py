@@ -87,12 +87,33 @@ def render_markdown(report: dict, answers: dict[str, list[dict]]) -> str:
         seen.add(t["family"])
         cell = lambda s: s.replace("|", "/").replace("\n", " ⏎ ")[:80]  # noqa: E731
         lines.append(f"| {cell(t['prompt'])} | {cell(b['answer'])} | {cell(t['answer'])} | {'yes' if t['correct'] else 'no'} |")
+    if "tools" in report:
+        lines += tools_section(report["tools"])
     if "dpo" in report:
         lines += dpo_section(report)
     if "after_sft" in report:
         lines += after_sft_section(report["after_sft"])
     lines += ["", "Every answer is in `answers.jsonl`; the SFT loss curve is `sft_loss.png`."]
     return "\n".join(lines) + "\n"
+
+
+def tools_section(tools: dict) -> list[str]:
+    by = tools["by_family"]
+    lines = ["", "## The sandbox agent: tools", "",
+             f"SFT also saw {tools['traces']} tool-use traces (call `lookup_country` → its result → the answer; for "
+             "population sums two lookups, then `add`) about the training countries of a second world the base model "
+             f"never read about. Evaluated: {tools['tasks']} questions in held-out phrasings about its "
+             f"{len(tools['heldout_countries'])} held-out countries, the agent loop run by the demo (model → parse → "
+             "run the tool → model, at most 4 rounds). Valid calls (parsed, an offered tool, its arguments and "
+             f"types): {tools['valid_call_rate']:.1%} of the tuned model's {tools['calls']['tuned_with_tools']}.", "",
+             "| family | tuned, with tools | tuned, without tools | base, with tools |", "|---|---:|---:|---:|"]
+    for family in by["tuned_with_tools"]:
+        lines.append(f"| {family} | {by['tuned_with_tools'][family]:.0%} | {by['tuned_without_tools'][family]:.0%} "
+                     f"| {by['base_with_tools'][family]:.0%} |")
+    lines.append(f"| **all** | **{tools['tuned_with_tools']:.1%}** | {tools['tuned_without_tools']:.1%} | "
+                 f"{tools['base_with_tools']:.1%} |")
+    lines += ["", "Every transcript is in `agent_transcripts.jsonl`."]
+    return lines
 
 
 def dpo_section(report: dict) -> list[str]:

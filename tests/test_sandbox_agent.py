@@ -1,0 +1,124 @@
+"""The sandbox agent's pieces: a second world unknown to the base model, tools backed by it, training
+traces that render with the sandbox template and train the calls, and the agent loop's scoring."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tuneful.sandbox.agent import (FACT_PHRASINGS, HELDOUT, TOOLS, agent_world, eval_tasks, run_agents, run_tool,
+                                   split_countries, trace, training_traces, valid_call)
+from tuneful.sandbox.base import load_recipe, shipped_base_dir
+from tuneful.sandbox.world import make_world
+
+
+def _worlds():
+    recipe = load_recipe(shipped_base_dir())
+    world = make_world(recipe.seed, recipe.countries)
+    taken = {c.name for c in world} | {c.capital for c in world}
+    return world, agent_world(recipe.seed, taken), taken
+
+
+def test_the_second_world_shares_no_name_with_the_pretraining_world():
+    _, tool_world, taken = _worlds()
+    assert len(tool_world) == 400 and not ({c.name for c in tool_world} | {c.capital for c in tool_world}) & taken
+
+
+def test_traces_use_training_countries_and_phrasings_and_evaluation_the_held_out_ones():
+    _, tool_world, _ = _worlds()
+    train, held = split_countries(tool_world)
+    records = training_traces(tool_world, 60, seed=0)
+    held_names = {c.name for c in held}
+    held_phrasings = [re.compile(re.escape(p).replace(r"\{name\}", ".+").replace(r"\{other\}", ".+") + "$")
+                      for phrasings in FACT_PHRASINGS.values() for p in phrasings[-HELDOUT:]]
+    for record in records:
+        text = json.dumps(record["messages"])
+        assert not any(name in text for name in held_names)
+        assert not any(p.match(record["messages"][0]["content"]) for p in held_phrasings)
+    for task in eval_tasks(tool_world, 4, seed=0):
+        assert all(c in held for c in task.countries)
+
+
+def test_a_trace_renders_and_masks_with_the_sandbox_template():
+    from transformers import AutoTokenizer
+
+    from tuneful.masking import ConversationTokenizer
+    from tuneful.templates.registry import builtin
+
+    _, tool_world, _ = _worlds()
+    train, _ = split_countries(tool_world)
+    import random
+
+    from tuneful.sandbox.agent import make_task
+
+    record = trace(make_task(random.Random(0), "population_sum", 0, train), tool_world)
+    tokenizer = AutoTokenizer.from_pretrained(shipped_base_dir())
+    example = ConversationTokenizer(tokenizer, builtin("tuneful"))(record["messages"], tools=record["tools"])
+    trained = tokenizer.decode([t for t, m in zip(example.input_ids, example.train_mask) if m])
+    assert trained.count("<tool_call>") == 3 and "have" in trained  # two lookups, the add, the answer
+    assert "population_millions" not in trained  # tool results are context, never trained
+    assert "lookup_country(name: string)" in tokenizer.decode(example.input_ids)
+
+
+def test_tools_answer_from_the_second_world_and_check_their_arguments():
+    _, tool_world, _ = _worlds()
+    country = tool_world[0]
+    assert json.loads(run_tool(tool_world, "lookup_country", {"name": country.name}))["capital"] == country.capital
+    assert "error" in json.loads(run_tool(tool_world, "lookup_country", {"name": "Atlantis"}))
+    assert json.loads(run_tool(tool_world, "add", {"a": 2, "b": 40})) == {"result": 42}
+    assert valid_call("add", {"a": 1, "b": 2}) and not valid_call("add", {"a": "1", "b": 2})
+    assert not valid_call("lookup", {"name": "x"}) and not valid_call("lookup_country", {"country": "x"})
+    assert [t["function"]["name"] for t in TOOLS] == ["lookup_country", "add"]
+
+
+def test_the_agent_loop_runs_calls_and_scores_final_answers():
+    """A scripted model: looks the country up, then answers from the tool's result (or answers at once
+    without tools). Accuracy, valid-call rate and transcripts come out of the loop as for a real model."""
+    _, tool_world, _ = _worlds()
+    tasks = [t for t in eval_tasks(tool_world, 2, seed=0) if t.family == "capital"]
+
+    def scripted(conversations, tools):
+        replies = []
+        for conversation in conversations:
+            last = conversation[-1]
+            if tools and last["role"] == "user":
+                name = next(c.name for c in tool_world if c.name in last["content"])
+                replies.append('<tool_call>\n{"name": "lookup_country", "arguments": {"name": "%s"}}\n</tool_call>' % name)
+            elif last["role"] == "tool":
+                replies.append(f"The capital is {json.loads(last['content'])['capital']}.")
+            else:
+                replies.append("I do not know.")
+        return replies
+
+    with_tools, rows = run_agents(scripted, tasks, tool_world, tools=True)
+    assert with_tools["accuracy"] == 1.0 and with_tools["valid_call_rate"] == 1.0 and with_tools["calls"] == len(tasks)
+    assert rows[0]["transcript"][-2]["role"] == "tool"
+    without, _ = run_agents(scripted, tasks, tool_world, tools=False)
+    assert without["accuracy"] == 0.0 and without["calls"] == 0
+
+
+def test_the_demo_writes_agent_traces_only_when_asked(tmp_path):
+    from tuneful.sandbox.base import load_recipe
+    from tuneful.sandbox.demo import DemoSettings, _write_data, sandbox, tool_world_of
+
+    settings = DemoSettings(out=tmp_path, sft_per_family=2)
+    base, recipe, world = sandbox(settings)
+    tool_world = tool_world_of(load_recipe(base), world)
+    for traces in (0, 6):
+        settings.agent_traces = traces
+        train, _ = _write_data(tmp_path / f"data{traces}", settings, world, tool_world, recipe)
+        rows = [json.loads(line) for line in train.read_text().splitlines()]
+        with_tools = [r for r in rows if any(m.get("tool_calls") for m in r["messages"])]
+        assert len(with_tools) == traces
+
+
+def test_the_tuneful_template_lists_tools_compactly_whatever_their_types():
+    from tuneful.templates.registry import builtin
+    from tuneful.templates.render import render
+
+    tools = [{"type": "function", "function": {"name": "f", "description": "Does f.", "parameters": {
+        "type": "object", "properties": {"a": {"type": ["string", "null"]}, "b": {"type": "integer"}, "c": {}}}}},
+        {"type": "function", "function": {"name": "g"}}]
+    text = render([{"role": "user", "content": "hi"}], builtin("tuneful").source, add_generation_prompt=True,
+                  special_tokens={}, tools=tools)
+    assert text.startswith("<|system|>Tools:\nf(a: string|null, b: integer, c: any) - Does f.\ng()\n<|end|>")

@@ -1,0 +1,205 @@
+"""The sandbox agent: what tool use buys a small tuned model, measured where everything is known.
+
+A second world (another seed, names not in the first) holds countries the base model never read about.
+Its facts are reachable only through tools: ``lookup_country(name)`` returns a country's facts as JSON,
+``add(a, b)`` adds two numbers (population arithmetic the model cannot do in its head). SFT data holds
+full traces — the call, the tool's result, the answer — for training countries and training phrasings;
+the evaluation asks held-out phrasings about held-out countries and runs the agent loop itself
+(model → parse → run the tool → model), base and tuned, and tuned without the tools. The verifier is
+a word check on the final answer; a call is valid when it parses, names an offered tool and its
+arguments have the declared names and types.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .world import Country, make_world
+
+AGENT_WORLD_OFFSET = 7919  # the second world's seed is the base world's + this
+TRAIN_SHARE = 0.7
+MAX_ROUNDS = 4
+
+TOOLS = [
+    {"type": "function", "function": {"name": "lookup_country", "description": "Facts about a country.",
+                                      "parameters": {"type": "object", "properties": {"name": {"type": "string"}},
+                                                     "required": ["name"]}}},
+    {"type": "function", "function": {"name": "add", "description": "Add two numbers.",
+                                      "parameters": {"type": "object", "properties": {
+                                          "a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}},
+]
+
+# (family, attribute or None, phrasings: training ones first, the last two held out)
+FACT_PHRASINGS = {
+    "capital": ("What is the capital of {name}?", "Which city is the capital of {name}?", "Capital of {name}?",
+                "Tell me the capital of {name}.", "Name the capital city of {name}.", "I need the capital of {name}.",
+                "What city is {name} governed from?", "Where is the capital of {name}?"),
+    "animal": ("What is the national animal of {name}?", "Which animal is the symbol of {name}?",
+               "National animal of {name}?", "Tell me the national animal of {name}.",
+               "Name the animal that represents {name}.", "What animal stands for {name}?",
+               "Which animal is on the emblem of {name}?", "What is {name}'s national animal?"),
+    "population_sum": ("What is the total population of {name} and {other}?",
+                       "How many people live in {name} and {other} together?",
+                       "Combined population of {name} and {other}?",
+                       "Add up the populations of {name} and {other}.",
+                       "Tell me how many people {name} and {other} have in total.",
+                       "What do the populations of {name} and {other} sum to?",
+                       "If you count everyone in {name} and {other}, how many people is that?",
+                       "What is the population of {name} plus that of {other}?"),
+}
+HELDOUT = 2  # the last phrasings of each family are for evaluation only
+ANSWERS = {"capital": "The capital of {name} is {capital}.",
+           "animal": "The national animal of {name} is the {animal}.",
+           "population_sum": "{name} and {other} have {total} million people together."}
+
+
+@dataclass(frozen=True)
+class AgentTask:
+    family: str
+    question: str
+    countries: tuple[Country, ...]
+    answer_word: str  # the final answer must contain it
+
+
+def agent_world(seed: int, taken: set[str], n: int = 400) -> list[Country]:
+    """Countries of a second world, none sharing a name or capital with the pretraining world."""
+    world = [c for c in make_world(seed + AGENT_WORLD_OFFSET, n * 2) if c.name not in taken and c.capital not in taken]
+    return world[:n]
+
+
+def split_countries(world: list[Country]) -> tuple[list[Country], list[Country]]:
+    cut = int(len(world) * TRAIN_SHARE)
+    return world[:cut], world[cut:]
+
+
+def lookup_country(world: list[Country], name: str) -> dict:
+    for country in world:
+        if country.name.lower() == str(name).strip().lower():
+            return {"capital": country.capital, "animal": country.animal, "population_millions": country.population}
+    return {"error": f"no country named {name}"}
+
+
+def run_tool(world: list[Country], name: str, arguments: dict) -> str:
+    if name == "lookup_country" and set(arguments) == {"name"}:
+        return json.dumps(lookup_country(world, arguments["name"]))
+    if name == "add" and set(arguments) == {"a", "b"} and all(isinstance(v, (int, float)) for v in arguments.values()):
+        return json.dumps({"result": arguments["a"] + arguments["b"]})
+    return json.dumps({"error": f"bad call of {name}"})
+
+
+def valid_call(name: str, arguments: Any) -> bool:
+    """Names an offered tool, with exactly its arguments, of their declared types."""
+    schema = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}.get(name)
+    if schema is None or not isinstance(arguments, dict) or set(arguments) != set(schema["required"]):
+        return False
+    kinds = {"string": str, "integer": int}
+    return all(isinstance(arguments[k], kinds[v["type"]]) and not isinstance(arguments[k], bool)
+               for k, v in schema["properties"].items())
+
+
+def make_task(rng: random.Random, family: str, phrasing: int, countries: list[Country]) -> AgentTask:
+    first = rng.choice(countries)
+    other = rng.choice([c for c in countries if c is not first])
+    question = FACT_PHRASINGS[family][phrasing].format(name=first.name, other=other.name)
+    if family == "capital":
+        return AgentTask(family, question, (first,), first.capital)
+    if family == "animal":
+        return AgentTask(family, question, (first,), first.animal)
+    return AgentTask(family, question, (first, other), str(first.population + other.population))
+
+
+def _call(call_id: str, name: str, arguments: dict) -> dict:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def trace(task: AgentTask, world: list[Country]) -> dict:
+    """The full conversation a good agent has: calls, results, answer (a training record with tools)."""
+    first = task.countries[0]
+    messages: list[dict] = [{"role": "user", "content": task.question}]
+    looked = [_call(f"call_{i}", "lookup_country", {"name": c.name}) for i, c in enumerate(task.countries)]
+    messages.append({"role": "assistant", "content": "", "tool_calls": looked})
+    for call, country in zip(looked, task.countries):
+        messages.append({"role": "tool", "tool_call_id": call["id"], "content": json.dumps(lookup_country(world, country.name))})
+    values = {"name": first.name, "capital": first.capital, "animal": first.animal}
+    if task.family == "population_sum":
+        other = task.countries[1]
+        add = _call("call_9", "add", {"a": first.population, "b": other.population})
+        messages.append({"role": "assistant", "content": "", "tool_calls": [add]})
+        messages.append({"role": "tool", "tool_call_id": "call_9", "content": run_tool(world, "add", add["function"]["arguments"])})
+        values.update(other=other.name, total=first.population + other.population)
+    messages.append({"role": "assistant", "content": ANSWERS[task.family].format(**values)})
+    return {"messages": messages, "tools": TOOLS, "meta": {"family": f"agent_{task.family}"}}
+
+
+def training_traces(world: list[Country], n: int, seed: int) -> list[dict]:
+    train, _ = split_countries(world)
+    rng = random.Random(seed + 29)
+    records = []
+    for k in range(n):
+        family = list(FACT_PHRASINGS)[k % len(FACT_PHRASINGS)]
+        phrasing = rng.randrange(len(FACT_PHRASINGS[family]) - HELDOUT)
+        records.append(trace(make_task(rng, family, phrasing, train), world))
+    rng.shuffle(records)
+    return records
+
+
+def eval_tasks(world: list[Country], per_family: int, seed: int) -> list[AgentTask]:
+    """Held-out phrasings about held-out countries."""
+    _, held = split_countries(world)
+    rng = random.Random(seed + 31)
+    tasks = []
+    for family, phrasings in FACT_PHRASINGS.items():
+        for k in range(per_family):
+            tasks.append(make_task(rng, family, len(phrasings) - HELDOUT + k % HELDOUT, held))
+    return tasks
+
+
+def run_agents(generate_texts: Callable[[list[list[dict]], list[dict] | None], list[str]], tasks: list[AgentTask],
+               world: list[Country], *, tools: bool) -> tuple[dict, list[dict]]:
+    """The agent loop for every task at once (a round = one batched generation for all unfinished ones):
+    parse the reply; calls → run them, hand the results back; text → the final answer. Returns the
+    accuracy, the valid-call rate and every transcript."""
+    from ..serve.tool_parsers import PARSERS
+
+    parser = PARSERS["hermes"]
+    conversations = [[{"role": "user", "content": t.question}] for t in tasks]
+    finals: list[str | None] = [None] * len(tasks)
+    attempts = valid = 0
+    for _ in range(MAX_ROUNDS):
+        pending = [i for i, final in enumerate(finals) if final is None]
+        if not pending:
+            break
+        replies = generate_texts([conversations[i] for i in pending], TOOLS if tools else None)
+        for i, text in zip(pending, replies):
+            reply = parser.parse(text) if tools else None
+            if reply is None or (not reply.tool_calls and not reply.failed):
+                finals[i] = text
+                conversations[i].append({"role": "assistant", "content": text})
+                continue
+            attempts += max(1, len(reply.tool_calls))
+            if reply.failed:
+                finals[i] = text
+                conversations[i].append({"role": "assistant", "content": text})
+                continue
+            calls = [_call(f"call_{len(conversations[i])}_{k}", c.name, dict(c.arguments)) for k, c in enumerate(reply.tool_calls)]
+            conversations[i].append({"role": "assistant", "content": reply.content, "tool_calls": calls})
+            for call in calls:
+                name, arguments = call["function"]["name"], call["function"]["arguments"]
+                valid += valid_call(name, arguments)
+                conversations[i].append({"role": "tool", "tool_call_id": call["id"], "content": run_tool(world, name, arguments)})
+    rows = []
+    for task, final, conversation in zip(tasks, finals, conversations):
+        correct = final is not None and task.answer_word.lower() in final.lower()
+        rows.append({"family": task.family, "question": task.question, "final": final, "correct": correct,
+                     "reference": task.answer_word, "transcript": conversation})
+    by_family = {f: _share([r["correct"] for r in rows if r["family"] == f]) for f in FACT_PHRASINGS}
+    summary = {"accuracy": _share([r["correct"] for r in rows]), "by_family": by_family,
+               "valid_call_rate": valid / attempts if attempts else 0.0, "calls": attempts}
+    return summary, rows
+
+
+def _share(values: list[bool]) -> float:
+    return sum(values) / len(values) if values else 0.0
