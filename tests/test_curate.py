@@ -142,6 +142,12 @@ def test_cli_keeps_every_record_accounted_for(tmp_path: Path):
     report = tmp_path / "curated-report"
     for name in ("report.md", "report.json", "stages.png", "lengths.png", "coverage.png"):
         assert (report / name).stat().st_size > 100
+    written = json.loads((report / "report.json").read_text())
+    # the known labels are described before and after (300 loaded records; the broken line has none)
+    assert sum(written["labels_before"].values()) == 300 and sum(written["labels_after"].values()) == 60
+    assert written["labels_before"]["noise=truncated"] > written["labels_after"].get("noise=truncated", 0)
+    assert sum(written["groups_after"].values()) == 60
+    assert "| noise=wrong |" in (report / "report.md").read_text()
 
 
 def test_judge_scores_drop_low_rated_records(tmp_path: Path):
@@ -163,13 +169,163 @@ def test_judge_scores_drop_low_rated_records(tmp_path: Path):
     assert all(result.scores[r.index]["judge"] == 5.0 for r in result.kept)
 
 
-def test_ifd_scores_come_from_a_local_model(tmp_path: Path):
-    from tiny import save_tiny_model
-    from tuneful.curate.scores import ifd_scores
+def test_ifd_and_likelihood_come_from_one_local_reference_model(tmp_path: Path):
+    import torch
 
-    model = save_tiny_model(tmp_path / "model")
-    scores = ifd_scores(str(model), [("What is 2+2?", "4"), ("Name a colour.", "Blue is a colour.")])
+    from tiny import save_tiny_model
+    from tuneful.curate.scores import ReferenceLM, ifd_scores, likelihood_scores
+
+    reference = ReferenceLM(str(save_tiny_model(tmp_path / "model")), batch_size=1)
+    pairs = [("What is 2+2?", "4"), ("Name a colour.", "Blue is a colour.")]
+    scores = ifd_scores(reference, pairs)
     assert len(scores) == 2 and all(0 < s < 10 for s in scores)
+    # likelihood: mean log-probability of the reply's tokens and the end-of-text token after it, by hand
+    tok, model = reference.tokenizer, reference.model
+    head = tok("Name a colour.\n", add_special_tokens=False)["input_ids"]
+    body = tok("Blue is a colour.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    with torch.no_grad():
+        logprobs = model(torch.tensor([head + body])).logits[0].log_softmax(-1)
+    expected = sum(float(logprobs[len(head) - 1 + k, t]) for k, t in enumerate(body)) / len(body)
+    assert likelihood_scores(reference, pairs)[1] == pytest.approx(expected, abs=1e-4)
+
+
+def test_agreement_is_the_share_of_other_replies_to_the_same_question_that_agree():
+    from tuneful.curate.scores import agreement_scores, instruction_groups
+
+    instructions = ["What is the capital of Velor?", "what is the capital of velor", "Please: what is the capital "
+                    "of Velor?", "What is the capital of Velor ?", "What is the capital of Mirad?",
+                    "What is the capital of Mirad?", "Name a colour.", "Name a colour!", "Name a colour"]
+    replies = ["Kasp.", "kasp", "Kasp!", "Tosk.", "Dorn.", "Dorn", "Red.", "Blue.", "Green."]
+    groups = sorted(instruction_groups(instructions))
+    assert groups == [[0, 1, 2, 3], [4, 5], [6, 7, 8]]  # "Please:" joins its question; Mirad stays apart
+    scores = agreement_scores(instructions, replies, min_group=3)
+    assert scores[:4] == [2 / 3, 2 / 3, 2 / 3, 0.0]  # the odd reply out agrees with nobody
+    assert scores[4:6] == [None, None]  # too few replies to count votes
+    assert scores[6:] == [None, None, None]  # nobody agrees with anybody: no consensus, no signal
+
+
+def test_quality_is_a_weighted_mean_of_ranks_within_groups():
+    from tuneful.curate.combine import combined_scores, percentile_ranks
+
+    assert percentile_ranks([3.0, 1.0, 2.0]).tolist() == [1.0, 0.0, 0.5]
+    assert percentile_ranks([1.0, 1.0, 5.0]).tolist() == [0.25, 0.25, 1.0]  # ties share their ranks
+    signals = {"likelihood": [-1.0, -3.0, -20.0, -25.0, None], "ifd": [0.5, 0.9, 0.5, 0.9, 0.7]}
+    groups = [0, 0, 1, 1, 1]
+    # likelihood alone: each group ranks on its own scale, so the long replies of group 1 are not all "bad"
+    assert combined_scores(signals, groups, {"likelihood": 1}).tolist() == [1.0, 0.0, 1.0, 0.0, 0.5]
+    # IFD is lower-is-better; record 4 has only IFD; weights 1 and 3
+    both = combined_scores(signals, groups, {"likelihood": 1, "ifd": 3}).tolist()
+    assert both == pytest.approx([1.0, 0.0, 1.0, 0.0, 0.5])
+    assert combined_scores(signals, groups, {"ifd": 1}).tolist() == [1.0, 0.0, 1.0, 0.0, 0.5]
+
+
+def test_group_quotas_grow_with_the_square_root_of_size_and_fill_the_budget():
+    from tuneful.curate.select import group_quotas
+
+    quotas = group_quotas({0: 400, 1: 100, 2: 4}, budget=60)
+    assert sum(quotas.values()) == 60 and quotas[2] == 4  # the small group gets all it has
+    assert quotas[0] == pytest.approx(2 * quotas[1], abs=2)  # sqrt(400) = 2 x sqrt(100)
+    assert group_quotas({0: 400, 1: 100, 2: 4}, budget=60, power=1.0)[0] > 45  # proportional
+    assert group_quotas({0: 5, 1: 3}, budget=100) == {0: 5, 1: 3}
+
+
+def test_quality_diverse_takes_the_best_first_and_skips_near_copies():
+    from tuneful.curate.select import quality_diverse
+
+    vectors = np.array([[1, 0], [0.999, 0.045], [0.6, 0.8], [0, 1], [-1, 0], [-0.999, 0.045]], dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    quality = np.array([0.9, 0.95, 0.5, 0.1, 0.8, 0.7])
+    one_group = np.zeros(6, dtype=np.int64)
+    # 1 (best) then 0 is a near copy of it (cosine ~ 1): skipped for 4, 2; its copy 5 as well
+    assert quality_diverse(vectors, quality, one_group, 3, max_similarity=0.95) == [1, 4, 2]
+    # the second pass admits skipped records when nothing else is left
+    assert quality_diverse(vectors, quality, one_group, 5, max_similarity=0.95) == [1, 4, 2, 3, 0]
+    # quotas: group 1 (records 3, 4, 5) gets its share even though its scores are lower
+    groups = np.array([0, 0, 0, 1, 1, 1])
+    assert sorted(quality_diverse(vectors, quality, groups, 2)) == [1, 4]
+
+
+def test_quality_diverse_never_admits_a_bad_record_for_being_different():
+    from tuneful.curate.select import quality_diverse
+
+    # 0-2: right answers, near copies of each other; 3: a wrong answer, unlike them, scored low
+    vectors = np.array([[1, 0], [1, 0.01], [1, 0.02], [0, 1]], dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    quality = np.array([0.9, 0.8, 0.7, 0.2])
+    one_group = np.zeros(4, dtype=np.int64)
+    assert quality_diverse(vectors, quality, one_group, 2) == [0, 3]  # diversity alone picks the wrong one
+    assert quality_diverse(vectors, quality, one_group, 2, min_score=0.5) == [0, 1]
+    # below the bar only when nothing else can fill the budget
+    assert quality_diverse(vectors, quality, one_group, 4, min_score=0.5) == [0, 1, 2, 3]
+
+
+def test_quality_diverse_lets_a_small_group_take_back_its_duplicates():
+    from tuneful.curate.select import quality_diverse
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(10, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    # group 0: records 0-5 (distinct); group 1: record 6 distinct, 7-9 its removed duplicates (spare)
+    groups = np.array([0] * 6 + [1] * 4)
+    spare = np.array([False] * 7 + [True] * 3)
+    quality = np.array([0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.9, 0.8, 0.1])
+    picked = quality_diverse(vectors, quality, groups, 6, spare=spare, min_score=0.5, group_sizes={0: 6, 1: 4})
+    # quotas 3 / 3 by sqrt of the claims; group 1 fills its share with its best spare duplicates, after its
+    # distinct record, and never with the one below the bar
+    assert sorted(picked) == [0, 1, 2, 6, 7, 8]
+    assert picked.index(6) < picked.index(7)
+    # without spare records group 1 has one eligible record: the rest of the budget goes to group 0
+    assert sorted(quality_diverse(vectors[:7], quality[:7], groups[:7], 6, min_score=0.5)) == [0, 1, 2, 3, 4, 6]
+
+
+def _fake_embedder(vectors: dict[str, list[float]]):
+    def embed(texts, *args):
+        rows = np.array([vectors[t.split("\n")[0]] for t in texts], dtype=np.float32)
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return embed
+
+
+def test_duplicate_clusters_keep_their_best_member_not_the_first(tmp_path: Path):
+    """A wrong reply comes first; the right one, which the other replies agree with, is its semantic
+    duplicate. v1 kept the first (wrong) one; the default keeps the best and names it."""
+    rows = [("What is the capital of Velor?", "The capital of Velor is Tosk."),  # wrong, first
+            ("What is the capital of Velor?", "The capital of Velor is Kasp."),
+            ("Capital of Velor? Please.", "The capital of Velor is Kasp."),
+            ("Please: what is the capital of Velor", "The capital of Velor is Kasp.")]
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+                            + "\n" for q, a in rows))
+    same = {q: [1.0, 0.0] for q, _ in rows}  # one semantic cluster
+    common = dict(exact=False, near=False, semantic_threshold=0.99, quality=False)
+    first = Curator(CurateSettings(dedup_keep="first", **common), embedder=_fake_embedder(same)).run(str(path))
+    assert [r.index for r in first.kept] == [0]
+    best = Curator(CurateSettings(**common), embedder=_fake_embedder(same)).run(str(path))
+    assert [r.response for r in best.kept] == ["The capital of Velor is Kasp."]
+    # 0, 1 and 3 ask the same question ("Capital of Velor? Please." is worded too differently to join them)
+    assert [best.scores[i].get("agreement") for i in range(4)] == [0.0, 0.5, None, 0.5]
+    reasons = [r.reason for r in best.rejected]
+    assert len(reasons) == 3 and all("cluster of 4; kept the best" in reason for reason in reasons)
+
+
+def test_curation_never_reads_the_sandbox_answer_key():
+    """The sandbox's verifiers are the evaluation of `demo --lima`; curation must not use them as a signal."""
+    import ast
+    import subprocess
+    import sys
+
+    import tuneful.curate
+
+    folder = Path(tuneful.curate.__file__).parent
+    for source in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                assert not any("sandbox" in n or "verif" in n for n in names), (source.name, names)
+    code = ("import sys; from tuneful.curate.pipeline import Curator; from tuneful.curate.config import CurateSettings; "
+            "import tuneful.curate.report, tuneful.curate.scores, tuneful.curate.combine; "
+            "print(sorted(m for m in sys.modules if m.startswith('tuneful.sandbox')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"
 
 
 def test_reward_model_scores_every_record_and_drops_below_min_reward(tmp_path: Path):

@@ -196,8 +196,13 @@ def test_lima_quick_runs_every_arm_on_the_same_step_budget(tmp_path: Path):
     # curation removed what it can see: truncated answers (quality) and near duplicates (dedup)
     curated, everything = arms["curated"]["composition"], arms["all"]["composition"]
     assert curated["truncated"] < everything["truncated"] and curated["near_duplicate"] < everything["near_duplicate"]
-    assert "ifd" in report["curation"]["curated"]["rejected_by_stage"]
-    assert "ifd" not in report["curation"]["curated-no-ifd"]["rejected_by_stage"]
+    # v1 filters on IFD; v2 weighs it, so no record is removed by the ifd stage
+    assert "ifd" in report["curation"]["curated_v1"]["rejected_by_stage"]
+    assert "ifd" not in report["curation"]["curated"]["rejected_by_stage"]
+    for a in ARMS:
+        assert sum(arms[a]["families"].values()) == arms[a]["records"]
+        assert arms[a]["wrong_share"] == arms[a]["composition"]["wrong"]
+    assert "| capital |" in (tmp_path / "lima.md").read_text()
     assert "| held-out phrasings |" in (tmp_path / "lima.md").read_text()
     assert (tmp_path / "lima.png").stat().st_size > 100
     assert json.loads(res.output.strip().splitlines()[-1]).keys() == set(ARMS)

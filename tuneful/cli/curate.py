@@ -17,7 +17,10 @@ def curate_cmd(
     budget: int = typer.Option(0, "--budget", help="Records to keep (0 = all that pass the filters)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Folder for report.md, report.json and PNGs "
                                           "(default: OUT's folder / <name>-report)."),
-    selection: str = typer.Option("k-center", "--selection", help="k-center, cluster, random or first."),
+    selection: str = typer.Option("quality-diverse", "--selection", help="quality-diverse, k-center, cluster, random "
+                                  "or first."),
+    reference_model: str = typer.Option("", "--reference-model", help="Local causal LM (e.g. your base model) whose "
+                                        "likelihood of each reply is a quality signal."),
     judge_model: str = typer.Option("", "--judge-model", help="OpenAI-compatible model rating each record 1-5."),
     judge_base_url: str = typer.Option("", "--judge-base-url", help="Judge endpoint (empty = OpenAI's)."),
     judge_api_key_env: str = typer.Option("OPENAI_API_KEY", "--judge-api-key-env", help="Env var with the key."),
@@ -40,7 +43,8 @@ def curate_cmd(
             typer.echo(f"{key} = {default}\n    {help_text}")
         return
     flags = [f"budget={budget}", f"selection={selection}", f"judge_model={judge_model}",
-             f"judge_base_url={judge_base_url}", f"judge_api_key_env={judge_api_key_env}", f"ifd_model={ifd_model}"]
+             f"judge_base_url={judge_base_url}", f"judge_api_key_env={judge_api_key_env}", f"ifd_model={ifd_model}",
+             f"reference_model={reference_model}"]
     try:
         cfg = build(CurateSettings, None, flags + list(settings or []))
     except ConfigError as exc:

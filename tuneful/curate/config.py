@@ -7,13 +7,17 @@ from typing import Optional
 
 from ..config import setting
 
-SELECTIONS = ("k-center", "cluster", "random", "first")
+SELECTIONS = ("quality-diverse", "k-center", "cluster", "random", "first")
+DEDUP_KEEP = ("best", "first")
 EMBEDDING_DTYPES = ("auto", "float32", "bfloat16")
 
 
 @dataclass
 class CurateSettings:
     budget: int = setting(0, "Records to keep after every filter (0 = keep all that pass).")
+    dedup_keep: str = setting("best", "Which member of a duplicate cluster (exact, near, semantic) is kept: best (the "
+                                      "highest quality score; the reason of each removed member names the kept one) or "
+                                      "first (input order, tuneful's v1 behaviour).")
     exact: bool = setting(True, "Drop exact duplicates (normalised text: case, whitespace and punctuation folded).")
     near: bool = setting(True, "Drop near duplicates with MinHash LSH over word 5-gram shingles.")
     near_threshold: float = setting(0.8, "Estimated Jaccard similarity at which two records are near duplicates.")
@@ -41,14 +45,46 @@ class CurateSettings:
                                     "score is recorded per record; empty = off.")
     min_reward: Optional[float] = setting(None, "Records the reward model scores below this are dropped; null = keep "
                                                 "all (scores only).")
+    agreement: bool = setting(True, "Self-consistency score: each reply's share of the other replies to the same or "
+                                    "near-same instruction that agree with it (no model needed; no signal for an "
+                                    "instruction with fewer than agreement_min_group replies).")
+    agreement_min_group: int = setting(3, "Replies an instruction needs before their agreement is a signal.")
+    reply_match: float = setting(0.9, "Two replies agree when their normalised texts match at least this much "
+                                      "(rapidfuzz ratio / 100; 1 = equal).")
+    reference_model: str = setting("", "Local causal LM that knows the domain (e.g. the base model you will tune): "
+                                       "each reply's log-likelihood, its end included, given the instruction; a wrong "
+                                       "fact or a reply cut off mid-sentence scores lower. Empty = off.")
     ifd_model: str = setting("", "Small local causal LM for IFD scores (loss(answer|instruction) / loss(answer)); "
-                                 "empty = off.")
-    ifd_max: float = setting(1.0, "Records with IFD >= this are dropped: the instruction does not help predict the "
-                                  "answer (a mismatched pair).")
-    selection: str = setting("k-center", "How to pick `budget` records: k-center (greedy farthest-first on the "
-                                         "embeddings, weighted by score), cluster (balanced over k-means clusters), "
-                                         "random, or first.")
-    clusters: int = setting(0, "Clusters for cluster selection and the coverage report; 0 = about sqrt(n/2).")
+                                 "empty = off. May be the reference model (loaded once).")
+    ifd_max: Optional[float] = setting(None, "Records with IFD >= this are dropped (v1 used 1.0); null = IFD is a "
+                                             "signal weighed into the quality score, not a filter: a hard cut removes "
+                                             "whole kinds of good but generic replies (refusals, clarifications).")
+    agreement_weight: float = setting(3.0, "Weight of the agreement signal in the quality score (three times the others: "
+                                           "where many replies to one instruction exist, their vote is a more direct "
+                                           "test of correctness than one model's likelihood, which prefers short "
+                                           "generic replies such as 'I am not sure.').")
+    likelihood_weight: float = setting(1.0, "Weight of the reference model's likelihood in the quality score.")
+    ifd_weight: float = setting(0.5, "Weight of IFD (lower is better) in the quality score.")
+    judge_weight: float = setting(1.0, "Weight of the judge's rating in the quality score.")
+    reward_weight: float = setting(1.0, "Weight of the reward model's score in the quality score.")
+    group_by: str = setting("", "Records' meta field naming their task (e.g. task, family), used as the groups "
+                                "for score ranks and selection quotas; empty = embedding clusters.")
+    selection: str = setting("quality-diverse", "How to pick `budget` records: quality-diverse (best quality score "
+                                                "first within per-group quotas ~ sqrt(group size), skipping records "
+                                                "too similar to ones already picked), k-center (greedy "
+                                                "farthest-first on the embeddings, weighted by the judge), cluster "
+                                                "(round-robin over k-means clusters), random, or first.")
+    max_similarity: float = setting(0.9, "quality-diverse: a record whose cosine similarity to one already picked "
+                                         "reaches this waits for a second pass.")
+    min_quality: float = setting(0.5, "quality-diverse: records whose quality score (within-group percentile, "
+                                      "0-1) is below this are picked only if the budget cannot be filled "
+                                      "otherwise: diversity is sought among each group's better half, so a wrong "
+                                      "reply is not admitted for being unlike the right ones. "
+                                       "Records without any score count as 0.5.")
+    quota_power: float = setting(0.5, "quality-diverse: group quotas grow with size**quota_power (1 = "
+                                      "proportional, 0 = equal shares).")
+    clusters: int = setting(0, "Embedding clusters (score groups, quotas, cluster selection, the coverage report); "
+                               "0 = about sqrt(n/2).")
     seed: int = setting(0, "Seed for random selection and clustering.")
     batch_size: int = setting(64, "Embedding and scoring batch size.")
 
@@ -62,7 +98,22 @@ class CurateSettings:
             problems.append(f"semantic_threshold: {self.semantic_threshold} must be in [-1, 1]")
         if self.selection not in SELECTIONS:
             problems.append(f"selection: {self.selection!r} is not one of {', '.join(SELECTIONS)}")
-        if self.selection in ("k-center", "cluster") and self.budget and not self.semantic and not self.embedding_model:
+        if self.dedup_keep not in DEDUP_KEEP:
+            problems.append(f"dedup_keep: {self.dedup_keep!r} is not one of {', '.join(DEDUP_KEEP)}")
+        if not 0 < self.reply_match <= 1:
+            problems.append(f"reply_match: {self.reply_match} must be in (0, 1]")
+        if self.agreement_min_group < 2:
+            problems.append(f"agreement_min_group: {self.agreement_min_group} must be >= 2")
+        if not -1 <= self.max_similarity <= 1:
+            problems.append(f"max_similarity: {self.max_similarity} must be in [-1, 1]")
+        if not 0 <= self.min_quality <= 1:
+            problems.append(f"min_quality: {self.min_quality} must be in [0, 1]")
+        if self.quota_power < 0:
+            problems.append(f"quota_power: {self.quota_power} must be >= 0")
+        for name in ("agreement_weight", "likelihood_weight", "ifd_weight", "judge_weight", "reward_weight"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}: {getattr(self, name)} must be >= 0")
+        if self.selection in ("quality-diverse", "k-center", "cluster") and self.budget and not self.semantic and not self.embedding_model:
             problems.append(f"selection: {self.selection} needs embeddings; set embedding_model")
         if not 1 <= self.min_judge_score <= 5:
             problems.append(f"min_judge_score: {self.min_judge_score} must be in [1, 5]")

@@ -29,12 +29,24 @@ def rejected_path(out: Path) -> Path:
                          + ".rejected.jsonl")
 
 
-def _group(record: dict | Record) -> str | None:
+GROUP_KEYS = ("family", "task", "category", "source")  # meta fields naming a record's task
+LABEL_KEYS = ("noise", "label", "correct")  # meta fields holding a known quality label (never a curation signal)
+
+
+def _meta_value(record: dict | Record, keys: tuple[str, ...], named: bool) -> str | None:
     meta = record.conversation.meta if isinstance(record, Record) else record.get("meta", {})
-    for key in ("family", "task", "category", "source"):
+    for key in keys:
         if isinstance(meta, dict) and key in meta:
-            return str(meta[key])
+            return f"{key}={meta[key]}" if named else str(meta[key])
     return None
+
+
+def mix(result: CurationResult, keys: tuple[str, ...], named: bool = False) -> tuple[Counter, Counter]:
+    """Records per value of the first of ``keys`` found in each record's meta (as ``key=value`` when
+    ``named``): (input, kept)."""
+    kept = Counter(v for v in (_meta_value(r, keys, named) for r in result.kept) if v)
+    removed = Counter(v for v in (_meta_value(r.record, keys, named) for r in result.rejected) if v)
+    return kept + removed, kept
 
 
 def coverage(result: CurationResult, settings: CurateSettings) -> dict | None:
@@ -104,12 +116,13 @@ def write_report(result: CurationResult, settings: CurateSettings, folder: Path,
     cov = coverage(result, settings)
     plots = _plot(result, folder, cov)
     counts = result.rejected_by_stage()
-    groups_before = Counter(g for g in [_group(r) for r in result.kept] + [_group(r.record) for r in result.rejected] if g)
-    groups_after = Counter(g for g in (_group(r) for r in result.kept) if g)
+    groups_before, groups_after = mix(result, GROUP_KEYS)
+    labels_before, labels_after = mix(result, LABEL_KEYS, named=True)
     summary = {"source": source, "records_in": result.records_in, "kept": len(result.kept),
                "rejected_by_stage": counts, "seconds_by_stage": result.seconds_by_stage,
                "judge_unrated": result.judge_unrated, "coverage": cov,
-               "groups_before": dict(groups_before), "groups_after": dict(groups_after)}
+               "groups_before": dict(groups_before), "groups_after": dict(groups_after),
+               "labels_before": dict(labels_before), "labels_after": dict(labels_after)}
     (folder / "report.json").write_text(json.dumps(summary, indent=2))
     lines = [f"# Curation of `{source}`", "", f"{result.records_in} records in, **{len(result.kept)} kept**.", "",
              "| stage | removed | seconds |", "|---|---:|---:|"]
@@ -124,6 +137,12 @@ def write_report(result: CurationResult, settings: CurateSettings, folder: Path,
     if groups_before:
         lines += ["", "| task / category (from the records' meta) | input | kept |", "|---|---:|---:|"]
         lines += [f"| {g} | {n} | {groups_after.get(g, 0)} |" for g, n in sorted(groups_before.items())]
+    if labels_before:
+        n_in, n_kept = max(1, sum(labels_before.values())), max(1, sum(labels_after.values()))
+        lines += ["", "Known labels in the records' meta (described here, never used by the curation):", "",
+                  "| label | share of the input | share of the kept |", "|---|---:|---:|"]
+        lines += [f"| {g} | {n / n_in:.1%} | {labels_after.get(g, 0) / n_kept:.1%} |"
+                  for g, n in sorted(labels_before.items())]
     lines += [""] + [f"![{p}]({p})" for p in plots]
     lines += ["", "## Examples of removed records", ""]
     for stage in STAGES:

@@ -5,6 +5,11 @@
   weight, so a budget covers the data's regions before it repeats one.
 - cluster-balanced: k-means clusters, then round-robin over clusters taking each cluster's best
   scored record next, so small clusters (rare tasks) are represented.
+- quality-diverse (the default; in the spirit of DEITA, Liu et al. 2024, arXiv:2312.15685): records in
+  order of quality score, each admitted only while its group's quota has room and it is not too close to a
+  record already admitted; quotas grow with the square root of a group's size, so a kind of record that is
+  rare but valuable (refusals, clarifications) keeps a share and an over-represented one does not crowd
+  the budget.
 """
 
 from __future__ import annotations
@@ -72,3 +77,73 @@ def cluster_balanced(labels: np.ndarray, budget: int, weights: np.ndarray | None
 
 def default_clusters(n: int) -> int:
     return max(1, int(round((n / 2) ** 0.5)))
+
+
+def group_quotas(sizes: dict[int, int], budget: int, power: float = 0.5,
+                 claims: dict[int, int] | None = None) -> dict[int, int]:
+    """Records per group: proportional to claim**power (the claim is the group's size unless ``claims`` gives
+    another, e.g. its size before dedup; largest remainders rounded up), never above a group's size, summing
+    to min(budget, total): what a small group cannot use goes to the others."""
+    quotas = {g: 0 for g in sizes}
+    left = min(budget, sum(sizes.values()))
+    while left > 0:
+        open_groups = [g for g in sizes if quotas[g] < sizes[g]]
+        weight = {g: (claims or sizes)[g] ** power for g in open_groups}
+        total = sum(weight.values())
+        shares = {g: min(left * weight[g] / total, sizes[g] - quotas[g]) for g in open_groups}
+        grant = {g: int(shares[g]) for g in open_groups}
+        spare = left - sum(grant.values())
+        for g in sorted(open_groups, key=lambda g: (-(shares[g] - grant[g]), g)):  # largest remainders first
+            if spare <= 0:
+                break
+            if grant[g] < sizes[g] - quotas[g]:
+                grant[g] += 1
+                spare -= 1
+        for g in open_groups:
+            quotas[g] += grant[g]
+        left -= sum(grant.values())
+    return quotas
+
+
+def quality_diverse(embeddings: np.ndarray, scores: np.ndarray, groups: np.ndarray, budget: int, *,
+                    max_similarity: float = 0.9, power: float = 0.5, min_score: float = 0.0,
+                    group_sizes: dict[int, int] | None = None, spare: np.ndarray | None = None) -> list[int]:
+    """Positions of ``budget`` records, best score first within each group's quota.
+
+    Only records scoring at least ``min_score`` count towards the quotas. Quotas grow with ``group_sizes``
+    (default: the records per group here) ** ``power``, never above a group's eligible records. ``spare``
+    marks records admitted only after every other eligible one (duplicates a small group may take back).
+    Passes, each best first: (1) eligible non-spare records less similar than ``max_similarity`` to every
+    one admitted so far, within quota; (2) the other eligible non-spare ones, within quota; (3) eligible
+    spare ones, within quota; (4) any non-spare record, only if the budget is still not filled. A group's
+    quota never pulls its worst records in: a wrong reply is not admitted for being unlike the right ones.
+    ``embeddings`` must be L2-normalised."""
+    n = len(scores)
+    spare = np.zeros(n, dtype=bool) if spare is None else np.asarray(spare, dtype=bool)
+    if budget >= int((~spare).sum()):
+        return [i for i in range(n) if not spare[i]]
+    eligible = scores >= min_score
+    sizes = {int(g): int(((groups == g) & eligible).sum()) for g in np.unique(groups)}
+    claims = {g: (group_sizes or sizes).get(g, sizes[g]) for g in sizes}
+    quotas = group_quotas(sizes, budget, power, claims=claims)
+    order = np.lexsort((np.arange(n), -scores))  # best first, ties by position
+    taken = {g: 0 for g in sizes}
+    picked: list[int] = []
+    chosen = np.zeros(n, dtype=bool)
+    nearest = np.full(n, -1.0, dtype=np.float32)  # each record's highest similarity to an admitted one
+    passes = ((True, True, False), (False, True, False), (False, True, True), (False, False, False))
+    for check_distance, within_quota, from_spare in passes:
+        for i in order:
+            g = int(groups[i])
+            if chosen[i] or spare[i] != from_spare or (within_quota and (not eligible[i] or taken[g] >= quotas[g])):
+                continue
+            if check_distance and nearest[i] >= max_similarity:
+                continue
+            chosen[i] = True
+            taken[g] += 1
+            picked.append(int(i))
+            if check_distance:
+                nearest = np.maximum(nearest, embeddings @ embeddings[i])
+            if len(picked) == budget:
+                return picked
+    return picked

@@ -4,12 +4,18 @@ LIMA (Zhou et al. 2023, "LIMA: Less Is More for Alignment") argues that a small 
 as well as a large noisy one. Here: a noisy pool of sandbox conversations (wrong answers, truncated
 answers, near duplicates, one family over-represented; ``noisy.noisy_pool``) → three training sets
 
-- ``curated``: ``tuneful curate`` down to the budget (quality heuristics, exact/near/semantic dedup,
-  IFD with the sandbox base model as the scorer, k-center selection on embeddings)
-- ``curated-no-ifd``: the same pipeline without the IFD filter (what IFD adds or costs)
+- ``curated``: ``tuneful curate`` down to the budget with its defaults (quality heuristics;
+  best-member dedup, exact/near/semantic; correctness signals: agreement between replies to the same
+  instruction and the base model's likelihood of each reply, IFD weighed in; quality-first selection
+  with per-task quotas, the task being each record's ``meta.family``, as a mixture names its sources).
+  The base model is the reference: it read the world's facts in pretraining
+- ``curated_v1``: the pipeline as tuneful shipped it first (first-occurrence dedup, IFD as a hard
+  filter at 1.0, k-center selection, no correctness signal): the comparison issue 19 asks for
 - ``random``: the same number of records drawn at random from the pool
 - ``all``: the whole pool
 
+The curation never sees the verifiers or the noise labels (``tests/test_curate.py`` checks that the
+curate package cannot import the sandbox); the labels only describe what each set holds.
 each fine-tuned with the demo's SFT recipe for the *same number of optimizer steps* and evaluated
 with the demo's evaluation (held-out phrasings, held-out families, stop rate). The table is
 whatever the run measures.
@@ -28,7 +34,7 @@ from .demo import DemoSettings, _load, _sft, evaluate_model, sandbox, stop_token
 from .noisy import NOISE_KINDS, noisy_pool
 from .report import SUMMARY_KEYS
 
-ARMS = ("curated", "curated-no-ifd", "random", "all")
+ARMS = ("curated", "curated_v1", "random", "all")
 
 
 @dataclass
@@ -46,12 +52,32 @@ def composition(records: list[dict], overrepresented: str = "capital") -> dict[s
     return shares
 
 
-def curate_pool(pool_path: Path, budget: int, base: Path, ifd: bool, seed: int) -> tuple[list[int], dict]:
-    """Pool positions the curation pipeline keeps, and its rejection counts per stage."""
+def families(records: list[dict]) -> dict[str, int]:
+    """Records per task family in a training set."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["meta"]["family"]] = counts.get(r["meta"]["family"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def curation_settings(arm: str, budget: int, base: Path, seed: int) -> Any:
+    """``tuneful curate`` settings of a curated arm: today's defaults with the base model as the reference
+    model, or the first version's pipeline."""
     from ..curate.config import CurateSettings
+
+    if arm == "curated":
+        return CurateSettings(budget=budget, reference_model=str(base), ifd_model=str(base), group_by="family",
+                              seed=seed)
+    if arm == "curated_v1":
+        return CurateSettings(budget=budget, ifd_model=str(base), ifd_max=1.0, dedup_keep="first", agreement=False,
+                              selection="k-center", seed=seed)
+    raise ValueError(f"no curation settings for arm {arm!r}")
+
+
+def curate_pool(pool_path: Path, settings: Any) -> tuple[list[int], dict]:
+    """Pool positions the curation pipeline keeps, and its rejection counts per stage."""
     from ..curate.pipeline import Curator
 
-    settings = CurateSettings(budget=budget, ifd_model=str(base) if ifd else "", seed=seed)
     result = Curator(settings).run(str(pool_path))
     rejected = result.rejected_by_stage()
     if rejected.get("load"):  # kept indices are pool positions only if every record loaded
@@ -74,9 +100,9 @@ def run_lima(demo: DemoSettings, lima: LimaSettings) -> dict:
     pool_path.write_text("".join(json.dumps(r) + "\n" for r in pool))
 
     curation, curated = {}, {}
-    for arm, ifd in (("curated", True), ("curated-no-ifd", False)):
+    for arm in ("curated", "curated_v1"):
         t = time.perf_counter()
-        kept, rejected_by_stage = curate_pool(pool_path, lima.budget, base, ifd, demo.seed)
+        kept, rejected_by_stage = curate_pool(pool_path, curation_settings(arm, lima.budget, base, demo.seed))
         curated[arm] = [pool[i] for i in kept]
         curation[arm] = {"rejected_by_stage": rejected_by_stage, "seconds": time.perf_counter() - t}
     arms = {**curated,
@@ -93,7 +119,9 @@ def run_lima(demo: DemoSettings, lima: LimaSettings) -> dict:
         result = _sft(demo, base, train, replay, out=out / f"sft-{name}", max_steps=lima.steps)
         summary, _ = evaluate_model(_load(result.model_dir, demo.lora, base), tokenizer, sets, stop_ids,
                                     demo.max_new_tokens, end_of_turn)
-        report["arms"][name] = {"records": len(records), "composition": composition(records), "steps": result.steps,
+        report["arms"][name] = {"records": len(records), "composition": composition(records),
+                                "wrong_share": composition(records)["wrong"], "families": families(records),
+                                "steps": result.steps,
                                 "final_loss": result.final_loss, **summary}
     report["curation"] = curation
     report["settings"] = {**asdict(lima), "lr": demo.lr, "micro_batch_size": demo.micro_batch_size,
@@ -120,6 +148,10 @@ def render_lima(report: dict) -> str:
               "|---|" + "---:|" * len(ARMS)]
     for kind in arms["all"]["composition"]:
         lines.append(f"| {kind} | " + " | ".join(f"{arms[a]['composition'][kind]:.1%}" for a in ARMS) + " |")
+    lines += ["", "## Records per task family", "", "| family | " + " | ".join(ARMS) + " |",
+              "|---|" + "---:|" * len(ARMS)]
+    for family in arms["all"]["families"]:
+        lines.append(f"| {family} | " + " | ".join(f"{arms[a]['families'].get(family, 0):,}" for a in ARMS) + " |")
     lines.append("")
     for arm, run in report["curation"].items():
         stages = ", ".join(f"{k} {v:,}" for k, v in run["rejected_by_stage"].items())
