@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,52 @@ def test_lima_quick_runs_every_arm_on_the_same_step_budget(tmp_path: Path):
     assert "| held-out phrasings |" in (tmp_path / "lima.md").read_text()
     assert (tmp_path / "lima.png").stat().st_size > 100
     assert json.loads(res.output.strip().splitlines()[-1]).keys() == set(ARMS)
+
+
+def test_flan_quick_contract(tmp_path: Path):
+    """``demo --flan``: every arm on the same examples and steps, nested families, the contract's keys."""
+    from typer.testing import CliRunner
+
+    from tuneful.cli.main import app
+
+    res = CliRunner().invoke(app, ["demo", "--flan", "--quick", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "flan.json").read_text())
+    arms = report["arms"]
+    assert [(a["families"], a["few_shot"], a["seed"]) for a in arms] == [
+        (2, False, 0), (4, False, 0), (4, True, 0), (2, False, 1), (4, False, 1), (4, True, 1)]
+    for a in arms:
+        assert {"families", "heldout_family_accuracy", "heldout_phrasing_accuracy", "seed"} <= a.keys()
+        assert a["records"] == 32 and a["steps"] == 3 and len(a["family_names"]) == a["families"]
+        assert 0.0 <= a["heldout_family_accuracy"] <= 1.0 and 0.0 <= a["heldout_phrasing_accuracy"] <= 1.0
+        assert not set(a["family_names"]) & set(report["settings"]["heldout_families"])
+    by_seed = {(a["seed"], a["families"]): a["family_names"] for a in arms if not a["few_shot"]}
+    assert by_seed[(0, 4)][:2] == by_seed[(0, 2)] and by_seed[(1, 4)][:2] == by_seed[(1, 2)]  # nested
+    assert set(arms[0]["by_template_type"]) == {"zero_shot"}
+    assert set(arms[2]["by_template_type"]) == {"zero_shot", "few_shot"}
+    assert "| 4 families + few-shot |" in (tmp_path / "flan.md").read_text()
+    assert (tmp_path / "flan.png").stat().st_size > 100
+    assert json.loads(res.output.strip().splitlines()[-1])["flan"] == str(tmp_path / "flan.json")
+
+
+def test_flan_arms_draw_their_families_and_write_few_shot_prompts(tmp_path: Path):
+    from tuneful.data.mixture import mix
+    from tuneful.sandbox.flan import SINGLE_TURN_FAMILIES, FlanSettings, arm_recipe, family_order, write_pool
+    from tuneful.sandbox.tasks import HELDOUT_FAMILIES
+
+    assert len(SINGLE_TURN_FAMILIES) == 17 and not set(SINGLE_TURN_FAMILIES) & set(HELDOUT_FAMILIES)
+    assert sorted(family_order(0)) == sorted(SINGLE_TURN_FAMILIES) and family_order(0) != family_order(1)
+    pool = write_pool(tmp_path / "pool.jsonl", WORLD, 10, seed=0)
+    families = family_order(0)[:4]
+    flan = FlanSettings(examples=40)
+    zero = mix(arm_recipe(pool, families, flan, 0, few_shot=False))
+    assert Counter(c.meta["task"] for c in zero.items) == {f: 10 for f in families}
+    assert all(len(c.messages) == 2 and "\n\n" not in c.messages[0].content for c in zero.items)
+    few = mix(arm_recipe(pool, families, flan, 0, few_shot=True))
+    shots = [c for c in few.items if c.meta["template_type"] == "few_shot"]
+    assert 10 <= len(shots) <= 30
+    for c in shots:  # two exemplars of the same family, each a prompt and its answer, then the question
+        assert c.meta["shots"] == 2 and c.messages[0].content.count("\n\n") == 2
 
 
 def test_lima_composition_counts_noise_and_the_overrepresented_family():

@@ -39,7 +39,9 @@ def _coerce(value: Any, annotation: Any, key: str, origin: str, problems: list[s
         if is_null and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key, origin, problems)
+        # the alternative whose shape the value has (a YAML list for ``str | list[dict]``), else the first
+        shaped = [a for a in inner if typing.get_origin(a) in (list, dict) and isinstance(value, typing.get_origin(a))]
+        return _coerce(value, (shaped or inner)[0], key, origin, problems)
     if kind is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

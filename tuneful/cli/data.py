@@ -119,3 +119,37 @@ def inspect_cmd(
         console.print(f"[{'red' if finding.severity == 'error' else 'yellow'}]{finding}[/]")
     if not report.findings:
         console.print("[green]preflight: all checks passed[/]")
+
+
+@data_app.command("mix")
+def mix_cmd(
+    recipe: Path = typer.Argument(..., help="Mixture recipe (YAML): sources with weight or count, total, seed, "
+                                            "templates for labelled data, cap, temperature, template_types."),
+    out: Path = typer.Option(..., "--out", help="Output canonical JSONL; the report goes to OUT.mixture.json/.md."),
+) -> None:
+    """Mix sources (and labelled task data through templates) by weight or count; the last stdout line is a JSON
+    summary with written, by_source and by_template_type."""
+    from ..config import ConfigError
+    from ..data.loader import write_jsonl
+    from ..data.mixture import mix, read_recipe, render_report
+    from ..data.types import RecordError
+
+    if not recipe.is_file():
+        fail(f"{recipe}: no such recipe file")
+    try:
+        result = mix(read_recipe(recipe))
+    except ConfigError as exc:
+        fail(str(exc))
+    except RecordError as exc:
+        fail(f"{exc}\n(set on_error: skip in the recipe to skip and count bad records)")
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    write_jsonl(result.items, out)
+    stem = out.with_suffix("")
+    Path(f"{stem}.mixture.json").write_text(json.dumps(result.report, indent=2, ensure_ascii=False))
+    Path(f"{stem}.mixture.md").write_text(render_report(result.report))
+    for where, message in result.load_report.skipped[:20]:
+        typer.echo(f"skipped {message}", err=True)
+    typer.echo(render_report(result.report))
+    summary = {key: result.report[key] for key in ("written", "by_source", "by_template_type", "skipped_by_reason")}
+    typer.echo(json.dumps({**summary, "report": f"{stem}.mixture.json"}))

@@ -32,6 +32,9 @@ def demo(
     base_dir: Optional[Path] = typer.Option(None, "--base", help="Base model folder (default: the shipped one)."),
     lima: bool = typer.Option(False, "--lima", help="Instead: the LIMA experiment — a noisy 10k pool, curated 1k "
                               "vs random 1k vs all 10k, same SFT steps, same eval (OUT/lima.md, ~6 min)."),
+    flan: bool = typer.Option(False, "--flan", help="Instead: the FLAN experiment — the same SFT examples and "
+                              "steps over 4, 8, 12 and all 17 single-turn training families, plus all families with "
+                              "half the prompts few-shot; held-out families and phrasings, 2 seeds (OUT/flan.md)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the training data, its order, the eval prompts and the "
                              "pool; run two to see how much a result moves from seed to seed."),
     rl: bool = typer.Option(False, "--rl", help="After SFT also GRPO (verifier reward), online DPO, a reward model "
@@ -56,6 +59,9 @@ def demo(
         settings.online = OnlineSettings(prompts=32, steps=2, prompts_per_step=2, group_size=4, rm_epochs=1.0)
     if lima:
         _lima(settings, quick)
+        return
+    if flan:
+        _flan(settings, quick)
         return
     report = run_demo(settings)
     table = Table(title=f"tuneful demo — {report['seconds']:.0f} s — report: {out / 'report.md'}")
@@ -90,6 +96,27 @@ def _after_sft_table(after: dict) -> None:
     for key in ("heldout_phrasing_accuracy", "heldout_family_accuracy", "stop_rate"):
         table.add_row(key, *(f"{after[a][key]:.1%}" for a in arms))
     Console().print(table)
+
+
+def _flan(settings, quick: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..sandbox.flan import METRICS, FlanSettings, run_flan
+
+    flan = FlanSettings(family_counts=(2, 4), examples=32, steps=3) if quick else FlanSettings()
+    report = run_flan(settings, flan)
+    table = Table(title=f"FLAN in the sandbox — {flan.examples:,} examples, {flan.steps} steps per arm, "
+                        f"{flan.seeds} seeds — {report['seconds']:.0f} s — report: {settings.out / 'flan.md'}")
+    table.add_column("arm")
+    for key in METRICS:
+        table.add_column(key.removesuffix("_accuracy").replace("_", " "), justify="right")
+    for name, m in report["means"].items():
+        table.add_row(name, *("–" if m[k] is None else f"{m[k]:.1%}" for k in METRICS))
+    Console().print(table)
+    typer.echo(json.dumps({"flan": str(settings.out / "flan.json"), "arms": {
+        name: {k: m[k] for k in ("families", "heldout_family_accuracy", "heldout_phrasing_accuracy")}
+        for name, m in report["means"].items()}}))
 
 
 def _lima(settings, quick: bool) -> None:

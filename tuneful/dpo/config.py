@@ -17,8 +17,9 @@ REFERENCES = ("auto", "frozen", "adapters-off", "precomputed", "none")
 
 @dataclass
 class PreferenceDataSettings:
-    train: str = setting("", "Preference pairs: file, dataset folder or Hugging Face id (prompt/chosen/rejected, "
-                             "hh-rlhf, ShareGPT with chosen/rejected).")
+    train: str | list[dict] = setting("", "Preference pairs: file, dataset folder or Hugging Face id (prompt/chosen/"
+                                          "rejected, hh-rlhf, ShareGPT with chosen/rejected); or a list of sources "
+                                          "{path, weight | count} mixed as tuneful data mix does.")
     eval: str = setting("", "Held-out pairs for eval loss and reward accuracy; empty = split eval_fraction off train.")
     eval_fraction: float = setting(0.0, "Share of training pairs held out when data.eval is empty.")
     format: str = setting("auto", "Data format (auto-detected by default).")

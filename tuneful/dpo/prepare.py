@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..data.loader import LoadReport, load
+from ..data.loader import LoadReport
+from ..data.mixture import load_training
 from ..data.types import Conversation, PreferencePair
 from ..preflight import PreflightReport, preflight
 from ..train.plan import split_eval
@@ -39,8 +40,9 @@ def pair_length(example: PreferenceExample) -> int:
     return len(example.prompt_ids) + max(len(example.chosen_ids), len(example.rejected_ids))
 
 
-def _load_pairs(source: str, settings: PreferenceDataSettings) -> tuple[list[PreferencePair], LoadReport]:
-    result = load(source, format=settings.format, on_error=settings.on_error)
+def _load_pairs(source: str | list, settings: PreferenceDataSettings,
+                seed: int = 0) -> tuple[list[PreferencePair], LoadReport]:
+    result = load_training(source, format=settings.format, on_error=settings.on_error, seed=seed)
     if result.labeled:
         raise ValueError(f"data.train={source} holds unpaired preference data (KTO: replies with a true/false 'label'), "
                          "not pairs; DPO needs prompt/chosen/rejected. Pair them first, or train them with a KTO trainer")
@@ -66,7 +68,7 @@ def length_policy(examples: list, settings: Any, split: str, *, length: Callable
 def prepare_pairs(settings: PreferenceDataSettings, tokenizer: Any, seed: int) -> PreparedPairs:
     template = run_template(settings, tokenizer)
     ctok = preference_tokenizer(tokenizer, template)
-    pairs, load_report = _load_pairs(settings.train, settings)
+    pairs, load_report = _load_pairs(settings.train, settings, seed)
     train_pairs, eval_pairs = split_eval(pairs, settings, seed, lambda src: _load_pairs(src, settings)[0])
     if not train_pairs:
         raise PreferenceDataError(f"data.train={settings.train}: no preference pairs to train on")

@@ -98,6 +98,8 @@ def heldout_loss(chat: ChatModel, prompts: list[EvalPrompt], batch_size: int) ->
     scored = [p for p in prompts if p.reference is not None]
     if not scored:
         return None
+    if chat.encoder_decoder:
+        return _seq2seq_heldout_loss(chat, scored, batch_size)
     ctok = ConversationTokenizer(chat.tokenizer, chat.template, last_turn_only=True)
     examples = []
     for p in scored:
@@ -113,6 +115,27 @@ def heldout_loss(chat: ChatModel, prompts: list[EvalPrompt], batch_size: int) ->
             logits = chat.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             nll, n = token_nll_sum(logits.float(), batch["labels"])
             total, count = total + float(nll), count + n
+    loss = total / max(count, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count, "references": len(scored)}
+
+
+def _seq2seq_heldout_loss(chat: ChatModel, scored: list[EvalPrompt], batch_size: int) -> dict:
+    """The same for an encoder-decoder model: the prompt is the encoder's input, the reference + EOS the target,
+    scored by SFT's seq2seq loss."""
+    import torch
+
+    from ..sft.seq2seq import Seq2SeqExample, Seq2SeqTokenizer, Seq2SeqTokenLoss, collate_seq2seq
+
+    targets = Seq2SeqTokenizer(chat.tokenizer, chat.template)
+    examples = sorted((Seq2SeqExample(chat.prompt_ids(p.messages, p.tools), targets.encode_target(p.reference))
+                       for p in scored), key=len)
+    loss_of = Seq2SeqTokenLoss(chat.model)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = collate_seq2seq(examples[start : start + batch_size], chat.pad_id)
+            nll, n = loss_of(**{k: v.to(chat.device) for k, v in batch.items()})
+            total, count = total + float(nll), count + int(n)
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count, "references": len(scored)}
 

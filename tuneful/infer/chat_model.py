@@ -47,7 +47,16 @@ class ChatModel:
     def prompt_ids(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
         return self.encode_prompt(self.prompt_text(messages, tools))
 
+    @property
+    def encoder_decoder(self) -> bool:
+        # (a ChatModel may be a prompt renderer without weights: GRPO's prompts)
+        return bool(getattr(getattr(self.model, "config", None), "is_encoder_decoder", False))
+
     def encode_prompt(self, text: str) -> list[int]:
+        if self.encoder_decoder:  # the encoder's input, encoded as SFT encoded it
+            from ..sft.seq2seq import encode_source
+
+            return encode_source(self.tokenizer, text)
         # The template writes BOS itself when the model wants one; adding it again would double it.
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -75,7 +84,9 @@ def is_adapter_folder(spec: str) -> bool:
 
 
 def _load_weights(folder: str, trust_remote_code: bool, device: Any, dtype: Any) -> Any:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    from ..sft.seq2seq import is_encoder_decoder
 
     if is_adapter_folder(folder):
         from ..train.model import merged_adapter
@@ -85,7 +96,8 @@ def _load_weights(folder: str, trust_remote_code: bool, device: Any, dtype: Any)
             raise ValueError(f"{folder}/adapter_config.json names no base model; merge it first with tuneful merge --base")
         model = merged_adapter(folder, base, dtype=dtype, trust_remote_code=trust_remote_code)  # no adapter cost per token
     else:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
+        auto = AutoModelForSeq2SeqLM if is_encoder_decoder(folder, trust_remote_code) else AutoModelForCausalLM
+        model = auto.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
     return model.to(device).eval()
 
 
@@ -144,7 +156,9 @@ def load_chat_model(spec: str, *, template: str | None = None, trust_remote_code
     tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
     model = _load_weights(folder, trust_remote_code, torch_device, dtype)
     chosen, tool_parser, notes = choose_template(spec, folder, tokenizer, template)
-    eot = template_end_of_turn_ids(tokenizer, chosen)
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    # an encoder-decoder's reply is the whole decoder output: EOS ends it (the template renders only its input)
+    eot = [tokenizer.eos_token_id] if encoder_decoder else template_end_of_turn_ids(tokenizer, chosen)
     stops = set(eot) | _generation_eos(model)
     if tokenizer.eos_token_id is not None:
         stops.add(tokenizer.eos_token_id)

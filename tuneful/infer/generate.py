@@ -1,6 +1,7 @@
 """Batched local generation with the KV cache (transformers ``generate``), greedy by default.
 
-Prompts are rendered with the model's chat template by the caller; here they are token ids.
+Prompts are rendered with the model's chat template by the caller; here they are token ids (for an
+encoder-decoder model, the encoder's input).
 Batches are formed from prompts of similar length (left padding), and each answer is cut at the
 first stop token. ``stopped`` tells whether the model ended its turn before the length limit.
 """
@@ -45,6 +46,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, stop_i
     results: list[Generation | None] = [None] * len(prompts)
     torch.manual_seed(seed)
     device = next(model.parameters()).device
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     starts = range(0, len(order), batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -58,7 +60,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, stop_i
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                              eos_token_id=list(stop_ids), pad_token_id=pad, **sampling)
         for row, i in enumerate(chunk):
-            new = out[row, width:].tolist()
+            # a causal LM's output continues its prompt; an encoder-decoder's starts at the decoder's start token
+            new = out[row, 1:].tolist() if encoder_decoder else out[row, width:].tolist()
             cut = next((k for k, t in enumerate(new) if t in stop_ids), None)
             kept = new if cut is None else new[:cut]
             stop = new[cut] if cut is not None else None

@@ -17,8 +17,9 @@ KTO_LOSSES = ("kto", "apo_zero_unpaired")
 
 @dataclass
 class LabeledDataSettings(PreferenceDataSettings):
-    train: str = setting("", "Labelled replies: file, dataset folder or Hugging Face id; each record a conversation "
-                             "whose last assistant reply carries label true (desirable) or false (undesirable).")
+    train: str | list[dict] = setting("", "Labelled replies: file, dataset folder or Hugging Face id; each record a "
+                                          "conversation whose last assistant reply carries label true (desirable) or "
+                                          "false (undesirable); or a list of sources {path, weight | count}.")
     eval: str = setting("", "Held-out labelled replies for eval loss and rewards; empty = split eval_fraction off train.")
     max_length: int = setting(1024, "Longest prompt + reply in tokens.")
     overlong: str = setting("drop", "Replies over max_length: drop (counted and reported) or fail.")

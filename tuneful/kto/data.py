@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..data.loader import LoadReport, load
+from ..data.loader import LoadReport
+from ..data.mixture import load_training
 from ..data.types import Conversation, LabeledConversation
 from ..dpo.data import PreferenceDataError, PreferenceExample, preference_tokenizer, reply_tokens
 from ..dpo.prepare import length_policy
@@ -59,8 +60,9 @@ class PreparedLabeled:
                 "preflight_warnings": [str(f) for f in self.preflight_report.warnings]}
 
 
-def _load(source: str, settings: LabeledDataSettings) -> tuple[list[LabeledConversation], LoadReport]:
-    result = load(source, format=settings.format, on_error=settings.on_error)
+def _load(source: str | list, settings: LabeledDataSettings,
+          seed: int = 0) -> tuple[list[LabeledConversation], LoadReport]:
+    result = load_training(source, format=settings.format, on_error=settings.on_error, seed=seed)
     if result.preferences and not result.labeled:
         raise ValueError(f"data.train={source} holds preference pairs (prompt/chosen/rejected), not labelled replies; "
                          "train them with tuneful dpo, or unpair them (chosen -> label true, rejected -> label false)")
@@ -111,7 +113,7 @@ def with_mismatched_replies(items: Sequence[LabeledReply], max_length: int, spli
 def prepare_labeled(settings: LabeledDataSettings, tokenizer: Any, seed: int) -> PreparedLabeled:
     template = run_template(settings, tokenizer)
     ctok = preference_tokenizer(tokenizer, template)
-    records, load_report = _load(settings.train, settings)
+    records, load_report = _load(settings.train, settings, seed)
     train_records, eval_records = split_eval(records, settings, seed, lambda src: _load(src, settings)[0])
     if not train_records:
         raise PreferenceDataError(f"data.train={settings.train}: no labelled replies to train on")

@@ -269,6 +269,41 @@ def stop_tokens(tokenizer: Any) -> tuple[int, list[int]]:
     return end_of_turn, sorted({end_of_turn, tokenizer.eos_token_id})
 
 
+@dataclass
+class Experiment:
+    """What every sandbox experiment (LIMA, FLAN) starts from and how it measures an arm: the base model, its
+    world, the replay corpus, the tokenizer and its stop tokens; the demo's SFT recipe and evaluation."""
+
+    demo: DemoSettings
+    base: Path
+    recipe: BaseRecipe
+    world: list
+    data: Path
+    replay: Path
+    tokenizer: Any
+    end_of_turn: int
+    stop_ids: list[int]
+
+    def train_and_evaluate(self, train: Path, out: Path, steps: int,
+                           sets: dict[str, list[TaskInstance]]) -> tuple[Any, dict]:
+        """SFT on ``train`` for ``steps`` optimizer steps, then the verifier-checked evaluation on ``sets``."""
+        result = _sft(self.demo, self.base, train, self.replay, out=out, max_steps=steps)
+        summary, _ = evaluate_model(_load(result.model_dir, self.demo.lora, self.base), self.tokenizer, sets,
+                                    self.stop_ids, self.demo.max_new_tokens, self.end_of_turn)
+        return result, summary
+
+
+def experiment(demo: DemoSettings) -> Experiment:
+    from transformers import AutoTokenizer
+
+    base, recipe, world = sandbox(demo)
+    data = demo.out / "data"
+    replay = write_replay(data, world, recipe)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    end_of_turn, stop_ids = stop_tokens(tokenizer)
+    return Experiment(demo, base, recipe, world, data, replay, tokenizer, end_of_turn, stop_ids)
+
+
 def run_demo(settings: DemoSettings) -> dict:
     from transformers import AutoTokenizer
 

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .demo import DemoSettings, _load, _sft, evaluate_model, sandbox, stop_tokens, write_replay
+from .demo import DemoSettings, experiment
 from .noisy import NOISE_KINDS, noisy_pool
 from .report import SUMMARY_KEYS
 
@@ -86,15 +86,11 @@ def curate_pool(pool_path: Path, settings: Any) -> tuple[list[int], dict]:
 
 
 def run_lima(demo: DemoSettings, lima: LimaSettings) -> dict:
-    from transformers import AutoTokenizer
-
     from .tasks import eval_instances
 
     started = time.perf_counter()
-    base, recipe, world = sandbox(demo)
-    out = demo.out
-    data = out / "data"
-    replay = write_replay(data, world, recipe)
+    setup = experiment(demo)
+    base, world, data, out = setup.base, setup.world, setup.data, demo.out
     pool = noisy_pool(world, lima.pool, demo.seed)
     pool_path = data / "pool.jsonl"
     pool_path.write_text("".join(json.dumps(r) + "\n" for r in pool))
@@ -109,16 +105,12 @@ def run_lima(demo: DemoSettings, lima: LimaSettings) -> dict:
             "random": random.Random(demo.seed).sample(pool, min(lima.budget, len(pool))),
             "all": pool}
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    end_of_turn, stop_ids = stop_tokens(tokenizer)
     sets = eval_instances(world, demo.eval_per_family, demo.seed)
     report: dict[str, Any] = {"arms": {}}
     for name, records in arms.items():
         train = data / f"{name}.jsonl"
         train.write_text("".join(json.dumps(r) + "\n" for r in records))
-        result = _sft(demo, base, train, replay, out=out / f"sft-{name}", max_steps=lima.steps)
-        summary, _ = evaluate_model(_load(result.model_dir, demo.lora, base), tokenizer, sets, stop_ids,
-                                    demo.max_new_tokens, end_of_turn)
+        result, summary = setup.train_and_evaluate(train, out / f"sft-{name}", lima.steps, sets)
         report["arms"][name] = {"records": len(records), "composition": composition(records),
                                 "wrong_share": composition(records)["wrong"], "families": families(records),
                                 "steps": result.steps,

@@ -176,7 +176,9 @@ class GenerationEngine:
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name="tuneful-generation", daemon=True)
         self.batches: list[int] = []  # rows decoded per step, for tests and the benchmark
-        self.continuous = True  # False once a model's cache turned out not to allow merging rows
+        # False once a model's cache turned out not to allow merging rows; an encoder-decoder's cache (self- and
+        # cross-attention) is never merged: static batches
+        self.continuous = not getattr(chat.model.config, "is_encoder_decoder", False)
         self._stop_ids = list(chat.stop_ids)
         self._vocab = chat.model.get_output_embeddings().weight.shape[0]
         self._rows: list[_Row] = []

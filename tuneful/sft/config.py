@@ -10,7 +10,10 @@ from ..train.config import LoraSettings, ModelSettings, TrainSettings, source_pr
 
 @dataclass
 class DataSettings:
-    train: str = setting("", "Training data: file, dataset folder or Hugging Face id (any supported format).")
+    train: str | list[dict] = setting("", "Training data: file, dataset folder or Hugging Face id (any supported "
+                                          "format); or a list of sources {path, weight | count} mixed by the code "
+                                          "of tuneful data mix (weights share the sources' total; seeded by "
+                                          "train.seed).")
     eval: str = setting("", "Held-out data for eval loss; empty = split eval_fraction off the training data.")
     eval_fraction: float = setting(0.0, "Share of training conversations held out when data.eval is empty.")
     format: str = setting("auto", "Data format (auto-detected by default).")

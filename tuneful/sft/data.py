@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.loader import LoadReport, load
+from ..data.loader import LoadReport
+from ..data.mixture import load_training
 from ..data.types import Conversation
 from ..masking import ConversationTokenizer, labels_from_mask
 from ..preflight import PreflightReport, preflight
@@ -29,8 +30,9 @@ class PreparedData:
     end_of_turn_ids: list[int]
 
 
-def _load_conversations(source: str, settings: DataSettings) -> tuple[list[Conversation], LoadReport]:
-    result = load(source, format=settings.format, on_error=settings.on_error)
+def _load_conversations(source: str | list, settings: DataSettings,
+                        seed: int = 0) -> tuple[list[Conversation], LoadReport]:
+    result = load_training(source, format=settings.format, on_error=settings.on_error, seed=seed)
     if result.preferences:
         raise ValueError(f"data {source} holds preference pairs; SFT needs conversations (use tuneful dpo)")
     if result.labeled:
@@ -50,7 +52,7 @@ def prepare_data(settings: DataSettings, tokenizer: Any, seed: int) -> PreparedD
     template = run_template(settings, tokenizer)
     ctok = ConversationTokenizer(tokenizer, template, last_turn_only=settings.last_turn_only,
                                  reasoning=settings.reasoning)
-    convs, load_report = _load_conversations(settings.train, settings)
+    convs, load_report = _load_conversations(settings.train, settings, seed)
     train_convs, eval_convs = split_eval(convs, settings, seed, lambda src: _load_conversations(src, settings)[0])
     report = preflight(tokenizer, ctok, train_convs, max_length=settings.max_length, overlong=settings.overlong,
                        allow_template_change=settings.allow_template_change)

@@ -94,13 +94,16 @@ class SFTTrainer(Trainer):
         size = self.cfg.train.micro_batch_size
         total = torch.zeros(2, device=self.acc.device)
         for start in range(0, len(mine), size):
-            batch = collate_padded(mine[start : start + size], self._pad_id())
+            batch = self.eval_batch(mine[start : start + size])
             with self.acc.autocast():
                 loss, count = self.module(**{k: v.to(self.acc.device) for k, v in batch.items()})
             total += torch.stack([loss.float(), count.float()])
         total = self.acc.reduce(total, reduction="sum")
         self.module.train()
         return float(total[0] / total[1].clamp(min=1))
+
+    def eval_batch(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        return collate_padded(examples, self._pad_id())
 
     def eval_metrics(self) -> dict:
         return {"eval_loss": self.evaluate()}
@@ -115,6 +118,72 @@ class SFTTrainer(Trainer):
         return TrainResult(steps, last_loss, (eval_metrics or {}).get("eval_loss"), self.out, history=history)
 
 
+class Seq2SeqSFTTrainer(SFTTrainer):
+    """SFT of an encoder-decoder model (T5, BART): the history is the encoder's input, the reply + EOS the
+    decoder's target (:mod:`tuneful.sft.seq2seq`). The same loop, normalisation, checkpoints and output;
+    its own data, batches (padded, never packed) and loss."""
+
+    lora_task_type = "SEQ_2_SEQ_LM"
+
+    def __init__(self, cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None):
+        super().__init__(cfg, model=model, tokenizer=tokenizer)
+        self.packing = False
+
+    def prepare_data(self) -> None:
+        from .seq2seq import prepare_seq2seq
+
+        if self.cfg.data.add_template_tokens:
+            raise ValueError("data.add_template_tokens: an encoder-decoder model's targets end with EOS, not with "
+                             "template tokens; set it to false")
+        self.data = prepare_seq2seq(self.cfg.data, self.tokenizer, self.cfg.train.seed)
+        if not self.data.train:
+            raise ValueError(f"data.train={self.cfg.data.train}: no usable training examples")
+        self.row_lengths = [len(e) for e in self.data.train]
+
+    def load_base_model(self) -> Any:
+        from .seq2seq import load_seq2seq_model
+
+        if self.cfg.lora.qlora:
+            raise ValueError("lora.qlora: 4-bit loading is wired for causal LMs only; set lora.qlora=false")
+        return load_seq2seq_model(self.cfg.model)
+
+    def micro_batch(self, items: list[int]) -> tuple[dict[str, torch.Tensor], int]:
+        from .seq2seq import collate_seq2seq
+
+        return collate_seq2seq([self.data.train[i] for i in items], self._pad_id()), \
+            sum(self.row_lengths[i] for i in items)
+
+    def loss_module(self, model: Any) -> torch.nn.Module:
+        from .seq2seq import Seq2SeqTokenLoss
+
+        return Seq2SeqTokenLoss(model)
+
+    def step_counts(self, micro: Sequence[tuple[dict[str, torch.Tensor], int]]) -> torch.Tensor:
+        trained = sum(int((b["labels"] != -100).sum()) for b, _ in micro)  # no shift: every target token counts
+        return torch.tensor([trained, sum(n for _, n in micro)], device=self.acc.device)
+
+    def eval_batch(self, examples: list) -> dict[str, torch.Tensor]:
+        from .seq2seq import collate_seq2seq
+
+        return collate_seq2seq(examples, self._pad_id())
+
+    def _pad_id(self) -> int:
+        # the decoder starts from the model's start token; padding only needs to be masked
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+
+    def summary(self) -> dict:
+        return self.data.summary(to_dict(self.cfg))
+
+
+def trainer_for(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None) -> SFTTrainer:
+    """The SFT trainer for the model's architecture: encoder-decoder (detected from its config) or causal."""
+    from .seq2seq import is_encoder_decoder
+
+    seq2seq = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False)) if model is not None \
+        else is_encoder_decoder(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    return (Seq2SeqSFTTrainer if seq2seq else SFTTrainer)(cfg, model=model, tokenizer=tokenizer)
+
+
 def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None) -> TrainResult:
     """setup → train → save."""
-    return run(SFTTrainer(cfg, model=model, tokenizer=tokenizer))
+    return run(trainer_for(cfg, model=model, tokenizer=tokenizer))

@@ -37,6 +37,10 @@ def source_problems(data: Any) -> list[str]:
     problems = []
     if not data.train:
         problems.append("train: required; set data.train=<file or dataset id>")
+    elif isinstance(data.train, list):
+        from ..data.mixture import training_sources_problems
+
+        problems += training_sources_problems(data.train, getattr(data, "format", "auto"))
     if not 0.0 <= data.eval_fraction < 1.0:
         problems.append(f"eval_fraction: {data.eval_fraction} must be in [0, 1)")
     if data.eval and data.eval_fraction:

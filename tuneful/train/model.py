@@ -78,10 +78,14 @@ def merged_adapter(adapter_dir: str | Path, base: str, *, dtype: Any = torch.flo
                    trust_remote_code: bool = False) -> nn.Module:
     """A LoRA adapter folded into its base model. When training added tokens (the adapter's tokenizer is
     longer than the base's vocabulary), the base grows first: the adapter holds those rows."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import json
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=trust_remote_code)
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    task = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("task_type")
+    auto = AutoModelForSeq2SeqLM if task == "SEQ_2_SEQ_LM" else AutoModelForCausalLM
+    model = auto.from_pretrained(base, dtype=dtype, trust_remote_code=trust_remote_code)
     vocab = len(AutoTokenizer.from_pretrained(adapter_dir))
     if vocab > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(vocab, mean_resizing=False)
