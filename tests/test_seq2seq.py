@@ -195,7 +195,7 @@ def test_resume_continues_exactly(workdir: Path, monkeypatch):
 def test_lora_adapter_merges_and_learns_to_answer(workdir: Path):
     """LoRA on the tiny T5 memorises the facts; the adapter folder loads through the chat model (merged into
     its base), greedy replies reproduce the targets, the held-out loss reads the same template, and the
-    server answers the same."""
+    server and the terminal chat answer the same."""
     from tuneful.eval.runner import heldout_loss
     from tuneful.eval.prompts import EvalPrompt
     from tuneful.infer.chat_model import load_chat_model
@@ -239,6 +239,18 @@ def test_lora_adapter_merges_and_learns_to_answer(workdir: Path):
         thread.join(10)
     assert reply.choices[0].message.content == FACTS[2][1] and reply.choices[0].finish_reason == "stop"
     assert streamed == FACTS[3][1]
+
+    # and the terminal chat (the same engine, one row): the reply streams and joins the history
+    from tuneful.infer.chat_repl import ChatSession
+    from tuneful.serve.engine import GenerationEngine
+
+    session, pieces = ChatSession(chat, max_new_tokens=12), []
+    engine = GenerationEngine(chat, max_batch=1, max_queue=1).start()
+    try:
+        assert session.reply(engine, FACTS[0][0], pieces.append) == FACTS[0][1]
+    finally:
+        engine.stop()
+    assert "".join(pieces).strip() == FACTS[0][1] and session.turns[-1]["content"] == FACTS[0][1]
 
 
 def test_shipped_seq2seq_recipe_runs(workdir: Path):

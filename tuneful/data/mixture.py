@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import math
 import random
 from collections import Counter, defaultdict
@@ -299,15 +300,23 @@ class _Fields(dict):
                                            f"(it has: {', '.join(sorted(self)) or 'nothing'})", self.where)
 
 
+@functools.lru_cache(maxsize=256)
+def _jinja(template: str) -> Any:
+    """A compiled Jinja template (sandboxed, undefined fields are errors), compiled once per template."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.from_string(template)
+
+
 def render_text(template: str, record: dict, where: str) -> str:
     """A template filled with a record's fields: Jinja when it uses ``{{``/``{%``, else ``str.format``."""
     if "{{" in template or "{%" in template:
         import jinja2
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
         try:
-            return env.from_string(template).render(**record)
+            return _jinja(template).render(**record)
         except jinja2.UndefinedError as exc:
             raise RecordError("missing_field", f"the template uses a field the record lacks ({exc.message})",
                               where) from None
