@@ -213,10 +213,11 @@ def test_cli_contract_last_line(tmp_path: Path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["written"] == 50 == len(out.read_text().splitlines())
-    assert summary["by_source"] == {str(a): 40, str(t): 10}
+    assert summary["by_source"] == {"a.jsonl": 40, "tasks.jsonl": 10}  # named by the path as the recipe writes it
+    assert a.exists() and t.exists()
     assert sum(summary["by_template_type"].values()) == 50 and summary["by_template_type"]["conversation"] == 40
     report = json.loads((tmp_path / "out" / "mixed.mixture.json").read_text())
-    assert report["sources"][str(t)]["share"] == pytest.approx(0.2)
+    assert report["sources"]["tasks.jsonl"]["share"] == pytest.approx(0.2)
     bad = tmp_path / "bad.yaml"
     bad.write_text("sources:\n  - {path: a.jsonl}\n")
     result = CliRunner().invoke(app, ["data", "mix", str(bad), "--out", str(out)])

@@ -34,7 +34,8 @@ def demo(
                               "vs random 1k vs all 10k, same SFT steps, same eval (OUT/lima.md, ~6 min)."),
     flan: bool = typer.Option(False, "--flan", help="Instead: the FLAN experiment — the same SFT examples and "
                               "steps over 4, 8, 12 and all 17 single-turn training families, plus all families with "
-                              "half the prompts few-shot; held-out families and phrasings, 2 seeds (OUT/flan.md, ~7.5 min)."),
+                              "half the prompts few-shot; held-out families and phrasings, 2 seeds "
+                              "(OUT/flan.md, ~7.5 min)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the training data, its order, the eval prompts and the "
                              "pool; run two to see how much a result moves from seed to seed."),
     rl: bool = typer.Option(False, "--rl", help="After SFT also GRPO (verifier reward), online DPO, a reward model "

@@ -210,12 +210,11 @@ def read_recipe(path: str | Path) -> MixRecipe:
     recipe = recipe_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, str(path))
     base = path.parent  # relative paths in a recipe are relative to the recipe
     for spec in recipe.sources:
+        spec.name = spec.name or spec.path or spec.recipe  # a source is named by its path as the recipe writes it
         for attr in ("path", "recipe"):
             value = getattr(spec, attr)
             if value and not Path(value).is_absolute() and (base / value).exists():
                 setattr(spec, attr, str(base / value))
-        if not spec.name:
-            spec.name = spec.path or spec.recipe
     if recipe.categories and not Path(recipe.categories).is_absolute() and (base / recipe.categories).exists():
         recipe.categories = str(base / recipe.categories)
     return recipe
@@ -385,8 +384,8 @@ class TemplateRenderer:
 
     def _few_shot(self, prompt: str, index: int, task: _Task, template: TaskTemplate) -> tuple[str, int]:
         """Exemplars of the same task (never the record itself) before the prompt, pruned to the budget."""
-        others = [i for i in range(len(task.records)) if i != index]
-        picked = self.rng.sample(others, min(self.recipe.shots, len(others)))
+        n_others = len(task.records) - 1  # positions past the record shift by one: O(shots), not O(task)
+        picked = [i + (i >= index) for i in self.rng.sample(range(n_others), min(self.recipe.shots, n_others))]
         shots = []
         for i in picked:
             where, rec = task.records[i]
