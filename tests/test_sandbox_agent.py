@@ -122,3 +122,29 @@ def test_the_tuneful_template_lists_tools_compactly_whatever_their_types():
     text = render([{"role": "user", "content": "hi"}], builtin("tuneful").source, add_generation_prompt=True,
                   special_tokens={}, tools=tools)
     assert text.startswith("<|system|>Tools:\nf(a: string|null, b: integer, c: any) - Does f.\ng()\n<|end|>")
+
+
+def test_the_demo_runs_the_agent_unless_told_not_to_and_never_inside_the_experiments(monkeypatch, tmp_path):
+    """`tuneful demo` trains on agent traces and reports `tools` by default; `--no-agent` skips it; the LIMA
+    and FLAN experiments compare SFT sets without it."""
+    from typer.testing import CliRunner
+
+    import tuneful.sandbox.demo as demo
+    import tuneful.sandbox.flan as flan
+    from tuneful.cli.main import app
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(settings, *rest):
+        seen.append(settings.agent_traces)
+        raise Stop
+
+    monkeypatch.setattr(demo, "run_demo", capture)
+    monkeypatch.setattr(flan, "run_flan", capture)
+    for args in ([], ["--no-agent"], ["--flan"], ["--agent", "--flan"]):
+        result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), *args])
+        assert isinstance(result.exception, Stop), result.output
+    assert seen == [900, 0, 0, 0]

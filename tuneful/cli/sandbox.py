@@ -40,9 +40,10 @@ def demo(
                              "pool; run two to see how much a result moves from seed to seed."),
     rl: bool = typer.Option(False, "--rl", help="After SFT also GRPO (verifier reward), online DPO, a reward model "
                             "and GRPO on it, each evaluated like SFT (report.json after_sft; ~30 min)."),
-    agent: bool = typer.Option(False, "--agent", help="Also tool use: SFT on 900 agent traces (call, result, "
-                               "answer) about a second world the base model never read, then the agent loop on "
-                               "held-out countries and phrasings, with and without tools (report.json tools)."),
+    agent: bool = typer.Option(True, "--agent/--no-agent", help="Tool use: SFT also on 900 agent traces (call, "
+                               "result, answer) about a second world the base model never read, then the agent loop "
+                               "on held-out countries and phrasings, with and without tools (report.json tools; "
+                               "~2.5 min; not part of --lima or --flan)."),
 ) -> None:
     """Instruction-tune the sandbox base model and compare base vs tuned on held-out prompts."""
     from rich.console import Console
@@ -50,6 +51,7 @@ def demo(
 
     from ..sandbox.demo import DemoSettings, run_demo
 
+    agent = agent and not (lima or flan)  # the experiments compare SFT sets; tool use is not part of them
     settings = DemoSettings(out=out, base_dir=base_dir, lora=lora, dpo=dpo, seed=seed, rl=rl,
                             agent_traces=900 if agent else 0)
     if quick:

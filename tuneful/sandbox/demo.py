@@ -43,7 +43,7 @@ class DemoSettings:
     rl: bool = False  # after SFT also GRPO, online DPO, a reward model and GRPO on it (report.json "after_sft")
     online: Any = None  # after_sft.OnlineSettings; None = its defaults
     agent_traces: int = 0  # tool-use traces (call → result → answer) about the second world's training countries;
-    # > 0 also runs the agent evaluation (report.json "tools"); `tuneful demo --agent` sets 900
+    # > 0 also runs the agent evaluation (report.json "tools"); `tuneful demo` sets 900 (`--no-agent`: 0)
     agent_eval_per_family: int = 20  # held-out phrasings about held-out countries, per agent family
 
 
