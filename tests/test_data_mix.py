@@ -13,8 +13,8 @@ import pytest
 
 from tiny import save_tiny_model, write_data, write_pairs
 from tuneful.config import ConfigError, build
-from tuneful.data.mixture import (MixRecipe, SourceSpec, TaskTemplate, largest_remainder, load_training, mix,
-                                  recipe_from_dict, source_counts, take, task_counts)
+from tuneful.data.mix_recipe import MixRecipe, SourceSpec, TaskTemplate, recipe_from_dict
+from tuneful.data.mixture import largest_remainder, load_training, mix, source_counts, take, task_counts
 from tuneful.data.types import RecordError
 
 FIXTURES = Path(os.environ.get("TUNEFUL_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
@@ -109,6 +109,7 @@ def test_labelled_records_through_templates(tmp_path: Path):
         assert ("OPTIONS:\n- odd\n- even" in user) == conv.meta["options"]
     assert 0 < sum(c.meta["options"] for c in result.items) < 60  # shown about half the time
     assert result.report["notes"].get("cot_without_rationale", 0) > 0  # even records have no rationale
+    assert result.report["ignored_fields"] == {"id": 30}  # read by no template or setting: counted, never silent
 
 
 def test_few_shot_exemplars_stay_within_the_budget(tmp_path: Path):
@@ -260,6 +261,15 @@ def test_dpo_pairs_from_weighted_sources(tmp_path: Path):
     sources = Counter(p.meta["source"] for p in loaded.preferences)
     assert sources == {str(tmp_path / "p1.jsonl"): 18, str(tmp_path / "p2.jsonl"): 6}
     assert not loaded.conversations
+
+
+def test_the_fields_a_source_reads():
+    from tuneful.data.task_templates import template_fields, used_fields
+
+    assert template_fields("Q: {question!r} {ctx.title} {items[0]}") == {"question", "ctx", "items"}
+    assert template_fields("{{ text | upper }}{% for o in options %}{{ o }}{% endfor %}") == {"text", "options"}
+    spec = SourceSpec(path="x", count=1, templates=[TaskTemplate("{q}", "{{ a }}")], rationale_field="why")
+    assert used_fields(spec) == {"q", "a", "why"}
 
 
 def test_the_source_spec_documents_every_key():

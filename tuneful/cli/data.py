@@ -131,7 +131,8 @@ def mix_cmd(
     summary with written, by_source and by_template_type."""
     from ..config import ConfigError
     from ..data.loader import write_jsonl
-    from ..data.mixture import mix, read_recipe, render_report
+    from ..data.mix_recipe import read_recipe
+    from ..data.mixture import mix, render_report
     from ..data.types import RecordError
 
     if not recipe.is_file():
@@ -150,6 +151,9 @@ def mix_cmd(
     Path(f"{stem}.mixture.md").write_text(render_report(result.report))
     for where, message in result.load_report.skipped[:20]:
         typer.echo(f"skipped {message}", err=True)
+    if result.load_report.ignored_fields:
+        fields = ", ".join(f"{name} ({n})" for name, n in result.load_report.ignored_fields.most_common(12))
+        typer.echo(f"fields no template or setting reads (not written): {fields}", err=True)
     typer.echo(render_report(result.report))
     summary = {key: result.report[key] for key in ("written", "by_source", "by_template_type", "skipped_by_reason")}
     typer.echo(json.dumps({**summary, "report": f"{stem}.mixture.json"}))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import math
 import random
 from collections import Counter, defaultdict
@@ -36,188 +35,10 @@ from typing import Any, Callable
 
 from ..config import ConfigError
 from .loader import LoadReport, LoadResult, load
+from .mix_recipe import TASK_KEYS, TEMPLATE_TYPE_KEYS, MixRecipe, SourceSpec, read_recipe, recipe_from_dict
 from .sources import read_records
-from .types import Conversation, Message, RecordError, make_conversation
-
-TEMPLATE_TYPES = ("zero_shot", "few_shot", "cot")
-# meta keys that name a loaded record's task / template type (FLAN rows keep both, with or without "_")
-TASK_KEYS = ("task_name", "_task_name", "task", "family")
-TEMPLATE_TYPE_KEYS = ("template_type", "_template_type")
-
-
-@dataclass
-class TaskTemplate:
-    input: str = ""  # the user turn: a Python format string or Jinja over the record's fields
-    target: str = ""  # the assistant turn (the answer), the same way
-
-
-@dataclass
-class SourceSpec:
-    path: str = ""  # a file, dataset folder or Hugging Face id
-    recipe: str = ""  # or another mixture recipe (YAML), mixed first
-    name: str = ""  # the name in reports; default: path or recipe
-    weight: float | None = None  # share of what counts leave of the total
-    count: int | None = None  # exactly this many records
-    format: str = "auto"  # data format of a loaded source
-    split: str = "train"  # split of a dataset id
-    task: str = ""  # one task name for every record of the source
-    task_field: str = ""  # a record field naming its task (default: task_name, task, family in meta)
-    templates: list[TaskTemplate] = field(default_factory=list)  # labelled data: how a record becomes a turn
-    options_field: str = ""  # a field holding the answer options (a list), appended when the template lacks them
-    options_rate: float = 0.5  # share of records whose options are shown (FLAN renders with and without)
-    rationale_field: str = ""  # a field holding a rationale: the record can be a chain-of-thought example
-    template_types: dict[str, float] | None = None  # this source's template-type proportions (default: recipe's)
-
-    @property
-    def label(self) -> str:
-        return self.name or self.path or self.recipe
-
-
-@dataclass
-class MixRecipe:
-    sources: list[SourceSpec] = field(default_factory=list)
-    total: int | None = None  # records to write when weights are used (default: the weighted sources' records)
-    seed: int = 0
-    cap: int | None = None  # examples-proportional mixing cap per task (None: no cap)
-    temperature: float = 1.0  # task shares ∝ min(n, cap) ** (1 / temperature): > 1 flattens towards uniform
-    categories: str = ""  # CSV with a task column and a category column (FLAN's flan_collection_info.csv)
-    category_column: str = "Generic Task Category"
-    task_column: str = "Dataset"
-    category_weights: dict[str, float] = field(default_factory=dict)  # category → weight (others 1.0)
-    template_types: dict[str, float] = field(default_factory=lambda: {"zero_shot": 1.0})
-    shots: int = 2  # exemplars in a few-shot prompt (fewer when the budget or the task is short)
-    shot_budget: int = 512  # tokens a few-shot prompt may hold (words without a tokenizer)
-    shot_separator: str = "\n\n"
-    tokenizer: str = ""  # tokenizer folder/id to count tokens for the budget; empty: count words
-    cot_trigger: str = "Think step by step, then give the answer."  # appended to a chain-of-thought prompt
-    cot_target: str = "{rationale}\nSo the answer is {answer}."  # the chain-of-thought reply
-    options_header: str = "OPTIONS:"
-    on_error: str = "fail"  # fail on a bad record, or skip it (counted with its reason and location)
-
-
-def _problems_of_source(spec: SourceSpec, where: str) -> list[str]:
-    problems = []
-    if bool(spec.path) == bool(spec.recipe):
-        problems.append(f"{where}: give exactly one of path or recipe")
-    if (spec.weight is None) == (spec.count is None):
-        problems.append(f"{where}: give exactly one of weight or count")
-    if spec.weight is not None and spec.weight <= 0:
-        problems.append(f"{where}.weight: {spec.weight} must be > 0")
-    if spec.count is not None and spec.count < 0:
-        problems.append(f"{where}.count: {spec.count} must be >= 0")
-    if spec.recipe and spec.templates:
-        problems.append(f"{where}: templates apply to labelled records (path), not to a recipe's conversations")
-    for i, t in enumerate(spec.templates):
-        if not t.input or not t.target:
-            problems.append(f"{where}.templates[{i}]: needs both input and target")
-    if (spec.options_field or spec.rationale_field) and not spec.templates:
-        problems.append(f"{where}: options_field/rationale_field need templates (labelled records)")
-    if not 0 <= spec.options_rate <= 1:
-        problems.append(f"{where}.options_rate: {spec.options_rate} must be in [0, 1]")
-    if spec.template_types is not None:
-        problems += _template_type_problems(spec.template_types, f"{where}.template_types")
-    return problems
-
-
-def _template_type_problems(proportions: dict, where: str) -> list[str]:
-    problems = [f"{where}: {k!r} is not one of {', '.join(TEMPLATE_TYPES)}" for k in proportions
-                if k not in TEMPLATE_TYPES]
-    if any(not isinstance(v, (int, float)) or v < 0 for v in proportions.values()) or not sum(proportions.values()):
-        problems.append(f"{where}: proportions must be numbers >= 0 with a positive sum")
-    return problems
-
-
-def _from_mapping(cls: type, data: Any, where: str, problems: list[str]) -> Any:
-    """A dataclass from a YAML mapping: unknown keys and wrong shapes reported with where they are."""
-    if not isinstance(data, dict):
-        problems.append(f"{where}: expected a mapping, got {data!r}")
-        return cls()
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    values = {}
-    for key, value in data.items():
-        if key not in names:
-            problems.append(f"{where}.{key}: unknown key; known: {', '.join(names)}")
-            continue
-        if key == "sources":
-            if not isinstance(value, list) or not value:
-                problems.append(f"{where}.sources: a non-empty list of {{path|recipe, weight|count}}")
-                continue
-            value = [_from_mapping(SourceSpec, v, f"{where}.sources[{i}]", problems) for i, v in enumerate(value)]
-        elif key == "templates":
-            if isinstance(value, dict):
-                value = [value]
-            if not isinstance(value, list):
-                problems.append(f"{where}.templates: a list of {{input, target}}")
-                continue
-            value = [_from_mapping(TaskTemplate, v, f"{where}.templates[{i}]", problems) for i, v in enumerate(value)]
-        elif key in ("weight", "temperature", "options_rate") and value is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                problems.append(f"{where}.{key}: expected a number, got {value!r}")
-                continue
-            value = float(value)
-        elif key in ("count", "total", "cap", "seed", "shots", "shot_budget") and value is not None:
-            if isinstance(value, bool) or not isinstance(value, int):
-                problems.append(f"{where}.{key}: expected a whole number, got {value!r}")
-                continue
-        elif key in ("template_types", "category_weights") and not isinstance(value, dict):
-            problems.append(f"{where}.{key}: expected a mapping, got {value!r}")
-            continue
-        elif names[key].type in ("str", str) and not isinstance(value, str):
-            value = str(value)
-        values[key] = value
-    return cls(**values)
-
-
-def recipe_problems(recipe: MixRecipe) -> list[str]:
-    problems = []
-    for i, spec in enumerate(recipe.sources):
-        problems += _problems_of_source(spec, f"sources[{i}]")
-    if not recipe.sources:
-        problems.append("sources: at least one source is required")
-    if recipe.total is not None and recipe.total < 0:
-        problems.append(f"total: {recipe.total} must be >= 0")
-    if recipe.total is not None and not any(s.weight is not None for s in recipe.sources):
-        problems.append("total: only applies to sources with a weight; every source here has a count")
-    if recipe.cap is not None and recipe.cap < 1:
-        problems.append(f"cap: {recipe.cap} must be >= 1")
-    if recipe.temperature <= 0:
-        problems.append(f"temperature: {recipe.temperature} must be > 0")
-    if recipe.shots < 1 or recipe.shot_budget < 1:
-        problems.append("shots and shot_budget: must be >= 1")
-    if recipe.on_error not in ("fail", "skip"):
-        problems.append(f"on_error: {recipe.on_error!r} is not fail or skip")
-    problems += _template_type_problems(recipe.template_types, "template_types")
-    names = Counter(s.label for s in recipe.sources)
-    problems += [f"sources: the name {n!r} is used {k} times; give each source its own name" for n, k in names.items()
-                 if k > 1]
-    return problems
-
-
-def recipe_from_dict(data: Any, origin: str = "recipe") -> MixRecipe:
-    """A checked recipe, or a ConfigError naming every problem at once."""
-    problems: list[str] = []
-    recipe = _from_mapping(MixRecipe, data, origin, problems)
-    problems += [f"{origin}: {p}" for p in recipe_problems(recipe)]  # with the parse problems: all at once
-    if problems:
-        raise ConfigError(problems)
-    return recipe
-
-
-def read_recipe(path: str | Path) -> MixRecipe:
-    import yaml
-
-    path = Path(path)
-    recipe = recipe_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, str(path))
-    base = path.parent  # relative paths in a recipe are relative to the recipe
-    for spec in recipe.sources:
-        spec.name = spec.name or spec.path or spec.recipe  # a source is named by its path as the recipe writes it
-        for attr in ("path", "recipe"):
-            value = getattr(spec, attr)
-            if value and not Path(value).is_absolute() and (base / value).exists():
-                setattr(spec, attr, str(base / value))
-    if recipe.categories and not Path(recipe.categories).is_absolute() and (base / recipe.categories).exists():
-        recipe.categories = str(base / recipe.categories)
-    return recipe
+from .task_templates import TemplateRenderer, TaskRecords, used_fields
+from .types import RecordError
 
 
 # --- allocation ------------------------------------------------------------------------------------
@@ -287,119 +108,6 @@ def category_weights(recipe: MixRecipe) -> Callable[[str], float]:
 
 
 # --- templates -------------------------------------------------------------------------------------
-
-
-class _Fields(dict):
-    def __init__(self, record: dict, where: str):
-        super().__init__(record)
-        self.where = where
-
-    def __missing__(self, key: str) -> Any:
-        raise RecordError("missing_field", f"the template uses {{{key}}}, which the record lacks "
-                                           f"(it has: {', '.join(sorted(self)) or 'nothing'})", self.where)
-
-
-@functools.lru_cache(maxsize=256)
-def _jinja(template: str) -> Any:
-    """A compiled Jinja template (sandboxed, undefined fields are errors), compiled once per template."""
-    import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    return env.from_string(template)
-
-
-def render_text(template: str, record: dict, where: str) -> str:
-    """A template filled with a record's fields: Jinja when it uses ``{{``/``{%``, else ``str.format``."""
-    if "{{" in template or "{%" in template:
-        import jinja2
-
-        try:
-            return _jinja(template).render(**record)
-        except jinja2.UndefinedError as exc:
-            raise RecordError("missing_field", f"the template uses a field the record lacks ({exc.message})",
-                              where) from None
-    try:
-        return template.format_map(_Fields(record, where))
-    except RecordError:
-        raise
-    except (IndexError, ValueError) as exc:
-        raise RecordError("bad_template", f"{template!r}: {exc}", where) from None
-
-
-@dataclass
-class _Task:
-    """The records of one task of a labelled source: the pool its few-shot exemplars come from."""
-
-    records: list[tuple[str, dict]] = field(default_factory=list)  # (where, record)
-
-
-class TemplateRenderer:
-    """Labelled records → conversations through a source's templates; records the template type of each."""
-
-    def __init__(self, recipe: MixRecipe, spec: SourceSpec, rng: random.Random,
-                 count_tokens: Callable[[str], int]):
-        self.recipe, self.spec, self.rng, self.count_tokens = recipe, spec, rng, count_tokens
-        self.proportions = spec.template_types or recipe.template_types
-        self.notes: Counter = Counter()
-
-    def _pick_type(self, record: dict, task: _Task) -> str:
-        possible = {t: w for t, w in self.proportions.items() if w > 0}
-        if "cot" in possible and not (self.spec.rationale_field and record.get(self.spec.rationale_field)):
-            possible.pop("cot")
-            self.notes["cot_without_rationale"] += 1
-        if "few_shot" in possible and len(task.records) < 2:
-            possible.pop("few_shot")
-            self.notes["few_shot_single_record_task"] += 1
-        if not possible:
-            return "zero_shot"
-        kinds = sorted(possible)
-        return self.rng.choices(kinds, weights=[possible[k] for k in kinds])[0]
-
-    def _with_options(self, text: str, template: str, record: dict) -> tuple[str, bool]:
-        field_name = self.spec.options_field
-        options = record.get(field_name) if field_name else None
-        if not options or "{" + field_name in template or self.rng.random() >= self.spec.options_rate:
-            return text, bool(options) and "{" + field_name in template
-        lines = "\n".join(f"- {o}" for o in options)
-        return f"{text}\n\n{self.recipe.options_header}\n{lines}", True
-
-    def conversation(self, where: str, record: dict, index: int, task: _Task, task_name: str) -> Conversation:
-        spec, recipe = self.spec, self.recipe
-        kind = self._pick_type(record, task)
-        t = self.rng.randrange(len(spec.templates))
-        template = spec.templates[t]
-        prompt, shown = self._with_options(render_text(template.input, record, where), template.input, record)
-        answer = render_text(template.target, record, where)
-        meta = {"source": spec.label, "task": task_name, "template_type": kind, "template": t, "where": where}
-        if spec.options_field and record.get(spec.options_field):
-            meta["options"] = shown
-        if kind == "cot":
-            prompt = f"{prompt}\n{recipe.cot_trigger}"
-            answer = render_text(recipe.cot_target, {"rationale": record[spec.rationale_field], "answer": answer},
-                                 where)
-        elif kind == "few_shot":
-            prompt, meta["shots"] = self._few_shot(prompt, index, task, template)
-        return make_conversation([Message("user", prompt), Message("assistant", answer)], meta)
-
-    def _few_shot(self, prompt: str, index: int, task: _Task, template: TaskTemplate) -> tuple[str, int]:
-        """Exemplars of the same task (never the record itself) before the prompt, pruned to the budget."""
-        n_others = len(task.records) - 1  # positions past the record shift by one: O(shots), not O(task)
-        picked = [i + (i >= index) for i in self.rng.sample(range(n_others), min(self.recipe.shots, n_others))]
-        shots = []
-        for i in picked:
-            where, rec = task.records[i]
-            try:
-                shots.append(f"{render_text(template.input, rec, where)}\n{render_text(template.target, rec, where)}")
-            except RecordError:
-                self.notes["exemplar_missing_field"] += 1
-        sep = self.recipe.shot_separator
-        while shots and self.count_tokens(sep.join(shots + [prompt])) > self.recipe.shot_budget:
-            shots.pop()
-            self.notes["exemplars_pruned_for_budget"] += 1
-        return sep.join(shots + [prompt]), len(shots)
-
-
 # --- mixing ----------------------------------------------------------------------------------------
 
 
@@ -415,7 +123,7 @@ class _Pool:
     """One source read: its candidates (task, item or labelled record, where) before sampling."""
 
     entries: list[tuple[str, Any, str]]
-    tasks: dict[str, _Task] = field(default_factory=dict)  # labelled sources: records per task
+    tasks: dict[str, TaskRecords] = field(default_factory=dict)  # labelled sources: records per task
     positions: list[int] = field(default_factory=list)  # labelled sources: index within its task
 
 
@@ -450,6 +158,7 @@ def _read_source(recipe: MixRecipe, spec: SourceSpec, report: LoadReport, seen: 
                       for item in inner.items])
     if spec.templates:
         pool = _Pool([])
+        used = used_fields(spec) | (set() if spec.task or spec.task_field else set(TASK_KEYS))
         for raw in read_records(spec.path, split=spec.split):
             report.records_in += 1
             error = raw.error or (None if isinstance(raw.value, dict) else
@@ -457,8 +166,9 @@ def _read_source(recipe: MixRecipe, spec: SourceSpec, report: LoadReport, seen: 
             if error is not None:
                 _skip(recipe, report, error.at(raw.where) if not error.where else error)
                 continue
+            report.ignored_fields.update(k for k in raw.value if k not in used)  # counted by name, never silent
             task = _task_of(spec, raw.value)
-            entry = pool.tasks.setdefault(task, _Task())
+            entry = pool.tasks.setdefault(task, TaskRecords())
             pool.positions.append(len(entry.records))
             entry.records.append((raw.where, raw.value))
             pool.entries.append((task, raw.value, raw.where))
@@ -547,7 +257,8 @@ def mix(recipe: MixRecipe, *, _seen: tuple[str, ...] = ()) -> MixResult:
               "by_template_type": dict(sorted(taken_types.items())), "sources": sources_report, "tasks": tasks_report,
               "settings": {"seed": recipe.seed, "total": recipe.total, "cap": recipe.cap,
                            "temperature": recipe.temperature, "template_types": recipe.template_types},
-              "skipped_by_reason": dict(load_report.skipped_by_reason), "notes": dict(load_report.notes)}
+              "skipped_by_reason": dict(load_report.skipped_by_reason), "notes": dict(load_report.notes),
+              "ignored_fields": dict(sorted(load_report.ignored_fields.items()))}
     return MixResult(items, report, load_report)
 
 

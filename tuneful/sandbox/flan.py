@@ -60,7 +60,7 @@ def write_pool(path: Path, world: list, per_family: int, seed: int) -> Path:
 def arm_recipe(pool: Path, families: list[str], flan: FlanSettings, seed: int, few_shot: bool) -> Any:
     """The mixture recipe of one arm: its families' records from the pool, ``examples`` of them, zero-shot
     (the record's prompt as the user turn) or zero- and few-shot mixed."""
-    from ..data.mixture import recipe_from_dict
+    from ..data.mix_recipe import recipe_from_dict
 
     arm_pool = pool.with_name(f"{pool.stem}-{len(families)}.jsonl")
     keep = set(families)
