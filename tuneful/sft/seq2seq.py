@@ -25,7 +25,6 @@ One view: :func:`show_example` prints a conversation's encoder input and decoder
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -257,14 +256,3 @@ def show_example(tokenizer: Any, conversation: list[dict], template: str = TOKEN
         out.append(f"example {k}\n  encoder: {tokenizer.convert_ids_to_tokens(e.source_ids)}\n"
                    f"  decoder target: {tokenizer.convert_ids_to_tokens(e.target_ids)}")
     return "\n".join(out)
-
-
-def seq2seq_model_dir(folder: str | Path) -> bool:
-    """Whether a saved model folder (full or adapter) holds an encoder-decoder model."""
-    import json
-
-    folder = Path(folder)
-    adapter = folder / "adapter_config.json"
-    if adapter.is_file():
-        return json.loads(adapter.read_text()).get("task_type") == "SEQ_2_SEQ_LM"
-    return is_encoder_decoder(str(folder))
