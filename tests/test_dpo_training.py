@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny import save_tiny_model, tiny_llama, write_pairs
+from tiny import killed_at_step, save_tiny_model, tiny_llama, write_pairs
 from tuneful.config import ConfigError, build
 from tuneful.data.loader import load
 from tuneful.dpo.config import DPOConfig, ObjectiveSettings
@@ -100,18 +100,7 @@ def test_resume_reuses_the_cached_reference_and_continues_exactly(workdir: Path,
     straight = run_dpo(config(workdir, "straight", *common))
     assert straight.reference == "precomputed" and not straight.reference_cached
 
-    original, calls = DPOTrainer._optimizer_step, {"n": 0}
-
-    def dies_at_step_5(self, micro):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, micro)
-
-    monkeypatch.setattr(DPOTrainer, "_optimizer_step", dies_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        run_dpo(config(workdir, "resumed", *common))
-    monkeypatch.setattr(DPOTrainer, "_optimizer_step", original)
+    killed_at_step(monkeypatch, DPOTrainer, 5, lambda: run_dpo(config(workdir, "resumed", *common)))
 
     computed = []
     import tuneful.dpo.trainer as trainer_module

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny import save_tiny_model, tiny_llama
+from tiny import killed_at_step, save_tiny_model, tiny_llama
 from tuneful.config import ConfigError, build
 from tuneful.rl.config import GRPOConfig
 from tuneful.rl.losses import clipped_policy_gradient, group_advantages
@@ -187,18 +187,7 @@ def test_accumulation_2x2_equals_batch_4(workdir: Path, monkeypatch):
 def test_resume_continues_exactly(workdir: Path, monkeypatch):
     common = ("train.max_steps=4", "train.save_every=2", "grpo.iterations=2", "train.resume=true", "grpo.beta=0.05")
     straight = run_grpo(config(workdir, "straight", *common))
-    original, calls = GRPOTrainer._optimizer_step, {"n": 0}
-
-    def dies_at_step_3(self, micro):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, micro)
-
-    monkeypatch.setattr(GRPOTrainer, "_optimizer_step", dies_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        run_grpo(config(workdir, "resumed", *common))
-    monkeypatch.setattr(GRPOTrainer, "_optimizer_step", original)
+    killed_at_step(monkeypatch, GRPOTrainer, 3, lambda: run_grpo(config(workdir, "resumed", *common)))
     resumed = run_grpo(config(workdir, "resumed", *common))
     rows = lambda result: [(r["step"], r["loss"], r["reward_mean"]) for r in result.history if "loss" in r]  # noqa: E731
     ours, theirs = rows(resumed), rows(straight)

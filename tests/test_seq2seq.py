@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny import killed_at_step
 from tuneful.config import build
 from tuneful.samples import starter_tokenizer
 from tuneful.sft.config import SFTConfig
@@ -175,19 +176,7 @@ def test_resume_continues_exactly(workdir: Path, monkeypatch):
     run_sft(config(workdir, "straight", *common))
     rows = lambda run: [(r["step"], r["loss"]) for r in map(json.loads, (workdir / run / "metrics.jsonl")
                                                             .read_text().splitlines()) if "loss" in r]
-    original = Seq2SeqSFTTrainer._optimizer_step
-    calls = {"n": 0}
-
-    def dies_at_step_3(self, batches):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, batches)
-
-    monkeypatch.setattr(Seq2SeqSFTTrainer, "_optimizer_step", dies_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        run_sft(config(workdir, "resumed", *common))
-    monkeypatch.setattr(Seq2SeqSFTTrainer, "_optimizer_step", original)
+    killed_at_step(monkeypatch, Seq2SeqSFTTrainer, 3, lambda: run_sft(config(workdir, "resumed", *common)))
     run_sft(config(workdir, "resumed", *common))
     assert rows("resumed") == rows("straight") and len(rows("straight")) == 4
 

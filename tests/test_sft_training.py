@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny import save_tiny_model, tiny_llama, write_data
+from tiny import killed_at_step, save_tiny_model, tiny_llama, write_data
 from tuneful.config import build
 from tuneful.sft.batching import Example, collate_packed, collate_padded
 from tuneful.sft.config import SFTConfig
@@ -111,19 +111,7 @@ def test_resume_after_interruption_continues_exactly(workdir: Path, monkeypatch)
     run_sft(config(workdir, "straight", *common))
     straight = _losses(workdir / "straight")
 
-    original = SFTTrainer._optimizer_step
-    calls = {"n": 0}
-
-    def dies_at_step_5(self, batches):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, batches)
-
-    monkeypatch.setattr(SFTTrainer, "_optimizer_step", dies_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        run_sft(config(workdir, "resumed", *common))
-    monkeypatch.setattr(SFTTrainer, "_optimizer_step", original)
+    killed_at_step(monkeypatch, SFTTrainer, 5, lambda: run_sft(config(workdir, "resumed", *common)))
     assert (workdir / "resumed" / "checkpoints" / "step-00000004").is_dir()
     run_sft(config(workdir, "resumed", *common))
     assert _losses(workdir / "resumed") == straight

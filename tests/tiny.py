@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -66,3 +67,22 @@ def write_labeled(path: Path, n: int = 24, seed: int = 0) -> Path:
                                          "label": label}))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def killed_at_step(monkeypatch, trainer_cls: type, step: int, run: Callable[[], Any]) -> None:
+    """``run()`` with ``trainer_cls``'s optimizer step killed (KeyboardInterrupt) at its ``step``-th call, the step
+    restored after: what a kill mid-run leaves behind (its checkpoints), for a resume test."""
+    import pytest
+
+    original, calls = trainer_cls._optimizer_step, {"n": 0}
+
+    def dies(self, micro):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, micro)
+
+    monkeypatch.setattr(trainer_cls, "_optimizer_step", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(trainer_cls, "_optimizer_step", original)
