@@ -5,9 +5,9 @@ instruction tuning on *more tasks* improves held-out tasks. Here: the same numbe
 the same optimizer steps, spread over 4, 8, 12 or all 17 single-turn training families (a seeded,
 nested draw: the 4 are among the 8, ...), plus one arm with all families (``17 families + few-shot``)
 where half of the prompts are few-shot (two exemplars of the same family inline, as FLAN's few-shot
-templates do). Every arm's data
-is written by the mixture code of ``tuneful data mix`` (one labelled source, a template per record,
-examples-proportional over its families) and evaluated on the same prompts:
+templates do). Every arm's data is written by the mixture code of ``tuneful data mix`` (one labelled
+source, a template per record, examples-proportional over its families) and evaluated on the same
+prompts:
 
 - ``heldout_family_accuracy``: the three held-out families no arm trains on (``tasks.HELDOUT_FAMILIES``)
 - ``heldout_phrasing_accuracy``: held-out phrasings of the families the arm trained on

@@ -167,10 +167,6 @@ class Seq2SeqSFTTrainer(SFTTrainer):
 
         return collate_seq2seq(examples, self._pad_id())
 
-    def _pad_id(self) -> int:
-        # the decoder starts from the model's start token; padding only needs to be masked
-        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-
     def summary(self) -> dict:
         return self.data.summary(to_dict(self.cfg))
 
