@@ -78,7 +78,7 @@ def _resolve_format(name: str) -> Format | None:
     return FORMATS[name]
 
 
-class _Skips:
+class SkipPolicy:
     """Apply ``on_error``: raise the first error located, or count and keep it."""
 
     def __init__(self, report: LoadReport, on_error: str):
@@ -104,7 +104,7 @@ def convert_records(
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     fmt = _resolve_format(format)
     report = LoadReport()
-    skip = _Skips(report, on_error)
+    skip = SkipPolicy(report, on_error)
     conversion = Conversion(options)
     items: list[Item] = []
     where: list[str] = []
@@ -140,7 +140,7 @@ def convert_records(
 
 
 def _convert_whole(fmt: Format, records: list[tuple[str, dict]], conversion: Conversion, report: LoadReport,
-                   skip: _Skips) -> list[tuple[str, Item]]:
+                   skip: SkipPolicy) -> list[tuple[str, Item]]:
     from .fields import track, unused_fields
 
     registries, tracked = [], []  # one registry of tracked sub-objects per record

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import ConfigError
-from .loader import LoadReport, LoadResult, load
+from .loader import LoadReport, LoadResult, SkipPolicy, load
 from .mix_recipe import TASK_KEYS, TEMPLATE_TYPE_KEYS, MixRecipe, SourceSpec, read_recipe, recipe_from_dict
 from .sources import read_records
 from .task_templates import TemplateRenderer, TaskRecords, used_fields
@@ -164,7 +164,7 @@ def _read_source(recipe: MixRecipe, spec: SourceSpec, report: LoadReport, seen: 
             error = raw.error or (None if isinstance(raw.value, dict) else
                                   RecordError("not_an_object", "a labelled record must be an object", raw.where))
             if error is not None:
-                _skip(recipe, report, error.at(raw.where) if not error.where else error)
+                SkipPolicy(report, recipe.on_error)(raw.where, error)
                 continue
             report.ignored_fields.update(k for k in raw.value if k not in used)  # counted by name, never silent
             task = _task_of(spec, raw.value)
@@ -176,13 +176,6 @@ def _read_source(recipe: MixRecipe, spec: SourceSpec, report: LoadReport, seen: 
     result = load(spec.path, format=spec.format, on_error=recipe.on_error, split=spec.split)
     _merge_reports(report, result.report)
     return _Pool([(_task_of(spec, item.meta), item, where) for item, where in zip(result.items, result.where)])
-
-
-def _skip(recipe: MixRecipe, report: LoadReport, error: RecordError) -> None:
-    if recipe.on_error == "fail":
-        raise error
-    report.skipped_by_reason[error.rule] += 1
-    report.skipped.append((error.where, str(error)))
 
 
 def _tagged(item: Any, spec: SourceSpec, task: str, where: str) -> Any:
@@ -223,6 +216,7 @@ def mix(recipe: MixRecipe, *, _seen: tuple[str, ...] = ()) -> MixResult:
             by_task[task].append(i)
         per_task = task_counts(n, {t: len(ix) for t, ix in by_task.items()}, recipe.cap, recipe.temperature, weight_of)
         renderer = TemplateRenderer(recipe, spec, random.Random(rng.random()), count_tokens) if spec.templates else None
+        skip = SkipPolicy(load_report, recipe.on_error)
         source_items = []
         for task in sorted(by_task):
             picked = take(by_task[task], per_task[task], rng)
@@ -237,7 +231,7 @@ def mix(recipe: MixRecipe, *, _seen: tuple[str, ...] = ()) -> MixResult:
                     source_items.append(renderer.conversation(where, value, pool.positions[i], pool.tasks[task], task))
                     kept += 1
                 except RecordError as exc:
-                    _skip(recipe, load_report, exc if exc.where else exc.at(where))
+                    skip(where, exc)
             tasks_report[f"{spec.label}/{task}"] = {"source": spec.label, "task": task, "available": len(by_task[task]),
                                                     "taken": kept, "repeated": max(0, len(picked) - len(by_task[task]))}
         if renderer is not None:
