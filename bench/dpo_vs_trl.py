@@ -146,7 +146,7 @@ def worker_trl(workdir: Path, steps: int, out: Path, lora: bool) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from tuneful.masking import special_tokens_of
+    from tuneful.tokenization.masking import special_tokens_of
     from tuneful.templates.render import render
 
     tok = AutoTokenizer.from_pretrained(workdir / "model")

@@ -98,7 +98,7 @@ def worker_trl(workdir: Path, steps: int, out: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import KTOConfig, KTOTrainer
 
-    from tuneful.masking import special_tokens_of
+    from tuneful.tokenization.masking import special_tokens_of
     from tuneful.templates.render import render
 
     tok = AutoTokenizer.from_pretrained(workdir / "model")

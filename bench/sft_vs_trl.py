@@ -129,7 +129,7 @@ def worker_tuneful(workdir: Path, steps: int, out: Path, packing: bool) -> dict:
 
     from tuneful.config import build
     from tuneful.sft.batching import Example, collate_padded
-    from tuneful.masking import labels_from_mask
+    from tuneful.tokenization.masking import labels_from_mask
     from tuneful.sft.config import SFTConfig
     from tuneful.sft.trainer import SFTTrainer
 

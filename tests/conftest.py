@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FROZEN_NOW = datetime(2024, 7, 26, 12, 0, 0)
+# prepared data of the test run (and of the CLI processes it starts) is cached apart from the user's cache
+os.environ.setdefault("TUNEFUL_CACHE_DIR", tempfile.mkdtemp(prefix="tuneful-test-cache-"))
 
 
 def _fixtures_dir() -> Path | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tuneful.masking import ConversationTokenizer
+from tuneful.tokenization.masking import ConversationTokenizer
 from tuneful.samples import train_tokenizer
 from tuneful.templates.registry import builtin, builtin_names, resolve
 from tuneful.templates.render import render

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from conftest import needs_fixtures
 from tuneful.cli.main import app
-from tuneful.masking import ConversationTokenizer
+from tuneful.tokenization.masking import ConversationTokenizer
 from tuneful.templates.registry import resolve
 
 CONV = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello, friend."}]

@@ -93,7 +93,7 @@ def test_constrained_and_free_rows_share_a_batch(model_and_tokenizer):
 
 
 def test_the_grammar_uses_special_tokens_by_id_and_the_syntaxs_argument_key():
-    from tuneful.masking import load_tokenizer
+    from tuneful.tokenization.masking import load_tokenizer
 
     class Mistral:  # a tokenizer where the marker is one special token (as in Mistral v0.3)
         all_special_ids = [5]

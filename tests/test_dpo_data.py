@@ -9,7 +9,7 @@ from tuneful.data.types import Message, PreferencePair
 from tuneful.dpo.data import (COLLATORS, PreferenceDataError, PreferenceExample, collate_shared_prompt,
                               preference_tokenizer, tokenize_pair, tokenize_pairs)
 from tuneful.dpo.reference import ResponseLogps
-from tuneful.masking import special_tokens_of
+from tuneful.tokenization.masking import special_tokens_of
 from tuneful.templates.registry import builtin
 from tuneful.templates.render import render
 
@@ -52,7 +52,7 @@ def test_bad_pairs_are_all_reported_with_their_record(ctok):
 
 
 def test_a_tokenizer_training_every_turn_is_refused(starter_tok):
-    from tuneful.masking import ConversationTokenizer
+    from tuneful.tokenization.masking import ConversationTokenizer
 
     with pytest.raises(ValueError, match="last_turn_only"):
         tokenize_pair(ConversationTokenizer(starter_tok, builtin("chatml")), PreferencePair(PROMPT, "a b", "c d"))

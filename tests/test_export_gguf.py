@@ -178,7 +178,7 @@ def test_only_gpt2_style_byte_level_tokenizers_get_the_gpt2_pre_tokenizer(fixtur
     from transformers import AutoTokenizer
 
     from tuneful.export.gguf import gpt2_byte_level
-    from tuneful.masking import load_tokenizer
+    from tuneful.tokenization.masking import load_tokenizer
     from tuneful.sandbox.base import shipped_base_dir
 
     assert gpt2_byte_level(load_tokenizer(str(shipped_base_dir())))

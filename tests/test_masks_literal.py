@@ -6,7 +6,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from tuneful.masking import (
+from tuneful.tokenization.masking import (
     IGNORE_INDEX,
     ConversationTokenizer,
     labels_from_mask,
@@ -93,7 +93,7 @@ def test_special_token_offsets_narrow_swallowed_whitespace():
     text = "<|assistant|>\n\nHi<|end|>\n"
     offsets = [(0, 15), (15, 17), (17, 25)]  # the tokenizer reports the swallowed newlines
     narrowed = special_token_offsets(text, [7, 1, 8], offsets, {7: "<|assistant|>", 8: "<|end|>"})
-    assert narrowed == [(0, 13), (15, 17), (17, 24)]
+    assert narrowed.tolist() == [[0, 13], [15, 17], [17, 24]]
 
 
 def test_labels_length_mismatch_is_an_error():

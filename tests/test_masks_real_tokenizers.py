@@ -14,7 +14,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from conftest import FIXTURES, FROZEN_NOW, needs_fixtures
-from tuneful.masking import ConversationTokenizer
+from tuneful.tokenization.masking import ConversationTokenizer
 from tuneful.templates.registry import resolve
 
 # family -> (template: None = the tokenizer's own, end-of-turn string the template must put after replies)

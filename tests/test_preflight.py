@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tuneful.data.types import Conversation, Message
-from tuneful.masking import ConversationTokenizer
-from tuneful.preflight import PreflightError, preflight
+from tuneful.tokenization.masking import ConversationTokenizer
+from tuneful.tokenization.preflight import PreflightError, preflight
 from tuneful.samples import train_tokenizer
 from tuneful.templates.registry import ChatTemplate, builtin
 

@@ -42,7 +42,7 @@ def test_traces_use_training_countries_and_phrasings_and_evaluation_the_held_out
 def test_a_trace_renders_and_masks_with_the_sandbox_template():
     from transformers import AutoTokenizer
 
-    from tuneful.masking import ConversationTokenizer
+    from tuneful.tokenization.masking import ConversationTokenizer
     from tuneful.templates.registry import builtin
 
     _, tool_world, _ = _worlds()

@@ -194,7 +194,7 @@ def test_lora_adapter_merges_and_learns_to_answer(workdir: Path):
     plain.write_text(PLAIN_SEQ2SEQ_TEMPLATE)
     before = load_chat_model(str(workdir / "t5"), template=str(plain), device="cpu")
     result = run_sft(config(workdir, "lora", "lora.enabled=true", "lora.r=16", "lora.alpha=32",
-                            "lora.target_modules=all-linear", "train.max_steps=150", "train.lr=1e-2",
+                            "lora.target_modules=all-linear", "train.max_steps=250", "train.lr=1e-2",
                             "train.micro_batch_size=8", "train.warmup_ratio=0"))
     assert (result.model_dir / "adapter_config.json").exists()
     chat = load_chat_model(str(result.model_dir), device="cpu")

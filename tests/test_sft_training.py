@@ -162,7 +162,7 @@ def test_shipped_recipe_runs(workdir: Path, recipe: Path):
 
 
 def test_preflight_stops_training_before_it_starts(workdir: Path):
-    from tuneful.preflight import PreflightError
+    from tuneful.tokenization.preflight import PreflightError
 
     bad = workdir / "plain.jinja"
     bad.write_text("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}")

@@ -13,7 +13,7 @@ import torch
 
 from conftest import needs_fixtures
 from tiny import tiny_llama, write_data
-from tuneful.masking import ConversationTokenizer, add_template_tokens, template_markers
+from tuneful.tokenization.masking import ConversationTokenizer, add_template_tokens, template_markers
 from tuneful.templates.registry import builtin
 
 
@@ -26,7 +26,7 @@ def _gpt2(fixtures: Path):
 @needs_fixtures
 def test_the_templates_markers_become_single_special_tokens(fixtures: Path):
     from tuneful.data.formats import FORMATS
-    from tuneful.preflight import preflight
+    from tuneful.tokenization.preflight import preflight
 
     tok = _gpt2(fixtures)
     assert template_markers(tok, builtin("chatml")) == ["<|im_end|>", "<|im_start|>"]

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 from conftest import FIXTURES, FROZEN_NOW, needs_fixtures
 from tuneful.cli.main import app
 from tuneful.data.formats import FORMATS
-from tuneful.masking import ConversationTokenizer
-from tuneful.preflight import preflight
+from tuneful.tokenization.masking import ConversationTokenizer
+from tuneful.tokenization.preflight import preflight
 from tuneful.templates.registry import ChatTemplate, builtin
 from tuneful.templates.render import error_json, frozen_clock, render
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..masking import load_tokenizer
+from ..tokenization.masking import load_tokenizer
 from .common import fail
 
 data_app = typer.Typer(help="Instruction data: convert and inspect.", no_args_is_help=True)
@@ -84,9 +84,9 @@ def inspect_cmd(
     from rich.panel import Panel
     from rich.table import Table
 
-    from ..inspect import dataset_stats, highlighted
-    from ..masking import ConversationTokenizer
-    from ..preflight import preflight
+    from ..tokenization.view import dataset_stats, highlighted
+    from ..tokenization.masking import ConversationTokenizer
+    from ..tokenization.preflight import preflight
     from ..samples import starter_path
     from ..templates.registry import resolve
 

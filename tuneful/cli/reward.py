@@ -25,7 +25,7 @@ def train(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = 
     if cfg is None:
         return
     from ..dpo.data import PreferenceDataError
-    from ..preflight import PreflightError
+    from ..tokenization.preflight import PreflightError
     from ..reward.trainer import run_reward
 
     try:

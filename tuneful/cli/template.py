@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..masking import load_tokenizer
+from ..tokenization.masking import load_tokenizer
 from .common import fail, parse_now, read_conversations
 
 CONV_HELP = ("CONV.json: one conversation or a list of them; each a message list or "
@@ -38,7 +38,7 @@ def render_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array of {rendered} / {error} objects."),
 ) -> None:
     """Render conversations exactly as transformers' apply_chat_template(tokenize=False) does."""
-    from ..masking import special_tokens_of
+    from ..tokenization.masking import special_tokens_of
     from ..templates.registry import resolve
     from ..templates.render import error_json, render
 
@@ -93,7 +93,7 @@ def mask_cmd(
     turn marked as printed there. When the template rewrites history (Qwen3 drops earlier reasoning),
     what training uses differs: then "examples" lists each training example's input_ids / train_mask.
     """
-    from ..masking import ConversationTokenizer
+    from ..tokenization.masking import ConversationTokenizer
     from ..templates.registry import resolve
     from ..templates.render import error_json
 

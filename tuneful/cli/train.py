@@ -47,7 +47,7 @@ def sft(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = OV
     cfg = _recipe(SFTConfig, recipe, overrides, show_settings)
     if cfg is None:
         return
-    from ..preflight import PreflightError
+    from ..tokenization.preflight import PreflightError
     from ..sft.trainer import run_sft
 
     try:
@@ -114,7 +114,7 @@ def _run_online(cls: type, run_fn: Any, section: str, recipe: Optional[Path], ov
     cfg = _recipe(cls, recipe, overrides, show_settings)
     if cfg is None:
         return
-    from ..preflight import PreflightError
+    from ..tokenization.preflight import PreflightError
     from ..rl.rewards import RewardSpecError
 
     try:
@@ -129,7 +129,7 @@ def _run_online(cls: type, run_fn: Any, section: str, recipe: Optional[Path], ov
 def _run_preference(run_fn: Any, cfg: Any) -> None:
     """Run a trainer with a reference policy (DPO, KTO) and print its JSON summary."""
     from ..dpo.data import PreferenceDataError
-    from ..preflight import PreflightError
+    from ..tokenization.preflight import PreflightError
 
     try:
         result = run_fn(cfg)

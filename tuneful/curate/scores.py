@@ -49,7 +49,7 @@ class ReferenceLM:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from ..masking import pad_id
+        from ..tokenization.masking import pad_id
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_spec)
         self.model = AutoModelForCausalLM.from_pretrained(model_spec, dtype=torch.float32).eval()
@@ -63,7 +63,7 @@ class ReferenceLM:
         given its prefix; an empty prefix conditions on BOS alone."""
         import torch
 
-        from ..masking import IGNORE_INDEX
+        from ..tokenization.masking import IGNORE_INDEX
         from ..sft.batching import Example, collate_padded
         from ..train.losses import token_nll_sum
 

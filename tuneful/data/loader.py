@@ -11,7 +11,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from .formats import FORMATS, Format, Item, detect_format
 from .messages import Conversion, ConvertOptions
@@ -100,14 +100,31 @@ def convert_records(
     options: ConvertOptions = ConvertOptions(),
 ) -> LoadResult:
     """Convert raw records to validated items. Auto-detection fixes the format on the first record."""
+    report = LoadReport()
+    items: list[Item] = []
+    where: list[str] = []
+    for location, item in iter_items(records, report, format=format, on_error=on_error, options=options):
+        items.append(item)
+        where.append(location)
+    return LoadResult(items, report, where)
+
+
+def iter_items(
+    records: Iterable[RawRecord],
+    report: LoadReport,
+    *,
+    format: str = "auto",
+    on_error: str = "fail",
+    options: ConvertOptions = ConvertOptions(),
+) -> Iterator[tuple[str, Item]]:
+    """(where, item) for each validated item as its record is read, counting into ``report`` (complete once the
+    iterator is exhausted): a source larger than memory streams through. A format that converts whole sources
+    (OASST trees) yields once every record is read."""
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     fmt = _resolve_format(format)
-    report = LoadReport()
     skip = SkipPolicy(report, on_error)
     conversion = Conversion(options)
-    items: list[Item] = []
-    where: list[str] = []
     whole: list[tuple[str, dict]] = []  # records of a format that converts the whole source at once
     for raw in records:
         report.records_in += 1
@@ -127,16 +144,15 @@ def convert_records(
             skip(raw.where, exc)
             continue
         report.ignored_fields.update(unused)
-        items.extend(converted)
-        where += [raw.where] * len(converted)
+        report.written += len(converted)
+        for item in converted:
+            yield raw.where, item
     if whole:
         for location, item in _convert_whole(fmt, whole, conversion, report, skip):
-            items.append(item)
-            where.append(location)
-    report.written = len(items)
+            report.written += 1
+            yield location, item
     report.notes.update(conversion.notes)
     report.format = fmt.name if fmt else None
-    return LoadResult(items, report, where)
 
 
 def _convert_whole(fmt: Format, records: list[tuple[str, dict]], conversion: Conversion, report: LoadReport,

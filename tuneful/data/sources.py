@@ -111,17 +111,21 @@ def _decode_json_cells(row: dict) -> dict:
     return out
 
 
-def _read_hf(name: str, split: str, subset: str | None) -> Iterator[RawRecord]:
-    """A Hugging Face dataset id, or a local dataset folder/script, through ``datasets.load_dataset``."""
+def _read_hf(name: str, split: str, subset: str | None, streaming: bool = False) -> Iterator[RawRecord]:
+    """A Hugging Face dataset id, or a local dataset folder/script, through ``datasets.load_dataset``;
+    ``streaming`` reads rows as they arrive (nothing downloaded or cached whole)."""
     import datasets
 
-    table = datasets.load_dataset(name, subset, split=split)
+    table = datasets.load_dataset(name, subset, split=split, streaming=streaming)
     for i, row in enumerate(table):
         yield RawRecord(f"{name} ({split}) row {i + 1}", row)
 
 
-def read_records(source: str | Path, *, split: str = "train", subset: str | None = None) -> Iterator[RawRecord]:
-    """Raw records of a local file (by suffix) or else of a dataset folder or Hugging Face id."""
+def read_records(source: str | Path, *, split: str = "train", subset: str | None = None,
+                 streaming: bool = False) -> Iterator[RawRecord]:
+    """Raw records of a local file (by suffix) or else of a dataset folder or Hugging Face id (``streaming``:
+    through a ``datasets`` IterableDataset. Local JSON Lines are always read line by line; a JSON array file is
+    one value, read whole)."""
     path = Path(source)
     if path.is_file():
         readers = {".jsonl": read_jsonl, ".json": _read_json, ".parquet": _read_table, ".csv": _read_table}
@@ -131,4 +135,4 @@ def read_records(source: str | Path, *, split: str = "train", subset: str | None
         return reader(path)
     if path.suffix.lower() in LOCAL_SUFFIXES and not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    return _read_hf(str(source), split, subset)
+    return _read_hf(str(source), split, subset, streaming)

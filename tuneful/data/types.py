@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -122,6 +122,21 @@ class Conversation:
         if self.meta:
             out["meta"] = self.meta
         return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Conversation":
+        """The inverse of :meth:`to_json` for a conversation validated before it was written (not re-validated:
+        this is how prepared data reads back its own rows; outside data goes through the loader)."""
+        messages = []
+        for m in data["messages"]:
+            calls = tuple(ToolCall(c["function"]["name"], c["function"]["arguments"], c.get("id"))
+                          for c in m.get("tool_calls") or ())
+            messages.append(Message(m["role"], m["content"], calls, m.get("reasoning_content"),
+                                    m.get("tool_call_id"), m.get("name")))
+        tools = data.get("tools")
+        inputs = TemplateInputs(tuple(tools) if tools else None, data.get("chat_template_kwargs")) \
+            if tools or data.get("chat_template_kwargs") else NO_TEMPLATE_INPUTS
+        return cls(tuple(messages), dict(data.get("meta") or {}), inputs)
 
 
 @dataclass(frozen=True)

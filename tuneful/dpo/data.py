@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from ..data.types import Conversation, Message, PreferencePair
-from ..masking import ConversationTokenizer
+from ..tokenization.masking import ConversationTokenizer
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 from ..data.loader import LoadReport
 from ..data.mixture import load_training
 from ..data.types import Conversation, PreferencePair
-from ..preflight import PreflightReport, preflight
+from ..tokenization.preflight import PreflightReport, preflight
 from ..train.plan import split_eval
 from ..templates.registry import ChatTemplate, run_template
 from .config import PreferenceDataSettings

@@ -92,7 +92,7 @@ def heldout_loss(chat: ChatModel, prompts: list[EvalPrompt], batch_size: int) ->
     import torch
 
     from ..train.losses import token_nll_sum
-    from ..masking import ConversationTokenizer, labels_from_mask
+    from ..tokenization.masking import ConversationTokenizer, labels_from_mask
     from ..sft.batching import Example, collate_padded
 
     scored = [p for p in prompts if p.reference is not None]

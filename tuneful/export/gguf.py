@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..infer.chat_model import is_adapter_folder, choose_template, model_folder, template_end_of_turn_ids
-from ..masking import load_tokenizer, special_tokens_of
+from ..tokenization.masking import load_tokenizer, special_tokens_of
 from .ollama import modelfile
 
 LLAMA_CPP_ENV = "TUNEFUL_LLAMA_CPP"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..masking import ConversationTokenizer, end_of_turn_ids, load_tokenizer, pad_id, special_tokens_of
+from ..tokenization.masking import ConversationTokenizer, end_of_turn_ids, load_tokenizer, pad_id, special_tokens_of
 from ..serve.tool_parsers import parser_for_template
 from ..templates.registry import ChatTemplate, resolve
 from ..templates.render import render
@@ -106,6 +106,15 @@ def _trained_summary(folder: str) -> dict:
     return json.loads(summary.read_text()) if summary.is_file() else {}
 
 
+def prompt_renderer(tokenizer: Any, template: ChatTemplate, name: str = "renderer") -> ChatModel:
+    """A ChatModel without weights: inference prompts (text and ids) rendered exactly as a loaded model renders
+    them, for code that holds the model elsewhere (GRPO's policy, the sandbox's evaluation)."""
+    from ..train.output import stop_token_ids
+
+    eot = template_end_of_turn_ids(tokenizer, template)
+    return ChatModel(name, None, tokenizer, template, eot, stop_token_ids(tokenizer, eot), 0)
+
+
 def template_end_of_turn_ids(tokenizer: Any, template: ChatTemplate) -> list[int]:
     """Token ids the template closes an assistant turn with, found by rendering a probe conversation."""
     return end_of_turn_ids(tokenizer, ConversationTokenizer(tokenizer, template).render(_PROBE).turns)
@@ -122,9 +131,9 @@ def _generation_eos(model: Any) -> set[int]:
 def model_folder(spec: str) -> str:
     """The folder MODEL names (``sandbox``: the shipped sandbox base model)."""
     if spec == SANDBOX:
-        from ..sandbox.base import shipped_base_dir
+        from ..samples import sandbox_base_dir
 
-        return str(shipped_base_dir())
+        return str(sandbox_base_dir())
     return spec
 
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..masking import pad_id
+from ..tokenization.masking import pad_id
 
 
 @dataclass(frozen=True)

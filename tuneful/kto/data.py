@@ -20,7 +20,7 @@ from ..data.mixture import load_training
 from ..data.types import Conversation, LabeledConversation
 from ..dpo.data import PreferenceDataError, PreferenceExample, preference_tokenizer, reply_tokens
 from ..dpo.prepare import length_policy
-from ..preflight import PreflightReport, preflight
+from ..tokenization.preflight import PreflightReport, preflight
 from ..templates.registry import ChatTemplate, run_template
 from ..train.plan import split_eval
 from .config import LabeledDataSettings

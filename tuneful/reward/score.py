@@ -13,7 +13,7 @@ import torch
 
 from ..data.types import NO_TEMPLATE_INPUTS, Conversation, Message, PreferencePair, TemplateInputs
 from ..dpo.data import preference_tokenizer, reply_tokens
-from ..masking import load_tokenizer, pad_id
+from ..tokenization.masking import load_tokenizer, pad_id
 from ..templates.registry import resolve
 from .model import RewardScores
 

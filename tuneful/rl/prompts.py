@@ -100,11 +100,10 @@ class PreparedPrompts:
 
 def prepare_prompts(settings: Any, tokenizer: Any, seed: int) -> PreparedPrompts:
     """Load → hold out → template checks → prompt ids as inference renders them → length policy."""
-    from ..infer.chat_model import ChatModel, template_end_of_turn_ids
-    from ..masking import ConversationTokenizer
-    from ..preflight import PreflightReport, check_template_choice, check_tokenizer
+    from ..infer.chat_model import prompt_renderer, template_end_of_turn_ids
+    from ..tokenization.masking import ConversationTokenizer
+    from ..tokenization.preflight import PreflightReport, check_template_choice, check_tokenizer
     from ..templates.registry import run_template
-    from ..train.output import stop_token_ids
     from ..train.plan import split_eval
 
     template = run_template(settings, tokenizer)
@@ -117,8 +116,8 @@ def prepare_prompts(settings: Any, tokenizer: Any, seed: int) -> PreparedPrompts
     if not eot:
         raise ValueError(f"template {template.origin} closes assistant turns with no single special token: sampled "
                          "completions could never end their turn. Use a template with an end-of-turn token")
-    stops = stop_token_ids(tokenizer, eot)
-    renderer = ChatModel("policy", None, tokenizer, template, eot, stops, 0)
+    renderer = prompt_renderer(tokenizer, template, "policy")
+    stops = renderer.stop_ids
     loaded = load_prompts(settings.train, on_error=settings.on_error)
     skipped = list(loaded.skipped)
     train, held = split_eval(loaded.records, settings, seed,

@@ -14,6 +14,12 @@ def starter_path() -> Path:
     return Path(str(resources.files("tuneful.samples") / "starter.jsonl"))
 
 
+def sandbox_base_dir() -> Path:
+    """The sandbox's tiny base model shipped with tuneful (what ``tuneful chat sandbox`` names); built by
+    ``tuneful.sandbox.base``, kept here with the other shipped artefacts so inference needs no sandbox code."""
+    return Path(str(resources.files("tuneful.samples") / "sandbox_base"))
+
+
 def train_tokenizer(
     texts: Iterable[str],
     *,

@@ -1,7 +1,7 @@
 """The sandbox base model: a BPE tokenizer and a small Llama pretrained on the world's documents.
 
 ``tuneful sandbox build-base`` runs :func:`build_base` from scratch; the result shipped in the
-package (``tuneful/sandbox/base_model``) carries ``recipe.json`` with the settings and the losses
+package (``tuneful/samples/sandbox_base``) carries ``recipe.json`` with the settings and the losses
 of the first steps, which a test reproduces.
 """
 
@@ -12,7 +12,6 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,7 +42,9 @@ class BaseRecipe:
 
 
 def shipped_base_dir() -> Path:
-    return Path(str(resources.files("tuneful.sandbox") / "base_model"))
+    from ..samples import sandbox_base_dir
+
+    return sandbox_base_dir()
 
 
 def load_recipe(base_dir: Path) -> BaseRecipe:

@@ -11,6 +11,7 @@ import json
 import shutil
 import time
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -159,26 +160,24 @@ def preference_rates(model: Any, tokenizer: Any, pairs: list[dict]) -> dict[str,
     return rates
 
 
-def _load(folder: Path, adapter: bool, base: Path) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM
+def _load(folder: Path) -> Any:
+    """The weights as inference loads them (adapters merged into the base their folder names, fp32 on CPU)."""
+    from ..infer.chat_model import load_chat_model
 
-    model = AutoModelForCausalLM.from_pretrained(base if adapter else folder, dtype=torch.float32)
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, folder).merge_and_unload()
-    return model.eval()
+    return load_chat_model(str(folder), template=TEMPLATE, device="cpu").model
 
 
 def _prompt_ids(tokenizer: Any, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-    from ..masking import special_tokens_of
-    from ..templates.registry import builtin
-    from ..templates.render import render
+    """The inference prompt as a loaded model renders it (the sandbox template)."""
+    return _renderer(tokenizer).prompt_ids(messages, tools)
 
-    text = render(messages, builtin(TEMPLATE).source, add_generation_prompt=True,
-                  special_tokens=special_tokens_of(tokenizer), tools=tools)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+@lru_cache(maxsize=4)
+def _renderer(tokenizer: Any) -> Any:
+    from ..infer.chat_model import prompt_renderer
+    from ..templates.registry import builtin
+
+    return prompt_renderer(tokenizer, builtin(TEMPLATE))
 
 
 def evaluate_agents(models: dict[str, Any], tokenizer: Any, tool_world: list, settings: DemoSettings,
@@ -288,7 +287,7 @@ class Experiment:
                            sets: dict[str, list[TaskInstance]]) -> tuple[Any, dict]:
         """SFT on ``train`` for ``steps`` optimizer steps, then the verifier-checked evaluation on ``sets``."""
         result = _sft(self.demo, self.base, train, self.replay, out=out, max_steps=steps)
-        summary, _ = evaluate_model(_load(result.model_dir, self.demo.lora, self.base), self.tokenizer, sets,
+        summary, _ = evaluate_model(_load(result.model_dir), self.tokenizer, sets,
                                     self.stop_ids, self.demo.max_new_tokens, self.end_of_turn)
         return result, summary
 
@@ -317,8 +316,8 @@ def run_demo(settings: DemoSettings) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
     end_of_turn, stop_ids = stop_tokens(tokenizer)
     sets = eval_instances(world, settings.eval_per_family, settings.seed)
-    base_model = _load(base, False, base)
-    tuned = _load(result.model_dir, settings.lora, base)
+    base_model = _load(base)
+    tuned = _load(result.model_dir)
     models = {"base": base_model, "tuned": tuned}
     dpo = None
     sft_full = result.model_dir
@@ -328,7 +327,7 @@ def run_demo(settings: DemoSettings) -> dict:
         sft_full = merge_adapter(result.model_dir, settings.out / "sft" / "merged", base=str(base))
     if settings.dpo:
         dpo = _dpo(settings, sft_full, world)
-        models["tuned+dpo"] = _load(dpo.model_dir, settings.lora, sft_full)
+        models["tuned+dpo"] = _load(dpo.model_dir)
     report: dict[str, Any] = {}
     answers = {}
     for name, model in models.items():
@@ -351,7 +350,7 @@ def run_demo(settings: DemoSettings) -> dict:
             write_pairs(settings, world)
 
         def evaluate(model_dir: Path) -> dict:
-            return evaluate_model(_load(model_dir, settings.lora, sft_full), tokenizer, sets, stop_ids,
+            return evaluate_model(_load(model_dir), tokenizer, sets, stop_ids,
                                   settings.max_new_tokens, end_of_turn)[0]
 
         report["after_sft"] = after_sft(settings, sft_full, world, heldout_pairs(world, sets, settings.seed),

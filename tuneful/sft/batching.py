@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from ..masking import IGNORE_INDEX
+from ..tokenization.masking import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,11 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
     return bins
 
 
-def plan_rows(examples: Sequence[Example], *, packing: bool, max_length: int) -> list[list[int]]:
-    """Each row is a list of example indices (one index when not packing)."""
+def plan_rows(lengths: Sequence[int], *, packing: bool, max_length: int) -> list[list[int]]:
+    """Each row is a list of example indices (one index when not packing), from the examples' lengths."""
     if packing:
-        return best_fit_decreasing([len(e) for e in examples], max_length)
-    return [[i] for i in range(len(examples))]
+        return best_fit_decreasing(lengths, max_length)
+    return [[i] for i in range(len(lengths))]
 
 
 def collate_padded(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:

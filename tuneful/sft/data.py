@@ -1,71 +1,63 @@
-"""SFT data: load → validate → tokenize with masks → preflight (all checks before training)."""
+"""SFT data: load → validate → tokenize with masks → preflight (all checks before training), prepared once
+and cached as Arrow (:mod:`tuneful.sft.prepared`)."""
 
 from __future__ import annotations
 
 import json
 import random
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..data.loader import LoadReport
 from ..data.mixture import load_training
 from ..data.types import Conversation
-from ..masking import ConversationTokenizer, labels_from_mask
-from ..preflight import PreflightReport, preflight
+from ..tokenization.masking import ConversationTokenizer
+from ..tokenization.preflight import PreflightReport
 from ..templates.registry import ChatTemplate, run_template
-from ..train.plan import split_eval
 from .batching import Example
 from .config import DataSettings
+from .prepared import preflight_report, prepare_conversations, sft_conversations
+
+
+def _load_conversations(source: str | list, settings: DataSettings,
+                        seed: int = 0) -> tuple[list[Conversation], LoadReport]:
+    """The conversations of a source in memory (for callers that need them all at once, e.g. seq2seq)."""
+    result = load_training(source, format=settings.format, on_error=settings.on_error, seed=seed)
+    return [c for _, c in sft_conversations(zip(result.where, result.items), source)], result.report
 
 
 @dataclass
 class PreparedData:
-    train: list[Example]
-    eval: list[Example]
+    train: Sequence[Example]  # PreparedRows: read lazily from the prepared Arrow files
+    eval: Sequence[Example]
     template: ChatTemplate
     conversation_tokenizer: ConversationTokenizer
     load_report: LoadReport
     preflight_report: PreflightReport
     end_of_turn_ids: list[int]
+    cache_folder: Path | None = None
+    cache_hit: bool = False
 
 
-def _load_conversations(source: str | list, settings: DataSettings,
-                        seed: int = 0) -> tuple[list[Conversation], LoadReport]:
-    result = load_training(source, format=settings.format, on_error=settings.on_error, seed=seed)
-    if result.preferences:
-        raise ValueError(f"data {source} holds preference pairs; SFT needs conversations (use tuneful dpo)")
-    if result.labeled:
-        where = result.where_of(result.labeled[0])
-        undesirable = sum(not item.label for item in result.labeled)
-        raise ValueError(
-            f"data {source} holds unpaired preference data (KTO: {len(result.labeled)} records with a 'label', "
-            f"{undesirable} marked undesirable, e.g. {where}); SFT would train the undesirable replies as targets. "
-            "Fix: keep only the desirable ones (records with label == true, without the label field) for SFT, "
-            "or train them with a KTO trainer."
-        )
-    return result.conversations, result.report
+def prepare_data(settings: DataSettings, tokenizer: Any, seed: int, *,
+                 main_process_first: AbstractContextManager = nullcontext()) -> PreparedData:
+    """Everything the loop needs, or a PreflightError naming every problem at once.
 
-
-def prepare_data(settings: DataSettings, tokenizer: Any, seed: int) -> PreparedData:
-    """Everything the loop needs, or a PreflightError naming every problem at once."""
+    Prepared once and cached (:mod:`tuneful.sft.prepared`); under several processes pass accelerate's
+    ``main_process_first()`` so the main one prepares and the others read its files.
+    """
     template = run_template(settings, tokenizer)
     ctok = ConversationTokenizer(tokenizer, template, last_turn_only=settings.last_turn_only,
                                  reasoning=settings.reasoning)
-    convs, load_report = _load_conversations(settings.train, settings, seed)
-    train_convs, eval_convs = split_eval(convs, settings, seed, lambda src: _load_conversations(src, settings)[0])
-    report = preflight(tokenizer, ctok, train_convs, max_length=settings.max_length, overlong=settings.overlong,
-                       allow_template_change=settings.allow_template_change)
+    prepared = prepare_conversations(settings, ctok, seed, main_process_first=main_process_first)
+    report = preflight_report(prepared.train, tokenizer, ctok, settings)
     report.raise_on_errors()
-    eval_report = preflight(tokenizer, ctok, eval_convs, max_length=settings.max_length, overlong="drop",
-                            allow_template_change=True)
-
-    def to_examples(rep: PreflightReport) -> list[Example]:
-        return [Example(e.input_ids, labels_from_mask(e.input_ids, e.train_mask)) for e in rep.training_examples]
-
-    train = to_examples(report) + replay_examples(settings, tokenizer, len(report.examples), seed)
-    return PreparedData(train, to_examples(eval_report), template, ctok, load_report, report,
-                        report.end_of_turn_ids(tokenizer))
+    held = prepared.eval.rows if prepared.eval is not None else []
+    train = prepared.train.rows.with_extra(replay_examples(settings, tokenizer, prepared.train.tally.kept, seed))
+    return PreparedData(train, held, template, ctok, prepared.load_report, report, report.end_of_turn_ids(tokenizer),
+                        prepared.folder, prepared.cache_hit)
 
 
 def replay_examples(settings: DataSettings, tokenizer: Any, n_conversations: int, seed: int) -> list[Example]:

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..data.loader import LoadReport
 from ..data.types import Conversation
-from ..masking import IGNORE_INDEX, special_tokens_of
+from ..tokenization.masking import IGNORE_INDEX, special_tokens_of
 from ..templates.registry import TOKENIZER_TEMPLATE, ChatTemplate, resolve
 from ..templates.render import render
 from ..train.plan import split_eval

@@ -6,21 +6,30 @@ process) and the metrics. Everything else — loop, accumulation, checkpoints, r
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from ..config import to_dict
-from ..masking import add_template_tokens
+from ..templates.registry import run_template
+from ..tokenization.masking import add_template_tokens, labels_from_mask
 from ..train.loop import Trainer, run
 from ..train.model import unwrap_causal_lm
 from .batching import Example, collate_packed, collate_padded, plan_rows
 from .config import SFTConfig
-from ..templates.registry import run_template
 from .data import PreparedData, prepare_data
 from .model import SelectedTokenLoss
+
+
+@contextmanager
+def main_processes_first(acc: Any) -> Iterator[None]:
+    """The main process prepares first, then each machine's own main process (a hit when the cache is on a
+    shared filesystem, a build of its own otherwise), then every other process reads the cache."""
+    with acc.main_process_first(), acc.local_main_process_first():
+        yield
 
 
 @dataclass
@@ -37,6 +46,7 @@ class SFTTrainer(Trainer):
     """Supervised fine-tuning: ``micro_batches`` yield (batch, real-token count) pairs."""
 
     name = "sft"
+    supports_fsdp = True
 
     def __init__(self, cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None):
         super().__init__(cfg, model=model, tokenizer=tokenizer)
@@ -46,23 +56,28 @@ class SFTTrainer(Trainer):
     def prepare_data(self) -> None:
         if self.cfg.data.add_template_tokens:
             self.new_token_ids = add_template_tokens(self.tokenizer, run_template(self.cfg.data, self.tokenizer))
-        self.data: PreparedData = prepare_data(self.cfg.data, self.tokenizer, self.cfg.train.seed)
+        self.data: PreparedData = prepare_data(self.cfg.data, self.tokenizer, self.cfg.train.seed,
+                                               main_process_first=main_processes_first(self.acc))
         if not self.data.train:
             raise ValueError(f"data.train={self.cfg.data.train}: no usable training examples after preflight")
-        self.rows = plan_rows(self.data.train, packing=self.cfg.data.packing, max_length=self.cfg.data.max_length)
-        self.row_lengths = [sum(len(self.data.train[i]) for i in row) for row in self.rows]
+        lengths = self.data.train.lengths.tolist()
+        self.rows = plan_rows(lengths, packing=self.cfg.data.packing, max_length=self.cfg.data.max_length)
+        self.row_lengths = [sum(lengths[i] for i in row) for row in self.rows]
 
     def item_lengths(self) -> list[int]:
         return self.row_lengths
 
     def micro_batch(self, items: list[int]) -> tuple[dict[str, torch.Tensor], int]:
-        rows = [[self.data.train[i] for i in self.rows[r]] for r in items]
+        return self.collate_rows([[self.data.train[i] for i in self.rows[r]] for r in items])
+
+    def collate_rows(self, rows: list[list[Example]]) -> tuple[dict[str, torch.Tensor], int]:
+        """A micro-batch of rows (each one example, or several packed) and its token count."""
         if self.cfg.data.packing:
             flash = str(getattr(unwrap_causal_lm(self.model).config, "_attn_implementation", "")).startswith("flash")
             batch = collate_packed(rows, self._pad_id(), block_mask=not flash)
         else:
             batch = collate_padded([row[0] for row in rows], self._pad_id())
-        return batch, sum(self.row_lengths[r] for r in items)
+        return batch, sum(len(e) for row in rows for e in row)
 
     # --- loss and metrics -------------------------------------------------------------------------
     def loss_module(self, model: Any) -> torch.nn.Module:
@@ -92,12 +107,17 @@ class SFTTrainer(Trainer):
         self.module.eval()
         mine = examples[self.acc.process_index :: self.world]
         size = self.cfg.train.micro_batch_size
+        batches = [mine[start : start + size] for start in range(0, len(mine), size)]
+        if self.sharded:  # every forward is a collective: all processes run as many batches, extras count for nothing
+            most = -(-len(examples[:: self.world]) // size)
+            batches += [None] * (most - len(batches))
         total = torch.zeros(2, device=self.acc.device)
-        for start in range(0, len(mine), size):
-            batch = self.eval_batch(mine[start : start + size])
+        for chunk in batches:
+            batch = self.eval_batch(chunk if chunk is not None else examples[:1])
             with self.acc.autocast():
                 loss, count = self.module(**{k: v.to(self.acc.device) for k, v in batch.items()})
-            total += torch.stack([loss.float(), count.float()])
+            if chunk is not None:
+                total += torch.stack([loss.float(), count.float()])
         total = self.acc.reduce(total, reduction="sum")
         self.module.train()
         return float(total[0] / total[1].clamp(min=1))
@@ -124,6 +144,7 @@ class Seq2SeqSFTTrainer(SFTTrainer):
     its own data, batches (padded, never packed) and loss."""
 
     lora_task_type = "SEQ_2_SEQ_LM"
+    supports_fsdp = False
 
     def __init__(self, cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None):
         super().__init__(cfg, model=model, tokenizer=tokenizer)
@@ -171,13 +192,87 @@ class Seq2SeqSFTTrainer(SFTTrainer):
         return self.data.summary(to_dict(self.cfg))
 
 
+class StreamingSFTTrainer(SFTTrainer):
+    """SFT over a stream (:mod:`tuneful.sft.streaming`): the same loss, normalisation and outputs; rows come from
+    a bounded buffer in stream order instead of an epoch plan, and checkpoints hold the stream's position."""
+
+    def prepare_data(self) -> None:
+        from itertools import islice
+
+        from ..data.loader import LoadReport, iter_items
+        from ..data.sources import read_records
+        from ..tokenization.masking import ConversationTokenizer
+        from ..tokenization.preflight import preflight
+        from .data import _load_conversations
+        from .prepared import sft_conversations
+
+        settings = self.cfg.data
+        template = run_template(settings, self.tokenizer)
+        if settings.add_template_tokens:
+            self.new_token_ids = add_template_tokens(self.tokenizer, template)
+        ctok = ConversationTokenizer(self.tokenizer, template, last_turn_only=settings.last_turn_only,
+                                     reasoning=settings.reasoning)
+        head_report = LoadReport()
+        head = [c for _, c in islice(sft_conversations(iter_items(read_records(settings.train), head_report,
+                                                                  format=settings.format, on_error=settings.on_error),
+                                                       settings.train), settings.stream_preflight)]
+        report = preflight(self.tokenizer, ctok, head, max_length=settings.max_length, overlong=settings.overlong,
+                           allow_template_change=settings.allow_template_change)
+        report.raise_on_errors()
+        held = []
+        if settings.eval:
+            held_report = preflight(self.tokenizer, ctok, _load_conversations(settings.eval, settings)[0],
+                                    max_length=settings.max_length, overlong="drop", allow_template_change=True)
+            held = [Example(e.input_ids, labels_from_mask(e.input_ids, e.train_mask))
+                    for e in held_report.training_examples]
+        self.data = PreparedData([], held, template, ctok, head_report, report, report.end_of_turn_ids(self.tokenizer))
+        self.stream, self._stream_state = None, None
+
+    def item_lengths(self) -> list[int]:
+        return []  # no epoch plan: train.max_steps says how long to train
+
+    def restore_data_state(self, state: dict | None) -> None:
+        self._stream_state = state
+
+    def data_state(self) -> dict | None:
+        return self.stream.state() if self.stream is not None else self._stream_state
+
+    def micro_batches(self, step: int) -> list[Any]:
+        """The step's rows, next in the stream: every process reads the same stream and takes its share."""
+        from .streaming import StreamedRows
+
+        if self.stream is None:
+            self.stream = StreamedRows(self.cfg.data, self.data.conversation_tokenizer, seed=self.cfg.train.seed,
+                                       packing=self.cfg.data.packing, state=self._stream_state)
+        size, per_step = self.cfg.train.micro_batch_size, self.cfg.train.grad_accum * self.world
+        micro = [[self.stream.next_row() for _ in range(size)] for _ in range(per_step)]
+        return [self.collate_rows(rows) for rows in micro[self.acc.process_index :: self.world]]
+
+    def summary(self) -> dict:
+        from ..tokenization.preflight import PreflightReport, finish_report
+
+        streamed = finish_report(PreflightReport(), self.stream.tally, self.tokenizer, self.data.conversation_tokenizer,
+                                 max_length=self.cfg.data.max_length, overlong=self.cfg.data.overlong,
+                                 allow_template_change=True) if self.stream is not None else None
+        tally = self.stream.tally if self.stream is not None else None
+        return {**super().summary(), "train_examples": None,
+                "stream": {"state": self.data_state(), "conversations_kept": tally.kept if tally else 0,
+                           "findings": [str(f) for f in streamed.findings] if streamed else []}}
+
+
 def trainer_for(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None) -> SFTTrainer:
-    """The SFT trainer for the model's architecture: encoder-decoder (detected from its config) or causal."""
+    """The SFT trainer for the model's architecture: encoder-decoder (detected from its config) or causal, and
+    for streamed data."""
     from .seq2seq import is_encoder_decoder
 
     seq2seq = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False)) if model is not None \
         else is_encoder_decoder(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    return (Seq2SeqSFTTrainer if seq2seq else SFTTrainer)(cfg, model=model, tokenizer=tokenizer)
+    if seq2seq:
+        if cfg.data.streaming:
+            raise ValueError("data.streaming: streams are wired for causal LMs; set data.streaming=false for an "
+                             "encoder-decoder model")
+        return Seq2SeqSFTTrainer(cfg, model=model, tokenizer=tokenizer)
+    return (StreamingSFTTrainer if cfg.data.streaming else SFTTrainer)(cfg, model=model, tokenizer=tokenizer)
 
 
 def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None) -> TrainResult:

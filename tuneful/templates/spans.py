@@ -164,7 +164,8 @@ def render_with_spans(
     template_kwargs: Mapping[str, Any] | None = None,
 ) -> RenderedConversation:
     """Render ``messages`` and locate every assistant turn as it is generated and as it is printed."""
-    now = now or datetime.now()  # one clock for all renders of this conversation
+    # one clock for all renders of this conversation (freezing it costs a lock per render: only where it is read)
+    now = (now or datetime.now()) if "strftime_now" in template else None
     kw = dict(special_tokens=special_tokens, now=now, tools=tools, template_kwargs=template_kwargs)
     full = render(messages, template, **kw)
     turns: list[TurnSpan] = []

@@ -1,8 +1,9 @@
 """Checkpoints that are written atomically and resume exactly.
 
 A checkpoint holds the trainable weights (safetensors), optimizer and scheduler state, the RNG
-states and the step. The data order is a pure function of (seed, epoch) and the step, so nothing
-about the data needs saving. Files are written into a temporary folder that is renamed into place,
+states and the step; under FSDP the weights and optimizer state are gathered to full tensors first
+(one format, written by the main process). The data order is a pure function of (seed, epoch) and the step, so nothing
+about planned data needs saving; a streaming trainer saves its position in the stream. Files are written into a temporary folder that is renamed into place,
 so a kill mid-write never leaves a checkpoint that looks complete.
 """
 
@@ -26,20 +27,34 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer: Any, scheduler: Any, keep: int = 2) -> Path:
+def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer: Any, scheduler: Any, keep: int = 2, *,
+                    sharded: bool = False, write: bool = True, data_state: dict | None = None) -> Path | None:
+    """Write the checkpoint of ``step``. A sharded (FSDP) model is first gathered to full tensors: every process
+    calls this, and only the one with ``write`` writes. ``data_state``: where a trainer that streams its data
+    stands in the stream (the step alone fixes the order of data that is planned per epoch)."""
+    if sharded:
+        from .sharding import full_model_state, full_optimizer_state
+
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        weights = {n: t for n, t in full_model_state(model).items() if n in trainable}
+        optimizer_state = full_optimizer_state(model, optimizer)
+    else:
+        weights, optimizer_state = trainable_state(model), optimizer.state_dict()
+    if not write:
+        return None
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{PREFIX}{step:08d}"
     tmp = folder / f".tmp-{PREFIX}{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    save_file(weights, str(tmp / "trainable.safetensors"))
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(rng, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step}))
+    (tmp / "state.json").write_text(json.dumps({"step": step, **({"data": data_state} if data_state else {})}))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in sorted(folder.glob(f"{PREFIX}*"))[:-keep]:
@@ -52,17 +67,28 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: Any, scheduler: Any) -> int:
+def data_state_of(path: Path) -> dict | None:
+    """The stream position saved with a checkpoint (None for data planned per epoch)."""
+    return json.loads((path / "state.json").read_text()).get("data")
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, *, sharded: bool = False) -> int:
     """Restore everything saved by :func:`save_checkpoint`; returns the step to continue after."""
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
     if missing:
         raise RuntimeError(f"{path}: checkpoint parameters not in this model (different recipe?): {missing[:3]}")
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    optimizer_state = torch.load(path / "optimizer.pt", weights_only=True)
+    if sharded:
+        from .sharding import load_full_state
+
+        load_full_state(model, weights, optimizer, optimizer_state)
+    else:
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+        optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng = torch.load(path / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["cpu"])

@@ -27,14 +27,15 @@ def make_accelerator(dtype_setting: str, seed: int, threads: int = 0) -> Any:
     return acc
 
 
-def resume_step(acc: Any, out: Path, resume: bool, model: Any, optimizer: Any, scheduler: Any) -> int:
+def resume_step(acc: Any, out: Path, resume: bool, model: Any, optimizer: Any, scheduler: Any, *,
+                sharded: bool = False) -> int:
     """Restore the latest checkpoint under ``out/checkpoints`` (when resuming); the step to continue from."""
     from .checkpoint import latest_checkpoint, load_checkpoint
 
     ckpt = latest_checkpoint(out / "checkpoints") if resume else None
     if ckpt is None:
         return 0
-    step = load_checkpoint(ckpt, model, optimizer, scheduler)
+    step = load_checkpoint(ckpt, model, optimizer, scheduler, sharded=sharded)
     acc.print(f"resumed from {ckpt} at step {step}")
     return step
 

@@ -52,6 +52,19 @@ def source_problems(data: Any) -> list[str]:
     return problems
 
 
+def fsdp_problems(lora: "LoraSettings", train: "TrainSettings") -> list[str]:
+    """What FSDP cannot be combined with: 4-bit weights, and PiSSA/OLoRA (their conversion reads the whole
+    model on one process)."""
+    problems = []
+    if train.fsdp and lora.qlora:
+        problems.append("train.fsdp: QLoRA's 4-bit weights are not sharded by tuneful; set lora.qlora=false or "
+                        "train.fsdp=false")
+    if train.fsdp and lora.init in ("pissa", "olora"):
+        problems.append(f"train.fsdp: lora.init={lora.init} converts the adapter against the whole base on one "
+                        "process; use lora.init=default or gaussian, or train.fsdp=false")
+    return problems
+
+
 def after_sft_problems(method: str, model: "ModelSettings", lora: "LoraSettings", train: Any, *,
                        reference: tuple[str, str] | None = None,
                        shared_layout: tuple[str, bool] | None = None) -> list[str]:
@@ -130,6 +143,9 @@ class TrainSettings:
     neftune_alpha: float = setting(0.0, "NEFTune (Jain et al. 2023, arXiv:2310.05914): uniform noise of scale "
                                         "alpha / sqrt(length x width) on the input embeddings while training (the "
                                         "paper uses 5); 0 = off. Never applied in evaluation or inference.")
+    fsdp: bool = setting(False, "Shard weights, gradients and optimizer state over the processes of accelerate "
+                                "launch (PyTorch FSDP2: one unit per decoder layer; gloo on CPU, NCCL on GPU). "
+                                "Checkpoints and the final model are gathered to full tensors. Off = DDP.")
     progress: bool = setting(True, "Show a progress bar.")
     report_to: list[str] = setting(["tensorboard"], "Trackers besides metrics.jsonl, several at once: tensorboard "
                                    "(used when installed), wandb (offline unless WANDB_MODE=online), mlflow (file "

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from .checkpoint import save_checkpoint
-from ..masking import load_tokenizer, pad_id
+from ..tokenization.masking import load_tokenizer, pad_id
 from .components import lr_scheduler, make_accelerator, make_optimizer, resume_step, step_counts
 from ..config import to_dict
 from .metrics import MetricsLog, Progress
@@ -46,6 +46,9 @@ class Trainer(ABC):
     new_token_ids: list[int] = []  # tokens the trainer added to the tokenizer (the model grows to match)
     lora_task_type = "CAUSAL_LM"  # peft's task type: SEQ_CLS also trains the new score head in full
     updates_per_batch = 1  # optimizer steps taken on each planned batch (GRPO's μ reuses a sampled batch)
+    supports_fsdp = False  # whether the trainer's model set-up, batches and evaluation are wired for train.fsdp
+    sharded = False  # train.fsdp in effect (several processes)
+    fillers = 0  # trailing micro-batches of this process's step that only keep a sharded model's collectives in step
 
     def __init__(self, cfg: Any, *, model: Any = None, tokenizer: Any = None):
         self.cfg = cfg
@@ -70,6 +73,13 @@ class Trainer(ABC):
 
     def after_prepare(self) -> None:
         """Set-up that needs the prepared (wrapped, placed) module."""
+
+    def data_state(self) -> dict | None:
+        """What a checkpoint must hold besides the step to resume the data exactly (a stream's position)."""
+        return None
+
+    def restore_data_state(self, state: dict | None) -> None:
+        """Continue the data from a checkpoint's :meth:`data_state`."""
 
     @abstractmethod
     def item_lengths(self) -> list[int]:
@@ -124,23 +134,47 @@ class Trainer(ABC):
                 save_initial_adapter(model, self.initial_adapter, is_main=self.acc.is_main_process)
         if cfg.train.neftune_alpha:
             add_neftune(model, cfg.train.neftune_alpha)
+        self.world = self.acc.num_processes
+        self.sharded = self._sharding(cfg.train.fsdp)
         self.model = model
         module = self.loss_module(model)
+        if self.sharded:
+            from .sharding import shard
+
+            shard(module, self.acc.device)  # before the optimizer: it must hold the sharded parameters
         optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay,
                                    cfg.lora.plus_lr_ratio if cfg.lora.enabled else 1.0)
 
-        self.world = self.acc.num_processes
         self.lengths = self.item_lengths()
         self._plan: tuple[int, list[list[int]]] | None = None
         self.steps_per_epoch, self.total_steps = step_counts(len(self.lengths), cfg.train, self.world,
                                                              self.updates_per_batch)
         scheduler = lr_scheduler(optimizer, warmup_ratio=cfg.train.warmup_ratio, total=self.total_steps,
                                  kind=cfg.train.schedule)
-        self.module, self.optimizer = self.acc.prepare(module, optimizer)
+        if self.sharded:  # already distributed: accelerate must not wrap it in DDP as well
+            self.module, self.optimizer = module, self.acc.prepare(optimizer)
+        else:
+            self.module, self.optimizer = self.acc.prepare(module, optimizer)
         self.scheduler = scheduler
         self.after_prepare()
-        self.start_step = resume_step(self.acc, self.out, cfg.train.resume, self.model, self.optimizer, self.scheduler)
+        self.start_step = resume_step(self.acc, self.out, cfg.train.resume, self.model, self.optimizer, self.scheduler,
+                                      sharded=self.sharded)
+        if self.start_step:
+            from .checkpoint import data_state_of, latest_checkpoint
+
+            self.restore_data_state(data_state_of(latest_checkpoint(self.out / "checkpoints")))
         return self
+
+    def _sharding(self, fsdp: bool) -> bool:
+        """Whether to shard (train.fsdp with several processes); a trainer not wired for it is refused by name."""
+        if not fsdp:
+            return False
+        if not self.supports_fsdp:
+            raise ValueError(f"train.fsdp: the {self.name} trainer is not wired for FSDP yet (SFT of causal LMs is); "
+                             "set train.fsdp=false and use DDP (accelerate launch without FSDP)")
+        if self.world == 1:
+            self.acc.print("train.fsdp: one process, nothing to shard; training unsharded")
+        return self.world > 1
 
     def _pad_id(self) -> int:
         return pad_id(self.tokenizer)
@@ -154,7 +188,11 @@ class Trainer(ABC):
             self._plan = (epoch, plan_epoch(self.lengths, cfg.micro_batch_size, cfg.seed, epoch, self.packing))
         per_step = cfg.grad_accum * self.world
         chosen = self._plan[1][within * per_step : (within + 1) * per_step]
-        return [self.micro_batch(items) for items in chosen[self.acc.process_index :: self.world]]
+        mine = chosen[self.acc.process_index :: self.world]
+        # Sharded, every forward and backward is a collective: every process must run as many as the busiest
+        # one, so the short ones repeat a micro-batch that counts for nothing (its loss is multiplied by 0).
+        self.fillers = -(-len(chosen) // self.world) - len(mine) if self.sharded else 0
+        return [self.micro_batch(items) for items in mine + chosen[:1] * self.fillers]
 
     # --- loop -----------------------------------------------------------------------------------
     def train(self) -> Any:
@@ -185,8 +223,11 @@ class Trainer(ABC):
                 log.write({"step": step + 1, **eval_metrics})
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < self.total_steps:
                 self.acc.wait_for_everyone()
-                if self.acc.is_main_process:
-                    save_checkpoint(self.out / "checkpoints", step + 1, self.model, self.optimizer, self.scheduler)
+                if self.sharded or self.acc.is_main_process:  # sharded: every process joins the gathering
+                    save_checkpoint(self.out / "checkpoints", step + 1, self.model, self.optimizer, self.scheduler,
+                                    sharded=self.sharded, write=self.acc.is_main_process,
+                                    data_state=self.data_state())
+                self.acc.wait_for_everyone()
             bar.update(last_loss, row["tok_s"])
         bar.close()
         if self.data.eval and (not cfg.eval_every or self.total_steps % cfg.eval_every):
@@ -196,17 +237,23 @@ class Trainer(ABC):
 
     def _optimizer_step(self, micro: Sequence[Any]) -> tuple[float, dict]:
         """One optimizer step over this process's micro-batches: (the step's loss, its metrics)."""
-        counts = self.acc.reduce(self.step_counts(micro), reduction="sum")
+        real = len(micro) - self.fillers
+        counts = self.acc.reduce(self.step_counts(micro[:real]), reduction="sum")
         tally = None
         for k, batch in enumerate(micro):
             sync = k == len(micro) - 1
             with self.acc.no_sync(self.module) if not sync else nullcontext():
                 loss, parts = self.micro_loss(batch, counts)
-                self.acc.backward(loss)
-            tally = parts if tally is None else tally + parts
+                self.acc.backward(loss if k < real else loss * 0.0)
+            if k < real:
+                tally = parts if tally is None else tally + parts
+        if tally is None:  # a process with only fillers: its share of the tally is zero
+            tally = torch.zeros_like(parts)
         grad_norm = 0.0
         if self.cfg.train.max_grad_norm > 0:
-            grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm))
+            from .sharding import as_float
+
+            grad_norm = as_float(self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -224,12 +271,18 @@ class Trainer(ABC):
 
         self.acc.wait_for_everyone()
         target = self.out / "model"
+        model, lora = self.final_model()
+        full_state = None
+        if self.sharded:  # gathered to full tensors by every process, written by the main one
+            from .sharding import full_model_state
+
+            full_state = full_model_state(model)
         if self.acc.is_main_process:
-            model, lora = self.final_model()
             save_final(target, model, self.tokenizer,
                        template_source=self.data.template.source, end_of_turn_ids=self.data.end_of_turn_ids,
-                       summary=self.summary(), history=result.history, lora=lora,
-                       initial_adapter=self.initial_adapter if lora else None)
+                       summary={**self.summary(), "distributed": {"processes": self.world, "fsdp": self.sharded}},
+                       history=result.history, lora=lora,
+                       initial_adapter=self.initial_adapter if lora else None, state_dict=full_state)
             self.metrics_log.finish([target / "tuneful.json", self.out / "loss.png"])
         self.acc.wait_for_everyone()  # no process finishes while the main one is still writing
         result.model_dir = target

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from ..masking import pad_id
+from ..tokenization.masking import pad_id
 from ..serve.tool_parsers import parser_for_template
 
 
@@ -26,11 +26,13 @@ def stop_token_ids(tokenizer: Any, end_of_turn_ids: list[int]) -> list[int]:
 
 
 def save_final(folder: Path, model: nn.Module, tokenizer: Any, *, template_source: str, end_of_turn_ids: list[int],
-               summary: dict, history: list[dict], lora: bool, initial_adapter: Path | None = None) -> None:
+               summary: dict, history: list[dict], lora: bool, initial_adapter: Path | None = None,
+               state_dict: dict | None = None) -> None:
     """Model (or adapter), tokenizer with the training template, stop tokens, ``tuneful.json``, loss plot.
 
     ``initial_adapter``: PiSSA/OLoRA rewrote the base weights at the start; the adapter is converted
-    against its initial state so that it applies to the original, unmodified base.
+    against its initial state so that it applies to the original, unmodified base. ``state_dict``: the
+    weights as full tensors when the model itself is sharded (FSDP).
     """
     from transformers import GenerationConfig
 
@@ -39,7 +41,8 @@ def save_final(folder: Path, model: nn.Module, tokenizer: Any, *, template_sourc
         model.save_pretrained(folder, safe_serialization=True,
                               path_initial_model_for_weight_conversion=str(initial_adapter))
     else:
-        model.save_pretrained(folder, safe_serialization=True)
+        extra = {"state_dict": state_dict} if state_dict is not None else {}
+        model.save_pretrained(folder, safe_serialization=True, **extra)
     tokenizer.chat_template = template_source
     tokenizer.save_pretrained(folder)
     base_config = getattr(model, "generation_config", None) if not lora else None

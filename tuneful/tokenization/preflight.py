@@ -13,12 +13,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Sequence
 
-from .data.messages import reasoning_trace
-from .data.types import Conversation, tool_names
-from .masking import ConversationTokenizer, TokenizedConversation, TrainingExample, end_of_turn_ids
-from .templates.registry import from_tokenizer
-from .templates.render import render
-from .templates.spans import TurnSpan
+from ..data.messages import reasoning_trace
+from ..data.types import Conversation, tool_names
+from .masking import ConversationTokenizer, TokenizedConversation, TrainingExample, token_ids_of
+from ..templates.registry import from_tokenizer
+from ..templates.render import render
+from ..templates.spans import TurnSpan
 
 OVERLONG_POLICIES = ("drop", "truncate", "fail")
 _PROBE = [
@@ -44,10 +44,10 @@ class Finding:
 
 
 class PreflightError(RuntimeError):
-    def __init__(self, findings: list[Finding]):
+    def __init__(self, findings: list[Finding], when: str = "before training"):
         self.findings = findings
         lines = "\n".join(f"  - {f}" for f in findings)
-        super().__init__(f"{len(findings)} preflight check(s) failed before training:\n{lines}")
+        super().__init__(f"{len(findings)} preflight check(s) failed {when}:\n{lines}")
 
 
 @dataclass
@@ -57,10 +57,12 @@ class PreflightReport:
     truncated: int = 0
     dropped_overlong: int = 0
     failed_records: int = 0
+    end_of_turn: set[str] = field(default_factory=set)  # the end-of-turn strings of every rendered turn
+    tally: "PreflightTally | None" = None
 
     def end_of_turn_ids(self, tokenizer: Any) -> list[int]:
         """The token ids that end assistant turns in the rendered training data (they become stop tokens)."""
-        return end_of_turn_ids(tokenizer, (t for e in self.examples for t in e.rendered.turns))
+        return token_ids_of(tokenizer, self.end_of_turn)
 
     @property
     def training_examples(self) -> list[TrainingExample]:
@@ -138,23 +140,61 @@ def _truncate(example: TrainingExample, max_length: int) -> TrainingExample:
     return TrainingExample(example.input_ids[:max_length], example.train_mask[:max_length])
 
 
-@dataclass
-class _Problems:
-    """Per-check lists of record names (and counts of turns and tokens) collected in one pass."""
+NAMED_EXAMPLES = 5  # records named per finding; the counts are exact
 
+
+@dataclass
+class PreflightTally:
+    """What the checks found, counted over conversations in one pass: per check the records hit (exact) and
+    the first few named, the turns hit, the token costs and the end-of-turn strings seen. Tallies of parts
+    of the data (batches, worker processes) merge into the tally of the whole."""
+
+    records: Counter = field(default_factory=Counter)
     names: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     turns: Counter = field(default_factory=Counter)
     extra_tokens: int = 0
     full_tokens: int = 0
+    truncated: int = 0
+    dropped_overlong: int = 0
+    kept: int = 0  # conversations with at least one usable training example
+    end_of_turn: set[str] = field(default_factory=set)
+    _last: dict[str, str] = field(default_factory=dict, repr=False)
 
     def add(self, check: str, name: str, turns: int = 1) -> None:
-        if not self.names[check] or self.names[check][-1] != name:
-            self.names[check].append(name)
+        if self._last.get(check) != name:  # a record counts once per check, however many of its turns hit it
+            self._last[check] = name
+            self.records[check] += 1
+            if len(self.names[check]) < NAMED_EXAMPLES:
+                self.names[check].append(name)
         self.turns[check] += turns
+
+    def merge(self, other: "PreflightTally") -> "PreflightTally":
+        self.records.update(other.records)
+        self.turns.update(other.turns)
+        for check, names in other.names.items():
+            self.names[check] = (self.names[check] + names)[:NAMED_EXAMPLES]
+        self.extra_tokens += other.extra_tokens
+        self.full_tokens += other.full_tokens
+        self.truncated += other.truncated
+        self.dropped_overlong += other.dropped_overlong
+        self.kept += other.kept
+        self.end_of_turn |= other.end_of_turn
+        return self
+
+    def to_json(self) -> dict:
+        return {"records": dict(self.records), "names": dict(self.names), "turns": dict(self.turns),
+                "extra_tokens": self.extra_tokens, "full_tokens": self.full_tokens, "truncated": self.truncated,
+                "dropped_overlong": self.dropped_overlong, "kept": self.kept, "end_of_turn": sorted(self.end_of_turn)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "PreflightTally":
+        return cls(Counter(data["records"]), defaultdict(list, data["names"]), Counter(data["turns"]),
+                   data["extra_tokens"], data["full_tokens"], data["truncated"], data["dropped_overlong"],
+                   data["kept"], set(data["end_of_turn"]))
 
 
 def _check_agentic(conv: Conversation, example: TokenizedConversation, turns: Sequence[TurnSpan], name: str,
-                   problems: _Problems) -> None:
+                   problems: PreflightTally) -> None:
     """Tool definitions, and in the trained ``turns`` tool calls and reasoning: rendered where given,
     and in the context they train in."""
     for tool in tool_names(conv.inputs.tools):
@@ -176,6 +216,61 @@ def _check_agentic(conv: Conversation, example: TokenizedConversation, turns: Se
             problems.add("rewrite", name)
 
 
+def check_conversation(
+    conv: Conversation,
+    name: str,
+    example: TokenizedConversation | Exception,
+    ctok: ConversationTokenizer,
+    problems: PreflightTally,
+    *,
+    max_length: int | None,
+    overlong: str,
+) -> TokenizedConversation | None:
+    """Every per-record check on one tokenized conversation (or the error its tokenization raised), counted
+    in ``problems``; the conversation with the training examples it keeps, or None when none is usable."""
+    if isinstance(example, Exception):  # template errors (incl. TemplateRewriteError) are per-record problems
+        hint = " (the conversation has tools or tool calls: is the template tool-capable?)" if (
+            conv.inputs.tools or any(m.tool_calls or m.role == "tool" for m in conv.messages)) else ""
+        problems.add("render", f"{name}: {type(example).__name__}: {str(example)[:200]}{hint}")
+        return None
+    bos = getattr(ctok.tokenizer, "bos_token_id", None)
+    if bos is not None and example.input_ids[:2] == [bos, bos]:
+        problems.add("double_bos", name)
+    if not example.all_turns_end:
+        problems.add("no_eot", name)
+    if example.boundary_merges:
+        problems.add("merge", name)
+    trained_turns = example.rendered.turns[-1:] if ctok.last_turn_only else example.rendered.turns
+    _check_agentic(conv, example, trained_turns, name, problems)
+    problems.full_tokens += len(example.input_ids)
+    kept = []
+    for position, training in enumerate(example.examples):
+        alone = position > 0 or not any(t.in_context for t in trained_turns)
+        problems.extra_tokens += len(training.input_ids) if alone else 0
+        if max_length is not None and len(training.input_ids) > max_length:
+            lost = sum(training.train_mask[max_length:])
+            problems.add("overlong", f"{name} ({len(training.input_ids)} tokens, {lost} trained beyond the limit)")
+            if overlong == "drop":
+                problems.dropped_overlong += 1
+                continue
+            if overlong == "truncate":
+                problems.truncated += 1
+                training = _truncate(training, max_length)
+        kept.append(training)
+    if not kept and example.examples:
+        return None  # every example dropped as overlong: counted there
+    example = replace(example, examples=tuple(kept))
+    if example.trained_tokens == 0 and example.turns_out_of_context and ctok.reasoning == "drop_earlier":
+        problems.add("nothing_left", name)  # the policy at work, not a broken record
+        return None
+    if example.trained_tokens == 0:
+        problems.add("zero", name)
+        return None
+    problems.kept += 1
+    problems.end_of_turn.update(t.end_of_turn.strip() for t in example.rendered.turns if t.end_of_turn.strip())
+    return example
+
+
 def preflight(
     tokenizer: Any,
     ctok: ConversationTokenizer,
@@ -189,116 +284,86 @@ def preflight(
     if overlong not in OVERLONG_POLICIES:
         raise ValueError(f"overlong must be one of {OVERLONG_POLICIES}, got {overlong!r}")
     report = PreflightReport()
+    problems = PreflightTally()
+    for index, (conv, example) in enumerate(zip(conversations, ctok.tokenize_many(conversations))):
+        kept = check_conversation(conv, _record_name(conv, index), example, ctok, problems,
+                                  max_length=max_length, overlong=overlong)
+        if kept is not None:
+            report.examples.append(kept)
+    return finish_report(report, problems, tokenizer, ctok, max_length=max_length, overlong=overlong,
+                         allow_template_change=allow_template_change)
+
+
+def finish_report(report: PreflightReport, problems: PreflightTally, tokenizer: Any, ctok: ConversationTokenizer, *,
+                  max_length: int | None, overlong: str, allow_template_change: bool) -> PreflightReport:
+    """The findings of the whole data from its tally, with the checks on the tokenizer and template choice."""
     report.findings += check_tokenizer(tokenizer)
     report.findings += check_template_choice(tokenizer, ctok, allow_template_change)
-
-    problems = _Problems()
-    bos = getattr(tokenizer, "bos_token_id", None)
-    for index, conv in enumerate(conversations):
-        name = _record_name(conv, index)
-        try:
-            example = ctok(conv)
-        except Exception as exc:  # template errors (incl. TemplateRewriteError) are per-record problems
-            hint = " (the conversation has tools or tool calls: is the template tool-capable?)" if (
-                conv.inputs.tools or any(m.tool_calls or m.role == "tool" for m in conv.messages)) else ""
-            problems.add("render", f"{name}: {type(exc).__name__}: {str(exc)[:200]}{hint}")
-            continue
-        if bos is not None and example.input_ids[:2] == [bos, bos]:
-            problems.add("double_bos", name)
-        if not example.all_turns_end:
-            problems.add("no_eot", name)
-        if example.boundary_merges:
-            problems.add("merge", name)
-        trained_turns = example.rendered.turns[-1:] if ctok.last_turn_only else example.rendered.turns
-        _check_agentic(conv, example, trained_turns, name, problems)
-        problems.full_tokens += len(example.input_ids)
-        kept = []
-        for position, training in enumerate(example.examples):
-            alone = position > 0 or not any(t.in_context for t in trained_turns)
-            problems.extra_tokens += len(training.input_ids) if alone else 0
-            if max_length is not None and len(training.input_ids) > max_length:
-                lost = sum(training.train_mask[max_length:])
-                problems.add("overlong", f"{name} ({len(training.input_ids)} tokens, {lost} trained beyond the limit)")
-                if overlong == "drop":
-                    report.dropped_overlong += 1
-                    continue
-                if overlong == "truncate":
-                    report.truncated += 1
-                    training = _truncate(training, max_length)
-            kept.append(training)
-        if not kept and example.examples:
-            continue  # every example dropped as overlong: counted there
-        example = replace(example, examples=tuple(kept))
-        if example.trained_tokens == 0 and example.turns_out_of_context and ctok.reasoning == "drop_earlier":
-            problems.add("nothing_left", name)  # the policy at work, not a broken record
-            continue
-        if example.trained_tokens == 0:
-            problems.add("zero", name)
-            continue
-        report.examples.append(example)
-
-    names = problems.names
-    _add(report, "template_error", "error", names["render"],
+    report.truncated, report.dropped_overlong = problems.truncated, problems.dropped_overlong
+    report.end_of_turn = set(problems.end_of_turn)
+    report.tally = problems
+    names, records = problems.names, problems.records
+    _add(report, "template_error", "error", records["render"], names["render"],
          "the template failed on these records. Fix: repair or drop them "
          "(data convert --on-error skip) or choose another template.")
-    _add(report, "end_of_turn_not_trained", "error", names["no_eot"],
+    _add(report, "end_of_turn_not_trained", "error", records["no_eot"], names["no_eot"],
          f"no end-of-turn token follows the reply in {ctok.template.origin}, so the model would never learn "
          f"to stop. Stop strings known to this tokenizer: {', '.join(ctok.stop_strings[:6]) or 'none'}. Fix: "
          "choose a template whose turns end with the tokenizer's EOS, or add the template's markers to the "
          "tokenizer as special tokens (tuneful sft --add-template-tokens, i.e. data.add_template_tokens=true).")
-    _add(report, "double_bos", "error", names["double_bos"],
+    _add(report, "double_bos", "error", records["double_bos"], names["double_bos"],
          "the sequence starts with two BOS tokens (the template prints BOS and the text already had one). "
          "Fix: remove the BOS from the data or the template.")
-    _add(report, "zero_trained_tokens", "error", names["zero"],
+    _add(report, "zero_trained_tokens", "error", records["zero"], names["zero"],
          "these examples have no trained tokens (no assistant turn, or all replies cut off). Fix: drop them "
          "or raise max_length.")
     severity = "error" if overlong == "fail" else "warning"
-    _add(report, "overlong", severity, names["overlong"],
+    _add(report, "overlong", severity, records["overlong"], names["overlong"],
          f"longer than max_length={max_length}; policy overlong={overlong!r} "
          f"({report.dropped_overlong} dropped, {report.truncated} truncated). Fix: raise max_length or "
          "choose overlong=drop|truncate explicitly.")
-    _add(report, "tool_calls_not_rendered", "error", names["calls_not_rendered"],
+    _add(report, "tool_calls_not_rendered", "error", records["calls_not_rendered"], names["calls_not_rendered"],
          f"{ctok.template.origin} does not print the tool calls of assistant turns (the function name is missing "
          "from the turn as rendered), so the model would learn to answer without calling. Fix: a template that "
          f"renders tool calls: {TOOL_TEMPLATES}.")
-    _add(report, "tools_not_rendered", "error", names["tools_not_rendered"],
+    _add(report, "tools_not_rendered", "error", records["tools_not_rendered"], names["tools_not_rendered"],
          f"{ctok.template.origin} does not print the conversation's tool definitions (a tool's name is missing from "
          f"the rendering), so the model would call functions it was never shown. Fix: {TOOL_TEMPLATES}.")
-    _add(report, "reasoning_not_rendered", "warning", names["reasoning_not_rendered"],
+    _add(report, "reasoning_not_rendered", "warning", records["reasoning_not_rendered"], names["reasoning_not_rendered"],
          f"{problems.turns['reasoning_not_rendered']} assistant turn(s) carry reasoning (reasoning_content, or a "
          f"<think> block opening the reply) that {ctok.template.origin} does not print for that turn, so the traces "
          "are not trained. Fix: a template that renders reasoning (Qwen3, the built-in chatml), or drop the traces "
          "knowingly.")
-    _add(report, "content_not_rendered", "warning", names["content_not_rendered"],
+    _add(report, "content_not_rendered", "warning", records["content_not_rendered"], names["content_not_rendered"],
          f"{problems.turns['content_not_rendered']} assistant turn(s) say something and call a tool, and "
          f"{ctok.template.origin} prints only the call (e.g. Llama 3.1), so their text is not trained. Fix: a "
          "template that prints both (Qwen2.5/Qwen3, the built-in chatml), or move the text to its own turn.")
     alone = ("each is trained in an example of its own, in exactly the context the model sees at inference "
              f"(reasoning=keep: +{problems.extra_tokens} tokens on top of {problems.full_tokens} in the full "
              "renderings)") if ctok.reasoning == "keep" else "they are not trained (reasoning=drop_earlier)"
-    _add(report, "reasoning_dropped_from_history", "warning", names["reasoning_dropped"],
+    _add(report, "reasoning_dropped_from_history", "warning", records["reasoning_dropped"], names["reasoning_dropped"],
          f"{problems.turns['reasoning_dropped']} assistant turn(s) with reasoning are printed without it once a later "
          f"turn follows ({ctok.template.origin} drops earlier reasoning), so a trace trained in one turn is "
          f"invisible in the next; {alone}.")
-    _add(report, "turn_rewritten_in_history", "warning", names["turn_rewritten"],
+    _add(report, "turn_rewritten_in_history", "warning", records["turn_rewritten"], names["turn_rewritten"],
          f"{problems.turns['turn_rewritten']} assistant turn(s) are printed in history differently from how the model "
          f"writes them (e.g. an empty think block dropped); {alone}.")
-    _add(report, "no_turn_left_to_train", "warning", names["nothing_left"],
+    _add(report, "no_turn_left_to_train", "warning", records["nothing_left"], names["nothing_left"],
          "every assistant turn of these conversations is rewritten in history, so with reasoning=drop_earlier "
          "nothing is left to train in them; they are left out. Fix: reasoning=keep trains each such turn alone.")
-    _add(report, "history_rewrite", "warning", names["rewrite"],
+    _add(report, "history_rewrite", "warning", records["rewrite"], names["rewrite"],
          "the template renders an earlier turn's context differently from what add_generation_prompt gives "
          "at inference (e.g. it moves the system prompt or the tool list to the last user turn). These turns "
          "are trained after the history as the template renders it with the turn; the model sees slightly "
          "different prompts in training and in use.")
-    _add(report, "boundary_merge", "warning", names["merge"],
+    _add(report, "boundary_merge", "warning", records["merge"], names["merge"],
          "a token spans the end of the prompt and the start of a reply (BPE merged them, e.g. ']<'); it is "
          "trained, but at inference the prompt is tokenized alone and splits there differently. Fix: a "
          "template that ends the prompt with whitespace or a special token (e.g. a newline after the header).")
-    report.failed_records = len(names["render"])
+    report.failed_records = records["render"]
     return report
 
 
-def _add(report: PreflightReport, check: str, severity: str, names: list[str], message: str) -> None:
-    if names:
-        report.findings.append(Finding(check, severity, f"{len(names)} record(s): {message}", len(names), names[:5]))
+def _add(report: PreflightReport, check: str, severity: str, count: int, names: list[str], message: str) -> None:
+    if count:
+        report.findings.append(Finding(check, severity, f"{count} record(s): {message}", count, names[:NAMED_EXAMPLES]))

@@ -6,8 +6,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from .data.loader import LoadReport
-from .data.types import Conversation
+from ..data.loader import LoadReport
+from ..data.types import Conversation
 from .masking import TokenizedConversation
 from .preflight import PreflightReport
 

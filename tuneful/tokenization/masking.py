@@ -12,11 +12,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain
 from typing import Any, Iterable, Mapping, Sequence
 
-from .data.types import Conversation
-from .templates.registry import ChatTemplate
-from .templates.spans import RenderedConversation, TurnSpan, render_with_spans
+import numpy as np
+
+from ..data.types import Conversation
+from ..templates.registry import ChatTemplate
+from ..templates.spans import RenderedConversation, TurnSpan, render_with_spans
 
 IGNORE_INDEX = -100
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -26,7 +29,7 @@ def load_tokenizer(source: str | None, *, trust_remote_code: bool = False) -> An
     """A fast tokenizer from a folder or hub id (remote code only if allowed); ``None`` or ``"starter"``
     gives the tiny tokenizer trained on the sample shipped with tuneful."""
     if source in (None, "starter"):
-        from .samples import starter_tokenizer
+        from ..samples import starter_tokenizer
 
         return starter_tokenizer()
     from transformers import AutoTokenizer
@@ -55,7 +58,7 @@ _MARKER_PROBE = [{"role": "system", "content": "s"}, {"role": "user", "content":
 
 def template_markers(tokenizer: Any, template: ChatTemplate) -> list[str]:
     """Markers the template prints around turns that the tokenizer does not have as tokens of their own."""
-    from .templates.render import render
+    from ..templates.render import render
 
     text = render(_MARKER_PROBE, template.source, add_generation_prompt=True, special_tokens=special_tokens_of(tokenizer))
     vocab = tokenizer.get_vocab()
@@ -103,7 +106,12 @@ def stop_strings_of(tokenizer: Any) -> list[str]:
 
 def end_of_turn_ids(tokenizer: Any, turns: Iterable[TurnSpan]) -> list[int]:
     """Token ids of the end-of-turn strings that close ``turns`` (they become the model's stop tokens)."""
-    ids = {tokenizer.convert_tokens_to_ids(t.end_of_turn.strip()) for t in turns if t.end_of_turn.strip()}
+    return token_ids_of(tokenizer, {t.end_of_turn.strip() for t in turns if t.end_of_turn.strip()})
+
+
+def token_ids_of(tokenizer: Any, strings: Iterable[str]) -> list[int]:
+    """The ids of the strings that are single tokens of ``tokenizer`` (end-of-turn strings → stop ids)."""
+    ids = {tokenizer.convert_tokens_to_ids(s) for s in strings if s}
     return sorted(ids - {None, getattr(tokenizer, "unk_token_id", None)})
 
 
@@ -126,7 +134,7 @@ class TokenizedConversation:
     input_ids: list[int]
     train_mask: list[int]
     rendered: RenderedConversation
-    offsets: tuple[tuple[int, int], ...] = ()  # each token's characters in rendered.text
+    offsets: np.ndarray | tuple = ()  # each token's characters in rendered.text, shape (tokens, 2)
     boundary_merges: int = 0  # trained tokens that also cover non-whitespace template text
     examples: tuple[TrainingExample, ...] = ()
 
@@ -146,36 +154,50 @@ class TokenizedConversation:
         return [t for t in self.rendered.turns if not t.in_context]
 
 
+def offsets_array(offsets: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Token offsets as an int64 array of shape (tokens, 2)."""
+    if isinstance(offsets, np.ndarray):
+        return offsets
+    return np.fromiter(chain.from_iterable(offsets), dtype=np.int64, count=2 * len(offsets)).reshape(-1, 2)
+
+
 def special_token_offsets(
     text: str, input_ids: Sequence[int], offsets: Sequence[tuple[int, int]], added: Mapping[int, str]
-) -> list[tuple[int, int]]:
-    """Offsets with added tokens narrowed to their own text.
+) -> np.ndarray:
+    """Offsets (an array of shape (tokens, 2)) with added tokens narrowed to their own text.
 
     Added tokens with ``rstrip``/``lstrip`` (Phi-3's ``<|assistant|>``, ``<|end|>``) report offsets that
     include the whitespace they swallow, which may be the first characters of a reply; that must not
     make the role marker look like part of the reply.
     """
-    narrowed = []
-    for token_id, (start, end) in zip(input_ids, offsets):
-        content = added.get(token_id)
-        if content and end - start > len(content):
-            found = text.find(content, start, end)
-            if found >= 0:
-                start, end = found, found + len(content)
-        narrowed.append((start, end))
-    return narrowed
+    bounds = offsets_array(offsets).copy()
+    if added and len(bounds):
+        ids = np.asarray(input_ids)
+        for k in np.flatnonzero(np.isin(ids, np.fromiter(added, dtype=np.int64))):
+            content = added[int(ids[k])]
+            start, end = int(bounds[k, 0]), int(bounds[k, 1])
+            if end - start > len(content):
+                found = text.find(content, start, end)
+                if found >= 0:
+                    bounds[k] = (found, found + len(content))
+    return bounds
 
 
 def mask_from_offsets(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[int]:
-    """1 for each token whose characters overlap a span. Zero-width tokens take the mask of their position."""
-    mask = []
-    for start, end in offsets:
-        if end > start:
-            trained = any(start < b and end > a for a, b in spans)
-        else:  # e.g. a prefix-space piece with no characters: inside a span iff strictly within it
-            trained = any(a < start < b for a, b in spans)
-        mask.append(int(trained))
-    return mask
+    """1 for each token whose characters overlap a span. Zero-width tokens take the mask of their position.
+
+    Vectorised over tokens (numpy): a conversation has hundreds of tokens and a handful of spans.
+    """
+    if not len(offsets):
+        return []
+    bounds = offsets_array(offsets)
+    start, end = bounds[:, 0], bounds[:, 1]
+    wide = end > start
+    trained = np.zeros(len(bounds), dtype=bool)
+    for a, b in spans:
+        # a token with characters: overlaps [a, b); a prefix-space piece with none: strictly within it
+        trained |= np.where(wide, (start < b) & (end > a), (a < start) & (start < b))
+    return trained.astype(np.int8).tolist()
 
 
 def count_boundary_merges(
@@ -186,10 +208,23 @@ def count_boundary_merges(
     BPE can merge the end of the prompt with the start of a reply (e.g. "]" + "<think>" -> "]<").
     Such a token is trained because the model must emit it, but at inference the prompt is tokenized
     without the reply, so the model sees a different split there. Counted for preflight to report.
+    Only the tokens that contain a span's edge can straddle it: found by bisection on token starts.
     """
+    bounds = offsets_array(offsets)
     merges = 0
-    for start, end in offsets:
-        for a, b in spans:
+    for a, b in spans:
+        candidates = set()
+        for edge in (a, b):
+            at = int(np.searchsorted(bounds[:, 0], edge, side="right")) - 1  # last token starting at/before it
+            while at >= 0:
+                start, end = int(bounds[at, 0]), int(bounds[at, 1])
+                if end > edge:
+                    candidates.add(at)
+                elif end > start:
+                    break  # tokens further back end before the edge (zero-width ones are stepped over)
+                at -= 1
+        for k in candidates:
+            start, end = int(bounds[k, 0]), int(bounds[k, 1])
             outside = (text[start:a] if start < a < end else "") + (text[b:end] if start < b < end else "")
             if outside.strip():
                 merges += 1
@@ -251,35 +286,63 @@ class ConversationTokenizer:
             **inputs,
         )
 
-    def _encode(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    def _encode_many(self, texts: Sequence[str]) -> list[tuple[list[int], np.ndarray]]:
+        """Token ids and character offsets of each text, in one batched call to the Rust tokenizer."""
+        if not texts:
+            return []
         # The template places BOS itself; adding special tokens here would double it.
-        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = list(encoding["input_ids"])
-        return ids, special_token_offsets(text, ids, encoding["offset_mapping"], self.added_tokens)
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None and backend.truncation is None and backend.padding is None:
+            encodings = backend.encode_batch(list(texts), add_special_tokens=False)
+            pairs = [(e.ids, e.offsets) for e in encodings]
+        else:  # the backend carries its own truncation or padding: the wrapper switches them off per call
+            batch = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+            pairs = list(zip(batch["input_ids"], batch["offset_mapping"]))
+        return [(ids, special_token_offsets(text, ids, offsets, self.added_tokens))
+                for text, (ids, offsets) in zip(texts, pairs)]
 
     def __call__(self, messages: Sequence[Mapping[str, Any]] | Conversation, **inputs: Any) -> TokenizedConversation:
         rendered = self.render(messages, **inputs)
-        turns = rendered.turns[-1:] if self.last_turn_only else rendered.turns
-        ids, offsets = self._encode(rendered.text)
-        shown = [(t.start, t.end) for t in turns]
-        mask = mask_from_offsets(offsets, shown)
-        in_context = [t for t in turns if t.in_context]
-        examples = []
-        if in_context:
-            trained = mask if len(in_context) == len(turns) else mask_from_offsets(offsets, [(t.start, t.end) for t in in_context])
-            examples.append(TrainingExample(ids, trained))
-        if self.reasoning == "keep":
-            for turn in turns:
-                if not turn.in_context:
-                    examples.append(self._turn_alone(turn))
-        merges = count_boundary_merges(rendered.text, offsets, shown)
-        return TokenizedConversation(ids, mask, rendered, tuple(offsets), merges, tuple(examples))
+        return self._tokenize_rendered([rendered])[0]
 
-    def _turn_alone(self, turn: TurnSpan) -> TrainingExample:
-        """A turn trained in an example of its own: the history as rendered up to it, then the turn as generated."""
-        text = turn.own_prompt + turn.generated
-        ids, offsets = self._encode(text)
-        return TrainingExample(ids, mask_from_offsets(offsets, [(len(turn.own_prompt), len(text))]))
+    def tokenize_many(self, conversations: Sequence[Conversation]) -> list[TokenizedConversation | Exception]:
+        """:meth:`__call__` over many conversations with one tokenizer call for all of them; a conversation
+        the template fails on gives its exception in its place, so one bad record does not stop a batch."""
+        rendered: list[RenderedConversation | Exception] = []
+        for conv in conversations:
+            try:
+                rendered.append(self.render(conv))
+            except Exception as exc:
+                rendered.append(exc)
+        good = iter(self._tokenize_rendered([r for r in rendered if not isinstance(r, Exception)]))
+        return [r if isinstance(r, Exception) else next(good) for r in rendered]
+
+    def _tokenize_rendered(self, rendered: Sequence[RenderedConversation]) -> list[TokenizedConversation]:
+        turns_of = [r.turns[-1:] if self.last_turn_only else r.turns for r in rendered]
+        texts = [r.text for r in rendered]
+        for turns in turns_of:  # a turn the full rendering shows differently trains in an example of its own
+            if self.reasoning == "keep":
+                texts += [t.own_prompt + t.generated for t in turns if not t.in_context]
+        encoded = self._encode_many(texts)
+        alone = iter(encoded[len(rendered):])
+        out = []
+        for r, turns, (ids, offsets) in zip(rendered, turns_of, encoded):
+            shown = [(t.start, t.end) for t in turns]
+            mask = mask_from_offsets(offsets, shown)
+            in_context = [t for t in turns if t.in_context]
+            examples = []
+            if in_context:
+                trained = mask if len(in_context) == len(turns) else mask_from_offsets(offsets, [(t.start, t.end) for t in in_context])
+                examples.append(TrainingExample(ids, trained))
+            if self.reasoning == "keep":
+                for turn in turns:
+                    if not turn.in_context:
+                        turn_ids, turn_offsets = next(alone)
+                        examples.append(TrainingExample(turn_ids, mask_from_offsets(
+                            turn_offsets, [(len(turn.own_prompt), len(turn.own_prompt) + len(turn.generated))])))
+            merges = count_boundary_merges(r.text, offsets, shown)
+            out.append(TokenizedConversation(ids, mask, r, offsets, merges, tuple(examples)))
+        return out
 
 
 def _messages_and_inputs(messages: Any, inputs: dict) -> tuple[list[Mapping[str, Any]], dict]:

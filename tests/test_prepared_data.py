@@ -1,0 +1,188 @@
+"""Prepared SFT data (Arrow, cached, lazily read) equals the in-memory preparation, row for row and finding for
+finding; the cache is reused when nothing changed and rebuilt when anything did; workers agree with one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FROZEN_NOW, needs_fixtures
+from tuneful.data.loader import load
+from tuneful.tokenization.masking import ConversationTokenizer, count_boundary_merges, labels_from_mask, mask_from_offsets
+from tuneful.tokenization.preflight import PreflightTally, preflight
+from tuneful.sft.config import DataSettings
+from tuneful.sft.data import prepare_data
+from tuneful.sft.prepared import fingerprint, prepare_conversations
+from tuneful.templates.registry import resolve
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _mask_reference(offsets, spans):
+    out = []
+    for start, end in offsets:
+        if end > start:
+            out.append(int(any(start < b and end > a for a, b in spans)))
+        else:
+            out.append(int(any(a < start < b for a, b in spans)))
+    return out
+
+
+def _merges_reference(text, offsets, spans):
+    merges = 0
+    for start, end in offsets:
+        for a, b in spans:
+            outside = (text[start:a] if start < a < end else "") + (text[b:end] if start < b < end else "")
+            if outside.strip():
+                merges += 1
+    return merges
+
+
+def test_vectorised_mask_and_merge_count_match_their_definitions():
+    rng = random.Random(0)
+    for _ in range(300):
+        text = "".join(rng.choice("ab <>\n") for _ in range(60))
+        offsets, at = [], 0
+        while at < 60:  # monotone offsets with zero-width pieces, as tokenizers report them
+            width = rng.choice([0, 1, 2, 3, 5])
+            offsets.append((at, min(60, at + width)))
+            at = min(60, at + width) if width else at + rng.choice([0, 1])
+        spans = sorted({tuple(sorted(rng.sample(range(61), 2))) for _ in range(rng.randint(0, 3))})
+        assert mask_from_offsets(offsets, spans) == _mask_reference(offsets, spans)
+        assert count_boundary_merges(text, offsets, spans) == _merges_reference(text, offsets, spans)
+
+
+def test_tally_counts_every_record_names_a_few_and_merges():
+    first, second = PreflightTally(), PreflightTally()
+    for i in range(4):
+        first.add("overlong", f"r{i}")
+        first.add("overlong", f"r{i}", turns=2)  # the same record again: one record, more turns
+    for i in range(4, 9):
+        second.add("overlong", f"r{i}")
+    second.end_of_turn.add("<|im_end|>")
+    merged = PreflightTally.from_json(json.loads(json.dumps(first.to_json()))).merge(second)
+    assert merged.records["overlong"] == 9 and merged.turns["overlong"] == 4 * 3 + 5
+    assert merged.names["overlong"] == ["r0", "r1", "r2", "r3", "r4"] and merged.end_of_turn == {"<|im_end|>"}
+
+
+@pytest.fixture(scope="module")
+def qwen(fixtures):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(fixtures / "tokenizers" / "qwen3")
+
+
+def _in_memory(tok, settings, path):
+    """The in-memory preflight of the same file, records named by their location as prepared data names them."""
+    ctok = ConversationTokenizer(tok, resolve(None, tok), reasoning=settings.reasoning)
+    result = load(path)
+    conversations = [replace(c, meta={**c.meta, "where": where}) for c, where in zip(result.items, result.where)]
+    return preflight(tok, ctok, conversations, max_length=settings.max_length, overlong=settings.overlong)
+
+
+@needs_fixtures
+@pytest.mark.parametrize("reasoning", ["keep", "drop_earlier"])
+def test_prepared_rows_and_findings_equal_the_in_memory_preflight(qwen, tmp_path, reasoning):
+    """Agentic conversations (tools, calls, results, reasoning the Qwen3 template drops from history), some
+    too long: the same examples in the same order, the same findings with the same counts and names."""
+    data = json.loads((REPO / "tests" / "data" / "tool_conversations.json").read_text())
+    source = tmp_path / "agentic.jsonl"
+    source.write_text("".join(json.dumps({"messages": c["messages"], "tools": data["tools"]}) + "\n"
+                              for c in data["conversations"] * 3))
+    settings = DataSettings(train=str(source), max_length=300, overlong="drop", reasoning=reasoning,
+                            cache_dir=str(tmp_path))
+    expected = _in_memory(qwen, settings, source)
+    data = prepare_data(settings, qwen, seed=0)
+    got = [data.train[i] for i in range(len(data.train))]
+    want = [(e.input_ids, labels_from_mask(e.input_ids, e.train_mask)) for e in expected.training_examples]
+    assert [(e.input_ids, e.labels) for e in got] == want and len(want) > 5
+    assert data.train.lengths.tolist() == [len(ids) for ids, _ in want]
+    assert data.train[-1].input_ids == want[-1][0]
+    found = [(f.check, f.severity, f.count, f.examples) for f in data.preflight_report.findings]
+    assert found == [(f.check, f.severity, f.count, f.examples) for f in expected.findings]
+    assert {f.check for f in data.preflight_report.findings} >= {"overlong"}
+    assert data.end_of_turn_ids == expected.end_of_turn_ids(qwen)
+
+
+@needs_fixtures
+def test_second_run_reads_the_cache_and_any_change_rebuilds(qwen, tmp_path, fixtures):
+    source = tmp_path / "chats.json"
+    shutil.copy(fixtures / "data" / "sharegpt" / "dummy_conversation.json", source)
+    settings = DataSettings(train=str(source), max_length=256, eval_fraction=0.1, cache_dir=str(tmp_path / "cache"))
+    # 50 conversations held out; Qwen3 rewrites earlier turns, so they give more examples than that
+    first = prepare_data(settings, qwen, seed=0)
+    again = prepare_data(settings, qwen, seed=0)
+    assert not first.cache_hit and again.cache_hit and again.cache_folder == first.cache_folder
+    assert [again.train[i].input_ids for i in range(len(again.train))] == \
+        [first.train[i].input_ids for i in range(len(first.train))]
+    assert len(again.eval) == len(first.eval) > 50 and again.load_report.summary() == first.load_report.summary()
+    # nothing but the prepared rows stays on disk
+    assert sorted(p.name for p in first.cache_folder.iterdir()) == ["eval-00000.arrow", "meta.json", "train-00000.arrow"]
+
+    ctok = ConversationTokenizer(qwen, resolve(None, qwen))
+    base = fingerprint(settings, ctok, 0)
+    assert fingerprint(DataSettings(**{**settings.__dict__, "max_length": 512}), ctok, 0) != base
+    assert fingerprint(settings, ctok, 1) != base  # another held-out draw
+    assert fingerprint(settings, ConversationTokenizer(qwen, resolve("chatml", qwen)), 0) != base
+    assert fingerprint(settings, ConversationTokenizer(qwen, resolve(None, qwen), now=FROZEN_NOW), 0) == base
+    records = json.loads(source.read_text())
+    source.write_text(json.dumps(records[:-1]))  # the data changed
+    os.utime(source, ns=(1, 1))
+    changed = prepare_data(settings, qwen, seed=0)
+    assert not changed.cache_hit and changed.load_report.written == 499
+
+
+@needs_fixtures
+def test_worker_processes_prepare_what_one_process_does(qwen, tmp_path, fixtures):
+    records = json.loads((fixtures / "data" / "sharegpt" / "dummy_conversation.json").read_text())
+    source = tmp_path / "chats.json"
+    source.write_text(json.dumps(records * 2))  # 1,000 conversations: enough for two workers of 256-row batches
+    one = prepare_conversations(DataSettings(train=str(source), max_length=40, cache_dir=str(tmp_path / "a")),
+                                ConversationTokenizer(qwen, resolve(None, qwen)), 0)
+    two = prepare_conversations(DataSettings(train=str(source), max_length=40, num_proc=2,
+                                             cache_dir=str(tmp_path / "b")),
+                                ConversationTokenizer(qwen, resolve(None, qwen)), 0)
+    assert len(list(two.folder.glob("train*.arrow"))) == 2  # two workers wrote a shard each
+    assert np.array_equal(one.train.rows.lengths, two.train.rows.lengths)
+    assert [one.train.rows[i].labels for i in (0, 500, -1)] == [two.train.rows[i].labels for i in (0, 500, -1)]
+    assert one.train.tally.to_json() == two.train.tally.to_json() and one.train.tally.records["overlong"] > 0
+
+
+@needs_fixtures
+def test_kto_data_is_refused_with_counts_over_the_whole_stream(qwen, tmp_path, fixtures):
+    source = fixtures / "data" / "llamafactory" / "kto_en_demo.json"
+    with pytest.raises(ValueError, match=r"300 records with a 'label', 150 marked undesirable"):
+        prepare_data(DataSettings(train=str(source), cache_dir=str(tmp_path)), qwen, seed=0)
+    assert not list((tmp_path / "prepared").glob("*")), "a failed preparation leaves nothing behind"
+
+
+@needs_fixtures
+def test_a_source_in_many_parts_prepares_as_one(qwen, tmp_path, fixtures, monkeypatch):
+    """The source is written and tokenized in parts (bounded mapped pages); held-out rows, names and tallies do
+    not depend on where the parts split."""
+    import tuneful.sft.prepared as prepared
+
+    source = fixtures / "data" / "sharegpt" / "dummy_conversation.json"
+
+    def run(cache: str):
+        return prepare_conversations(DataSettings(train=str(source), max_length=40, eval_fraction=0.2,
+                                                  cache_dir=str(tmp_path / cache)),
+                                     ConversationTokenizer(qwen, resolve(None, qwen)), 0)
+
+    whole = run("whole")
+    monkeypatch.setattr(prepared, "CONVERSATIONS_PER_PART", 64)
+    parts = run("parts")
+    assert len(list(parts.folder.glob("train-*.arrow"))) == 8 and not list(parts.folder.glob("conversations-*"))
+    for split in ("train", "eval"):
+        a, b = getattr(whole, split), getattr(parts, split)
+        assert np.array_equal(a.rows.lengths, b.rows.lengths)
+        assert [a.rows[i].labels for i in range(0, len(a.rows), 37)] == \
+            [b.rows[i].labels for i in range(0, len(b.rows), 37)]
+        assert a.tally.to_json() == b.tally.to_json()
