@@ -167,7 +167,7 @@ def test_kto_data_is_refused_with_counts_over_the_whole_stream(qwen, tmp_path, f
 def test_a_source_in_many_parts_prepares_as_one(qwen, tmp_path, fixtures, monkeypatch):
     """The source is written and tokenized in parts (bounded mapped pages); held-out rows, names and tallies do
     not depend on where the parts split."""
-    import tuneful.sft.prepared as prepared
+    import tuneful.train.prepared as store
 
     source = fixtures / "data" / "sharegpt" / "dummy_conversation.json"
 
@@ -177,7 +177,7 @@ def test_a_source_in_many_parts_prepares_as_one(qwen, tmp_path, fixtures, monkey
                                      ConversationTokenizer(qwen, resolve(None, qwen)), 0)
 
     whole = run("whole")
-    monkeypatch.setattr(prepared, "CONVERSATIONS_PER_PART", 64)
+    monkeypatch.setattr(store, "RECORDS_PER_PART", 64)
     parts = run("parts")
     assert len(list(parts.folder.glob("train-*.arrow"))) == 8 and not list(parts.folder.glob("conversations-*"))
     for split in ("train", "eval"):
@@ -186,3 +186,37 @@ def test_a_source_in_many_parts_prepares_as_one(qwen, tmp_path, fixtures, monkey
         assert [a.rows[i].labels for i in range(0, len(a.rows), 37)] == \
             [b.rows[i].labels for i in range(0, len(b.rows), 37)]
         assert a.tally.to_json() == b.tally.to_json()
+
+
+@needs_fixtures
+def test_prepared_pairs_equal_the_in_memory_tokenization_and_are_cached(qwen, tmp_path, fixtures):
+    """DPO (and reward-model) pairs go through the same store: the same examples as tokenize_pairs, the held-out
+    split by the same draw, a cache hit the second time, bad pairs and overlong ones counted over all batches."""
+    from tuneful.dpo.config import PreferenceDataSettings
+    from tuneful.dpo.data import PreferenceDataError, preference_tokenizer, tokenize_pairs
+    from tuneful.dpo.prepare import pair_length, prepare_pairs
+    from tuneful.train.plan import hold_out
+
+    source = fixtures / "data" / "llamafactory" / "dpo_en_demo.json"
+    settings = PreferenceDataSettings(train=str(source), max_length=700, eval_fraction=0.1, cache_dir=str(tmp_path))
+    first = prepare_pairs(settings, qwen, seed=0)
+    again = prepare_pairs(settings, qwen, seed=0)
+    assert not first.cache_hit and again.cache_hit
+
+    kept, held = hold_out(load(source).preferences, 0.1, 0)
+    ctok = preference_tokenizer(qwen, resolve(None, qwen))
+    want = [e for e in tokenize_pairs(ctok, kept) if pair_length(e) <= 700]
+    assert [again.train[i] for i in range(len(again.train))] == want
+    assert again.dropped_overlong == len(kept) + len(held) - len(want) - len(again.eval) > 0
+    assert again.eval[:3] == [e for e in tokenize_pairs(ctok, held) if pair_length(e) <= 700][:3]
+
+    with pytest.raises(PreferenceDataError, match=r"exceed data.max_length=700 \(longest \d+ tokens\)"):
+        prepare_pairs(PreferenceDataSettings(**{**settings.__dict__, "overlong": "fail"}), qwen, seed=0)
+    records = json.loads(source.read_text())
+    for k in (3, 290):  # two map batches; a reply repeating the prompt: loaded, but refused as a pair
+        records[k]["rejected"]["value"] = "You asked: " + records[k]["conversations"][-1]["value"]
+    echo = tmp_path / "echo.json"
+    echo.write_text(json.dumps(records))
+    with pytest.raises(PreferenceDataError, match=r"(?s)2 bad preference pair\(s\):.*echo\.json\[3\]: rejected "
+                                                  r"contains the prompt's user message.*echo\.json\[290\]"):
+        prepare_pairs(PreferenceDataSettings(train=str(echo), cache_dir=str(tmp_path)), qwen, seed=0)

@@ -127,16 +127,21 @@ class Conversation:
     def from_json(cls, data: Mapping[str, Any]) -> "Conversation":
         """The inverse of :meth:`to_json` for a conversation validated before it was written (not re-validated:
         this is how prepared data reads back its own rows; outside data goes through the loader)."""
-        messages = []
-        for m in data["messages"]:
-            calls = tuple(ToolCall(c["function"]["name"], c["function"]["arguments"], c.get("id"))
-                          for c in m.get("tool_calls") or ())
-            messages.append(Message(m["role"], m["content"], calls, m.get("reasoning_content"),
-                                    m.get("tool_call_id"), m.get("name")))
-        tools = data.get("tools")
-        inputs = TemplateInputs(tuple(tools) if tools else None, data.get("chat_template_kwargs")) \
-            if tools or data.get("chat_template_kwargs") else NO_TEMPLATE_INPUTS
-        return cls(tuple(messages), dict(data.get("meta") or {}), inputs)
+        return cls(tuple(_message_from_json(m) for m in data["messages"]), dict(data.get("meta") or {}),
+                   _inputs_from_json(data))
+
+
+def _message_from_json(m: Mapping[str, Any] | str) -> Message:
+    if isinstance(m, str):  # a preference reply written as plain text
+        return Message("assistant", m)
+    calls = tuple(ToolCall(c["function"]["name"], c["function"]["arguments"], c.get("id"))
+                  for c in m.get("tool_calls") or ())
+    return Message(m["role"], m["content"], calls, m.get("reasoning_content"), m.get("tool_call_id"), m.get("name"))
+
+
+def _inputs_from_json(data: Mapping[str, Any]) -> TemplateInputs:
+    tools, kwargs = data.get("tools"), data.get("chat_template_kwargs")
+    return TemplateInputs(tuple(tools) if tools else None, kwargs) if tools or kwargs else NO_TEMPLATE_INPUTS
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,12 @@ class PreferencePair:
         for name in ("chosen", "rejected"):
             if isinstance(getattr(self, name), str):
                 object.__setattr__(self, name, Message("assistant", getattr(self, name)))
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "PreferencePair":
+        """The inverse of :meth:`to_json` for a pair validated before it was written (not re-validated)."""
+        return cls(tuple(_message_from_json(m) for m in data["prompt"]), _message_from_json(data["chosen"]),
+                   _message_from_json(data["rejected"]), dict(data.get("meta") or {}), _inputs_from_json(data))
 
     def to_json(self) -> dict[str, Any]:
         def reply(m: Message) -> Any:  # plain text stays a string, as most preference files write it

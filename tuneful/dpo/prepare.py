@@ -2,32 +2,66 @@
 
 The SFT preflight (double BOS, end-of-turn never trained, pad == eos, template drift...) runs on the
 conversations prompt + chosen, so every template check SFT makes is made here too, before training.
+Prepared once into Arrow by :mod:`tuneful.train.prepared` (``datasets.map`` in ``data.num_proc``
+processes, cached under a fingerprint of data, tokenizer, template and settings) and read lazily.
 """
 
 from __future__ import annotations
 
+import json
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable
+from datetime import date
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from ..data.loader import LoadReport
+import numpy as np
+
+from ..data.loader import LoadReport, iter_items
 from ..data.mixture import load_training
-from ..data.types import Conversation, PreferencePair
-from ..tokenization.preflight import PreflightReport, preflight
-from ..train.plan import split_eval
+from ..data.sources import read_records
+from ..data.types import Conversation, LabeledConversation, PreferencePair
 from ..templates.registry import ChatTemplate, run_template
+from ..tokenization.masking import ConversationTokenizer
+from ..tokenization.preflight import PreflightReport, PreflightTally, check_conversation, finish_report
+from ..train.plan import hold_out
+from ..train.prepared import (cached, fingerprint, list_of, load_report_of, map_parts, open_rows, processes_for,
+                              source_key, tokenizer_fingerprint, write_parts)
 from .config import PreferenceDataSettings
-from .data import PreferenceDataError, PreferenceExample, preference_tokenizer, tokenize_pairs
+from .data import PreferenceDataError, PreferenceExample, preference_tokenizer, tokenize_pair
+
+
+@dataclass
+class PairRows(Sequence[PreferenceExample]):
+    """Preference examples read lazily from the prepared Arrow files."""
+
+    table: Any
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> PreferenceExample:  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        row = int(self.rows[i])
+        cell = partial(list_of, self.table, row=row)
+        return PreferenceExample(cell("prompt_ids"), cell("chosen_ids"), cell("chosen_mask"), cell("rejected_ids"),
+                                 cell("rejected_mask"), float(self.table.column("margin")[row].as_py()))
 
 
 @dataclass
 class PreparedPairs:
-    train: list[PreferenceExample]
-    eval: list[PreferenceExample]
+    train: Sequence[PreferenceExample]
+    eval: Sequence[PreferenceExample]
     template: ChatTemplate
     load_report: LoadReport
     preflight_report: PreflightReport
     end_of_turn_ids: list[int]
     dropped_overlong: int
+    cache_folder: Path | None = None
+    cache_hit: bool = False
 
     def summary(self) -> dict:
         return {"train_pairs": len(self.train), "eval_pairs": len(self.eval), "dropped_overlong": self.dropped_overlong,
@@ -40,16 +74,18 @@ def pair_length(example: PreferenceExample) -> int:
     return len(example.prompt_ids) + max(len(example.chosen_ids), len(example.rejected_ids))
 
 
-def _load_pairs(source: str | list, settings: PreferenceDataSettings,
-                seed: int = 0) -> tuple[list[PreferencePair], LoadReport]:
-    result = load_training(source, format=settings.format, on_error=settings.on_error, seed=seed)
-    if result.labeled:
-        raise ValueError(f"data.train={source} holds unpaired preference data (KTO: replies with a true/false 'label'), "
-                         "not pairs; DPO needs prompt/chosen/rejected. Pair them first, or train them with a KTO trainer")
-    if result.conversations and not result.preferences:
-        raise ValueError(f"data.train={source} holds conversations, not preference pairs (prompt/chosen/rejected); "
-                         "train on it with tuneful sft")
-    return result.preferences, result.report
+def preference_pairs(items: Iterable[tuple[str, Any]], source: Any) -> Iterator[tuple[str, PreferencePair]]:
+    """The preference pairs of a stream of loaded items; conversations or labelled (KTO) records stop it with an
+    error saying what to do instead."""
+    for where, item in items:
+        if isinstance(item, LabeledConversation):
+            raise ValueError(f"data.train={source} holds unpaired preference data (KTO: replies with a true/false "
+                             f"'label', e.g. {where}), not pairs; DPO needs prompt/chosen/rejected. Pair them first, or "
+                             "train them with a KTO trainer")
+        if not isinstance(item, PreferencePair):
+            raise ValueError(f"data.train={source} holds conversations, not preference pairs (prompt/chosen/rejected, "
+                             f"e.g. {where}); train on it with tuneful sft")
+        yield where, item
 
 
 def length_policy(examples: list, settings: Any, split: str, *, length: Callable[[Any], int] = pair_length,
@@ -59,27 +95,144 @@ def length_policy(examples: list, settings: Any, split: str, *, length: Callable
     kept = [e for e in examples if length(e) <= settings.max_length]
     dropped = len(examples) - len(kept)
     if dropped and settings.overlong == "fail":
-        longest = max(length(e) for e in examples)
-        raise PreferenceDataError(f"{dropped} {split} {unit}(s) exceed data.max_length={settings.max_length} (longest "
-                                  f"{longest} tokens). Fix: raise data.max_length or set data.overlong=drop")
+        _overlong_error(dropped, split, max(length(e) for e in examples), settings, unit)
     return kept, dropped
 
 
-def prepare_pairs(settings: PreferenceDataSettings, tokenizer: Any, seed: int) -> PreparedPairs:
+def _overlong_error(dropped: int, split: str, longest: int, settings: Any, unit: str = "pair") -> None:
+    raise PreferenceDataError(f"{dropped} {split} {unit}(s) exceed data.max_length={settings.max_length} (longest "
+                              f"{longest} tokens). Fix: raise data.max_length or set data.overlong=drop")
+
+
+# --- prepared once, cached (tuneful.train.prepared) --------------------------------------------------
+
+def _pair_batch(batch: dict, indices: list[int], *, ctok: ConversationTokenizer, max_length: int,
+                first_index: int) -> dict:
+    """One map batch: a row per usable pair, then a row with the batch's tally: the preflight of the chosen
+    conversations, the bad pairs, the pairs over max_length."""
+    columns = ("prompt_ids", "chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
+    out: dict[str, list] = {**{c: [] for c in columns}, "margin": [], "length": [], "tally": []}
+    pairs = [PreferencePair.from_json(json.loads(r)) for r in batch["record"]]
+    names = [str(p.meta.get("where") or p.meta.get("id") or where or f"record {first_index + index}")
+             for p, where, index in zip(pairs, batch["where"], indices)]
+    chosen = [Conversation((*p.prompt, p.chosen), p.meta, p.inputs) for p in pairs]
+    preflight_tally = PreflightTally()
+    for conv, name, tokenized in zip(chosen, names, ctok.tokenize_many(chosen)):
+        check_conversation(conv, name, tokenized, ctok, preflight_tally, max_length=None, overlong="drop")
+    errors, dropped, longest = [], 0, 0
+    for pair, name in zip(pairs, names):
+        try:
+            example = tokenize_pair(ctok, pair)
+        except PreferenceDataError as exc:
+            errors.append(f"{name}: {exc}")
+            continue
+        length = pair_length(example)
+        if length > max_length:
+            dropped, longest = dropped + 1, max(longest, length)
+            continue
+        for column in columns:
+            out[column].append(getattr(example, column))
+        out["margin"].append(example.margin)
+        out["length"].append(length)
+        out["tally"].append(None)
+    for column in columns:
+        out[column].append([])
+    out["margin"].append(0.0)
+    out["length"].append(0)
+    out["tally"].append(json.dumps({"preflight": preflight_tally.to_json(), "errors": errors[:20],
+                                    "error_count": len(errors), "dropped": dropped, "longest": longest}))
+    return out
+
+
+def _features() -> Any:
+    from datasets import Features, Sequence as ArrowList, Value
+
+    ids, mask = ArrowList(Value("int32")), ArrowList(Value("int8"))
+    return Features({"prompt_ids": ids, "chosen_ids": ids, "chosen_mask": mask, "rejected_ids": ids,
+                     "rejected_mask": mask, "margin": Value("float64"), "length": Value("int32"),
+                     "tally": Value("string")})
+
+
+def _build(folder: Path, settings: PreferenceDataSettings, ctok: ConversationTokenizer, seed: int) -> dict:
+    if isinstance(settings.train, list):
+        result = load_training(settings.train, format=settings.format, on_error=settings.on_error, seed=seed)
+        report, items = result.report, iter(zip(result.where, result.items))
+    else:
+        report = LoadReport()
+        items = iter_items(read_records(settings.train), report, format=settings.format, on_error=settings.on_error)
+    parts = write_parts(((w, p.to_json()) for w, p in preference_pairs(items, settings.train)), folder, "pairs-train")
+    total = sum(n for _, n in parts)
+    held = np.zeros(total, dtype=bool)
+    eval_parts: list = []
+    if settings.eval:
+        eval_items = iter_items(read_records(settings.eval), LoadReport(), format=settings.format,
+                                on_error=settings.on_error)
+        eval_parts = write_parts(((w, p.to_json()) for w, p in preference_pairs(eval_items, settings.eval)), folder,
+                                 "pairs-eval")
+    else:
+        held[hold_out(list(range(total)), settings.eval_fraction, seed)[1]] = True
+    files = map_parts(parts, held, _pair_batch, {"ctok": ctok, "max_length": settings.max_length}, _features(),
+                      processes=processes_for(settings.num_proc, total), folder=folder, eval_parts=eval_parts)
+    return {"files": {k: [Path(f).name for f in v] for k, v in files.items()}, "pairs": total,
+            "load_report": {**report.summary(), "skipped_list": report.skipped, "format": report.format}}
+
+
+def _fingerprint(settings: PreferenceDataSettings, ctok: ConversationTokenizer, seed: int) -> str:
+    return fingerprint({
+        "kind": "pairs", "train": source_key(settings.train), "eval": source_key(settings.eval) if settings.eval else "",
+        "eval_fraction": settings.eval_fraction,
+        "seed": seed if (settings.eval_fraction or isinstance(settings.train, list)) else None,
+        "format": settings.format, "on_error": settings.on_error, "tokenizer": tokenizer_fingerprint(ctok.tokenizer),
+        "template": ctok.template.source, "max_length": settings.max_length,
+        "clock": date.today().isoformat() if "strftime_now" in ctok.template.source else None,
+    })
+
+
+@dataclass
+class _Split:
+    rows: PairRows
+    preflight: PreflightTally
+    errors: list[str]
+    error_count: int
+    dropped: int
+    longest: int
+
+
+def _open(folder: Path, names: list[str]) -> _Split:
+    table, rows, tallies = open_rows(folder, names)
+    split = _Split(PairRows(table, rows), PreflightTally(), [], 0, 0, 0)
+    for part in tallies:
+        split.preflight.merge(PreflightTally.from_json(part["preflight"]))
+        split.errors += part["errors"]
+        split.error_count += part["error_count"]
+        split.dropped += part["dropped"]
+        split.longest = max(split.longest, part["longest"])
+    return split
+
+
+def prepare_pairs(settings: PreferenceDataSettings, tokenizer: Any, seed: int, *,
+                  main_process_first: AbstractContextManager = nullcontext()) -> PreparedPairs:
+    """Load → hold out → template/tokenizer preflight → tokenize with a shared prompt → length policy, prepared
+    once into Arrow and cached (the main process prepares, the others read)."""
     template = run_template(settings, tokenizer)
     ctok = preference_tokenizer(tokenizer, template)
-    pairs, load_report = _load_pairs(settings.train, settings, seed)
-    train_pairs, eval_pairs = split_eval(pairs, settings, seed, lambda src: _load_pairs(src, settings)[0])
-    if not train_pairs:
+    folder, meta, hit = cached(settings.cache_dir, _fingerprint(settings, ctok, seed),
+                               lambda building: _build(building, settings, ctok, seed), main_process_first)
+    if not meta["files"]["train"]:
         raise PreferenceDataError(f"data.train={settings.train}: no preference pairs to train on")
-    chosen_conversations = [Conversation((*p.prompt, p.chosen), p.meta, p.inputs) for p in train_pairs]
-    report = preflight(tokenizer, ctok, chosen_conversations, max_length=None,
-                       allow_template_change=settings.allow_template_change)
+    train = _open(folder, meta["files"]["train"])
+    report = finish_report(PreflightReport(), train.preflight, tokenizer, ctok, max_length=None, overlong="drop",
+                           allow_template_change=settings.allow_template_change)
     report.raise_on_errors()
-    train, dropped = length_policy(tokenize_pairs(ctok, train_pairs), settings, "training")
-    held, dropped_eval = length_policy(tokenize_pairs(ctok, eval_pairs), settings, "held-out")
-    if not train:
+    held = _open(folder, meta["files"]["eval"]) if meta["files"]["eval"] else None
+    for split in (train, held):
+        if split is not None and split.error_count:
+            raise PreferenceDataError(f"{split.error_count} bad preference pair(s):\n  " + "\n  ".join(split.errors))
+    for name, split in (("training", train), ("held-out", held)):
+        if split is not None and split.dropped and settings.overlong == "fail":
+            _overlong_error(split.dropped, name, split.longest, settings)
+    if not len(train.rows):
         raise PreferenceDataError(f"every training pair is longer than data.max_length={settings.max_length}")
-    return PreparedPairs(train, held, template, load_report, report, report.end_of_turn_ids(tokenizer),
-                         dropped + dropped_eval)
-
+    return PreparedPairs(train.rows, held.rows if held is not None else [], template, load_report_of(meta["load_report"]),
+                         report, report.end_of_turn_ids(tokenizer), train.dropped + (held.dropped if held else 0),
+                         folder, hit)

@@ -22,6 +22,7 @@ import torch
 
 from ..config import to_dict
 from ..train.config import ModelSettings
+from ..train.prepared import main_processes_first
 from ..train.loop import Trainer, run
 from ..train.model import load_model
 from .config import DPOConfig
@@ -101,7 +102,8 @@ class DPOTrainer(Trainer):
 
     # --- data and reference ---------------------------------------------------------------------
     def prepare_data(self) -> None:
-        self.data: PreparedPairs = prepare_pairs(self.cfg.data, self.tokenizer, self.cfg.train.seed)
+        self.data: PreparedPairs = prepare_pairs(self.cfg.data, self.tokenizer, self.cfg.train.seed,
+                                                 main_process_first=main_processes_first(self.acc))
 
     def before_lora(self, model: Any) -> None:
         if self.reference_kind == "precomputed":  # from the starting weights, before LoRA and before any resume

@@ -19,6 +19,7 @@ from ..config import to_dict
 from ..dpo.data import COLLATORS
 from ..dpo.prepare import PreparedPairs, prepare_pairs
 from ..dpo.trainer import pair_cost, resolve_pair_layout
+from ..train.prepared import main_processes_first
 from ..train.loop import Trainer, run
 from .config import RewardConfig
 from .losses import bradley_terry
@@ -48,7 +49,8 @@ class RewardTrainer(Trainer):
         self.collate = COLLATORS[self.layout]
 
     def prepare_data(self) -> None:
-        self.data: PreparedPairs = prepare_pairs(self.cfg.data, self.tokenizer, self.cfg.train.seed)
+        self.data: PreparedPairs = prepare_pairs(self.cfg.data, self.tokenizer, self.cfg.train.seed,
+                                                 main_process_first=main_processes_first(self.acc))
 
     def load_base_model(self) -> Any:
         return load_reward_model(self.cfg.model, self._pad_id())

@@ -143,6 +143,7 @@ def preference_rates(model: Any, tokenizer: Any, pairs: list[dict]) -> dict[str,
     from ..dpo.data import collate_shared_prompt, preference_tokenizer, tokenize_pairs
     from ..dpo.reference import ResponseLogps
     from ..templates.registry import builtin
+    from ..tokenization.masking import pad_id
 
     ctok = preference_tokenizer(tokenizer, builtin(TEMPLATE))
     examples = tokenize_pairs(ctok, [PreferencePair(tuple(Message(**m) for m in p["prompt"]), p["chosen"],
@@ -150,7 +151,7 @@ def preference_rates(model: Any, tokenizer: Any, pairs: list[dict]) -> dict[str,
     module, wins = ResponseLogps(model).eval(), []
     with torch.no_grad():
         for start in range(0, len(examples), 32):
-            sums, counts = module(**collate_shared_prompt(examples[start : start + 32], tokenizer.pad_token_id).inputs())
+            sums, counts = module(**collate_shared_prompt(examples[start : start + 32], pad_id(tokenizer)).inputs())
             chosen, rejected = (sums / counts.clamp(min=1)).chunk(2)
             wins += (chosen > rejected).tolist()
     rates = {}

@@ -1,10 +1,10 @@
 """Prepared SFT data: conversations → token ids + train masks in memory-mapped Arrow files, built once.
 
 Knows conversations, a :class:`~tuneful.tokenization.masking.ConversationTokenizer` and the preflight checks; no
-model, no batches.
+model, no batches. The files, fingerprint and cache folder are :mod:`tuneful.train.prepared`'s.
 
-1. The source streams through the loader (one validated conversation at a time) into an Arrow table
-   of conversations, so a source larger than memory never is in memory.
+1. The source streams through the loader (one validated conversation at a time) into Arrow parts, so a
+   source larger than memory never is in memory.
 2. ``datasets.Dataset.map`` renders, tokenizes and checks them in batches — one tokenizer call per
    batch, ``num_proc`` processes — writing one row per training example and, per batch, one row
    that carries the batch's preflight tally. The report of the whole data is the merge of those
@@ -16,15 +16,12 @@ model, no batches.
 Trainers read rows lazily (:class:`PreparedRows`): peak memory does not grow with the data beyond the
 Arrow pages the operating system maps in.
 
-    rows, report, load_report = prepare_conversations(settings, tokenizer, ctok, seed)   # one call
+    prepared = prepare_conversations(settings, ctok, seed)   # .train.rows[i] -> Example, .train.tally
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import date
@@ -37,22 +34,13 @@ from ..data.loader import LoadReport, iter_items
 from ..data.mixture import load_training
 from ..data.sources import read_records
 from ..data.types import Conversation, LabeledConversation, PreferencePair
-from ..tokenization.masking import ConversationTokenizer, labels_from_mask, special_tokens_of
+from ..tokenization.masking import ConversationTokenizer, labels_from_mask
 from ..tokenization.preflight import PreflightReport, PreflightTally, check_conversation, finish_report
 from ..train.plan import hold_out
+from ..train.prepared import (cached, fingerprint as fingerprint_of, list_of, load_report_of, map_parts,
+                              open_rows, processes_for, source_key, tokenizer_fingerprint, write_parts)
 from .batching import Example
 from .config import DataSettings
-
-PREPARED_VERSION = 1  # bump when the rows or the tally change meaning: old caches are then never read
-BATCH = 256  # conversations per map batch: one tokenizer call and one tally row each
-AUTO_PROCESSES_FROM = 20_000  # below this many conversations, starting worker processes costs more than it saves
-CONVERSATIONS_PER_PART = 100_000  # conversations per Arrow file of the source while it is being prepared
-
-
-def default_cache_dir() -> Path:
-    """``$TUNEFUL_CACHE_DIR``, else ``~/.cache/tuneful``; prepared data lives in its ``prepared/`` folder."""
-    return Path(os.environ.get("TUNEFUL_CACHE_DIR") or Path.home() / ".cache" / "tuneful")
-
 
 @dataclass
 class PreparedRows(Sequence[Example]):
@@ -63,8 +51,6 @@ class PreparedRows(Sequence[Example]):
     extra: list[Example] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._ids = self.table.column("input_ids")
-        self._mask = self.table.column("train_mask")
         self.lengths = np.concatenate([self.table.column("length").to_numpy()[self.rows].astype(np.int64),
                                        np.array([len(e) for e in self.extra], dtype=np.int64)])
 
@@ -79,8 +65,8 @@ class PreparedRows(Sequence[Example]):
         if i >= len(self.rows):
             return self.extra[i - len(self.rows)]
         row = int(self.rows[i])
-        ids = self._ids[row].values.to_numpy().tolist()
-        return Example(ids, labels_from_mask(ids, self._mask[row].values.to_numpy().tolist()))
+        ids = list_of(self.table, "input_ids", row)
+        return Example(ids, labels_from_mask(ids, list_of(self.table, "train_mask", row)))
 
     def with_extra(self, extra: list[Example]) -> "PreparedRows":
         return PreparedRows(self.table, self.rows, self.extra + extra)
@@ -96,34 +82,13 @@ class PreparedSplit:
 
 # --- fingerprint ------------------------------------------------------------------------------------
 
-def _source_key(source: Any) -> Any:
-    """What identifies a source's content without reading it: local files by path, size and modification time
-    (every file of a folder); anything else (a dataset id) by its name."""
-    if isinstance(source, list):
-        return [{k: _source_key(v) if k == "path" else v for k, v in sorted(s.items())} for s in source]
-    path = Path(str(source))
-    if path.is_file():
-        stat = path.stat()
-        return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
-    if path.is_dir():
-        return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(path.rglob("*")) if p.is_file()]
-    return str(source)
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """The tokenizer's vocabulary, merges, normaliser and added tokens (its serialised form) and special tokens."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    body = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
-    return hashlib.sha256((body + json.dumps(special_tokens_of(tokenizer), sort_keys=True)).encode()).hexdigest()
-
-
 def fingerprint(settings: DataSettings, ctok: ConversationTokenizer, seed: int) -> str:
     """Everything the prepared rows depend on. Held-out selection depends on the seed; templates that print
     today's date depend on the day."""
-    parts = {
-        "version": PREPARED_VERSION,
-        "train": _source_key(settings.train),
-        "eval": _source_key(settings.eval) if settings.eval else "",
+    return fingerprint_of({
+        "kind": "sft",
+        "train": source_key(settings.train),
+        "eval": source_key(settings.eval) if settings.eval else "",
         "eval_fraction": settings.eval_fraction,
         "seed": seed if (settings.eval_fraction or isinstance(settings.train, list)) else None,
         "format": settings.format, "on_error": settings.on_error,
@@ -133,8 +98,7 @@ def fingerprint(settings: DataSettings, ctok: ConversationTokenizer, seed: int) 
         "max_length": settings.max_length, "overlong": settings.overlong,
         "clock": (ctok.now.isoformat() if ctok.now else date.today().isoformat())
         if "strftime_now" in ctok.template.source else None,
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    })
 
 
 # --- stage 1: source → conversations table ---------------------------------------------------------
@@ -168,30 +132,6 @@ def _stream_source(source: Any, settings: DataSettings, seed: int) -> tuple[Load
     return report, iter_items(read_records(source), report, format=settings.format, on_error=settings.on_error)
 
 
-def _write_parts(items: Iterable[tuple[str, Conversation]], folder: Path, prefix: str) -> list[tuple[Path, int]]:
-    """The conversations as Arrow files of up to ``CONVERSATIONS_PER_PART`` rows each: (file, rows). Parts are
-    tokenized and deleted one by one, so the pages of the source mapped into memory stay bounded."""
-    from datasets import Features, Value
-    from datasets.arrow_writer import ArrowWriter
-
-    features = Features({"record": Value("string"), "where": Value("string")})
-    parts: list[tuple[Path, int]] = []
-    writer = None
-    for where, conv in items:
-        if writer is None or parts[-1][1] == CONVERSATIONS_PER_PART:
-            if writer is not None:
-                writer.finalize()
-                writer.close()
-            parts.append((folder / f"{prefix}-{len(parts):05d}.arrow", 0))
-            writer = ArrowWriter(path=str(parts[-1][0]), features=features, writer_batch_size=10_000)
-        writer.write({"record": json.dumps(conv.to_json(), ensure_ascii=False), "where": where})
-        parts[-1] = (parts[-1][0], parts[-1][1] + 1)
-    if writer is not None:
-        writer.finalize()
-        writer.close()
-    return parts
-
-
 # --- stage 2: conversations → training rows + tallies -----------------------------------------------
 
 def _tokenize_batch(batch: dict, indices: list[int], *, ctok: ConversationTokenizer, max_length: int,
@@ -216,96 +156,50 @@ def _tokenize_batch(batch: dict, indices: list[int], *, ctok: ConversationTokeni
     return out
 
 
-def _tokenize(conversations: Any, ctok: ConversationTokenizer, *, max_length: int, overlong: str, processes: int,
-              cache_file: Path, first_index: int) -> list[str]:
-    """Map one part of a conversations table to training rows; the Arrow files written. ``first_index``: the
-    split's index of the part's first conversation (records without a location are named by it)."""
-    from datasets import Features, Sequence as ArrowList, Value
-
-    features = Features({"input_ids": ArrowList(Value("int32")), "train_mask": ArrowList(Value("int8")),
-                         "length": Value("int32"), "tally": Value("string")})
-    processes = max(1, min(processes, len(conversations) // BATCH or 1))
-    mapped = conversations.map(
-        _tokenize_batch, batched=True, batch_size=BATCH, with_indices=True, remove_columns=conversations.column_names,
-        fn_kwargs={"ctok": ctok, "max_length": max_length, "overlong": overlong, "first_index": first_index},
-        features=features, num_proc=processes if processes > 1 else None, cache_file_name=str(cache_file),
-        new_fingerprint=cache_file.stem, desc="tuneful: render, tokenize, mask, check")
-    return [f["filename"] for f in mapped.cache_files]
-
-
 # --- the whole preparation -------------------------------------------------------------------------
 
-def _open_split(files: Sequence[str]) -> PreparedSplit:
-    import pyarrow as pa
-    from datasets import Dataset, concatenate_datasets
-
-    dataset = concatenate_datasets([Dataset.from_file(f) for f in files])
-    table: pa.Table = dataset.data.table
-    lengths = table.column("length").to_numpy()
+def _open_split(folder: Path, names: Sequence[str]) -> PreparedSplit:
+    table, rows, tallies = open_rows(folder, names)
     tally = PreflightTally()
-    tallies = table.column("tally")
-    for row in np.flatnonzero(lengths == 0):
-        tally.merge(PreflightTally.from_json(json.loads(tallies[int(row)].as_py())))
-    return PreparedSplit(PreparedRows(table, np.flatnonzero(lengths > 0)), tally)
+    for part in tallies:
+        tally.merge(PreflightTally.from_json(part))
+    return PreparedSplit(PreparedRows(table, rows), tally)
 
 
 def _build(folder: Path, settings: DataSettings, ctok: ConversationTokenizer, seed: int) -> dict:
-    """Prepare into ``folder``: the conversations in parts, then each part's training and held-out rows (the part
-    deleted once done), and what ``meta.json`` records."""
-    from datasets import Dataset
-
+    """Prepare into ``folder``: the conversations in parts, each part's training and held-out rows, and what
+    ``meta.json`` records."""
     report, items = _stream_source(settings.train, settings, seed)
-    train_parts = _write_parts(sft_conversations(items, settings.train), folder, "conversations-train")
-    total = sum(n for _, n in train_parts)
+    parts = write_parts(((where, c.to_json()) for where, c in sft_conversations(items, settings.train)), folder,
+                        "conversations-train")
+    total = sum(n for _, n in parts)
     eval_parts: list[tuple[Path, int]] = []
     held = np.zeros(total, dtype=bool)
     if settings.eval:
-        eval_parts = _write_parts(sft_conversations(iter_items(read_records(settings.eval), LoadReport(),
-                                                               format=settings.format, on_error=settings.on_error),
-                                                    settings.eval), folder, "conversations-eval")
+        eval_items = iter_items(read_records(settings.eval), LoadReport(), format=settings.format,
+                                on_error=settings.on_error)
+        eval_parts = write_parts(((where, c.to_json()) for where, c in sft_conversations(eval_items, settings.eval)),
+                                 folder, "conversations-eval")
     else:
         held[hold_out(list(range(total)), settings.eval_fraction, seed)[1]] = True
-    processes = settings.num_proc or (min(os.cpu_count() or 1, 8) if total >= AUTO_PROCESSES_FROM else 1)
-    files: dict[str, list[str]] = {"train": [], "eval": []}
-    first = {"train": 0, "eval": 0}
-
-    def tokenize(split: str, table: Any, k: int) -> None:
-        if len(table):
-            files[split] += _tokenize(table, ctok, max_length=settings.max_length,
-                                      overlong=settings.overlong if split == "train" else "drop", processes=processes,
-                                      cache_file=folder / f"{split}-{k:05d}.arrow", first_index=first[split])
-            first[split] += len(table)
-
-    offset = 0
-    for k, (path, rows) in enumerate(train_parts):
-        table = Dataset.from_file(str(path))
-        part_held = held[offset : offset + rows]
-        offset += rows
-        if part_held.any():
-            tokenize("train", table.select(np.flatnonzero(~part_held)), k)
-            tokenize("eval", table.select(np.flatnonzero(part_held)), k)
-        else:
-            tokenize("train", table, k)
-        del table
-        path.unlink()
-    for k, (path, _) in enumerate(eval_parts):
-        tokenize("eval", Dataset.from_file(str(path)), k)
-        path.unlink()
+    files = map_parts(parts, held, _tokenize_batch, {"ctok": ctok, "max_length": settings.max_length,
+                                                     "overlong": settings.overlong}, _features(),
+                      processes=processes_for(settings.num_proc, total), folder=folder, eval_parts=eval_parts,
+                      eval_kwargs={"overlong": "drop"})
     return {"files": {k: [Path(f).name for f in v] for k, v in files.items()},
             "load_report": {**report.summary(), "skipped_list": report.skipped, "format": report.format}}
+
+
+def _features() -> Any:
+    from datasets import Features, Sequence as ArrowList, Value
+
+    return Features({"input_ids": ArrowList(Value("int32")), "train_mask": ArrowList(Value("int8")),
+                     "length": Value("int32"), "tally": Value("string")})
 
 
 def prepared_summary(meta: dict) -> str:
     report = meta["load_report"]
     return f"{report['records_in']} records read, {report['written']} written, {report['skipped']} skipped"
-
-
-def _load_report(data: dict) -> LoadReport:
-    from collections import Counter
-
-    return LoadReport(data["records_in"], data["written"], Counter(data["skipped_by_reason"]),
-                      [tuple(x) for x in data["skipped_list"]], Counter(data["ignored_fields"]),
-                      Counter(data["notes"]), data["format"])
 
 
 @dataclass
@@ -324,30 +218,13 @@ def prepare_conversations(settings: DataSettings, ctok: ConversationTokenizer, s
     ``main_process_first``: under several processes (accelerate's ``main_process_first()``), the main one
     prepares while the others wait, then they open its files.
     """
-    root = Path(settings.cache_dir) if settings.cache_dir else default_cache_dir()
-    folder = root / "prepared" / fingerprint(settings, ctok, seed)
-    with main_process_first:
-        hit = (folder / "meta.json").exists()
-        if not hit:
-            building = folder.with_name(f"{folder.name}.building-{os.getpid()}")
-            shutil.rmtree(building, ignore_errors=True)
-            building.mkdir(parents=True)
-            try:
-                meta = _build(building, settings, ctok, seed)
-                (building / "meta.json").write_text(json.dumps(meta))
-                if folder.exists():  # another run finished the same preparation meanwhile
-                    shutil.rmtree(building)
-                else:
-                    building.rename(folder)
-            except BaseException:
-                shutil.rmtree(building, ignore_errors=True)
-                raise
-    meta = json.loads((folder / "meta.json").read_text())
+    folder, meta, hit = cached(settings.cache_dir, fingerprint(settings, ctok, seed),
+                               lambda building: _build(building, settings, ctok, seed), main_process_first)
     if not meta["files"]["train"]:
         raise ValueError(f"data.train={settings.train}: no conversation to train on ({prepared_summary(meta)})")
-    train = _open_split([str(folder / f) for f in meta["files"]["train"]])
-    held = _open_split([str(folder / f) for f in meta["files"]["eval"]]) if meta["files"]["eval"] else None
-    return Prepared(train, held, _load_report(meta["load_report"]), folder, hit)
+    train = _open_split(folder, meta["files"]["train"])
+    held = _open_split(folder, meta["files"]["eval"]) if meta["files"]["eval"] else None
+    return Prepared(train, held, load_report_of(meta["load_report"]), folder, hit)
 
 
 def preflight_report(split: PreparedSplit, tokenizer: Any, ctok: ConversationTokenizer, settings: DataSettings, *,

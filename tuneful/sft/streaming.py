@@ -32,7 +32,8 @@ from ..tokenization.masking import ConversationTokenizer, labels_from_mask
 from ..tokenization.preflight import PreflightError, PreflightReport, PreflightTally, finish_report
 from .batching import Example, best_fit_decreasing
 from .config import DataSettings
-from .prepared import BATCH, _tokenize_batch, sft_conversations
+from ..train.prepared import BATCH
+from .prepared import _tokenize_batch, sft_conversations
 
 
 def _records(source: str, format: str, on_error: str) -> Iterator[dict]:

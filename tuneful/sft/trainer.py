@@ -6,10 +6,9 @@ process) and the metrics. Everything else — loop, accumulation, checkpoints, r
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -18,18 +17,11 @@ from ..templates.registry import run_template
 from ..tokenization.masking import add_template_tokens, labels_from_mask
 from ..train.loop import Trainer, run
 from ..train.model import unwrap_causal_lm
+from ..train.prepared import main_processes_first
 from .batching import Example, collate_packed, collate_padded, plan_rows
 from .config import SFTConfig
 from .data import PreparedData, prepare_data
 from .model import SelectedTokenLoss
-
-
-@contextmanager
-def main_processes_first(acc: Any) -> Iterator[None]:
-    """The main process prepares first, then each machine's own main process (a hit when the cache is on a
-    shared filesystem, a build of its own otherwise), then every other process reads the cache."""
-    with acc.main_process_first(), acc.local_main_process_first():
-        yield
 
 
 @dataclass
