@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tiny import save_tiny_model, write_data
+from tiny import model_and_data
 from tuneful.config import build
 from tuneful.sft.config import SFTConfig
 from tuneful.sft.trainer import run_sft
@@ -26,10 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fsdp")
-    save_tiny_model(root / "model")
-    write_data(root / "train.jsonl")
-    return root
+    return model_and_data(tmp_path_factory.mktemp("fsdp"))
 
 
 def _common(workdir: Path, *extra: str) -> list[str]:

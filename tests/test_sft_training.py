@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny import killed_at_step, save_tiny_model, tiny_llama, write_data
+from tiny import killed_at_step, model_and_data, tiny_llama
 from tuneful.config import build
 from tuneful.sft.batching import Example, collate_packed, collate_padded
 from tuneful.sft.config import SFTConfig
@@ -21,10 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sft")
-    save_tiny_model(root / "model")
-    write_data(root / "train.jsonl")
-    return root
+    return model_and_data(tmp_path_factory.mktemp("sft"))
 
 
 def config(workdir: Path, out: str, *extra: str, recipe: Path | None = None) -> SFTConfig:

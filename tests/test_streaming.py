@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny import killed_at_step, save_tiny_model, write_data
+from tiny import killed_at_step, model_and_data
 from tuneful.config import ConfigError, build
 from tuneful.sft.config import SFTConfig
 from tuneful.sft.trainer import StreamingSFTTrainer, run_sft
@@ -18,10 +18,7 @@ from tuneful.tokenization.preflight import PreflightError
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("stream")
-    save_tiny_model(root / "model")
-    write_data(root / "train.jsonl", copies=2)
-    return root
+    return model_and_data(tmp_path_factory.mktemp("stream"), copies=2)
 
 
 def config(workdir: Path, out: str, *extra: str) -> SFTConfig:

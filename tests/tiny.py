@@ -37,6 +37,13 @@ def write_data(path: Path, copies: int = 4) -> Path:
     return path
 
 
+def model_and_data(root: Path, copies: int = 4) -> Path:
+    """A folder with a tiny model (``model/``) and the starter conversations (``train.jsonl``), for training tests."""
+    save_tiny_model(root / "model")
+    write_data(root / "train.jsonl", copies)
+    return root
+
+
 def write_pairs(path: Path, n: int = 24, seed: int = 0) -> Path:
     """Preference pairs (prompt/chosen/rejected JSONL): chosen answers the sum, rejected gets it wrong or rambles."""
     import random

@@ -302,68 +302,70 @@ def finish_report(report: PreflightReport, problems: PreflightTally, tokenizer: 
     report.truncated, report.dropped_overlong = problems.truncated, problems.dropped_overlong
     report.end_of_turn = set(problems.end_of_turn)
     report.tally = problems
-    names, records = problems.names, problems.records
-    _add(report, "template_error", "error", records["render"], names["render"],
+    _add(report, problems, "template_error", "error", "render",
          "the template failed on these records. Fix: repair or drop them "
          "(data convert --on-error skip) or choose another template.")
-    _add(report, "end_of_turn_not_trained", "error", records["no_eot"], names["no_eot"],
+    _add(report, problems, "end_of_turn_not_trained", "error", "no_eot",
          f"no end-of-turn token follows the reply in {ctok.template.origin}, so the model would never learn "
          f"to stop. Stop strings known to this tokenizer: {', '.join(ctok.stop_strings[:6]) or 'none'}. Fix: "
          "choose a template whose turns end with the tokenizer's EOS, or add the template's markers to the "
          "tokenizer as special tokens (tuneful sft --add-template-tokens, i.e. data.add_template_tokens=true).")
-    _add(report, "double_bos", "error", records["double_bos"], names["double_bos"],
+    _add(report, problems, "double_bos", "error", "double_bos",
          "the sequence starts with two BOS tokens (the template prints BOS and the text already had one). "
          "Fix: remove the BOS from the data or the template.")
-    _add(report, "zero_trained_tokens", "error", records["zero"], names["zero"],
+    _add(report, problems, "zero_trained_tokens", "error", "zero",
          "these examples have no trained tokens (no assistant turn, or all replies cut off). Fix: drop them "
          "or raise max_length.")
     severity = "error" if overlong == "fail" else "warning"
-    _add(report, "overlong", severity, records["overlong"], names["overlong"],
+    _add(report, problems, "overlong", severity, "overlong",
          f"longer than max_length={max_length}; policy overlong={overlong!r} "
          f"({report.dropped_overlong} dropped, {report.truncated} truncated). Fix: raise max_length or "
          "choose overlong=drop|truncate explicitly.")
-    _add(report, "tool_calls_not_rendered", "error", records["calls_not_rendered"], names["calls_not_rendered"],
+    _add(report, problems, "tool_calls_not_rendered", "error", "calls_not_rendered",
          f"{ctok.template.origin} does not print the tool calls of assistant turns (the function name is missing "
          "from the turn as rendered), so the model would learn to answer without calling. Fix: a template that "
          f"renders tool calls: {TOOL_TEMPLATES}.")
-    _add(report, "tools_not_rendered", "error", records["tools_not_rendered"], names["tools_not_rendered"],
+    _add(report, problems, "tools_not_rendered", "error", "tools_not_rendered",
          f"{ctok.template.origin} does not print the conversation's tool definitions (a tool's name is missing from "
          f"the rendering), so the model would call functions it was never shown. Fix: {TOOL_TEMPLATES}.")
-    _add(report, "reasoning_not_rendered", "warning", records["reasoning_not_rendered"], names["reasoning_not_rendered"],
+    _add(report, problems, "reasoning_not_rendered", "warning", "reasoning_not_rendered",
          f"{problems.turns['reasoning_not_rendered']} assistant turn(s) carry reasoning (reasoning_content, or a "
          f"<think> block opening the reply) that {ctok.template.origin} does not print for that turn, so the traces "
          "are not trained. Fix: a template that renders reasoning (Qwen3, the built-in chatml), or drop the traces "
          "knowingly.")
-    _add(report, "content_not_rendered", "warning", records["content_not_rendered"], names["content_not_rendered"],
+    _add(report, problems, "content_not_rendered", "warning", "content_not_rendered",
          f"{problems.turns['content_not_rendered']} assistant turn(s) say something and call a tool, and "
          f"{ctok.template.origin} prints only the call (e.g. Llama 3.1), so their text is not trained. Fix: a "
          "template that prints both (Qwen2.5/Qwen3, the built-in chatml), or move the text to its own turn.")
     alone = ("each is trained in an example of its own, in exactly the context the model sees at inference "
              f"(reasoning=keep: +{problems.extra_tokens} tokens on top of {problems.full_tokens} in the full "
              "renderings)") if ctok.reasoning == "keep" else "they are not trained (reasoning=drop_earlier)"
-    _add(report, "reasoning_dropped_from_history", "warning", records["reasoning_dropped"], names["reasoning_dropped"],
+    _add(report, problems, "reasoning_dropped_from_history", "warning", "reasoning_dropped",
          f"{problems.turns['reasoning_dropped']} assistant turn(s) with reasoning are printed without it once a later "
          f"turn follows ({ctok.template.origin} drops earlier reasoning), so a trace trained in one turn is "
          f"invisible in the next; {alone}.")
-    _add(report, "turn_rewritten_in_history", "warning", records["turn_rewritten"], names["turn_rewritten"],
+    _add(report, problems, "turn_rewritten_in_history", "warning", "turn_rewritten",
          f"{problems.turns['turn_rewritten']} assistant turn(s) are printed in history differently from how the model "
          f"writes them (e.g. an empty think block dropped); {alone}.")
-    _add(report, "no_turn_left_to_train", "warning", records["nothing_left"], names["nothing_left"],
+    _add(report, problems, "no_turn_left_to_train", "warning", "nothing_left",
          "every assistant turn of these conversations is rewritten in history, so with reasoning=drop_earlier "
          "nothing is left to train in them; they are left out. Fix: reasoning=keep trains each such turn alone.")
-    _add(report, "history_rewrite", "warning", records["rewrite"], names["rewrite"],
+    _add(report, problems, "history_rewrite", "warning", "rewrite",
          "the template renders an earlier turn's context differently from what add_generation_prompt gives "
          "at inference (e.g. it moves the system prompt or the tool list to the last user turn). These turns "
          "are trained after the history as the template renders it with the turn; the model sees slightly "
          "different prompts in training and in use.")
-    _add(report, "boundary_merge", "warning", records["merge"], names["merge"],
+    _add(report, problems, "boundary_merge", "warning", "merge",
          "a token spans the end of the prompt and the start of a reply (BPE merged them, e.g. ']<'); it is "
          "trained, but at inference the prompt is tokenized alone and splits there differently. Fix: a "
          "template that ends the prompt with whitespace or a special token (e.g. a newline after the header).")
-    report.failed_records = records["render"]
+    report.failed_records = problems.records["render"]
     return report
 
 
-def _add(report: PreflightReport, check: str, severity: str, count: int, names: list[str], message: str) -> None:
+def _add(report: PreflightReport, problems: PreflightTally, check: str, severity: str, key: str, message: str) -> None:
+    """A finding for ``check`` when the tally counted records under ``key``: how many, and the first few named."""
+    count = problems.records[key]
     if count:
-        report.findings.append(Finding(check, severity, f"{count} record(s): {message}", count, names[:NAMED_EXAMPLES]))
+        report.findings.append(Finding(check, severity, f"{count} record(s): {message}", count,
+                                       problems.names[key][:NAMED_EXAMPLES]))
