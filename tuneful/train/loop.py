@@ -271,13 +271,13 @@ class Trainer(ABC):
 
         self.acc.wait_for_everyone()
         target = self.out / "model"
-        model, lora = self.final_model()
         full_state = None
         if self.sharded:  # gathered to full tensors by every process, written by the main one
             from .sharding import full_model_state
 
-            full_state = full_model_state(model)
+            full_state = full_model_state(self.final_model()[0])
         if self.acc.is_main_process:
+            model, lora = self.final_model()
             save_final(target, model, self.tokenizer,
                        template_source=self.data.template.source, end_of_turn_ids=self.data.end_of_turn_ids,
                        summary={**self.summary(), "distributed": {"processes": self.world, "fsdp": self.sharded}},
