@@ -220,3 +220,24 @@ def test_prepared_pairs_equal_the_in_memory_tokenization_and_are_cached(qwen, tm
     with pytest.raises(PreferenceDataError, match=r"(?s)2 bad preference pair\(s\):.*echo\.json\[3\]: rejected "
                                                   r"contains the prompt's user message.*echo\.json\[290\]"):
         prepare_pairs(PreferenceDataSettings(train=str(echo), cache_dir=str(tmp_path)), qwen, seed=0)
+
+
+@needs_fixtures
+def test_prepared_kto_items_equal_the_in_memory_ones_and_are_cached(qwen, tmp_path, fixtures):
+    """KTO's labelled replies through the same store: each item with the same mismatched reply as the in-memory
+    assignment, the same labels, a cache hit the second time."""
+    from tuneful.dpo.data import preference_tokenizer
+    from tuneful.kto.config import LabeledDataSettings
+    from tuneful.kto.data import prepare_labeled, tokenize_labeled, with_mismatched_replies
+
+    source = fixtures / "data" / "llamafactory" / "kto_en_demo.json"
+    settings = LabeledDataSettings(train=str(source), max_length=600, cache_dir=str(tmp_path))
+    first = prepare_labeled(settings, qwen, seed=0)
+    again = prepare_labeled(settings, qwen, seed=0)
+    assert not first.cache_hit and again.cache_hit
+
+    replies = [r for r in tokenize_labeled(preference_tokenizer(qwen, resolve(None, qwen)), load(source).labeled)
+               if len(r.prompt_ids) + len(r.reply_ids) <= 600]
+    assert again.dropped_overlong == 300 - len(replies) > 0
+    assert [again.train[i] for i in range(len(again.train))] == with_mismatched_replies(replies, 600, "training")
+    assert again.train_desirable == [r.desirable for r in replies]

@@ -196,6 +196,12 @@ class LabeledConversation:
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
     inputs: TemplateInputs = NO_TEMPLATE_INPUTS
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "LabeledConversation":
+        """The inverse of :meth:`to_json` for a record validated before it was written (not re-validated)."""
+        return cls(tuple(_message_from_json(m) for m in data["messages"]), bool(data["label"]),
+                   dict(data.get("meta") or {}), _inputs_from_json(data))
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"messages": [m.to_dict() for m in self.messages], "label": self.label,
                                **self.inputs.json_fields()}

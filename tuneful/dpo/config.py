@@ -30,9 +30,9 @@ class PreferenceDataSettings:
     tokenizer: str = setting("", "Tokenizer folder/id; empty = the model's.")
     max_length: int = setting(1024, "Longest prompt + response in tokens (the longer response counts).")
     overlong: str = setting("drop", "Pairs over max_length: drop (counted and reported) or fail.")
-    num_proc: int = setting(0, "Processes that prepare (render, tokenize, check) the pairs; 0 = one per CPU core "
-                               "(up to 8) from 20,000 pairs on, else 1. (KTO prepares its replies in memory.)")
-    cache_dir: str = setting("", "Where prepared pairs are cached (prepared/<fingerprint>); empty = "
+    num_proc: int = setting(0, "Processes that prepare (render, tokenize, check) the records; 0 = one per CPU core "
+                               "(up to 8) from 20,000 records on, else 1.")
+    cache_dir: str = setting("", "Where prepared records are cached (prepared/<fingerprint>); empty = "
                                  "$TUNEFUL_CACHE_DIR or ~/.cache/tuneful. Later runs and other ranks read it.")
 
     def check(self) -> list[str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -88,18 +88,8 @@ def preference_pairs(items: Iterable[tuple[str, Any]], source: Any) -> Iterator[
         yield where, item
 
 
-def length_policy(examples: list, settings: Any, split: str, *, length: Callable[[Any], int] = pair_length,
-                  unit: str = "pair") -> tuple[list, int]:
-    """``data.overlong`` applied: the examples within ``data.max_length`` (by ``length``) and how many were
-    dropped; with ``overlong=fail`` any longer one is an error naming the fix."""
-    kept = [e for e in examples if length(e) <= settings.max_length]
-    dropped = len(examples) - len(kept)
-    if dropped and settings.overlong == "fail":
-        _overlong_error(dropped, split, max(length(e) for e in examples), settings, unit)
-    return kept, dropped
-
-
-def _overlong_error(dropped: int, split: str, longest: int, settings: Any, unit: str = "pair") -> None:
+def overlong_error(dropped: int, split: str, longest: int, settings: Any, unit: str = "pair") -> None:
+    """``data.overlong=fail`` and something longer than ``data.max_length``: the error naming the fix."""
     raise PreferenceDataError(f"{dropped} {split} {unit}(s) exceed data.max_length={settings.max_length} (longest "
                               f"{longest} tokens). Fix: raise data.max_length or set data.overlong=drop")
 
@@ -230,7 +220,7 @@ def prepare_pairs(settings: PreferenceDataSettings, tokenizer: Any, seed: int, *
             raise PreferenceDataError(f"{split.error_count} bad preference pair(s):\n  " + "\n  ".join(split.errors))
     for name, split in (("training", train), ("held-out", held)):
         if split is not None and split.dropped and settings.overlong == "fail":
-            _overlong_error(split.dropped, name, split.longest, settings)
+            overlong_error(split.dropped, name, split.longest, settings)
     if not len(train.rows):
         raise PreferenceDataError(f"every training pair is longer than data.max_length={settings.max_length}")
     return PreparedPairs(train.rows, held.rows if held is not None else [], template, load_report_of(meta["load_report"]),

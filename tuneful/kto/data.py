@@ -6,23 +6,33 @@ reply is its trained tokens and the end-of-turn). KTO's reference point needs, f
 reply written for *another* prompt: item i borrows the reply of the nearest earlier item (cycling)
 with a different prompt whose reply fits after its prompt within ``max_length``. That assignment is
 fixed at preparation, so reference log-probs can be precomputed and a resumed run sees the same
-items. An item is stored as a :class:`PreferenceExample` (its reply first, the mismatched reply
-second), so the DPO batch layouts and reference policies serve KTO unchanged.
+items. An item is read as a :class:`PreferenceExample` (its reply first, the mismatched reply
+second), so the DPO batch layouts and reference policies serve KTO unchanged. Prepared once into Arrow
+by :mod:`tuneful.train.prepared` (cached under a fingerprint, read lazily), as DPO pairs are.
 """
 
 from __future__ import annotations
 
+import json
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
 
-from ..data.loader import LoadReport
+import numpy as np
+
+from ..data.loader import LoadReport, iter_items
 from ..data.mixture import load_training
-from ..data.types import Conversation, LabeledConversation
+from ..data.sources import read_records
+from ..data.types import Conversation, LabeledConversation, PreferencePair
 from ..dpo.data import PreferenceDataError, PreferenceExample, preference_tokenizer, reply_tokens
-from ..dpo.prepare import length_policy
-from ..tokenization.preflight import PreflightReport, preflight
+from ..dpo.prepare import overlong_error
 from ..templates.registry import ChatTemplate, run_template
-from ..train.plan import split_eval
+from ..tokenization.preflight import PreflightReport, PreflightTally, check_conversation, finish_report
+from ..train.plan import hold_out
+from ..train.prepared import (cached, fingerprint, list_of, load_report_of, map_parts, open_rows, processes_for,
+                              source_key, tokenizer_fingerprint, write_parts)
 from .config import LabeledDataSettings
 
 
@@ -35,16 +45,42 @@ class LabeledReply:
 
 
 @dataclass
+class LabeledRows(Sequence[PreferenceExample]):
+    """KTO items read lazily from the prepared Arrow files: each row's reply, and its partner row's reply."""
+
+    table: Any
+    rows: np.ndarray
+    partners: np.ndarray  # for each item, the row whose reply is its mismatched reply
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> PreferenceExample:  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        row, other = int(self.rows[i]), int(self.partners[i])
+        return PreferenceExample(list_of(self.table, "prompt_ids", row), list_of(self.table, "reply_ids", row),
+                                 list_of(self.table, "reply_mask", row), list_of(self.table, "reply_ids", other),
+                                 list_of(self.table, "reply_mask", other))
+
+    @property
+    def desirable(self) -> list[bool]:
+        return self.table.column("desirable").to_numpy(zero_copy_only=False)[self.rows].tolist()
+
+
+@dataclass
 class PreparedLabeled:
-    train: list[PreferenceExample]
+    train: Sequence[PreferenceExample]
     train_desirable: list[bool]
-    eval: list[PreferenceExample]
+    eval: Sequence[PreferenceExample]
     eval_desirable: list[bool]
     template: ChatTemplate
     load_report: LoadReport
     preflight_report: PreflightReport
     end_of_turn_ids: list[int]
     dropped_overlong: int
+    cache_folder: Path | None = None
+    cache_hit: bool = False
 
     def balance(self, desirable_weight: float, undesirable_weight: float) -> float | None:
         """λ_D·n_D / (λ_U·n_U) over the training items (None without undesirable items)."""
@@ -60,16 +96,30 @@ class PreparedLabeled:
                 "preflight_warnings": [str(f) for f in self.preflight_report.warnings]}
 
 
-def _load(source: str | list, settings: LabeledDataSettings,
-          seed: int = 0) -> tuple[list[LabeledConversation], LoadReport]:
-    result = load_training(source, format=settings.format, on_error=settings.on_error, seed=seed)
-    if result.preferences and not result.labeled:
-        raise ValueError(f"data.train={source} holds preference pairs (prompt/chosen/rejected), not labelled replies; "
-                         "train them with tuneful dpo, or unpair them (chosen -> label true, rejected -> label false)")
-    if result.conversations and not result.labeled:
-        raise ValueError(f"data.train={source} holds conversations without a true/false 'label'; KTO needs each "
-                         "reply marked desirable or undesirable (or train them with tuneful sft)")
-    return result.labeled, result.report
+def labeled_records(items: Iterable[tuple[str, Any]], source: Any) -> Iterator[tuple[str, LabeledConversation]]:
+    """The labelled records of a stream of loaded items; pairs or plain conversations stop it with an error saying
+    what to do instead."""
+    for where, item in items:
+        if isinstance(item, PreferencePair):
+            raise ValueError(f"data.train={source} holds preference pairs (prompt/chosen/rejected, e.g. {where}), not "
+                             "labelled replies; train them with tuneful dpo, or unpair them (chosen -> label true, "
+                             "rejected -> label false)")
+        if not isinstance(item, LabeledConversation):
+            raise ValueError(f"data.train={source} holds conversations without a true/false 'label' (e.g. {where}); "
+                             "KTO needs each reply marked desirable or undesirable (or train them with tuneful sft)")
+        yield where, item
+
+
+def labeled_reply(ctok: Any, record: LabeledConversation) -> LabeledReply:
+    """One record's prompt and reply tokens, or a PreferenceDataError saying what is wrong with it."""
+    if not record.messages or record.messages[-1].role != "assistant":
+        raise PreferenceDataError("the conversation does not end with an assistant reply to label")
+    encoded = ctok(Conversation(record.messages, inputs=record.inputs))
+    if encoded.rendered.turns and not encoded.rendered.turns[-1].prompt_matches_inference:
+        raise PreferenceDataError("the template renders the prompt differently at inference than in front "
+                                  "of the reply; the model would be trained on a prompt it never sees")
+    prompt, reply, mask = reply_tokens(encoded)
+    return LabeledReply(prompt, reply, mask, record.label)
 
 
 def tokenize_labeled(ctok: Any, records: Sequence[LabeledConversation]) -> list[LabeledReply]:
@@ -77,14 +127,7 @@ def tokenize_labeled(ctok: Any, records: Sequence[LabeledConversation]) -> list[
     out, errors = [], []
     for index, record in enumerate(records):
         try:
-            if not record.messages or record.messages[-1].role != "assistant":
-                raise PreferenceDataError("the conversation does not end with an assistant reply to label")
-            encoded = ctok(Conversation(record.messages, inputs=record.inputs))
-            if encoded.rendered.turns and not encoded.rendered.turns[-1].prompt_matches_inference:
-                raise PreferenceDataError("the template renders the prompt differently at inference than in front "
-                                          "of the reply; the model would be trained on a prompt it never sees")
-            prompt, reply, mask = reply_tokens(encoded)
-            out.append(LabeledReply(prompt, reply, mask, record.label))
+            out.append(labeled_reply(ctok, record))
         except PreferenceDataError as exc:
             errors.append(f"{(record.meta or {}).get('where', f'record {index}')}: {exc}")
     if errors:
@@ -92,47 +135,191 @@ def tokenize_labeled(ctok: Any, records: Sequence[LabeledConversation]) -> list[
     return out
 
 
-def with_mismatched_replies(items: Sequence[LabeledReply], max_length: int, split: str) -> list[PreferenceExample]:
-    """Each item with the reply of the nearest earlier item (cycling) that answers a different prompt and fits."""
-    if len(items) < 2:
-        raise PreferenceDataError(f"{len(items)} {split} item(s): KTO's reference point needs replies to other "
+def mismatched_partners(prompts: Sequence[Sequence[int]], reply_lengths: Sequence[int], max_length: int,
+                        split: str) -> list[int]:
+    """For each item, the nearest earlier item (cycling) that answers a different prompt and whose reply fits after
+    this item's prompt within ``max_length``: its reply is this item's mismatched reply."""
+    if len(prompts) < 2:
+        raise PreferenceDataError(f"{len(prompts)} {split} item(s): KTO's reference point needs replies to other "
                                   "prompts, so at least 2 items")
     out = []
-    for i, item in enumerate(items):
-        for back in range(1, len(items)):
-            other = items[(i - back) % len(items)]
-            if other.prompt_ids != item.prompt_ids and len(item.prompt_ids) + len(other.reply_ids) <= max_length:
+    for i, prompt in enumerate(prompts):
+        for back in range(1, len(prompts)):
+            other = (i - back) % len(prompts)
+            if prompts[other] != prompt and len(prompt) + reply_lengths[other] <= max_length:
+                out.append(other)
                 break
         else:
             raise PreferenceDataError(f"{split} item {i}: no reply to another prompt fits after its prompt within "
                                       f"data.max_length={max_length}; raise max_length or add varied prompts")
-        out.append(PreferenceExample(item.prompt_ids, item.reply_ids, item.reply_mask, other.reply_ids, other.reply_mask))
     return out
 
 
-def prepare_labeled(settings: LabeledDataSettings, tokenizer: Any, seed: int) -> PreparedLabeled:
+def with_mismatched_replies(items: Sequence[LabeledReply], max_length: int, split: str) -> list[PreferenceExample]:
+    """Each item with the reply of its :func:`mismatched_partners` item."""
+    partners = mismatched_partners([x.prompt_ids for x in items], [len(x.reply_ids) for x in items], max_length, split)
+    return [PreferenceExample(item.prompt_ids, item.reply_ids, item.reply_mask, items[k].reply_ids,
+                              items[k].reply_mask) for item, k in zip(items, partners)]
+
+
+# --- prepared once, cached (tuneful.train.prepared) --------------------------------------------------
+
+def _reply_batch(batch: dict, indices: list[int], *, ctok: Any, max_length: int, first_index: int) -> dict:
+    """One map batch: a row per usable record, then a row with the batch's tallies: the preflight of its desirable
+    conversations and of all of them, the bad records, the ones over max_length."""
+    out: dict[str, list] = {"prompt_ids": [], "reply_ids": [], "reply_mask": [], "desirable": [], "length": [],
+                            "tally": []}
+    records = [LabeledConversation.from_json(json.loads(r)) for r in batch["record"]]
+    names = [str(r.meta.get("where") or r.meta.get("id") or where or f"record {first_index + index}")
+             for r, where, index in zip(records, batch["where"], indices)]
+    conversations = [Conversation(r.messages, r.meta, r.inputs) for r in records]
+    desirable_tally, all_tally = PreflightTally(), PreflightTally()
+    for record, conv, name, tokenized in zip(records, conversations, names, ctok.tokenize_many(conversations)):
+        check_conversation(conv, name, tokenized, ctok, all_tally, max_length=None, overlong="drop")
+        if record.label:
+            check_conversation(conv, name, tokenized, ctok, desirable_tally, max_length=None, overlong="drop")
+    errors, dropped, longest = [], 0, 0
+    for record, name in zip(records, names):
+        try:
+            reply = labeled_reply(ctok, record)
+        except PreferenceDataError as exc:
+            errors.append(f"{name}: {exc}")
+            continue
+        length = len(reply.prompt_ids) + len(reply.reply_ids)
+        if length > max_length:
+            dropped, longest = dropped + 1, max(longest, length)
+            continue
+        out["prompt_ids"].append(reply.prompt_ids)
+        out["reply_ids"].append(reply.reply_ids)
+        out["reply_mask"].append(reply.reply_mask)
+        out["desirable"].append(reply.desirable)
+        out["length"].append(length)
+        out["tally"].append(None)
+    for column in ("prompt_ids", "reply_ids", "reply_mask"):
+        out[column].append([])
+    out["desirable"].append(False)
+    out["length"].append(0)
+    out["tally"].append(json.dumps({"desirable": desirable_tally.to_json(), "all": all_tally.to_json(),
+                                    "errors": errors[:20], "error_count": len(errors), "dropped": dropped,
+                                    "longest": longest}))
+    return out
+
+
+def _features() -> Any:
+    from datasets import Features, Sequence as ArrowList, Value
+
+    ids = ArrowList(Value("int32"))
+    return Features({"prompt_ids": ids, "reply_ids": ids, "reply_mask": ArrowList(Value("int8")),
+                     "desirable": Value("bool"), "length": Value("int32"), "tally": Value("string")})
+
+
+def _partners_of(folder: Path, files: list[str], max_length: int, split: str) -> dict:
+    """Each item's mismatched partner (as a position among the split's items), or why there is none."""
+    if not files:
+        return {"partners": [], "error": None}
+    table, rows, _ = open_rows(folder, files)
+    prompts = table.column("prompt_ids").to_pylist()
+    reply_lengths = table.column("length").to_numpy() - np.array([len(p) for p in prompts])
+    try:
+        partners = mismatched_partners([prompts[r] for r in rows], reply_lengths[rows].tolist(), max_length, split)
+    except PreferenceDataError as exc:
+        return {"partners": [], "error": str(exc)}
+    return {"partners": partners, "error": None}
+
+
+def _build(folder: Path, settings: LabeledDataSettings, ctok: Any, seed: int) -> dict:
+    if isinstance(settings.train, list):
+        result = load_training(settings.train, format=settings.format, on_error=settings.on_error, seed=seed)
+        report, items = result.report, iter(zip(result.where, result.items))
+    else:
+        report = LoadReport()
+        items = iter_items(read_records(settings.train), report, format=settings.format, on_error=settings.on_error)
+    parts = write_parts(((w, r.to_json()) for w, r in labeled_records(items, settings.train)), folder, "replies-train")
+    total = sum(n for _, n in parts)
+    held = np.zeros(total, dtype=bool)
+    eval_parts: list = []
+    if settings.eval:
+        eval_items = iter_items(read_records(settings.eval), LoadReport(), format=settings.format,
+                                on_error=settings.on_error)
+        eval_parts = write_parts(((w, r.to_json()) for w, r in labeled_records(eval_items, settings.eval)), folder,
+                                 "replies-eval")
+    else:
+        held[hold_out(list(range(total)), settings.eval_fraction, seed)[1]] = True
+    files = map_parts(parts, held, _reply_batch, {"ctok": ctok, "max_length": settings.max_length}, _features(),
+                      processes=processes_for(settings.num_proc, total), folder=folder, eval_parts=eval_parts)
+    names = {k: [Path(f).name for f in v] for k, v in files.items()}
+    partners = {"train": _partners_of(folder, names["train"], settings.max_length, "training"),
+                "eval": _partners_of(folder, names["eval"], settings.max_length, "held-out")}
+    for split, found in partners.items():
+        np.save(folder / f"{split}-partners.npy", np.asarray(found["partners"], dtype=np.int64))
+    return {"files": names, "partner_errors": {k: v["error"] for k, v in partners.items()},
+            "load_report": {**report.summary(), "skipped_list": report.skipped, "format": report.format}}
+
+
+@dataclass
+class _Split:
+    rows: LabeledRows
+    desirable: PreflightTally
+    everything: PreflightTally
+    errors: list[str]
+    error_count: int
+    dropped: int
+    longest: int
+
+
+def _open(folder: Path, names: list[str], split: str) -> _Split:
+    table, rows, tallies = open_rows(folder, names)
+    partners = rows[np.load(folder / f"{split}-partners.npy")] if len(rows) else rows
+    opened = _Split(LabeledRows(table, rows, partners), PreflightTally(), PreflightTally(), [], 0, 0, 0)
+    for part in tallies:
+        opened.desirable.merge(PreflightTally.from_json(part["desirable"]))
+        opened.everything.merge(PreflightTally.from_json(part["all"]))
+        opened.errors += part["errors"]
+        opened.error_count += part["error_count"]
+        opened.dropped += part["dropped"]
+        opened.longest = max(opened.longest, part["longest"])
+    return opened
+
+
+def _fingerprint(settings: LabeledDataSettings, ctok: Any, seed: int) -> str:
+    return fingerprint({
+        "kind": "labeled", "train": source_key(settings.train),
+        "eval": source_key(settings.eval) if settings.eval else "", "eval_fraction": settings.eval_fraction,
+        "seed": seed if (settings.eval_fraction or isinstance(settings.train, list)) else None,
+        "format": settings.format, "on_error": settings.on_error, "tokenizer": tokenizer_fingerprint(ctok.tokenizer),
+        "template": ctok.template.source, "max_length": settings.max_length,
+        "clock": date.today().isoformat() if "strftime_now" in ctok.template.source else None,
+    })
+
+
+def prepare_labeled(settings: LabeledDataSettings, tokenizer: Any, seed: int, *,
+                    main_process_first: AbstractContextManager = nullcontext()) -> PreparedLabeled:
+    """Load → hold out → template checks → tokenize → length policy → mismatched replies, prepared once into
+    Arrow and cached (the main process prepares, the others read)."""
     template = run_template(settings, tokenizer)
     ctok = preference_tokenizer(tokenizer, template)
-    records, load_report = _load(settings.train, settings, seed)
-    train_records, eval_records = split_eval(records, settings, seed, lambda src: _load(src, settings)[0])
-    if not train_records:
+    folder, meta, hit = cached(settings.cache_dir, _fingerprint(settings, ctok, seed),
+                               lambda building: _build(building, settings, ctok, seed), main_process_first)
+    if not meta["files"]["train"]:
         raise PreferenceDataError(f"data.train={settings.train}: no labelled replies to train on")
+    train = _open(folder, meta["files"]["train"], "train")
     # the template checks SFT makes, on the desirable conversations (never train targets of their own here)
-    checked = [Conversation(r.messages, r.meta, r.inputs) for r in train_records if r.label] or \
-              [Conversation(r.messages, r.meta, r.inputs) for r in train_records]
-    report = preflight(tokenizer, ctok, checked, max_length=None, allow_template_change=settings.allow_template_change)
+    checked = train.desirable if train.desirable.full_tokens or train.desirable.records else train.everything
+    report = finish_report(PreflightReport(), checked, tokenizer, ctok, max_length=None, overlong="drop",
+                           allow_template_change=settings.allow_template_change)
     report.raise_on_errors()
-    splits, dropped = {}, 0
-    for split, part in (("training", train_records), ("held-out", eval_records)):
-        kept, too_long = length_policy(tokenize_labeled(ctok, part), settings, split, unit="item",
-                                       length=lambda x: len(x.prompt_ids) + len(x.reply_ids))
-        dropped += too_long
-        splits[split] = kept
-    if not splits["training"]:
+    held = _open(folder, meta["files"]["eval"], "eval") if meta["files"]["eval"] else None
+    for split in (train, held):
+        if split is not None and split.error_count:
+            raise PreferenceDataError(f"{split.error_count} bad labelled record(s):\n  " + "\n  ".join(split.errors))
+    for name, split in (("training", train), ("held-out", held)):
+        if split is not None and split.dropped and settings.overlong == "fail":
+            overlong_error(split.dropped, name, split.longest, settings, unit="item")
+    if not len(train.rows):
         raise PreferenceDataError(f"every training item is longer than data.max_length={settings.max_length}")
-    held = splits["held-out"]
-    return PreparedLabeled(
-        with_mismatched_replies(splits["training"], settings.max_length, "training"),
-        [x.desirable for x in splits["training"]],
-        with_mismatched_replies(held, settings.max_length, "held-out") if held else [],
-        [x.desirable for x in held], template, load_report, report, report.end_of_turn_ids(tokenizer), dropped)
+    for split in ("train", "eval"):
+        if meta["partner_errors"][split]:
+            raise PreferenceDataError(meta["partner_errors"][split])
+    return PreparedLabeled(train.rows, train.rows.desirable, held.rows if held else [],
+                           held.rows.desirable if held else [], template, load_report_of(meta["load_report"]), report,
+                           report.end_of_turn_ids(tokenizer), train.dropped + (held.dropped if held else 0), folder, hit)

@@ -17,6 +17,7 @@ import torch
 from ..config import to_dict
 from ..dpo.trainer import DPOResult, DPOTrainer
 from .config import KTOConfig
+from ..train.prepared import main_processes_first
 from .data import PreparedLabeled, prepare_labeled
 from .losses import UnpairedLoss, apo_zero_unpaired, kto, kto_reference_point
 
@@ -46,7 +47,8 @@ class KTOTrainer(DPOTrainer):
         return True
 
     def prepare_data(self) -> None:
-        self.data: PreparedLabeled = prepare_labeled(self.cfg.data, self.tokenizer, self.cfg.train.seed)
+        self.data: PreparedLabeled = prepare_labeled(self.cfg.data, self.tokenizer, self.cfg.train.seed,
+                                                     main_process_first=main_processes_first(self.acc))
         self.balance = self.data.balance(self.settings.desirable_weight, self.settings.undesirable_weight)
         if self.balance is None or not 1.0 <= self.balance <= 4 / 3:
             shown = "no undesirable replies" if self.balance is None else f"{self.balance:.2f}"
