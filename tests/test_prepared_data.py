@@ -179,7 +179,7 @@ def test_a_source_in_many_parts_prepares_as_one(qwen, tmp_path, fixtures, monkey
     whole = run("whole")
     monkeypatch.setattr(store, "RECORDS_PER_PART", 64)
     parts = run("parts")
-    assert len(list(parts.folder.glob("train-*.arrow"))) == 8 and not list(parts.folder.glob("conversations-*"))
+    assert len(list(parts.folder.glob("train-*.arrow"))) == 8 and not list(parts.folder.glob("records-*"))
     for split in ("train", "eval"):
         a, b = getattr(whole, split), getattr(parts, split)
         assert np.array_equal(a.rows.lengths, b.rows.lengths)

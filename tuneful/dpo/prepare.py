@@ -10,24 +10,21 @@ from __future__ import annotations
 
 import json
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..data.loader import LoadReport, iter_items
-from ..data.mixture import load_training
-from ..data.sources import read_records
+from ..data.loader import LoadReport
 from ..data.types import Conversation, LabeledConversation, PreferencePair
 from ..templates.registry import ChatTemplate, run_template
 from ..tokenization.masking import ConversationTokenizer
 from ..tokenization.preflight import PreflightReport, PreflightTally, check_conversation, finish_report
-from ..train.plan import hold_out
-from ..train.prepared import (cached, fingerprint, list_of, load_report_of, map_parts, open_rows, processes_for,
-                              source_key, tokenizer_fingerprint, write_parts)
+from ..train.prepared import (build_splits, cached, fingerprint, list_of, load_report_of, open_rows, source_key,
+                              tokenizer_fingerprint)
 from .config import PreferenceDataSettings
 from .data import PreferenceDataError, PreferenceExample, preference_tokenizer, tokenize_pair
 
@@ -96,6 +93,50 @@ def overlong_error(dropped: int, split: str, longest: int, settings: Any, unit: 
 
 # --- prepared once, cached (tuneful.train.prepared) --------------------------------------------------
 
+@dataclass
+class RecordProblems:
+    """Records refused while tokenizing (all counted, the first 20 named) and records over ``data.max_length``
+    (counted, with the longest); tallied per map batch and merged over the split."""
+
+    errors: list[str] = field(default_factory=list)
+    error_count: int = 0
+    dropped: int = 0
+    longest: int = 0
+
+    def merge(self, part: dict) -> None:
+        self.errors = (self.errors + part["errors"])[:20]
+        self.error_count += part["error_count"]
+        self.dropped += part["dropped"]
+        self.longest = max(self.longest, part["longest"])
+
+    def to_json(self) -> dict:
+        return {"errors": self.errors[:20], "error_count": self.error_count, "dropped": self.dropped,
+                "longest": self.longest}
+
+    def raise_on_errors(self, unit: str) -> None:
+        if self.error_count:
+            raise PreferenceDataError(f"{self.error_count} bad {unit}(s):\n  " + "\n  ".join(self.errors))
+
+
+def tokenized_within(records: Sequence[Any], names: Sequence[str], tokenize: Callable[[Any], Any],
+                     length: Callable[[Any], int], max_length: int, problems: RecordProblems) -> list[tuple[Any, int]]:
+    """(tokenized, length) of each record that tokenizes and fits in ``max_length``; the others counted."""
+    kept = []
+    for record, name in zip(records, names):
+        try:
+            tokenized = tokenize(record)
+        except PreferenceDataError as exc:
+            problems.errors.append(f"{name}: {exc}")
+            problems.error_count += 1
+            continue
+        size = length(tokenized)
+        if size > max_length:
+            problems.dropped, problems.longest = problems.dropped + 1, max(problems.longest, size)
+            continue
+        kept.append((tokenized, size))
+    return kept
+
+
 def _pair_batch(batch: dict, indices: list[int], *, ctok: ConversationTokenizer, max_length: int,
                 first_index: int) -> dict:
     """One map batch: a row per usable pair, then a row with the batch's tally: the preflight of the chosen
@@ -109,17 +150,9 @@ def _pair_batch(batch: dict, indices: list[int], *, ctok: ConversationTokenizer,
     preflight_tally = PreflightTally()
     for conv, name, tokenized in zip(chosen, names, ctok.tokenize_many(chosen)):
         check_conversation(conv, name, tokenized, ctok, preflight_tally, max_length=None, overlong="drop")
-    errors, dropped, longest = [], 0, 0
-    for pair, name in zip(pairs, names):
-        try:
-            example = tokenize_pair(ctok, pair)
-        except PreferenceDataError as exc:
-            errors.append(f"{name}: {exc}")
-            continue
-        length = pair_length(example)
-        if length > max_length:
-            dropped, longest = dropped + 1, max(longest, length)
-            continue
+    problems = RecordProblems()
+    for example, length in tokenized_within(pairs, names, partial(tokenize_pair, ctok), pair_length, max_length,
+                                            problems):
         for column in columns:
             out[column].append(getattr(example, column))
         out["margin"].append(example.margin)
@@ -129,8 +162,7 @@ def _pair_batch(batch: dict, indices: list[int], *, ctok: ConversationTokenizer,
         out[column].append([])
     out["margin"].append(0.0)
     out["length"].append(0)
-    out["tally"].append(json.dumps({"preflight": preflight_tally.to_json(), "errors": errors[:20],
-                                    "error_count": len(errors), "dropped": dropped, "longest": longest}))
+    out["tally"].append(json.dumps({"preflight": preflight_tally.to_json(), "problems": problems.to_json()}))
     return out
 
 
@@ -144,27 +176,9 @@ def _features() -> Any:
 
 
 def _build(folder: Path, settings: PreferenceDataSettings, ctok: ConversationTokenizer, seed: int) -> dict:
-    if isinstance(settings.train, list):
-        result = load_training(settings.train, format=settings.format, on_error=settings.on_error, seed=seed)
-        report, items = result.report, iter(zip(result.where, result.items))
-    else:
-        report = LoadReport()
-        items = iter_items(read_records(settings.train), report, format=settings.format, on_error=settings.on_error)
-    parts = write_parts(((w, p.to_json()) for w, p in preference_pairs(items, settings.train)), folder, "pairs-train")
-    total = sum(n for _, n in parts)
-    held = np.zeros(total, dtype=bool)
-    eval_parts: list = []
-    if settings.eval:
-        eval_items = iter_items(read_records(settings.eval), LoadReport(), format=settings.format,
-                                on_error=settings.on_error)
-        eval_parts = write_parts(((w, p.to_json()) for w, p in preference_pairs(eval_items, settings.eval)), folder,
-                                 "pairs-eval")
-    else:
-        held[hold_out(list(range(total)), settings.eval_fraction, seed)[1]] = True
-    files = map_parts(parts, held, _pair_batch, {"ctok": ctok, "max_length": settings.max_length}, _features(),
-                      processes=processes_for(settings.num_proc, total), folder=folder, eval_parts=eval_parts)
-    return {"files": {k: [Path(f).name for f in v] for k, v in files.items()}, "pairs": total,
-            "load_report": {**report.summary(), "skipped_list": report.skipped, "format": report.format}}
+    files, load_report = build_splits(folder, settings, seed, preference_pairs, _pair_batch,
+                                      {"ctok": ctok, "max_length": settings.max_length}, _features())
+    return {"files": files, "load_report": load_report}
 
 
 def _fingerprint(settings: PreferenceDataSettings, ctok: ConversationTokenizer, seed: int) -> str:
@@ -182,21 +196,15 @@ def _fingerprint(settings: PreferenceDataSettings, ctok: ConversationTokenizer, 
 class _Split:
     rows: PairRows
     preflight: PreflightTally
-    errors: list[str]
-    error_count: int
-    dropped: int
-    longest: int
+    problems: RecordProblems
 
 
 def _open(folder: Path, names: list[str]) -> _Split:
     table, rows, tallies = open_rows(folder, names)
-    split = _Split(PairRows(table, rows), PreflightTally(), [], 0, 0, 0)
+    split = _Split(PairRows(table, rows), PreflightTally(), RecordProblems())
     for part in tallies:
         split.preflight.merge(PreflightTally.from_json(part["preflight"]))
-        split.errors += part["errors"]
-        split.error_count += part["error_count"]
-        split.dropped += part["dropped"]
-        split.longest = max(split.longest, part["longest"])
+        split.problems.merge(part["problems"])
     return split
 
 
@@ -215,14 +223,18 @@ def prepare_pairs(settings: PreferenceDataSettings, tokenizer: Any, seed: int, *
                            allow_template_change=settings.allow_template_change)
     report.raise_on_errors()
     held = _open(folder, meta["files"]["eval"]) if meta["files"]["eval"] else None
-    for split in (train, held):
-        if split is not None and split.error_count:
-            raise PreferenceDataError(f"{split.error_count} bad preference pair(s):\n  " + "\n  ".join(split.errors))
-    for name, split in (("training", train), ("held-out", held)):
-        if split is not None and split.dropped and settings.overlong == "fail":
-            overlong_error(split.dropped, name, split.longest, settings)
+    splits = [(name, split.problems) for name, split in (("training", train), ("held-out", held)) if split]
+    check_problems(splits, settings, "preference pair", "pair")
     if not len(train.rows):
         raise PreferenceDataError(f"every training pair is longer than data.max_length={settings.max_length}")
     return PreparedPairs(train.rows, held.rows if held is not None else [], template, load_report_of(meta["load_report"]),
-                         report, report.end_of_turn_ids(tokenizer), train.dropped + (held.dropped if held else 0),
-                         folder, hit)
+                         report, report.end_of_turn_ids(tokenizer), sum(p.dropped for _, p in splits), folder, hit)
+
+
+def check_problems(splits: Sequence[tuple[str, RecordProblems]], settings: Any, record: str, unit: str) -> None:
+    """Bad records of any split, then (with ``data.overlong=fail``) records over the limit: the error naming them."""
+    for _, problems in splits:
+        problems.raise_on_errors(record)
+    for name, problems in splits:
+        if problems.dropped and settings.overlong == "fail":
+            overlong_error(problems.dropped, name, problems.longest, settings, unit)

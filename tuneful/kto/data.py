@@ -16,23 +16,21 @@ from __future__ import annotations
 import json
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from datetime import date
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..data.loader import LoadReport, iter_items
-from ..data.mixture import load_training
-from ..data.sources import read_records
+from ..data.loader import LoadReport
 from ..data.types import Conversation, LabeledConversation, PreferencePair
 from ..dpo.data import PreferenceDataError, PreferenceExample, preference_tokenizer, reply_tokens
-from ..dpo.prepare import overlong_error
+from ..dpo.prepare import RecordProblems, check_problems, tokenized_within
 from ..templates.registry import ChatTemplate, run_template
 from ..tokenization.preflight import PreflightReport, PreflightTally, check_conversation, finish_report
-from ..train.plan import hold_out
-from ..train.prepared import (cached, fingerprint, list_of, load_report_of, map_parts, open_rows, processes_for,
-                              source_key, tokenizer_fingerprint, write_parts)
+from ..train.prepared import (build_splits, cached, fingerprint, list_of, load_report_of, open_rows, source_key,
+                              tokenizer_fingerprint)
 from .config import LabeledDataSettings
 
 
@@ -178,17 +176,9 @@ def _reply_batch(batch: dict, indices: list[int], *, ctok: Any, max_length: int,
         check_conversation(conv, name, tokenized, ctok, all_tally, max_length=None, overlong="drop")
         if record.label:
             check_conversation(conv, name, tokenized, ctok, desirable_tally, max_length=None, overlong="drop")
-    errors, dropped, longest = [], 0, 0
-    for record, name in zip(records, names):
-        try:
-            reply = labeled_reply(ctok, record)
-        except PreferenceDataError as exc:
-            errors.append(f"{name}: {exc}")
-            continue
-        length = len(reply.prompt_ids) + len(reply.reply_ids)
-        if length > max_length:
-            dropped, longest = dropped + 1, max(longest, length)
-            continue
+    problems = RecordProblems()
+    for reply, length in tokenized_within(records, names, partial(labeled_reply, ctok),
+                                          lambda r: len(r.prompt_ids) + len(r.reply_ids), max_length, problems):
         out["prompt_ids"].append(reply.prompt_ids)
         out["reply_ids"].append(reply.reply_ids)
         out["reply_mask"].append(reply.reply_mask)
@@ -200,8 +190,7 @@ def _reply_batch(batch: dict, indices: list[int], *, ctok: Any, max_length: int,
     out["desirable"].append(False)
     out["length"].append(0)
     out["tally"].append(json.dumps({"desirable": desirable_tally.to_json(), "all": all_tally.to_json(),
-                                    "errors": errors[:20], "error_count": len(errors), "dropped": dropped,
-                                    "longest": longest}))
+                                    "problems": problems.to_json()}))
     return out
 
 
@@ -228,32 +217,13 @@ def _partners_of(folder: Path, files: list[str], max_length: int, split: str) ->
 
 
 def _build(folder: Path, settings: LabeledDataSettings, ctok: Any, seed: int) -> dict:
-    if isinstance(settings.train, list):
-        result = load_training(settings.train, format=settings.format, on_error=settings.on_error, seed=seed)
-        report, items = result.report, iter(zip(result.where, result.items))
-    else:
-        report = LoadReport()
-        items = iter_items(read_records(settings.train), report, format=settings.format, on_error=settings.on_error)
-    parts = write_parts(((w, r.to_json()) for w, r in labeled_records(items, settings.train)), folder, "replies-train")
-    total = sum(n for _, n in parts)
-    held = np.zeros(total, dtype=bool)
-    eval_parts: list = []
-    if settings.eval:
-        eval_items = iter_items(read_records(settings.eval), LoadReport(), format=settings.format,
-                                on_error=settings.on_error)
-        eval_parts = write_parts(((w, r.to_json()) for w, r in labeled_records(eval_items, settings.eval)), folder,
-                                 "replies-eval")
-    else:
-        held[hold_out(list(range(total)), settings.eval_fraction, seed)[1]] = True
-    files = map_parts(parts, held, _reply_batch, {"ctok": ctok, "max_length": settings.max_length}, _features(),
-                      processes=processes_for(settings.num_proc, total), folder=folder, eval_parts=eval_parts)
-    names = {k: [Path(f).name for f in v] for k, v in files.items()}
+    names, load_report = build_splits(folder, settings, seed, labeled_records, _reply_batch,
+                                      {"ctok": ctok, "max_length": settings.max_length}, _features())
     partners = {"train": _partners_of(folder, names["train"], settings.max_length, "training"),
                 "eval": _partners_of(folder, names["eval"], settings.max_length, "held-out")}
     for split, found in partners.items():
         np.save(folder / f"{split}-partners.npy", np.asarray(found["partners"], dtype=np.int64))
-    return {"files": names, "partner_errors": {k: v["error"] for k, v in partners.items()},
-            "load_report": {**report.summary(), "skipped_list": report.skipped, "format": report.format}}
+    return {"files": names, "partner_errors": {k: v["error"] for k, v in partners.items()}, "load_report": load_report}
 
 
 @dataclass
@@ -261,23 +231,17 @@ class _Split:
     rows: LabeledRows
     desirable: PreflightTally
     everything: PreflightTally
-    errors: list[str]
-    error_count: int
-    dropped: int
-    longest: int
+    problems: RecordProblems
 
 
 def _open(folder: Path, names: list[str], split: str) -> _Split:
     table, rows, tallies = open_rows(folder, names)
     partners = rows[np.load(folder / f"{split}-partners.npy")] if len(rows) else rows
-    opened = _Split(LabeledRows(table, rows, partners), PreflightTally(), PreflightTally(), [], 0, 0, 0)
+    opened = _Split(LabeledRows(table, rows, partners), PreflightTally(), PreflightTally(), RecordProblems())
     for part in tallies:
         opened.desirable.merge(PreflightTally.from_json(part["desirable"]))
         opened.everything.merge(PreflightTally.from_json(part["all"]))
-        opened.errors += part["errors"]
-        opened.error_count += part["error_count"]
-        opened.dropped += part["dropped"]
-        opened.longest = max(opened.longest, part["longest"])
+        opened.problems.merge(part["problems"])
     return opened
 
 
@@ -309,12 +273,8 @@ def prepare_labeled(settings: LabeledDataSettings, tokenizer: Any, seed: int, *,
                            allow_template_change=settings.allow_template_change)
     report.raise_on_errors()
     held = _open(folder, meta["files"]["eval"], "eval") if meta["files"]["eval"] else None
-    for split in (train, held):
-        if split is not None and split.error_count:
-            raise PreferenceDataError(f"{split.error_count} bad labelled record(s):\n  " + "\n  ".join(split.errors))
-    for name, split in (("training", train), ("held-out", held)):
-        if split is not None and split.dropped and settings.overlong == "fail":
-            overlong_error(split.dropped, name, split.longest, settings, unit="item")
+    splits = [(name, split.problems) for name, split in (("training", train), ("held-out", held)) if split]
+    check_problems(splits, settings, "labelled record", "item")
     if not len(train.rows):
         raise PreferenceDataError(f"every training item is longer than data.max_length={settings.max_length}")
     for split in ("train", "eval"):
@@ -322,4 +282,4 @@ def prepare_labeled(settings: LabeledDataSettings, tokenizer: Any, seed: int, *,
             raise PreferenceDataError(meta["partner_errors"][split])
     return PreparedLabeled(train.rows, train.rows.desirable, held.rows if held else [],
                            held.rows.desirable if held else [], template, load_report_of(meta["load_report"]), report,
-                           report.end_of_turn_ids(tokenizer), train.dropped + (held.dropped if held else 0), folder, hit)
+                           report.end_of_turn_ids(tokenizer), sum(p.dropped for _, p in splits), folder, hit)

@@ -30,15 +30,12 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..data.loader import LoadReport, iter_items
-from ..data.mixture import load_training
-from ..data.sources import read_records
+from ..data.loader import LoadReport
 from ..data.types import Conversation, LabeledConversation, PreferencePair
 from ..tokenization.masking import ConversationTokenizer, labels_from_mask
 from ..tokenization.preflight import PreflightReport, PreflightTally, check_conversation, finish_report
-from ..train.plan import hold_out
-from ..train.prepared import (cached, fingerprint as fingerprint_of, list_of, load_report_of, map_parts,
-                              open_rows, processes_for, source_key, tokenizer_fingerprint, write_parts)
+from ..train.prepared import (build_splits, cached, fingerprint as fingerprint_of, list_of, load_report_of,
+                              open_rows, source_key, tokenizer_fingerprint)
 from .batching import Example
 from .config import DataSettings
 
@@ -122,16 +119,6 @@ def sft_conversations(items: Iterable[tuple[str, Any]], source: Any) -> Iterator
         yield where, item
 
 
-def _stream_source(source: Any, settings: DataSettings, seed: int) -> tuple[LoadReport, Iterator[tuple[str, Any]]]:
-    """The load report (complete once the items are consumed) and (where, item) of a training source: one
-    file or dataset streams; a mixture is drawn in memory (it samples across sources), then streams out."""
-    if isinstance(source, list):
-        result = load_training(source, format=settings.format, on_error=settings.on_error, seed=seed)
-        return result.report, iter(zip(result.where, result.items))
-    report = LoadReport()
-    return report, iter_items(read_records(source), report, format=settings.format, on_error=settings.on_error)
-
-
 # --- stage 2: conversations → training rows + tallies -----------------------------------------------
 
 def _tokenize_batch(batch: dict, indices: list[int], *, ctok: ConversationTokenizer, max_length: int,
@@ -169,25 +156,10 @@ def _open_split(folder: Path, names: Sequence[str]) -> PreparedSplit:
 def _build(folder: Path, settings: DataSettings, ctok: ConversationTokenizer, seed: int) -> dict:
     """Prepare into ``folder``: the conversations in parts, each part's training and held-out rows, and what
     ``meta.json`` records."""
-    report, items = _stream_source(settings.train, settings, seed)
-    parts = write_parts(((where, c.to_json()) for where, c in sft_conversations(items, settings.train)), folder,
-                        "conversations-train")
-    total = sum(n for _, n in parts)
-    eval_parts: list[tuple[Path, int]] = []
-    held = np.zeros(total, dtype=bool)
-    if settings.eval:
-        eval_items = iter_items(read_records(settings.eval), LoadReport(), format=settings.format,
-                                on_error=settings.on_error)
-        eval_parts = write_parts(((where, c.to_json()) for where, c in sft_conversations(eval_items, settings.eval)),
-                                 folder, "conversations-eval")
-    else:
-        held[hold_out(list(range(total)), settings.eval_fraction, seed)[1]] = True
-    files = map_parts(parts, held, _tokenize_batch, {"ctok": ctok, "max_length": settings.max_length,
-                                                     "overlong": settings.overlong}, _features(),
-                      processes=processes_for(settings.num_proc, total), folder=folder, eval_parts=eval_parts,
-                      eval_kwargs={"overlong": "drop"})
-    return {"files": {k: [Path(f).name for f in v] for k, v in files.items()},
-            "load_report": {**report.summary(), "skipped_list": report.skipped, "format": report.format}}
+    files, load_report = build_splits(folder, settings, seed, sft_conversations, _tokenize_batch,
+                                      {"ctok": ctok, "max_length": settings.max_length, "overlong": settings.overlong},
+                                      _features(), eval_kwargs={"overlong": "drop"})
+    return {"files": files, "load_report": load_report}
 
 
 def _features() -> Any:

@@ -142,6 +142,43 @@ def map_parts(parts: list[tuple[Path, int]], held: np.ndarray, function: Callabl
     return files
 
 
+def build_splits(folder: Path, settings: Any, seed: int, accept: Callable[[Iterable, Any], Iterable[tuple[str, Any]]],
+                 function: Callable, fn_kwargs: dict, features: Any, *,
+                 eval_kwargs: dict | None = None) -> tuple[dict[str, list[str]], dict]:
+    """A data section's source prepared into ``folder``: ``data.train`` streamed through the loader (a mixture of
+    sources drawn in memory: it samples across them), its items filtered by ``accept(items, source)`` (which
+    refuses the wrong kind by name), written as parts, held out by ``data.eval`` or ``data.eval_fraction`` (seeded),
+    and each part mapped by ``function``. Returns the Arrow file names of each split and the load report's record."""
+    from ..data.loader import LoadReport, iter_items
+    from ..data.mixture import load_training
+    from ..data.sources import read_records
+    from .plan import hold_out
+
+    def stream(source: Any, report: Any) -> Iterable[tuple[str, dict]]:
+        items = iter_items(read_records(source), report, format=settings.format, on_error=settings.on_error)
+        return ((where, item.to_json()) for where, item in accept(items, source))
+
+    if isinstance(settings.train, list):
+        result = load_training(settings.train, format=settings.format, on_error=settings.on_error, seed=seed)
+        report = result.report
+        records = ((w, item.to_json()) for w, item in accept(zip(result.where, result.items), settings.train))
+    else:
+        report = LoadReport()
+        records = stream(settings.train, report)
+    parts = write_parts(records, folder, "records-train")
+    total = sum(n for _, n in parts)
+    held = np.zeros(total, dtype=bool)
+    eval_parts: list[tuple[Path, int]] = []
+    if settings.eval:
+        eval_parts = write_parts(stream(settings.eval, LoadReport()), folder, "records-eval")
+    else:
+        held[hold_out(list(range(total)), settings.eval_fraction, seed)[1]] = True
+    files = map_parts(parts, held, function, fn_kwargs, features, processes=processes_for(settings.num_proc, total),
+                      folder=folder, eval_parts=eval_parts, eval_kwargs=eval_kwargs)
+    return ({split: [Path(f).name for f in names] for split, names in files.items()},
+            {**report.summary(), "skipped_list": report.skipped, "format": report.format})
+
+
 def cached(root: str | Path, key: str, build: Callable[[Path], dict],
            main_process_first: AbstractContextManager) -> tuple[Path, dict, bool]:
     """``(folder, meta, hit)``: ``<root>/prepared/<key>`` as ``build(folder) -> meta`` made it, built only when
