@@ -204,10 +204,10 @@ class StreamingSFTTrainer(SFTTrainer):
             self.new_token_ids = add_template_tokens(self.tokenizer, template)
         ctok = ConversationTokenizer(self.tokenizer, template, last_turn_only=settings.last_turn_only,
                                      reasoning=settings.reasoning)
-        head_report = LoadReport()
-        head = [c for _, c in islice(sft_conversations(iter_items(read_records(settings.train), head_report,
-                                                                  format=settings.format, on_error=settings.on_error),
-                                                       settings.train), settings.stream_preflight)]
+        head_report = LoadReport()  # the first stream_preflight conversations, read as the stream reads them
+        items = iter_items(read_records(settings.train, streaming=True), head_report, format=settings.format,
+                           on_error=settings.on_error)
+        head = [c for _, c in islice(sft_conversations(items, settings.train), settings.stream_preflight)]
         report = preflight(self.tokenizer, ctok, head, max_length=settings.max_length, overlong=settings.overlong,
                            allow_template_change=settings.allow_template_change)
         report.raise_on_errors()
