@@ -39,6 +39,7 @@ from ..train.prepared import (build_splits, cached, fingerprint as fingerprint_o
 from .batching import Example
 from .config import DataSettings
 
+
 @dataclass
 class PreparedRows(Sequence[Example]):
     """Training examples read lazily from Arrow (plus in-memory ones appended, e.g. replay documents)."""
@@ -98,7 +99,7 @@ def fingerprint(settings: DataSettings, ctok: ConversationTokenizer, seed: int) 
     })
 
 
-# --- stage 1: source → conversations table ---------------------------------------------------------
+# --- what SFT takes from a source --------------------------------------------------------------------
 
 def sft_conversations(items: Iterable[tuple[str, Any]], source: Any) -> Iterator[tuple[str, Conversation]]:
     """The conversations of a stream of loaded items; preference pairs or labelled (KTO) records stop it with
@@ -121,7 +122,7 @@ def sft_conversations(items: Iterable[tuple[str, Any]], source: Any) -> Iterator
 
 # --- stage 2: conversations → training rows + tallies -----------------------------------------------
 
-def _tokenize_batch(batch: dict, indices: list[int], *, ctok: ConversationTokenizer, max_length: int,
+def tokenize_batch(batch: dict, indices: list[int], *, ctok: ConversationTokenizer, max_length: int,
                     overlong: str, first_index: int) -> dict:
     """One map batch: a row per training example, then one row with the batch's tally (length 0)."""
     out: dict[str, list] = {"input_ids": [], "train_mask": [], "length": [], "tally": []}
@@ -156,7 +157,7 @@ def _open_split(folder: Path, names: Sequence[str]) -> PreparedSplit:
 def _build(folder: Path, settings: DataSettings, ctok: ConversationTokenizer, seed: int) -> dict:
     """Prepare into ``folder``: the conversations in parts, each part's training and held-out rows, and what
     ``meta.json`` records."""
-    files, load_report = build_splits(folder, settings, seed, sft_conversations, _tokenize_batch,
+    files, load_report = build_splits(folder, settings, seed, sft_conversations, tokenize_batch,
                                       {"ctok": ctok, "max_length": settings.max_length, "overlong": settings.overlong},
                                       _features(), eval_kwargs={"overlong": "drop"})
     return {"files": files, "load_report": load_report}

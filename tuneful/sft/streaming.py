@@ -30,10 +30,10 @@ from ..data.loader import LoadReport, iter_items
 from ..data.sources import read_records
 from ..tokenization.masking import ConversationTokenizer, labels_from_mask
 from ..tokenization.preflight import PreflightError, PreflightReport, PreflightTally, finish_report
+from ..train.prepared import BATCH
 from .batching import Example, best_fit_decreasing
 from .config import DataSettings
-from ..train.prepared import BATCH
-from .prepared import _tokenize_batch, sft_conversations
+from .prepared import sft_conversations, tokenize_batch
 
 
 def _records(source: str, format: str, on_error: str) -> Iterator[dict]:
@@ -54,7 +54,7 @@ def conversation_stream(settings: DataSettings, ctok: ConversationTokenizer, ski
         source = source.skip(skip)
     features = Features({"input_ids": ArrowList(Value("int32")), "train_mask": ArrowList(Value("int8")),
                          "length": Value("int32"), "tally": Value("string")})
-    return source.map(_tokenize_batch, batched=True, batch_size=batch_size, with_indices=True,
+    return source.map(tokenize_batch, batched=True, batch_size=batch_size, with_indices=True,
                       remove_columns=["record", "where"], features=features,
                       fn_kwargs={"ctok": ctok, "max_length": settings.max_length, "overlong": settings.overlong,
                                  "first_index": skip})
