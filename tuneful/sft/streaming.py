@@ -67,12 +67,13 @@ class StreamedRows:
                  state: dict | None = None):
         self.settings, self.ctok, self.seed, self.packing = settings, ctok, seed, packing
         self.batch_size = max(1, min(BATCH, settings.stream_buffer))  # a buffer ends where a map batch ends
+        resumed = state is not None
         state = state or {"epoch": 0, "batches": 0, "rows": 0, "tally": None}
         self.epoch, self.batches_before, self.taken = state["epoch"], state["batches"], state["rows"]
         self.tally = PreflightTally.from_json(state["tally"]) if state["tally"] else PreflightTally()
         self.rows_this_epoch = self.taken + self.batches_before  # only whether any row came yet matters
         self._open()
-        self._fill(count=False)  # the buffer the position points into (its tally was counted before the save)
+        self._fill(count=not resumed)  # resumed: the buffer the position points into, counted before the save
 
     def _open(self) -> None:
         self._stream = iter(conversation_stream(self.settings, self.ctok, self.batches_before * self.batch_size,
@@ -91,7 +92,7 @@ class StreamedRows:
             if len(examples) >= self.settings.stream_buffer:
                 break
         self.buffer_batches = batches
-        if count:
+        if count and self.epoch == 0:  # later epochs read the same records again: checked and counted once
             self._check(tally)
             self.tally.merge(tally)
         if self.packing:
