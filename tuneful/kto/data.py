@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from functools import partial
 from datetime import date
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+import pyarrow.compute as pc
 
 from ..data.loader import LoadReport
 from ..data.types import Conversation, LabeledConversation, PreferencePair
@@ -133,18 +134,20 @@ def tokenize_labeled(ctok: Any, records: Sequence[LabeledConversation]) -> list[
     return out
 
 
-def mismatched_partners(prompts: Sequence[Sequence[int]], reply_lengths: Sequence[int], max_length: int,
-                        split: str) -> list[int]:
-    """For each item, the nearest earlier item (cycling) that answers a different prompt and whose reply fits after
-    this item's prompt within ``max_length``: its reply is this item's mismatched reply."""
-    if len(prompts) < 2:
-        raise PreferenceDataError(f"{len(prompts)} {split} item(s): KTO's reference point needs replies to other "
+def mismatched_partners(count: int, prompt: Callable[[int], Sequence[int]], reply_length: Callable[[int], int],
+                        max_length: int, split: str) -> list[int]:
+    """For each of ``count`` items, the nearest earlier item (cycling) that answers a different prompt and whose
+    reply fits after this item's prompt within ``max_length``: its reply is this item's mismatched reply. Items are
+    read through ``prompt(i)`` / ``reply_length(i)``, so prepared data is read a few rows at a time."""
+    if count < 2:
+        raise PreferenceDataError(f"{count} {split} item(s): KTO's reference point needs replies to other "
                                   "prompts, so at least 2 items")
     out = []
-    for i, prompt in enumerate(prompts):
-        for back in range(1, len(prompts)):
-            other = (i - back) % len(prompts)
-            if prompts[other] != prompt and len(prompt) + reply_lengths[other] <= max_length:
+    for i in range(count):
+        own = prompt(i)
+        for back in range(1, count):
+            other = (i - back) % count
+            if len(own) + reply_length(other) <= max_length and prompt(other) != own:
                 out.append(other)
                 break
         else:
@@ -155,7 +158,8 @@ def mismatched_partners(prompts: Sequence[Sequence[int]], reply_lengths: Sequenc
 
 def with_mismatched_replies(items: Sequence[LabeledReply], max_length: int, split: str) -> list[PreferenceExample]:
     """Each item with the reply of its :func:`mismatched_partners` item."""
-    partners = mismatched_partners([x.prompt_ids for x in items], [len(x.reply_ids) for x in items], max_length, split)
+    partners = mismatched_partners(len(items), lambda i: items[i].prompt_ids, lambda i: len(items[i].reply_ids),
+                                   max_length, split)
     return [PreferenceExample(item.prompt_ids, item.reply_ids, item.reply_mask, items[k].reply_ids,
                               items[k].reply_mask) for item, k in zip(items, partners)]
 
@@ -207,10 +211,11 @@ def _partners_of(folder: Path, files: list[str], max_length: int, split: str) ->
     if not files:
         return {"partners": [], "error": None}
     table, rows, _ = open_rows(folder, files)
-    prompts = table.column("prompt_ids").to_pylist()
-    reply_lengths = table.column("length").to_numpy() - np.array([len(p) for p in prompts])
+    lengths = table.column("length").to_numpy()
+    prompt_lengths = pc.list_value_length(table.column("prompt_ids")).to_numpy()
     try:
-        partners = mismatched_partners([prompts[r] for r in rows], reply_lengths[rows].tolist(), max_length, split)
+        partners = mismatched_partners(len(rows), lambda i: list_of(table, "prompt_ids", int(rows[i])),
+                                       lambda i: int(lengths[rows[i]] - prompt_lengths[rows[i]]), max_length, split)
     except PreferenceDataError as exc:
         return {"partners": [], "error": str(exc)}
     return {"partners": partners, "error": None}
