@@ -200,10 +200,8 @@ def prepare_conversations(settings: DataSettings, ctok: ConversationTokenizer, s
     return Prepared(train, held, load_report_of(meta["load_report"]), folder, hit)
 
 
-def preflight_report(split: PreparedSplit, tokenizer: Any, ctok: ConversationTokenizer, settings: DataSettings, *,
-                     overlong: str | None = None, allow_template_change: bool | None = None) -> PreflightReport:
+def preflight_report(split: PreparedSplit, tokenizer: Any, ctok: ConversationTokenizer,
+                     settings: DataSettings) -> PreflightReport:
     """The split's preflight report from its tally (and the checks on the tokenizer and template choice)."""
     return finish_report(PreflightReport(), split.tally, tokenizer, ctok, max_length=settings.max_length,
-                         overlong=overlong or settings.overlong,
-                         allow_template_change=settings.allow_template_change if allow_template_change is None
-                         else allow_template_change)
+                         overlong=settings.overlong, allow_template_change=settings.allow_template_change)

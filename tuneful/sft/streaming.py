@@ -28,6 +28,7 @@ from typing import Any, Iterator
 
 from ..data.loader import LoadReport, iter_items
 from ..data.sources import read_records
+from ..data.types import Conversation
 from ..tokenization.masking import ConversationTokenizer, labels_from_mask
 from ..tokenization.preflight import PreflightError, PreflightReport, PreflightTally, finish_report
 from ..train.prepared import BATCH
@@ -36,10 +37,16 @@ from .config import DataSettings
 from .prepared import sft_conversations, tokenize_batch
 
 
-def _records(source: str, format: str, on_error: str) -> Iterator[dict]:
-    """The source's conversations as they are read (the generator behind the IterableDataset)."""
-    items = iter_items(read_records(source, streaming=True), LoadReport(), format=format, on_error=on_error)
-    for where, conv in sft_conversations(items, source):
+def stream_conversations(settings: DataSettings, report: LoadReport) -> Iterator[tuple[str, Conversation]]:
+    """(where, conversation) of ``data.train`` as they are read (Hugging Face ids streamed), counted in ``report``."""
+    items = iter_items(read_records(settings.train, streaming=True), report, format=settings.format,
+                       on_error=settings.on_error)
+    return sft_conversations(items, settings.train)
+
+
+def _records(settings: DataSettings) -> Iterator[dict]:
+    """The generator behind the IterableDataset: each conversation as a prepared-data record."""
+    for where, conv in stream_conversations(settings, LoadReport()):
         yield {"record": json.dumps(conv.to_json(), ensure_ascii=False), "where": where}
 
 
@@ -48,7 +55,7 @@ def conversation_stream(settings: DataSettings, ctok: ConversationTokenizer, ski
     from datasets import Features, IterableDataset, Sequence as ArrowList, Value
 
     source = IterableDataset.from_generator(
-        _records, gen_kwargs={"source": str(settings.train), "format": settings.format, "on_error": settings.on_error},
+        _records, gen_kwargs={"settings": settings},
         features=Features({"record": Value("string"), "where": Value("string")}))
     if skip:
         source = source.skip(skip)

@@ -191,12 +191,11 @@ class StreamingSFTTrainer(SFTTrainer):
     def prepare_data(self) -> None:
         from itertools import islice
 
-        from ..data.loader import LoadReport, iter_items
-        from ..data.sources import read_records
+        from ..data.loader import LoadReport
         from ..tokenization.masking import ConversationTokenizer
         from ..tokenization.preflight import preflight
         from .data import _load_conversations
-        from .prepared import sft_conversations
+        from .streaming import stream_conversations
 
         settings = self.cfg.data
         template = run_template(settings, self.tokenizer)
@@ -205,9 +204,7 @@ class StreamingSFTTrainer(SFTTrainer):
         ctok = ConversationTokenizer(self.tokenizer, template, last_turn_only=settings.last_turn_only,
                                      reasoning=settings.reasoning)
         head_report = LoadReport()  # the first stream_preflight conversations, read as the stream reads them
-        items = iter_items(read_records(settings.train, streaming=True), head_report, format=settings.format,
-                           on_error=settings.on_error)
-        head = [c for _, c in islice(sft_conversations(items, settings.train), settings.stream_preflight)]
+        head = [c for _, c in islice(stream_conversations(settings, head_report), settings.stream_preflight)]
         report = preflight(self.tokenizer, ctok, head, max_length=settings.max_length, overlong=settings.overlong,
                            allow_template_change=settings.allow_template_change)
         report.raise_on_errors()
