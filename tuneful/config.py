@@ -122,8 +122,10 @@ def _validate(obj: Any, prefix: str, problems: list[str]) -> None:
         problems.extend(f"{prefix}{msg}" for msg in check())
 
 
-def build(cls: type[T], yaml_path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """A recipe from defaults, then a YAML file, then ``key=value`` overrides; all errors at once."""
+def build(cls: type[T], yaml_path: str | Path | None = None, overrides: list[str] | None = None, *,
+          values: dict | None = None, values_origin: str = "form") -> T:
+    """A recipe from defaults, then a YAML file, then ``values`` (a parsed recipe, e.g. the UI's form, named
+    ``values_origin`` in errors), then ``key=value`` overrides; all errors at once."""
     import yaml
 
     obj = cls()
@@ -134,9 +136,11 @@ def build(cls: type[T], yaml_path: str | Path | None = None, overrides: list[str
             problems.append(f"{yaml_path}: a recipe must be a YAML mapping")
         else:
             _apply(obj, data, str(yaml_path), "", problems)
-    values, bad = parse_overrides(overrides or [])
+    if values is not None:
+        _apply(obj, values, values_origin, "", problems)
+    dotted, bad = parse_overrides(overrides or [])
     problems += bad
-    _apply(obj, _nest(values), "command line", "", problems)
+    _apply(obj, _nest(dotted), "command line", "", problems)
     try:
         _validate(obj, "", problems)
     except (TypeError, ValueError):  # a cross-check tripped over a value already reported as mistyped
@@ -148,6 +152,25 @@ def build(cls: type[T], yaml_path: str | Path | None = None, overrides: list[str
 
 def to_dict(obj: Any) -> dict:
     return dataclasses.asdict(obj)
+
+
+def to_yaml(obj: Any) -> str:
+    """The whole recipe as YAML that :func:`build` reads back to the same settings."""
+    import yaml
+
+    return yaml.safe_dump(to_dict(obj), sort_keys=False, allow_unicode=True)
+
+
+def problems_by_setting(problems: list[str], keys: list[str]) -> dict[str, list[str]]:
+    """Each problem of a :class:`ConfigError` under the setting it names ("" for those naming none)."""
+    import re
+
+    known, out = set(keys), {}
+    for problem in problems:
+        match = re.match(r"([\w.]+)", problem)
+        key = match.group(1) if match and match.group(1) in known else ""
+        out.setdefault(key, []).append(problem)
+    return out
 
 
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:

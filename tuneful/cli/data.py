@@ -8,7 +8,6 @@ from typing import Optional
 
 import typer
 
-from ..tokenization.masking import load_tokenizer
 from .common import fail
 
 data_app = typer.Typer(help="Instruction data: convert and inspect.", no_args_is_help=True)
@@ -84,34 +83,26 @@ def inspect_cmd(
     from rich.panel import Panel
     from rich.table import Table
 
-    from ..tokenization.view import dataset_stats, highlighted
-    from ..tokenization.masking import ConversationTokenizer
-    from ..tokenization.preflight import preflight
-    from ..samples import starter_path
-    from ..templates.registry import resolve
+    from ..data.types import RecordError
+    from ..tokenization.view import highlighted, inspect_data
 
-    source = source or str(starter_path())
-    result = _load(source, format, on_error, "train")
-    conversations = result.conversations
-    if not conversations:
-        fail(f"{source}: no conversations to inspect ({len(result.preferences)} preference pairs; skipped: {result.report.summary()['skipped_by_reason']})")
-    tok = load_tokenizer(tokenizer)
     try:
-        chat_template = resolve(template, tok, tokenizer or "starter tokenizer")
-        ctok = ConversationTokenizer(tok, chat_template, last_turn_only=last_turn_only)
-        report = preflight(tok, ctok, conversations, max_length=max_length, overlong=overlong)
+        seen = inspect_data(source, tokenizer=tokenizer, template=template, shown=n, max_length=max_length,
+                            overlong=overlong, format=format, on_error=on_error, last_turn_only=last_turn_only)
+    except RecordError as exc:
+        fail(f"{exc}\n(use --on-error skip to skip and count bad records)")
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
 
     console = Console()
-    console.print(f"[bold]{source}[/] — format {result.report.format}, template {chat_template.origin}")
-    for i, example in enumerate(report.examples[:n]):
+    console.print(f"[bold]{seen.source}[/] — format {seen.loaded.report.format}, template {seen.template.origin}")
+    for i, (conversation, example) in enumerate(seen.shown):
         title = f"example {i + 1}: {example.trained_tokens}/{len(example.input_ids)} tokens trained (highlighted)"
-        console.print(Panel(highlighted(example), title=title, expand=False))
-    stats = dataset_stats(result.report, conversations, report)
+        console.print(Panel(highlighted(conversation, example), title=title, expand=False))
     table = Table(title="dataset")
     table.add_column("statistic")
     table.add_column("value", justify="right")
+    stats, report = seen.stats, seen.report
     for name, value in stats.rows():
         table.add_row(name, value)
     console.print(table)

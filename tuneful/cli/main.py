@@ -13,6 +13,7 @@ from .generate import generate_cmd
 from .curate import curate_cmd
 from .use import chat, export, serve
 from .reward import rm_app
+from .ui import ui
 
 app = typer.Typer(
     help="tuneful: turn a pretrained base language model into an instruction-following chat model.",
@@ -36,6 +37,7 @@ app.command("export")(export)
 app.command("eval")(evaluate)
 app.command("generate")(generate_cmd)
 app.command("curate")(curate_cmd)
+app.command("ui")(ui)
 
 
 if __name__ == "__main__":  # pragma: no cover

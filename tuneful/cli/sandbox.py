@@ -24,6 +24,22 @@ def build_base_cmd(
     typer.echo(json.dumps({k: v for k, v in record.items() if k != "losses_every_50"}))
 
 
+@sandbox_app.command("sft-recipe")
+def sft_recipe_cmd(
+    out: Path = typer.Option(..., "--out", help="Folder for the data (OUT/data) and the recipe (OUT/sft.yaml)."),
+    quick: bool = typer.Option(False, "--quick", help="The demo's --quick data and epochs (a ~1 min CPU run)."),
+    lora: bool = typer.Option(False, "--lora", help="LoRA instead of full fine-tuning."),
+) -> None:
+    """Write the demo's SFT data and recipe, to run the demo's SFT on its own: tuneful sft OUT/sft.yaml."""
+    from ..sandbox.demo import DemoSettings, quick_sizes, write_sft_recipe
+
+    settings = DemoSettings(out=out, lora=lora, agent_traces=900)
+    if quick:
+        quick_sizes(settings, agent=True)
+    path = write_sft_recipe(settings)
+    typer.echo(f"wrote {path}; run it with: tuneful sft {path}")
+
+
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for report.md, plots and report.json."),
     lora: bool = typer.Option(False, "--lora", help="LoRA instead of full fine-tuning."),
@@ -49,17 +65,13 @@ def demo(
     from rich.console import Console
     from rich.table import Table
 
-    from ..sandbox.demo import DemoSettings, run_demo
+    from ..sandbox.demo import DemoSettings, quick_sizes, run_demo
 
     agent = agent and not (lima or flan)  # the experiments compare SFT sets; tool use is not part of them
     settings = DemoSettings(out=out, base_dir=base_dir, lora=lora, dpo=dpo, seed=seed, rl=rl,
                             agent_traces=900 if agent else 0)
     if quick:
-        from ..sandbox.after_sft import OnlineSettings
-
-        settings.sft_per_family, settings.eval_per_family, settings.epochs, settings.dpo_pairs = 20, 4, 1.0, 100
-        settings.agent_traces, settings.agent_eval_per_family = (30, 4) if agent else (0, 4)
-        settings.online = OnlineSettings(prompts=32, steps=2, prompts_per_step=2, group_size=4, rm_epochs=1.0)
+        quick_sizes(settings, agent)
     if lima:
         _lima(settings, quick)
         return

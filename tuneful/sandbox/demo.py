@@ -73,14 +73,11 @@ def _write_data(folder: Path, settings: DemoSettings, world: list, tool_world: l
     return train, replay
 
 
-def _sft(settings: DemoSettings, base: Path, train: Path, replay: Path, *, out: Path | None = None,
-         max_steps: int = 0) -> Any:
-    """The demo's SFT recipe (replay of the pretraining corpus included); ``max_steps`` > 0 fixes the step budget."""
-    from ..config import build
-    from ..sft.config import SFTConfig
-    from ..sft.trainer import run_sft
-
-    overrides = [
+def sft_overrides(settings: DemoSettings, base: Path, train: Path, replay: Path, *, out: Path | None = None,
+                  max_steps: int = 0) -> list[str]:
+    """The demo's SFT recipe as ``key=value`` settings (replay of the pretraining corpus included); ``max_steps``
+    > 0 fixes the step budget."""
+    return [
         f"model.name_or_path={base}", f"data.train={train}", f"data.template={TEMPLATE}",
         "data.allow_template_change=true", f"data.max_length={448 if settings.agent_traces else 256}",
         "data.packing=false",  # agent traces reach ~430 tokens
@@ -91,7 +88,29 @@ def _sft(settings: DemoSettings, base: Path, train: Path, replay: Path, *, out: 
         f"train.seed={settings.seed}", f"train.progress={settings.progress}", "train.log_every=5",
         f"lora.enabled={settings.lora}", "lora.r=32", "lora.alpha=64",
     ]
-    return run_sft(build(SFTConfig, None, overrides))
+
+
+def _sft(settings: DemoSettings, base: Path, train: Path, replay: Path, *, out: Path | None = None,
+         max_steps: int = 0) -> Any:
+    from ..config import build
+    from ..sft.config import SFTConfig
+    from ..sft.trainer import run_sft
+
+    return run_sft(build(SFTConfig, None, sft_overrides(settings, base, train, replay, out=out, max_steps=max_steps)))
+
+
+def write_sft_recipe(settings: DemoSettings) -> Path:
+    """The demo's SFT data (``settings.out/data``) and recipe (``settings.out/sft.yaml``), for running the
+    demo's SFT on its own (``tuneful sft OUT/sft.yaml``, or from the UI's Train page)."""
+    from ..config import build, to_yaml
+    from ..sft.config import SFTConfig
+
+    base, recipe, world = sandbox(settings)
+    train, replay = _write_data(settings.out / "data", settings, world, tool_world_of(recipe, world), recipe)
+    path = settings.out / "sft.yaml"
+    overrides = sft_overrides(settings, base, train, replay) + ["train.resume=true"]  # a re-launch continues
+    path.write_text("# the sandbox demo's SFT (tuneful sandbox sft-recipe)\n" + to_yaml(build(SFTConfig, None, overrides)))
+    return path
 
 
 def write_pairs(settings: DemoSettings, world: list) -> Path:
@@ -245,6 +264,16 @@ def _seed_example(base_model: Any, tuned: Any, tokenizer: Any, stop_ids: list[in
     [tuned_chat] = generate(tuned, tokenizer, [chat], stop_ids=stop_ids, max_new_tokens=40)
     return {"prompt": SEED_PROMPT, "base_continuation": base_raw.text, "base_with_template": base_chat.text,
             "tuned": tuned_chat.text}
+
+
+def quick_sizes(settings: DemoSettings, agent: bool) -> DemoSettings:
+    """The demo's ``--quick`` sizes (a smoke run of about a minute on a CPU), set on ``settings``."""
+    from .after_sft import OnlineSettings
+
+    settings.sft_per_family, settings.eval_per_family, settings.epochs, settings.dpo_pairs = 20, 4, 1.0, 100
+    settings.agent_traces, settings.agent_eval_per_family = (30, 4) if agent else (0, 4)
+    settings.online = OnlineSettings(prompts=32, steps=2, prompts_per_step=2, group_size=4, rm_epochs=1.0)
+    return settings
 
 
 def sandbox(settings: DemoSettings) -> tuple[Path, BaseRecipe, list]:

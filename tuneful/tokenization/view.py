@@ -1,4 +1,10 @@
-"""What ``tuneful data inspect`` shows: per-dataset statistics and examples with trained tokens marked."""
+"""What ``tuneful data inspect`` (and the UI's Data page) shows: per-dataset statistics, the preflight
+findings, and examples token by token with what each token is (trained text, tool call, reasoning,
+tool result, or untrained context).
+
+This module only *looks*: the train mask comes from :mod:`tuneful.tokenization.masking`; the kinds of
+trained text here are found by locating each message's own text inside the rendering, for display.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,15 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from ..data.loader import LoadReport
+from ..data.loader import LoadReport, LoadResult
 from ..data.types import Conversation
+from ..templates.registry import ChatTemplate
 from .masking import TokenizedConversation
 from .preflight import PreflightReport
+
+# What a token of a rendered conversation is, as :func:`token_kinds` labels it (None: untrained context).
+TRAINED, TOOL_CALL, REASONING, TOOL_RESULT = "trained", "trained: tool call", "trained: reasoning", "tool result (not trained)"
+KIND_COLOURS = {TRAINED: "#2e7d32", TOOL_CALL: "#1565c0", REASONING: "#8e24aa", TOOL_RESULT: "#ef6c00"}
 
 
 @dataclass(frozen=True)
@@ -76,16 +87,109 @@ def dataset_stats(load_report: LoadReport, conversations: list[Conversation], re
     )
 
 
-def highlighted(example: TokenizedConversation) -> Any:
-    """The rendering as rich Text: trained tokens bold green on dark, the rest dimmed."""
+def _char_kinds(conversation: Conversation, example: TokenizedConversation) -> list[str | None]:
+    """The kind of every character of the rendering (trained kinds only where a trained token covers it)."""
+    text = example.rendered.text
+    kinds: list[str | None] = [None] * len(text)
+    for (start, end), trained in zip(example.offsets, example.train_mask):
+        if trained:
+            kinds[start:end] = [TRAINED] * (end - start)
+    for turn in example.rendered.turns:
+        message = conversation.messages[turn.message_index]
+        body_end = turn.end - len(turn.end_of_turn)
+        written_until = turn.start
+        for part, kind in ((message.reasoning_content, REASONING), (message.content, None)):
+            at = text.find(part, turn.start, body_end) if part else -1
+            if at < 0:
+                continue
+            written_until = max(written_until, at + len(part))
+            if kind:
+                kinds[at:at + len(part)] = [kind if k else None for k in kinds[at:at + len(part)]]
+        if message.tool_calls:  # after the reply's own text: the calls, as this template prints them
+            kinds[written_until:body_end] = [TOOL_CALL if k else None for k in kinds[written_until:body_end]]
+    cursor = 0
+    for message in conversation.messages:
+        if message.role == "tool" and message.content:
+            at = text.find(message.content, cursor)
+            if at >= 0:
+                kinds[at:at + len(message.content)] = [k or TOOL_RESULT for k in kinds[at:at + len(message.content)]]
+                cursor = at + len(message.content)
+    return kinds
+
+
+def token_kinds(conversation: Conversation, example: TokenizedConversation) -> list[tuple[str, str | None]]:
+    """The rendering token by token: (the token's text, its kind), kinds as named at the top of the module;
+    text that no token covers comes as its own untrained piece."""
+    text, kinds = example.rendered.text, _char_kinds(conversation, example)
+    pieces: list[tuple[str, str | None]] = []
+    pos = 0
+    for start, end in example.offsets:
+        start, end = int(start), int(end)
+        if start > pos:
+            pieces.append((text[pos:start], None))
+        if end > start:
+            pieces.append((text[start:end], kinds[start]))
+        pos = max(pos, end)
+    if pos < len(text):
+        pieces.append((text[pos:], None))
+    return pieces
+
+
+_RICH_STYLES = {TRAINED: "bold green on grey11", TOOL_CALL: "bold cyan on grey11", REASONING: "bold magenta on grey11",
+                TOOL_RESULT: "yellow", None: "dim"}
+
+
+def highlighted(conversation: Conversation, example: TokenizedConversation) -> Any:
+    """The rendering as rich Text: trained tokens bold (green text, cyan tool calls, magenta reasoning), tool
+    results yellow, the rest dimmed."""
     from rich.text import Text
 
-    text, out, pos = example.rendered.text, Text(), 0
-    for (start, end), trained in zip(example.offsets, example.train_mask):
-        if start > pos:  # characters no token covers (e.g. whitespace swallowed by a special token)
-            out.append(text[pos:start], style="dim")
-        if end > start:
-            out.append(text[start:end], style="bold green on grey11" if trained else "dim")
-        pos = max(pos, end)
-    out.append(text[pos:], style="dim")
+    out = Text()
+    for piece, kind in token_kinds(conversation, example):
+        out.append(piece, style=_RICH_STYLES[kind])
     return out
+
+
+@dataclass
+class DataInspection:
+    """One look at a data source through a tokenizer and template: what the CLI and the UI show."""
+
+    source: str
+    loaded: LoadResult
+    template: ChatTemplate
+    report: PreflightReport
+    stats: DatasetStats
+    shown: list[tuple[Conversation, TokenizedConversation]]  # the first conversations, tokenized as trained
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens per training example."""
+        return [len(e.input_ids) for e in self.report.training_examples]
+
+
+def inspect_data(source: str | None = None, *, tokenizer: str | None = None, template: str | None = None, shown: int = 3,
+                 max_length: int | None = None, overlong: str = "drop", format: str = "auto", on_error: str = "skip",
+                 last_turn_only: bool = False) -> DataInspection:
+    """Load ``source`` (default: the starter sample), tokenize and check every conversation, and keep the first
+    ``shown`` for display. Raises ValueError / FileNotFoundError / RecordError with the cause."""
+    from ..data.loader import load
+    from ..samples import starter_path
+    from ..templates.registry import resolve
+    from .masking import ConversationTokenizer, load_tokenizer
+    from .preflight import preflight
+
+    source = source or str(starter_path())
+    loaded = load(source, format=format, on_error=on_error)
+    if loaded.report.records_in == 0:
+        raise ValueError(f"{source}: empty input, no records in it")
+    conversations = loaded.conversations
+    if not conversations:
+        raise ValueError(f"{source}: no conversations to inspect ({len(loaded.preferences)} preference pairs; "
+                         f"skipped: {loaded.report.summary()['skipped_by_reason']})")
+    tok = load_tokenizer(tokenizer)
+    chat_template = resolve(template, tok, tokenizer or "starter tokenizer")
+    ctok = ConversationTokenizer(tok, chat_template, last_turn_only=last_turn_only)
+    report = preflight(tok, ctok, conversations, max_length=max_length, overlong=overlong)
+    first = conversations[:shown]
+    return DataInspection(source, loaded, chat_template, report, dataset_stats(loaded.report, conversations, report),
+                          list(zip(first, ctok.tokenize_many(first))))

@@ -16,7 +16,7 @@ class MetricsLog:
         if not enabled:
             return
         if path.exists():
-            self.rows = [r for r in _read_metrics(path) if r["step"] <= start_step]
+            self.rows = [r for r in read_metrics(path) if r["step"] <= start_step]
         path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
 
     def write(self, row: dict) -> None:
@@ -35,7 +35,7 @@ class MetricsLog:
         self.trackers = []
 
 
-def _read_metrics(path: Path) -> list[dict]:
+def read_metrics(path: Path) -> list[dict]:
     """Rows of a metrics log. A kill during an append can leave the last line cut short; that row
     belongs to a step after the checkpoint being resumed, so it is dropped. Any other bad line raises."""
     lines = [line for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,158 @@
+"""The Train page's form: each trainer's typed settings as fields, and the fields back to a recipe.
+
+Fields, defaults and help text come from the trainers' settings dataclasses (the source of
+``tuneful sft --settings`` too); a filled form is checked by :func:`tuneful.config.build`, so the page
+shows exactly the errors the command would print, all at once, each under the setting it names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from ..config import ConfigError, build, problems_by_setting
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """A training command and its settings class."""
+
+    command: tuple[str, ...]  # the words after ``tuneful``
+    module: str
+    class_name: str
+
+    def settings_class(self) -> type:
+        return getattr(importlib.import_module(self.module), self.class_name)
+
+
+TRAINERS = {
+    "sft": Trainer(("sft",), "tuneful.sft.config", "SFTConfig"),
+    "dpo": Trainer(("dpo",), "tuneful.dpo.config", "DPOConfig"),
+    "kto": Trainer(("kto",), "tuneful.kto.config", "KTOConfig"),
+    "rm": Trainer(("rm", "train"), "tuneful.reward.config", "RewardConfig"),
+    "grpo": Trainer(("grpo",), "tuneful.rl.config", "GRPOConfig"),
+    "online-dpo": Trainer(("online-dpo",), "tuneful.rl.online_dpo", "OnlineDPOConfig"),
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One setting as the form shows it."""
+
+    key: str  # dotted, e.g. train.lr
+    value: Any  # what the recipe (or the default) sets
+    default: Any
+    help: str
+    annotation: Any
+
+    @property
+    def section(self) -> str:
+        return self.key.rsplit(".", 1)[0] if "." in self.key else "general"
+
+    @property
+    def boolean(self) -> bool:
+        return self.annotation is bool
+
+    @property
+    def text(self) -> str:
+        """The value in a text box: strings as they are, None as empty, the rest as YAML (lists as ``[a, b]``)."""
+        if self.value is None:
+            return ""
+        if isinstance(self.value, str):
+            return self.value
+        return yaml.safe_dump(self.value, default_flow_style=True, width=10_000).strip().removesuffix("\n...")
+
+    def parse(self, shown: Any) -> Any:
+        """A text box's (or check box's) content back to a recipe value, for :func:`build` to check."""
+        if self.boolean:
+            return bool(shown)
+        shown = "" if shown is None else str(shown)
+        optional = type(None) in typing.get_args(self.annotation)
+        if not shown.strip():
+            return None if optional or self.default is None else ("" if self._is_text else shown)
+        if self._is_text:
+            return shown
+        try:
+            return yaml.safe_load(shown)
+        except yaml.YAMLError:
+            return shown  # build() names the setting and the type it expected
+
+    @property
+    def _is_text(self) -> bool:
+        if typing.get_origin(self.annotation) in (typing.Union, types.UnionType):
+            return [a for a in typing.get_args(self.annotation) if a is not type(None)] == [str]
+        return self.annotation is str
+
+
+def fields(cls: type, recipe: dict | None = None) -> list[Field]:
+    """Every setting of ``cls``: its value in ``recipe`` (a nested mapping, e.g. a loaded YAML) or its default."""
+    out: list[Field] = []
+
+    def walk(obj: Any, values: dict, prefix: str) -> None:
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            default = getattr(obj, f.name)
+            if dataclasses.is_dataclass(default):
+                walk(default, values.get(f.name) or {}, f"{prefix}{f.name}.")
+            else:
+                out.append(Field(f"{prefix}{f.name}", values.get(f.name, default), default,
+                                 f.metadata.get("help", ""), hints[f.name]))
+
+    walk(cls(), recipe or {}, "")
+    return out
+
+
+def recipe_values(form_fields: list[Field], shown: list[Any]) -> dict:
+    """The nested recipe the form holds (every setting, as typed)."""
+    out: dict = {}
+    for field, value in zip(form_fields, shown):
+        node = out
+        *parents, leaf = field.key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = field.parse(value)
+    return out
+
+
+@dataclass
+class FormCheck:
+    """What checking a filled form gave: the settings, or the problems by setting ("" for the rest)."""
+
+    settings: Any | None
+    problems: dict[str, list[str]]
+
+    @property
+    def ok(self) -> bool:
+        return self.settings is not None
+
+    def markdown(self) -> str:
+        if self.ok:
+            return "✅ settings are valid"
+        lines = [f"❌ {sum(map(len, self.problems.values()))} problem(s):"]
+        for key, problems in self.problems.items():
+            for problem in problems:
+                detail = re.sub(r"^ ?(\([^)]*\))?:? ?", "", problem.removeprefix(key))
+                lines.append(f"- **{key or 'recipe'}**: {detail}")
+        return "\n".join(lines)
+
+
+def check_form(cls: type, form_fields: list[Field], shown: list[Any]) -> FormCheck:
+    try:
+        return FormCheck(build(cls, values=recipe_values(form_fields, shown)), {})
+    except ConfigError as exc:
+        return FormCheck(None, problems_by_setting(exc.problems, [f.key for f in form_fields]))
+
+
+def load_recipe(text: str) -> dict:
+    """A recipe YAML's mapping (ValueError when it is not one)."""
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError("a recipe must be a YAML mapping")
+    return data
