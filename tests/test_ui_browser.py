@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tuneful.samples import starter_path
 
@@ -136,7 +137,33 @@ def test_paths_outside_the_root_are_refused(page, ui_server):
     page.screenshot(path=str(ARTIFACTS / "refused.png"), full_page=True)
 
 
+def test_recipe_loads_into_the_form_and_saves(page, ui_server):
+    root = ui_server[1]
+    (root / "recipes").mkdir(exist_ok=True)
+    (root / "recipes" / "mine.yaml").write_text("model:\n  name_or_path: base\ndata:\n  train: data.jsonl\n"
+                                                "train:\n  lr: 0.0005\n  output_dir: runs/mine\n")
+    page.get_by_role("tab", name="Train").click()
+    page.fill(_field(page, "train-recipe-path"), "recipes/mine.yaml")
+    page.click("#train-load")
+    _wait_text(page, "#train-loaded", "loaded recipes/mine.yaml")
+    page.wait_for_function("document.querySelector('#setting-train-lr input, #setting-train-lr textarea').value === '0.0005'",
+                           timeout=30_000)
+    page.fill(_field(page, "setting-train-epochs"), "2")
+    page.fill(_field(page, "train-save-path"), "recipes/saved.yaml")
+    page.click("#train-save")
+    _wait_text(page, "#train-problems", "saved", "❌")
+    saved = yaml.safe_load((root / "recipes" / "saved.yaml").read_text())
+    assert saved["train"]["lr"] == 0.0005 and saved["train"]["epochs"] == 2.0
+    assert saved["model"]["name_or_path"] == "base" and saved["data"]["train"] == "data.jsonl"
+    assert "epochs: 2.0" in page.inner_text("#train-yaml")  # the resulting YAML is shown
+    page.fill(_field(page, "train-save-path"), "/tmp/outside.yaml")
+    page.click("#train-save")
+    assert "outside the UI's root folder" in _wait_text(page, "#train-problems", "outside")
+
+
 def test_form_shows_every_problem_by_setting(page):
+    page.get_by_role("tab", name="Train").click()
+    page.reload()  # the form back to its defaults
     page.get_by_role("tab", name="Train").click()
     page.fill(_field(page, "setting-train-lr"), "fast")
     page.click("#train-check")
@@ -172,11 +199,18 @@ def test_first_time_user_trains_watches_compares_and_evaluates(page, ui_server):
     page.click("#runs-refresh")
     assert "sandbox-sft/sft" in _wait_text(page, "#runs-table", "sandbox-sft", timeout_s=30)
     assert "finished" in _text_of(page, "#runs-table")
+    page.get_by_label("sandbox-sft/sft", exact=True).check()
+    page.wait_for_selector("#runs-curves canvas, #runs-curves svg", timeout=30_000)
+    page.click("#runs-detail input")
+    page.get_by_role("option", name="sandbox-sft/sft", exact=True).click()
+    assert "name_or_path" in _wait_text(page, "#runs-settings", "name_or_path", timeout_s=30)
+    page.wait_for_selector("#runs-plot img", timeout=30_000)  # the run's loss.png
     page.screenshot(path=str(ARTIFACTS / "runs.png"), full_page=True)
 
     page.get_by_role("tab", name="Chat").click()
-    page.fill(_field(page, "chat-model-a"), "sandbox")
-    page.fill(_field(page, "chat-model-b"), "sandbox-sft/sft/model")
+    for box, model in (("chat-model-a", "sandbox"), ("chat-model-b", "sandbox-sft/sft/model")):
+        page.fill(f"#{box} input", model)
+        page.press(f"#{box} input", "Enter")
     page.fill(_field(page, "chat-message"), "What is the capital of Denoland?")
     page.click("#chat-send")
     page.wait_for_function("document.querySelectorAll('#chat-a .message').length >= 2 && "
@@ -189,6 +223,11 @@ def test_first_time_user_trains_watches_compares_and_evaluates(page, ui_server):
     page.screenshot(path=str(ARTIFACTS / "chat.png"), full_page=True)
 
     page.get_by_role("tab", name="Evaluate").click()
+    page.get_by_label("sandbox-sft/sft/model").check()  # the models found under the root fill the box
+    page.get_by_label("sandbox", exact=True).check()
+    page.wait_for_function("document.querySelector('#eval-models textarea, #eval-models input').value.includes(',')",
+                           timeout=30_000)
+    assert set(page.input_value(_field(page, "eval-models")).split(", ")) == {"sandbox", "sandbox-sft/sft/model"}
     page.fill(_field(page, "eval-models"), "sandbox, sandbox-sft/sft/model")
     page.fill(_field(page, "eval-names"), "base, tuned")
     page.fill("#eval-limit input", "6")

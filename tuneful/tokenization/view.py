@@ -168,10 +168,10 @@ class DataInspection:
 
 
 def inspect_data(source: str | None = None, *, tokenizer: str | None = None, template: str | None = None, shown: int = 3,
-                 max_length: int | None = None, overlong: str = "drop", format: str = "auto", on_error: str = "skip",
-                 last_turn_only: bool = False) -> DataInspection:
-    """Load ``source`` (default: the starter sample), tokenize and check every conversation, and keep the first
-    ``shown`` for display. Raises ValueError / FileNotFoundError / RecordError with the cause."""
+                 first: int = 0, max_length: int | None = None, overlong: str = "drop", format: str = "auto",
+                 on_error: str = "skip", last_turn_only: bool = False) -> DataInspection:
+    """Load ``source`` (default: the starter sample), tokenize and check every conversation, and keep ``shown`` of
+    them from index ``first`` for display. Raises ValueError / FileNotFoundError / RecordError with the cause."""
     from ..data.loader import load
     from ..samples import starter_path
     from ..templates.registry import resolve
@@ -190,6 +190,6 @@ def inspect_data(source: str | None = None, *, tokenizer: str | None = None, tem
     chat_template = resolve(template, tok, tokenizer or "starter tokenizer")
     ctok = ConversationTokenizer(tok, chat_template, last_turn_only=last_turn_only)
     report = preflight(tok, ctok, conversations, max_length=max_length, overlong=overlong)
-    first = conversations[:shown]
+    picked = conversations[first:first + shown]
     return DataInspection(source, loaded, chat_template, report, dataset_stats(loaded.report, conversations, report),
-                          list(zip(first, ctok.tokenize_many(first))))
+                          list(zip(picked, ctok.tokenize_many(picked))))

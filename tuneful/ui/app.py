@@ -47,7 +47,7 @@ def build_app(root: RootFolder) -> gr.Blocks:
             with gr.Tab("Evaluate", id="evaluate"):
                 _evaluate_page(app, root)
             with gr.Tab("Chat", id="chat"):
-                _chat_page(root, chats)
+                _chat_page(app, root, chats)
     return app
 
 
@@ -66,17 +66,19 @@ def _data_page(root: RootFolder) -> None:
     with gr.Row():
         source = gr.Textbox(label="Data", placeholder="empty: the starter sample shipped with tuneful",
                             elem_id="data-source", scale=3)
-        tokenizer = gr.Textbox(label="Tokenizer", placeholder="empty: a tiny tokenizer trained on the starter sample",
-                               elem_id="data-tokenizer", scale=2)
+        tokenizer = gr.Textbox(label="Tokenizer", placeholder="empty: a tiny tokenizer trained on the starter sample; "
+                               "'sandbox': the sandbox model's", elem_id="data-tokenizer", scale=2)
         template = gr.Dropdown([OWN_TEMPLATE, *builtin_names()], value=OWN_TEMPLATE, label="Chat template",
                                allow_custom_value=True, elem_id="data-template", scale=2)
         max_length = gr.Number(label="Max length (tokens)", value=None, precision=0, scale=1)
+        start = gr.Number(label="Show from conversation", value=1, minimum=1, precision=0, elem_id="data-first",
+                          scale=1)
     with gr.Accordion("Pick a file under the root", open=False):
         picker = gr.FileExplorer(root_dir=root.root, file_count="single", glob="**/*.json*",
                                  ignore_glob="**/.*", label="Data files under the root")
     inspect = gr.Button("Inspect", variant="primary", elem_id="data-inspect")
     message = gr.Markdown(elem_id="data-message")
-    examples = [gr.HighlightedText(label=f"Example {i + 1}", color_map=KIND_COLOURS, show_legend=True,
+    examples = [gr.HighlightedText(label=f"Conversation {i + 1} shown", color_map=KIND_COLOURS, show_legend=True,
                                    combine_adjacent=False, elem_id=f"data-example-{i + 1}")
                 for i in range(EXAMPLES_SHOWN)]
     findings = gr.Markdown(elem_id="data-findings")
@@ -87,11 +89,14 @@ def _data_page(root: RootFolder) -> None:
     def pick(path: Any) -> Any:
         return root.relative(path) if path else gr.skip()
 
-    def run(source_text: str, tokenizer_text: str, template_choice: str, limit: float | None) -> list[Any]:
+    def run(source_text: str, tokenizer_text: str, template_choice: str, limit: float | None,
+            first: float | None) -> list[Any]:
         try:
-            seen = inspect_data(root.source(source_text), tokenizer=root.source(tokenizer_text),
+            tokenizer_source = root.source(tokenizer_text, names=(SANDBOX,))
+            seen = inspect_data(root.source(source_text),
+                                tokenizer=str(sandbox_base_dir()) if tokenizer_source == SANDBOX else tokenizer_source,
                                 template=_template_choice(root, template_choice), shown=EXAMPLES_SHOWN,
-                                max_length=int(limit) if limit else None)
+                                first=max(0, int(first or 1) - 1), max_length=int(limit) if limit else None)
         except Exception as exc:  # the page shows the cause (a refused path, a bad record, a missing file)
             return [_failed(exc), *[None] * EXAMPLES_SHOWN, "", None, None]
         report = seen.loaded.report
@@ -108,7 +113,7 @@ def _data_page(root: RootFolder) -> None:
         return [head, *shown, found, [list(row) for row in seen.stats.rows()], _histogram(seen.lengths)]
 
     picker.change(pick, picker, source)
-    inspect.click(run, [source, tokenizer, template, max_length], [message, *examples, findings, stats, lengths])
+    inspect.click(run, [source, tokenizer, template, max_length, start], [message, *examples, findings, stats, lengths])
 
 
 def _histogram(lengths: list[int]) -> Any:
@@ -133,16 +138,20 @@ def _field_id(key: str) -> str:
 
 
 def _path_problems(root: RootFolder, settings: Any) -> dict[str, list[str]]:
-    """Paths a run would read or write must lie inside the root (the shipped sandbox model excepted)."""
+    """Paths a run would read or write must lie inside the root (the shipped sandbox model excepted); a missing
+    file is the trainer's to report when it runs."""
     problems: dict[str, list[str]] = {}
     checks = [("train.output_dir", settings.train.output_dir, "write")]
-    checks += [(f"data.{name}", getattr(settings.data, name, None), "read") for name in ("train", "eval", "replay")]
+    for name in ("train", "eval", "replay"):
+        value = getattr(settings.data, name, None)
+        sources = [s.get("path") for s in value if isinstance(s, dict)] if isinstance(value, list) else [value]
+        checks += [(f"data.{name}", source, "read") for source in sources]
     checks.append(("model.name_or_path", settings.model.name_or_path, "read"))
     for key, value, use in checks:
         if not isinstance(value, str) or not value or value == str(sandbox_base_dir()):
             continue
         try:
-            root.path(value) if use == "write" else root.source(value)
+            root.path(value) if use == "write" else root.source(value, must_exist=False)
         except (ValueError, OSError) as exc:
             problems.setdefault(key, []).append(f"{key}: {exc}")
     return problems
@@ -259,15 +268,17 @@ def _train_page(app: gr.Blocks, root: RootFolder) -> None:
         launch.click(on_launch, boxes, [problems, recipe_view, watched])
 
     recipe_view.render()
-    gr.Markdown("### The run")
-    with gr.Row():
-        watched.render()
-        stop = gr.Button("Stop", elem_id="train-stop", scale=1)
-        resume = gr.Button("Resume from the latest checkpoint", elem_id="train-resume", scale=1)
-    state = gr.Markdown(elem_id="train-status")
-    with gr.Row():
-        curve = gr.LinePlot(x="step", y="value", color="series", label="Loss", elem_id="train-curve", height=300)
-        log = gr.Textbox(label="Log", lines=14, max_lines=14, autoscroll=True, elem_id="train-log")
+    with gr.Column(elem_id="train-run"):
+        gr.Markdown("### The run")
+        with gr.Row():
+            watched.render()
+            stop = gr.Button("Stop", elem_id="train-stop", scale=1)
+            resume = gr.Button("Resume from the latest checkpoint", elem_id="train-resume", scale=1)
+        state = gr.Markdown(elem_id="train-status")
+        with gr.Row():
+            curve = gr.LinePlot(x="step", y="value", color="series", label="Loss", y_title="loss per trained token",
+                                x_title="optimizer step", color_title="", elem_id="train-curve", height=300)
+            log = gr.Textbox(label="Log", lines=14, max_lines=14, autoscroll=True, elem_id="train-log")
 
     def from_recipe(trainer_name: str, path_text: str) -> list[Any]:
         try:
@@ -321,6 +332,12 @@ def _latest(root: RootFolder, kinds: tuple[str, ...]) -> str:
     return root.relative(found[0]) if found else ""
 
 
+def _models(root: RootFolder) -> list[str]:
+    """Models a page can offer: the shipped sandbox base, and every trained model (or adapter) under the root."""
+    return [SANDBOX, *(root.relative(f / "model") for f in runs.find_runs(root.root)
+                       if (f / "model" / "tuneful.json").exists())]
+
+
 # --- Runs ---------------------------------------------------------------------------------------------------
 
 def _runs_page(app: gr.Blocks, root: RootFolder) -> None:
@@ -329,8 +346,8 @@ def _runs_page(app: gr.Blocks, root: RootFolder) -> None:
     table = gr.Dataframe(headers=["run", "kind", "status", "step", "loss", "held-out loss", "started"],
                          interactive=False, elem_id="runs-table")
     chosen = gr.CheckboxGroup(label="Overlay the curves of", choices=[], elem_id="runs-chosen")
-    overlay = gr.LinePlot(x="step", y="value", color="run", label="Train loss by run", elem_id="runs-curves",
-                          height=300)
+    overlay = gr.LinePlot(x="step", y="value", color="run", label="Train loss by run", y_title="train loss",
+                          x_title="optimizer step", elem_id="runs-curves", height=300)
     detail = gr.Dropdown(label="Details of", choices=[], elem_id="runs-detail")
     with gr.Row():
         settings_view = gr.Code(language="yaml", label="Settings", elem_id="runs-settings")
@@ -399,6 +416,8 @@ def _evaluate_page(app: gr.Blocks, root: RootFolder) -> None:
         limit = gr.Number(value=20, precision=0, label="Only the first N prompts (0: all)", elem_id="eval-limit",
                           scale=1)
         max_new = gr.Number(value=64, precision=0, label="Max new tokens", scale=1)
+    found = gr.CheckboxGroup(label="Models under the root (ticking fills the box above)", choices=[SANDBOX],
+                             elem_id="eval-found")
     start = gr.Button("Run the evaluation", variant="primary", elem_id="eval-run")
     state = gr.Markdown(elem_id="eval-status")
     watched = gr.Textbox(label="Report folder being shown", elem_id="eval-watch")
@@ -448,6 +467,8 @@ def _evaluate_page(app: gr.Blocks, root: RootFolder) -> None:
                 picture = image.copy()
         return [state_text, runs.log_tail(folder, 12), report_file.read_text(), picture, _side_by_side(folder)]
 
+    found.input(lambda ticked: ", ".join(ticked), found, models)
+    app.load(lambda: gr.update(choices=_models(root)), None, found)
     start.click(run, [models, names, prompts, out, limit, max_new], [state, watched])
     gr.Timer(2.0).tick(show, watched, [state, log, report, summary_plot, answers])
     app.load(lambda: _latest(root, kinds=("eval",)), None, watched)
@@ -547,12 +568,14 @@ class _Side:
         return asked + [{"role": "assistant", "content": said}]
 
 
-def _chat_page(root: RootFolder, chats: ChatModels) -> None:
+def _chat_page(app: gr.Blocks, root: RootFolder, chats: ChatModels) -> None:
     gr.Markdown("Chat with one model, or two side by side on the same messages (base vs tuned). The template is the "
                 "one saved with each model; choose another to see what a wrong template does.")
     with gr.Row():
-        spec_a = gr.Textbox(value=SANDBOX, label="Model A", elem_id="chat-model-a")
-        spec_b = gr.Textbox(label="Model B (optional, side by side)", elem_id="chat-model-b")
+        spec_a = gr.Dropdown([SANDBOX], value=SANDBOX, label="Model A", allow_custom_value=True,
+                             elem_id="chat-model-a")
+        spec_b = gr.Dropdown([SANDBOX], value=None, label="Model B (optional, side by side)", allow_custom_value=True,
+                             elem_id="chat-model-b")
         template = gr.Dropdown([OWN_TEMPLATE, *builtin_names()], value=OWN_TEMPLATE, label="Template",
                                allow_custom_value=True, elem_id="chat-template")
         max_new = gr.Slider(8, 512, value=64, step=8, label="Max new tokens")
@@ -592,6 +615,7 @@ def _chat_page(root: RootFolder, chats: ChatModels) -> None:
 
     inputs = [message, spec_a, spec_b, template, max_new, temperature, turns_a, turns_b]
     outputs = [chat_a, chat_b, turns_a, turns_b, notes, message]
+    app.load(lambda: [gr.update(choices=_models(root))] * 2, None, [spec_a, spec_b])
     send.click(reply, inputs, outputs)
     message.submit(reply, inputs, outputs)
     clear.click(lambda: [[], [], [], [], ""], None, [chat_a, chat_b, turns_a, turns_b, notes])

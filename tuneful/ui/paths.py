@@ -33,10 +33,10 @@ class RootFolder:
             raise FileNotFoundError(f"{text}: no such file or folder under {self.root}")
         return resolved
 
-    def source(self, text: str | None, *, names: tuple[str, ...] = ()) -> str | None:
+    def source(self, text: str | None, *, names: tuple[str, ...] = (), must_exist: bool = True) -> str | None:
         """A data or model source typed on a page: "" → None (the page's default); one of ``names`` (e.g.
-        ``sandbox``) as is; a Hugging Face id (``owner/name``, not a path under the root) as is; otherwise an
-        existing path inside the root."""
+        ``sandbox``) as is; a Hugging Face id (``owner/name``, not a path under the root) as is; otherwise a path
+        inside the root (that exists, unless ``must_exist`` is False)."""
         text = (text or "").strip()
         if not text:
             return None
@@ -44,7 +44,7 @@ class RootFolder:
             return text
         if _HUB_ID.fullmatch(text) and ".." not in text and not (self.root / text).exists():
             return text
-        return str(self.path(text, must_exist=True))
+        return str(self.path(text, must_exist=must_exist))
 
     def relative(self, path: str | Path) -> str:
         """How a page shows a path: relative to the root."""
