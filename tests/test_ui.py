@@ -20,7 +20,7 @@ from tuneful.tokenization.masking import ConversationTokenizer
 from tuneful.templates.registry import builtin
 from tuneful.tokenization.view import REASONING, TOOL_CALL, TOOL_RESULT, TRAINED, token_kinds
 from tuneful.ui import runs
-from tuneful.ui.forms import TRAINERS, check_form, fields, recipe_values
+from tuneful.ui.forms import TRAINERS, check_form, fields, recipe_values, unknown_settings
 from tuneful.ui.paths import OutsideRoot, RootFolder
 
 from tiny import model_and_data
@@ -95,6 +95,14 @@ def test_form_reads_empty_optional_lists_and_numbers():
     shown[[f.key for f in form_fields].index("train.lr")] = "1e-4"
     assert check_form(SFTConfig, form_fields, shown).settings.train.lr == 1e-4
     assert recipe_values(form_fields, shown)["data"]["train"] == "t.jsonl"
+
+
+def test_recipe_keys_the_form_has_no_field_for_are_named():
+    from tuneful.dpo.config import DPOConfig
+
+    dpo_recipe = {"model": {"name_or_path": "m"}, "dpo": {"beta": 0.2}, "train": {"lr": 1e-5, "lrr": 1}}
+    assert unknown_settings(SFTConfig, dpo_recipe) == ["dpo", "train.lrr"]
+    assert unknown_settings(DPOConfig, dpo_recipe) == ["train.lrr"]
 
 
 def test_build_applies_yaml_then_values_then_overrides(tmp_path: Path):

@@ -19,7 +19,7 @@ from ..samples import sandbox_base_dir
 from ..templates.registry import builtin_names
 from ..tokenization.view import KIND_COLOURS, inspect_data, token_kinds
 from . import runs
-from .forms import TRAINERS, check_form, fields, load_recipe
+from .forms import TRAINERS, check_form, fields, load_recipe, unknown_settings
 from .paths import RootFolder
 
 OWN_TEMPLATE = "(the model's or tokenizer's own)"
@@ -157,12 +157,13 @@ def _path_problems(root: RootFolder, settings: Any) -> dict[str, list[str]]:
     return problems
 
 
-def _curve(rows: list[dict], series_of: str = "series") -> Any:
+def _curve(rows: list[dict]) -> Any:
+    """A run's train and held-out loss as the long table a LinePlot draws."""
     import pandas as pd
 
-    points = [{"step": r["step"], "value": r[key], series_of: label} for r in rows
+    points = [{"step": r["step"], "value": r[key], "series": label} for r in rows
               for key, label in (("loss", "train loss"), ("eval_loss", "held-out loss")) if key in r]
-    return pd.DataFrame(points or [], columns=["step", "value", series_of])
+    return pd.DataFrame(points or [], columns=["step", "value", "series"])
 
 
 def _watch(root: RootFolder, folder_text: str) -> list[Any]:
@@ -171,9 +172,9 @@ def _watch(root: RootFolder, folder_text: str) -> list[Any]:
         return ["No run yet: launch one above.", "", _curve([])]
     try:
         folder = root.path(folder_text, must_exist=True)
-    except (ValueError, OSError) as exc:
+        info, rows = runs.read_info(folder), runs.metrics(folder)
+    except (ValueError, OSError) as exc:  # outside the root, missing, or a corrupt metrics line
         return [_failed(exc), "", _curve([])]
-    info, rows = runs.read_info(folder), runs.metrics(folder)
     trained = [r for r in rows if "loss" in r]
     state = runs.status(folder)
     line = f"**{root.relative(folder)}** — {info.kind} — **{state}**"
@@ -283,9 +284,15 @@ def _train_page(app: gr.Blocks, root: RootFolder) -> None:
     def from_recipe(trainer_name: str, path_text: str) -> list[Any]:
         try:
             path = root.path(path_text, must_exist=True)
-            return [load_recipe(path.read_text()), f"✅ loaded {root.relative(path)}", trainer_name]
+            values = load_recipe(path.read_text())
         except (ValueError, OSError) as exc:
             return [gr.skip(), _failed(exc), gr.skip()]
+        unknown = unknown_settings(TRAINERS[trainer_name].settings_class(), values)
+        text = f"✅ loaded {root.relative(path)}"
+        if unknown:  # not silently dropped: a recipe for another trainer, or a misspelt key
+            text = (f"⚠️ loaded {root.relative(path)}, but {trainer_name} has no setting "
+                    + ", ".join(f"`{k}`" for k in unknown) + ": those are not in the form (another trainer's recipe?)")
+        return [values, text, trainer_name]
 
     def sandbox_recipe() -> list[Any]:
         from ..sandbox.demo import DemoSettings, quick_sizes, write_sft_recipe
@@ -330,6 +337,16 @@ def _latest(root: RootFolder, kinds: tuple[str, ...]) -> str:
     """The most recently started run of these kinds (what a reloaded page watches again)."""
     found = [f for f in runs.find_runs(root.root) if runs.read_info(f).kind in kinds]
     return root.relative(found[0]) if found else ""
+
+
+def _picture(path: Path) -> Any:
+    """A PNG a run wrote, as an image the page shows (None when it is not there)."""
+    if not path.exists():
+        return None
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.copy()
 
 
 def _models(root: RootFolder) -> list[str]:
@@ -384,15 +401,7 @@ def _runs_page(app: gr.Blocks, root: RootFolder) -> None:
         rows = runs.metrics(folder)
         final_metrics = {**runs.summary(folder), **{k: v for r in rows for k, v in r.items()}} if rows else \
             runs.summary(folder)
-        png = folder / "loss.png"
-        if png.exists():
-            from PIL import Image
-
-            with Image.open(png) as image:
-                picture = image.copy()
-        else:
-            picture = None
-        return [settings, final_metrics, picture]
+        return [settings, final_metrics, _picture(folder / "loss.png")]
 
     refresh.click(listing, None, [table, chosen, detail])
     app.load(listing, None, [table, chosen, detail])
@@ -459,13 +468,8 @@ def _evaluate_page(app: gr.Blocks, root: RootFolder) -> None:
         report_file = folder / "report.md"
         if runs.status(folder) != "finished" or not report_file.exists():
             return [state_text, runs.log_tail(folder, 12), "", None, None]
-        from PIL import Image
-
-        picture = None
-        if (folder / "summary.png").exists():
-            with Image.open(folder / "summary.png") as image:
-                picture = image.copy()
-        return [state_text, runs.log_tail(folder, 12), report_file.read_text(), picture, _side_by_side(folder)]
+        return [state_text, runs.log_tail(folder, 12), report_file.read_text(), _picture(folder / "summary.png"),
+                _side_by_side(folder)]
 
     found.input(lambda ticked: ", ".join(ticked), found, models)
     app.load(lambda: gr.update(choices=_models(root)), None, found)

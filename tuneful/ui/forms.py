@@ -109,6 +109,24 @@ def fields(cls: type, recipe: dict | None = None) -> list[Field]:
     return out
 
 
+def unknown_settings(cls: type, recipe: dict) -> list[str]:
+    """Keys of ``recipe`` that ``cls`` has no setting for (a form would not show them: the page names them)."""
+    known = {f.key for f in fields(cls)}
+    sections = {key.rsplit(".", 1)[0] for key in known if "." in key}
+
+    def walk(values: dict, prefix: str) -> list[str]:
+        out = []
+        for key, value in values.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict) and dotted in sections:
+                out += walk(value, f"{dotted}.")
+            elif dotted not in known:
+                out.append(dotted)
+        return out
+
+    return walk(recipe, "")
+
+
 def recipe_values(form_fields: list[Field], shown: list[Any]) -> dict:
     """The nested recipe the form holds (every setting, as typed)."""
     out: dict = {}
