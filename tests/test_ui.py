@@ -235,3 +235,43 @@ def test_a_run_reads_and_writes_only_inside_the_root(tmp_path: Path):
                                        "data": {"train": [{"path": "a.jsonl", "weight": 1},
                                                           {"path": "/etc/passwd", "weight": 1}]}})
     assert set(_path_problems(root, outside)) == {"model.name_or_path", "train.output_dir", "data.train"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_ui(root: Path, *extra: str):
+    import subprocess
+    import sys
+
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "tuneful.cli.main", "ui", "--port", str(port), "--root", str(root),
+                                *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:
+        if line.startswith("Running on"):
+            return process
+    raise AssertionError("tuneful ui did not start")
+
+
+@pytest.mark.slow
+def test_runs_outlive_the_ui_unless_asked(tmp_path: Path):
+    """Closing the UI leaves its runs going; with --stop-runs-on-exit it stops those started while it was open."""
+    import signal
+
+    for flag, expected in (((), "running"), (("--stop-runs-on-exit",), "stopped")):
+        ui = _start_ui(tmp_path, *flag)
+        folder = tmp_path / f"run{len(flag)}"
+        runs.launch(folder, ["ui", "--port", str(_free_port()), "--root", str(tmp_path)], "long",
+                    cwd=tmp_path)  # any long-running command
+        _wait(lambda: "Running on" in runs.log_tail(folder), 120)
+        ui.send_signal(signal.SIGINT)
+        ui.wait(timeout=60)
+        _wait(lambda: runs.status(folder) != "running", 30) if expected == "stopped" else time.sleep(2)
+        assert runs.status(folder) == expected
+        runs.stop(folder)
+        _wait(lambda: runs.status(folder) != "running", 30)
