@@ -124,6 +124,18 @@ def test_data_page_highlights_the_trained_tokens(page):
     page.screenshot(path=str(ARTIFACTS / "data.png"), full_page=True)
 
 
+def test_data_page_lists_skipped_records_with_their_reasons(page, ui_server):
+    root = ui_server[1]
+    lines = starter_path().read_text().splitlines()
+    (root / "broken.jsonl").write_text("\n".join([lines[0], "{not json", lines[1]]) + "\n")
+    page.get_by_role("tab", name="Data").click()
+    page.fill(_field(page, "data-source"), "broken.jsonl")
+    page.click("#data-inspect")
+    message = _wait_text(page, "#data-message", "Skipped records")
+    assert "skipped: invalid_json: 1" in message and "broken.jsonl:2" in message
+    page.fill(_field(page, "data-source"), "")
+
+
 def test_paths_outside_the_root_are_refused(page, ui_server):
     page.get_by_role("tab", name="Data").click()
     page.fill(_field(page, "data-source"), "/etc/passwd")
@@ -235,6 +247,8 @@ def test_first_time_user_trains_watches_compares_and_evaluates(page, ui_server):
     status = _wait_text(page, "#eval-status", "finished", "failed", timeout_s=300)
     assert "finished" in status, status + _text_of(page, "#eval-log")
     _wait_text(page, "#eval-report", "Held-out loss", timeout_s=30)
+    page.wait_for_selector("#eval-plot img", timeout=30_000)
+    page.wait_for_selector("#eval-loss-plot img", timeout=30_000)
     answers = _text_of(page, "#eval-answers")
     assert "base" in answers and "tuned" in answers
     report = json.loads((root / "evals" / "eval" / "report.json").read_text())

@@ -106,6 +106,9 @@ def _data_page(root: RootFolder) -> None:
         if report.ignored_fields:
             head += "\n\nFields this format's loader does not use: " + ", ".join(
                 f"`{name}` ({count})" for name, count in report.ignored_fields.most_common(12))
+        if report.skipped:
+            head += "\n\nSkipped records (first 20):\n" + "\n".join(
+                f"- `{where}`: {reason}" for where, reason in report.skipped[:20])
         shown = [[(text, kind) for text, kind in token_kinds(conv, example)] for conv, example in seen.shown]
         shown += [None] * (EXAMPLES_SHOWN - len(shown))
         lines = [f"- {'❌' if f.severity == 'error' else '⚠️'} {f}" for f in seen.report.findings]
@@ -432,7 +435,9 @@ def _evaluate_page(app: gr.Blocks, root: RootFolder) -> None:
     watched = gr.Textbox(label="Report folder being shown", elem_id="eval-watch")
     log = gr.Textbox(label="Log", lines=6, max_lines=6, elem_id="eval-log")
     report = gr.Markdown(elem_id="eval-report")
-    summary_plot = gr.Image(type="pil", label="summary.png", elem_id="eval-plot")
+    with gr.Row():
+        summary_plot = gr.Image(type="pil", label="summary.png", elem_id="eval-plot")
+        loss_plot = gr.Image(type="pil", label="heldout_loss.png", elem_id="eval-loss-plot")
     answers = gr.Dataframe(label="Answers side by side", interactive=False, wrap=True, elem_id="eval-answers")
 
     def run(model_text: str, name_text: str, prompt_text: str, out_text: str, first: float, new_tokens: float) -> list[Any]:
@@ -459,22 +464,22 @@ def _evaluate_page(app: gr.Blocks, root: RootFolder) -> None:
 
     def show(folder_text: str) -> list[Any]:
         if not folder_text:
-            return ["", "", "", None, None]
+            return ["", "", "", None, None, None]
         try:
             folder = root.path(folder_text, must_exist=True)
         except (ValueError, OSError) as exc:
-            return [_failed(exc), "", "", None, None]
+            return [_failed(exc), "", "", None, None, None]
         state_text = f"**{root.relative(folder)}** — {runs.status(folder)}"
         report_file = folder / "report.md"
         if runs.status(folder) != "finished" or not report_file.exists():
-            return [state_text, runs.log_tail(folder, 12), "", None, None]
+            return [state_text, runs.log_tail(folder, 12), "", None, None, None]
         return [state_text, runs.log_tail(folder, 12), report_file.read_text(), _picture(folder / "summary.png"),
-                _side_by_side(folder)]
+                _picture(folder / "heldout_loss.png"), _side_by_side(folder)]
 
     found.input(lambda ticked: ", ".join(ticked), found, models)
     app.load(lambda: gr.update(choices=_models(root)), None, found)
     start.click(run, [models, names, prompts, out, limit, max_new], [state, watched])
-    gr.Timer(2.0).tick(show, watched, [state, log, report, summary_plot, answers])
+    gr.Timer(2.0).tick(show, watched, [state, log, report, summary_plot, loss_plot, answers])
     app.load(lambda: _latest(root, kinds=("eval",)), None, watched)
 
 
