@@ -165,6 +165,15 @@ def test_run_records_its_command_exit_and_failure(tmp_path: Path):
     assert runs.summary(tmp_path / "ok")["kind"] == "help"
 
 
+def test_a_run_whose_process_number_was_reused_is_not_running(tmp_path: Path):
+    import os
+
+    (tmp_path / runs.RUN_FILE).write_text(json.dumps({"args": ["sft"], "command": "tuneful sft", "kind": "sft",
+                                                      "pid": os.getpid(), "started": time.time()}))
+    assert runs.status(tmp_path) == "ended"  # this test's process holds the number, not the run's shell
+    assert not runs.stop(tmp_path)
+
+
 @pytest.mark.slow
 def test_run_stops_and_resumes_from_its_checkpoint(tmp_path: Path):
     """Stop a training the UI started, resume it: it continues from the checkpoint to the same last step."""

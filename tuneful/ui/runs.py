@@ -33,6 +33,7 @@ def shown_command(args: list[str]) -> str:
 def launch(folder: Path, args: list[str], kind: str, *, cwd: Path) -> "RunInfo":
     """Start ``tuneful ARGS`` writing into ``folder`` (its log, its exit code); returns at once."""
     folder.mkdir(parents=True, exist_ok=True)
+    folder = folder.resolve()  # as _alive looks for it in the shell's command line
     if status(folder) == "running":
         raise RuntimeError(f"{folder} already has a running process; stop it first")
     (folder / EXIT_FILE).unlink(missing_ok=True)
@@ -75,17 +76,22 @@ def read_info(folder: Path) -> RunInfo:
     return RunInfo(folder, [], "(started outside the UI)", "training", None, started)
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, folder: Path) -> bool:
+    """The run's shell is still there: the process exists, is not a zombie, and (where /proc tells) is the
+    shell that writes this folder's exit code, not another process that got the number later."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.exists():  # a zombie is an ended process not yet reaped
-        return stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z"
-    return True
+    proc = Path(f"/proc/{pid}")
+    try:
+        if (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z":  # ended, not yet reaped
+            return False
+        return str(folder.resolve() / EXIT_FILE) in (proc / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:  # no /proc here
+        return True
 
 
 def exit_code(folder: Path) -> int | None:
@@ -103,7 +109,7 @@ def status(folder: Path) -> str:
     path = folder / RUN_FILE
     if path.exists():
         pid = json.loads(path.read_text()).get("pid")
-        if pid and _alive(pid):
+        if pid and _alive(pid, folder):
             return "running"
     if (folder / "model" / "tuneful.json").exists() or (folder / "report.json").exists():
         return "finished"
