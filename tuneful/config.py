@@ -173,14 +173,23 @@ def problems_by_setting(problems: list[str], keys: list[str]) -> dict[str, list[
     return out
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default, help) for every setting: the reference for docs and ``--help``."""
+def settings_of(cls: type) -> list[tuple[str, Any, str, Any]]:
+    """(dotted key, default, help, annotation) for every setting of a recipe class, sections walked in order."""
     rows = []
-    obj = cls()
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            rows += describe(type(value), f"{prefix}{f.name}.")
-        else:
-            rows.append((f"{prefix}{f.name}", repr(value), f.metadata.get("help", "")))
+
+    def walk(obj: Any, prefix: str) -> None:
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                rows.append((f"{prefix}{f.name}", value, f.metadata.get("help", ""), hints[f.name]))
+
+    walk(cls(), "")
     return rows
+
+
+def describe(cls: type) -> list[tuple[str, str, str]]:
+    """(dotted key, default, help) for every setting: the reference for docs and ``--help``."""
+    return [(key, repr(default), help_text) for key, default, help_text, _ in settings_of(cls)]

@@ -7,7 +7,6 @@ shows exactly the errors the command would print, all at once, each under the se
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import re
 import types
@@ -17,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError, build, problems_by_setting
+from ..config import ConfigError, build, problems_by_setting, settings_of
 
 
 @dataclass(frozen=True)
@@ -93,20 +92,16 @@ class Field:
 
 def fields(cls: type, recipe: dict | None = None) -> list[Field]:
     """Every setting of ``cls``: its value in ``recipe`` (a nested mapping, e.g. a loaded YAML) or its default."""
-    out: list[Field] = []
-
-    def walk(obj: Any, values: dict, prefix: str) -> None:
-        hints = typing.get_type_hints(type(obj))
-        for f in dataclasses.fields(obj):
-            default = getattr(obj, f.name)
-            if dataclasses.is_dataclass(default):
-                walk(default, values.get(f.name) or {}, f"{prefix}{f.name}.")
-            else:
-                out.append(Field(f"{prefix}{f.name}", values.get(f.name, default), default,
-                                 f.metadata.get("help", ""), hints[f.name]))
-
-    walk(cls(), recipe or {}, "")
+    out = []
+    for key, default, help_text, annotation in settings_of(cls):
+        node: Any = recipe or {}
+        for part in key.split("."):
+            node = node.get(part, _UNSET) if isinstance(node, dict) else _UNSET
+        out.append(Field(key, default if node is _UNSET else node, default, help_text, annotation))
     return out
+
+
+_UNSET = object()
 
 
 def unknown_settings(cls: type, recipe: dict) -> list[str]:
