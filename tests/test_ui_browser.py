@@ -182,6 +182,12 @@ def test_form_shows_every_problem_by_setting(page):
     problems = _wait_text(page, "#train-problems", "problem")
     assert "train.lr" in problems and "expected float" in problems
     assert "model.name_or_path" in problems and "data.train" in problems  # all at once
+    assert "expected float, got 'fast'" in _wait_text(page, "#setting-train-lr", "expected float")  # beside the field
+    assert "required" in _text_of(page, "#setting-data-train")
+    assert "Peak learning rate" not in _text_of(page, "#setting-train-lr")
+    page.fill(_field(page, "setting-train-lr"), "0.001")
+    page.click("#train-check")
+    assert "Peak learning rate" in _wait_text(page, "#setting-train-lr", "Peak learning rate")  # fixed: help again
 
 
 def test_first_time_user_trains_watches_compares_and_evaluates(page, ui_server):

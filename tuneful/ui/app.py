@@ -235,27 +235,32 @@ def _train_page(app: gr.Blocks, root: RootFolder) -> None:
                     result.settings = None
             return result, result.markdown()
 
+        def beside_fields(result: Any) -> list[Any]:
+            """Each field's problems under its name, in place of its help (the help again once it is fixed)."""
+            return [gr.update(info="❌ " + "; ".join(result.problems[f.key]) if f.key in result.problems else f.help)
+                    for f in form_fields]
+
         def on_check(*shown: Any) -> list[Any]:
             result, text = checked(shown)
-            return [text, _recipe_yaml(result.settings)]
+            return [text, _recipe_yaml(result.settings), *beside_fields(result)]
 
         def on_save(*shown: Any) -> list[Any]:
             *shown, target = shown
             result, text = checked(tuple(shown))
             if not result.ok:
-                return [text, ""]
+                return [text, "", *beside_fields(result)]
             try:
                 path = root.path(target or Path(result.settings.train.output_dir) / "recipe.yaml")
             except ValueError as exc:
-                return [_failed(exc), ""]
+                return [_failed(exc), "", *beside_fields(result)]
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(_recipe_yaml(result.settings))
-            return [f"✅ saved {root.relative(path)}", _recipe_yaml(result.settings)]
+            return [f"✅ saved {root.relative(path)}", _recipe_yaml(result.settings), *beside_fields(result)]
 
         def on_launch(*shown: Any) -> list[Any]:
             result, text = checked(shown)
             if not result.ok:
-                return [text, "", gr.skip()]
+                return [text, "", gr.skip(), *beside_fields(result)]
             out = root.path(result.settings.train.output_dir)
             recipe_file = out / "recipe.yaml"
             out.mkdir(parents=True, exist_ok=True)
@@ -264,12 +269,13 @@ def _train_page(app: gr.Blocks, root: RootFolder) -> None:
                 info = runs.launch(out, [*TRAINERS[trainer_name].command, root.relative(recipe_file)], trainer_name,
                                    cwd=root.root)
             except RuntimeError as exc:
-                return [_failed(exc), "", gr.skip()]
-            return [f"✅ started `{info.command}`", _recipe_yaml(result.settings), root.relative(out)]
+                return [_failed(exc), "", gr.skip(), *beside_fields(result)]
+            return [f"✅ started `{info.command}`", _recipe_yaml(result.settings), root.relative(out),
+                    *beside_fields(result)]
 
-        check.click(on_check, boxes, [problems, recipe_view])
-        save.click(on_save, [*boxes, save_path], [problems, recipe_view])
-        launch.click(on_launch, boxes, [problems, recipe_view, watched])
+        check.click(on_check, boxes, [problems, recipe_view, *boxes])
+        save.click(on_save, [*boxes, save_path], [problems, recipe_view, *boxes])
+        launch.click(on_launch, boxes, [problems, recipe_view, watched, *boxes])
 
     recipe_view.render()
     with gr.Column(elem_id="train-run"):
