@@ -8,7 +8,6 @@ Work longer than a page request (training, evaluation) runs as a ``tuneful`` pro
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,6 +19,7 @@ from ..templates.registry import builtin_names
 from ..tokenization.view import KIND_COLOURS, inspect_data, token_kinds
 from . import runs
 from .forms import TRAINERS, check_form, fields, load_recipe, unknown_settings
+from .chat import ChatModels, Side
 from .paths import RootFolder
 
 OWN_TEMPLATE = "(the model's or tokenizer's own)"
@@ -505,84 +505,6 @@ def _side_by_side(folder: Path) -> Any:
 
 # --- Chat ---------------------------------------------------------------------------------------------------
 
-class ChatModels:
-    """Models loaded for the Chat page, by (spec, template), each with its generation engine; the oldest is
-    let go beyond ``keep``."""
-
-    def __init__(self, keep: int = 3):
-        self.keep, self.loaded, self.lock = keep, {}, threading.Lock()
-
-    def get(self, spec: str, template: str | None) -> Any:
-        from ..infer.chat_model import load_chat_model
-        from ..serve.engine import GenerationEngine
-
-        key = (spec, template)
-        with self.lock:
-            if key not in self.loaded:
-                chat = load_chat_model(spec, template=template)
-                self.loaded[key] = (chat, GenerationEngine(chat, max_batch=1, max_queue=4).start())
-                while len(self.loaded) > self.keep:
-                    _, engine = self.loaded.pop(next(iter(self.loaded)))
-                    engine.stop()
-            return self.loaded[key]
-
-
-def _shown(turns: list[dict]) -> list[dict]:
-    """A conversation as the Chatbot shows it: reasoning, tool calls and tool results in titled boxes of their own."""
-    out = []
-    for m in turns:
-        if m["role"] == "user":
-            out.append({"role": "user", "content": m["content"]})
-        elif m["role"] == "tool":
-            out.append({"role": "assistant", "content": m["content"],
-                        "metadata": {"title": f"tool result ({m.get('name', 'tool')})"}})
-        elif m["role"] == "assistant":
-            if m.get("reasoning_content"):
-                out.append({"role": "assistant", "content": m["reasoning_content"], "metadata": {"title": "reasoning"}})
-            for call in m.get("tool_calls", []):
-                out.append({"role": "assistant", "metadata": {"title": "tool call"},
-                            "content": f"{call['function']['name']}({json.dumps(call['function']['arguments'])})"})
-            if m.get("content"):
-                out.append({"role": "assistant", "content": m["content"]})
-    return out
-
-
-class _Side:
-    """One model's reply being written, in a thread: what it has written so far, and its turns when done."""
-
-    def __init__(self, chats: ChatModels, spec: str | None, template: str | None, turns: list[dict], text: str,
-                 max_new_tokens: int, temperature: float):
-        self.past, self.text = list(turns), text
-        self.turns, self.written, self.error, self.notes = list(turns), "", None, []
-        self.done = spec is None
-        if spec is not None:
-            threading.Thread(target=self._run, args=(chats, spec, template, max_new_tokens, temperature),
-                             daemon=True).start()
-
-    def _run(self, chats: ChatModels, spec: str, template: str | None, max_new_tokens: int, temperature: float) -> None:
-        from ..infer.chat_repl import ChatSession
-
-        try:
-            chat, engine = chats.get(spec, template)
-            self.notes = list(chat.notes)
-            session = ChatSession(chat, max_new_tokens=max_new_tokens, temperature=temperature, turns=self.turns)
-            session.reply(engine, self.text, self._write)  # the terminal chat's reply: tools, reasoning, stops
-        except Exception as exc:  # shown on the page (a model that does not load, a conversation too long)
-            self.error = exc
-        finally:
-            self.done = True
-
-    def _write(self, piece: str) -> None:
-        self.written += piece
-
-    def shown(self) -> list[dict]:
-        if self.done and self.error is None:
-            return _shown(self.turns)
-        asked = _shown([*self.past, {"role": "user", "content": self.text}])
-        said = f"error: {self.error}" if self.error is not None else self.written or "…"
-        return asked + [{"role": "assistant", "content": said}]
-
-
 def _chat_page(app: gr.Blocks, root: RootFolder, chats: ChatModels) -> None:
     gr.Markdown("Chat with one model, or two side by side on the same messages (base vs tuned). The template is the "
                 "one saved with each model; choose another to see what a wrong template does.")
@@ -617,7 +539,7 @@ def _chat_page(app: gr.Blocks, root: RootFolder, chats: ChatModels) -> None:
         except (ValueError, OSError) as exc:
             yield [gr.skip(), gr.skip(), gr.skip(), gr.skip(), _failed(exc), gr.skip()]
             return
-        sides = [_Side(chats, spec, chosen, past, text, int(new_tokens), float(temp))
+        sides = [Side(chats, spec, chosen, past, text, int(new_tokens), float(temp))
                  for spec, past in zip(specs, (past_a, past_b))]
         while True:
             finished = all(side.done for side in sides)
