@@ -196,7 +196,14 @@ def test_first_time_user_trains_watches_compares_and_evaluates(page, ui_server):
     page.click("#train-sandbox")
     _wait_text(page, "#train-loaded", "wrote", timeout_s=120)
     assert (root / "sandbox-sft" / "sft.yaml").exists()
+    # the form is drawn again from the loaded recipe: launching before that would launch the old form's values
+    page.wait_for_function("(() => { const e = document.querySelector('#setting-data-train input, #setting-data-train "
+                           "textarea'); return e && e.value.includes('sandbox-sft'); })()", timeout=60_000)
     page.click("#train-launch")
+    try:
+        _wait_text(page, "#train-problems", "started", timeout_s=60)
+    except Exception as exc:  # the form's problems say why it did not start
+        raise AssertionError(_text_of(page, "#train-problems")) from exc
     _wait_text(page, "#train-status", "running", "finished", "failed", timeout_s=60)
     page.screenshot(path=str(ARTIFACTS / "train-running.png"), full_page=True)
     status = _wait_text(page, "#train-status", "finished", "failed", "ended", timeout_s=300)
