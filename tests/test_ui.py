@@ -234,16 +234,16 @@ def test_help_lists_the_ui():
 
 def test_a_run_reads_and_writes_only_inside_the_root(tmp_path: Path):
     from tuneful.samples import sandbox_base_dir
-    from tuneful.ui.app import _path_problems
+    from tuneful.ui.train_page import path_problems
 
     root = RootFolder(tmp_path)
     inside = build(SFTConfig, values={"model": {"name_or_path": str(sandbox_base_dir())},  # shipped: allowed
                                       "data": {"train": "later.jsonl"}, "train": {"output_dir": "runs/a"}})
-    assert _path_problems(root, inside) == {}  # a file still to be written is the trainer's to report
+    assert path_problems(root, inside) == {}  # a file still to be written is the trainer's to report
     outside = build(SFTConfig, values={"model": {"name_or_path": "../m"}, "train": {"output_dir": "/tmp/elsewhere"},
                                        "data": {"train": [{"path": "a.jsonl", "weight": 1},
                                                           {"path": "/etc/passwd", "weight": 1}]}})
-    assert set(_path_problems(root, outside)) == {"model.name_or_path", "train.output_dir", "data.train"}
+    assert set(path_problems(root, outside)) == {"model.name_or_path", "train.output_dir", "data.train"}
 
 
 def _free_port() -> int:
