@@ -76,6 +76,18 @@ def test_quality_problems_are_named(instruction: str, response: str, reason: str
     assert problem is not None and reason in problem
 
 
+def test_quality_checks_over_worker_processes_decide_as_one_loop():
+    from tuneful.curate.quality import quality_problem, quality_problems
+
+    pairs = [(f"Question number {k}?", ["A fine answer.", "", "It ends with the", "Sure ```code"][k % 4])
+             for k in range(2_400)]
+    pairs[7] = ("Please describe the weather in the mountains in winter.",
+                "Il fait très froid en hiver dans les montagnes, et il neige beaucoup.")
+    one = [quality_problem(i, r, min_chars=1, max_chars=100) for i, r in pairs]
+    assert quality_problems(pairs, min_chars=1, max_chars=100, processes=2) == one
+    assert one[7] == "response in another language than the instruction" and one[0] is None
+
+
 def test_good_records_pass_the_quality_filter():
     assert quality_problem("What is 2+2?", "4", min_chars=1, max_chars=1000) is None
     assert quality_problem("List two colours.", "- red\n- blue", min_chars=1, max_chars=1000) is None
@@ -189,7 +201,7 @@ def test_ifd_and_likelihood_come_from_one_local_reference_model(tmp_path: Path):
     assert likelihood_scores(reference, pairs)[1] == pytest.approx(expected, abs=1e-4)
 
 
-def test_agreement_is_the_share_of_other_replies_to_the_same_question_that_agree():
+def test_agreement_is_the_share_of_agreeing_replies_relative_to_the_plurality_answer():
     from tuneful.curate.scores import agreement_scores, instruction_groups
 
     instructions = ["What is the capital of Velor?", "what is the capital of velor", "Please: what is the capital "
@@ -199,9 +211,13 @@ def test_agreement_is_the_share_of_other_replies_to_the_same_question_that_agree
     groups = sorted(instruction_groups(instructions))
     assert groups == [[0, 1, 2, 3], [4, 5], [6, 7, 8]]  # "Please:" joins its question; Mirad stays apart
     scores = agreement_scores(instructions, replies, min_group=3)
-    assert scores[:4] == [2 / 3, 2 / 3, 2 / 3, 0.0]  # the odd reply out agrees with nobody
+    assert scores[:4] == [1.0, 1.0, 1.0, 0.0]  # the plurality answer, and the odd reply out that nobody agrees with
     assert scores[4:6] == [None, None]  # too few replies to count votes
     assert scores[6:] == [None, None, None]  # nobody agrees with anybody: no consensus, no signal
+    # a recurring wrong reply is outvoted: 5 say Kasp, 3 say "I am not sure.", 1 is cut off
+    split = ["Kasp."] * 5 + ["I am not sure."] * 3 + ["Ka"]
+    scores = agreement_scores(["What is the capital of Velor?"] * 9, split, min_group=3)
+    assert scores == [1.0] * 5 + [0.5] * 3 + [0.0]  # shares 4/8, 2/8, 0/8 over the plurality's 4/8
 
 
 def test_quality_is_a_weighted_mean_of_ranks_within_groups():
@@ -257,9 +273,14 @@ def test_quality_diverse_never_admits_a_bad_record_for_being_different():
     assert quality_diverse(vectors, quality, one_group, 2, min_score=0.5) == [0, 1]
     # below the bar only when nothing else can fill the budget
     assert quality_diverse(vectors, quality, one_group, 4, min_score=0.5) == [0, 1, 2, 3]
+    # an outvoted reply (excluded) waits like one below the bar, however well it scores otherwise
+    quality[3] = 0.95
+    outvoted = np.array([False, False, False, True])
+    assert quality_diverse(vectors, quality, one_group, 2, excluded=outvoted) == [0, 1]
+    assert quality_diverse(vectors, quality, one_group, 4, excluded=outvoted) == [0, 1, 2, 3]
 
 
-def test_quality_diverse_lets_a_small_group_take_back_its_duplicates():
+def test_quality_diverse_lets_a_small_group_take_back_its_duplicates_by_tier():
     from tuneful.curate.select import quality_diverse
 
     rng = np.random.default_rng(0)
@@ -267,13 +288,18 @@ def test_quality_diverse_lets_a_small_group_take_back_its_duplicates():
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     # group 0: records 0-5 (distinct); group 1: record 6 distinct, 7-9 its removed duplicates (spare)
     groups = np.array([0] * 6 + [1] * 4)
-    spare = np.array([False] * 7 + [True] * 3)
+    tier = np.array([0] * 7 + [1] * 3)
     quality = np.array([0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.9, 0.8, 0.1])
-    picked = quality_diverse(vectors, quality, groups, 6, spare=spare, min_score=0.5, group_sizes={0: 6, 1: 4})
+    picked = quality_diverse(vectors, quality, groups, 6, tier=tier, min_score=0.5, group_sizes={0: 6, 1: 4})
     # quotas 3 / 3 by sqrt of the claims; group 1 fills its share with its best spare duplicates, after its
     # distinct record, and never with the one below the bar
     assert sorted(picked) == [0, 1, 2, 6, 7, 8]
     assert picked.index(6) < picked.index(7)
+    # a higher tier waits for every eligible record of the lower ones: 9 (tier 2) is the best but comes last
+    quality[9] = 0.95
+    tiers = np.array([0] * 7 + [1, 1, 2])
+    picked = quality_diverse(vectors, quality, groups, 6, tier=tiers, min_score=0.5, group_sizes={0: 4, 1: 9})
+    assert picked[-3:] == [7, 8, 9] and sorted(picked[:3]) == [0, 1, 6]  # quotas 2 / 4
     # without spare records group 1 has one eligible record: the rest of the budget goes to group 0
     assert sorted(quality_diverse(vectors[:7], quality[:7], groups[:7], 6, min_score=0.5)) == [0, 1, 2, 3, 4, 6]
 
@@ -302,9 +328,37 @@ def test_duplicate_clusters_keep_their_best_member_not_the_first(tmp_path: Path)
     best = Curator(CurateSettings(**common), embedder=_fake_embedder(same)).run(str(path))
     assert [r.response for r in best.kept] == ["The capital of Velor is Kasp."]
     # 0, 1 and 3 ask the same question ("Capital of Velor? Please." is worded too differently to join them)
-    assert [best.scores[i].get("agreement") for i in range(4)] == [0.0, 0.5, None, 0.5]
+    assert [best.scores[i].get("agreement") for i in range(4)] == [0.0, 1.0, None, 1.0]
     reasons = [r.reason for r in best.rejected]
     assert len(reasons) == 3 and all("cluster of 4; kept the best" in reason for reason in reasons)
+
+
+def test_a_templated_group_repeats_its_records_to_its_quota(tmp_path: Path):
+    """'clarify' asks two distinct questions, each 12 times (one reply); 'fact' has 40 distinct records. The
+    group's quota (by its size before dedup) is filled by repeating its two records, one copy of each before
+    a second; with repeat_to_quota off its share goes to 'fact'."""
+    rows = [(f"What is the capital of country {k}?", f"It is city {k}.", "fact") for k in range(40)]
+    for k in range(12):
+        rows += [("What is its capital?", "Which country do you mean?", "clarify"),
+                 ("How many people live there?", "Which country do you mean?", "clarify")]
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                                        "meta": {"task": task}}) + "\n" for q, a, task in rows))
+    rng = np.random.default_rng(0)
+    vectors = {q: rng.normal(size=8).tolist() for q, _, _ in rows}
+    common = dict(budget=20, near=False, semantic=False, quality=False, group_by="task", agreement=False)
+    result = Curator(CurateSettings(**common), embedder=_fake_embedder(vectors)).run(str(path))
+    kept = [r.conversation.meta["task"] for r in result.kept]
+    # quotas by sqrt of the claims 40 and 24: 11 and 9 of 20
+    assert kept.count("clarify") == 9 and kept.count("fact") == 11
+    questions = [r.instruction for r in result.kept if r.conversation.meta["task"] == "clarify"]
+    assert sorted({questions.count(q) for q in set(questions)}) == [4, 5]  # round-robin: one copy of each in turn
+    assert len(result.kept) + len(result.rejected) == len(rows)
+    assert result.rejected_by_stage() == {"exact": 24 - 9, "select": 40 - 11}
+    assert result.taken_back == {"near/semantic": 0, "exact copies": 7}
+    plain = Curator(CurateSettings(repeat_to_quota=False, **common), embedder=_fake_embedder(vectors)).run(str(path))
+    assert [r.conversation.meta["task"] for r in plain.kept].count("clarify") == 2
+    assert len(plain.kept) == 20
 
 
 def test_curation_never_reads_the_sandbox_answer_key():

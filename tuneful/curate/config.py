@@ -46,7 +46,8 @@ class CurateSettings:
     min_reward: Optional[float] = setting(None, "Records the reward model scores below this are dropped; null = keep "
                                                 "all (scores only).")
     agreement: bool = setting(True, "Self-consistency score: each reply's share of the other replies to the same or "
-                                    "near-same instruction that agree with it (no model needed; no signal for an "
+                                    "near-same instruction that agree with it, over the highest share in that "
+                                    "group (1 = the plurality answer; no model needed; no signal for an "
                                     "instruction with fewer than agreement_min_group replies).")
     agreement_min_group: int = setting(3, "Replies an instruction needs before their agreement is a signal.")
     reply_match: float = setting(0.9, "Two replies agree when their normalised texts match at least this much "
@@ -81,10 +82,23 @@ class CurateSettings:
                                       "otherwise: diversity is sought among each group's better half, so a wrong "
                                       "reply is not admitted for being unlike the right ones. "
                                        "Records without any score count as 0.5.")
+    min_agreement: float = setting(0.75, "quality-diverse: a reply whose agreement score is below this is outvoted "
+                                         "by the other replies to its instruction (self-consistency: the answer "
+                                         "most of them give is taken as right): it is not picked within a quota "
+                                         "nor repeated, only used if nothing else can fill the budget. 0 = off; "
+                                         "replies without an agreement signal are never outvoted.")
     quota_power: float = setting(0.5, "quality-diverse: group quotas grow with size**quota_power (1 = "
                                       "proportional, 0 = equal shares).")
+    repeat_to_quota: bool = setting(True, "quality-diverse with dedup_keep=best: a group whose distinct records "
+                                          "(and near/semantic duplicates) cannot fill its quota repeats its records "
+                                          "with their exact copies from the input, one copy of each before a second "
+                                          "of any. In a templated pool (the same refusal or clarifying question in "
+                                          "many places) repetition is the weight the input gave that kind of reply; "
+                                          "false = its unused share goes to the other groups.")
     clusters: int = setting(0, "Embedding clusters (score groups, quotas, cluster selection, the coverage report); "
                                "0 = about sqrt(n/2).")
+    num_proc: int = setting(0, "Processes for the heuristic filters on inputs of 2,000 records or more (0 = one per "
+                               "CPU core; 1 = in this process). The decisions do not depend on it.")
     seed: int = setting(0, "Seed for random selection and clustering.")
     batch_size: int = setting(64, "Embedding and scoring batch size.")
 
@@ -108,6 +122,8 @@ class CurateSettings:
             problems.append(f"max_similarity: {self.max_similarity} must be in [-1, 1]")
         if not 0 <= self.min_quality <= 1:
             problems.append(f"min_quality: {self.min_quality} must be in [0, 1]")
+        if not 0 <= self.min_agreement <= 1:
+            problems.append(f"min_agreement: {self.min_agreement} must be in [0, 1]")
         if self.quota_power < 0:
             problems.append(f"quota_power: {self.quota_power} must be >= 0")
         for name in ("agreement_weight", "likelihood_weight", "ifd_weight", "judge_weight", "reward_weight"):
@@ -119,6 +135,8 @@ class CurateSettings:
             problems.append(f"min_judge_score: {self.min_judge_score} must be in [1, 5]")
         if self.min_response_chars < 0 or self.max_response_chars <= self.min_response_chars:
             problems.append("min_response_chars/max_response_chars: need 0 <= min < max")
+        if self.num_proc < 0:
+            problems.append(f"num_proc: {self.num_proc} must be >= 0 (0 = one per CPU core)")
         if self.embedding_max_tokens < 0:
             problems.append(f"embedding_max_tokens: {self.embedding_max_tokens} must be >= 0 (0 = the model's limit)")
         if self.embedding_dtype not in EMBEDDING_DTYPES:

@@ -29,7 +29,7 @@ from ..data.loader import load
 from ..data.types import Conversation
 from .config import CurateSettings
 from .dedup import embed, exact_duplicates, near_duplicates, semantic_duplicates
-from .quality import quality_problem
+from .quality import quality_problems
 from .select import cluster_balanced, default_clusters, k_center, kmeans, quality_diverse
 
 STAGES = ("load", "quality", "exact", "near", "semantic", "ifd", "judge", "reward", "select")  # stages that remove
@@ -76,6 +76,8 @@ class CurationResult:
     groups: dict[int, int] = field(default_factory=dict)  # record index -> its score/quota group
     group_names: list[str] = field(default_factory=list)  # group id -> name (a task from meta, or "cluster N")
     judge_unrated: int = 0
+    # duplicates selection took back for a group short of distinct records: {"near/semantic": n, "exact copies": n}
+    taken_back: dict[str, int] = field(default_factory=dict)
 
     def rejected_by_stage(self) -> dict[str, int]:
         counts = {s: 0 for s in STAGES}
@@ -89,7 +91,9 @@ class Curator:
         self.s, self.judge, self.embedder = settings, judge, embedder
         self._references: dict[str, Any] = {}  # model spec -> scores.ReferenceLM, loaded once
         self._duplicates: list[tuple[Record, Rejection]] = []  # near/semantic duplicates a small group may take back
-        self._copies: dict[int, int] = {}  # record index -> exact copies of it removed (its group's claim counts them)
+        # record index -> its exact copies removed: its group's claim counts them, and a group short of distinct
+        # records may repeat it with them (``repeat_to_quota``)
+        self._copies: dict[int, list[tuple[Record, Rejection]]] = {}
 
     def run(self, source: str, *, format: str = "auto", on_error: str = "fail") -> CurationResult:
         started = time.perf_counter()
@@ -147,12 +151,9 @@ class Curator:
     def _quality(self, records: list[Record], result: CurationResult) -> list[Record]:
         if not self.s.quality:
             return records
-        reasons = {}
-        for pos, r in enumerate(records):
-            problem = quality_problem(r.instruction, r.response, min_chars=self.s.min_response_chars,
-                                      max_chars=self.s.max_response_chars)
-            if problem:
-                reasons[pos] = problem
+        problems = quality_problems([(r.instruction, r.response) for r in records], min_chars=self.s.min_response_chars,
+                                    max_chars=self.s.max_response_chars, processes=self.s.num_proc)
+        reasons = {pos: problem for pos, problem in enumerate(problems) if problem}
         return self._drop(result, records, reasons, "quality")
 
     def _exact(self, records: list[Record], result: CurationResult) -> list[Record]:
@@ -160,10 +161,11 @@ class Curator:
             return records
         # the same text (up to case, spacing and punctuation): any member is as good as the best; the first stays
         dups = exact_duplicates([r.text for r in records])
-        for orig in dups.values():
-            self._copies[records[orig].index] = self._copies.get(records[orig].index, 0) + 1
         reasons = {pos: f"exact duplicate of {records[orig].where}" for pos, orig in dups.items()}
-        return self._drop(result, records, reasons, "exact")
+        kept = self._drop(result, records, reasons, "exact")
+        for (pos, orig), rejection in zip(dups.items(), result.rejected[len(result.rejected) - len(dups):]):
+            self._copies.setdefault(records[orig].index, []).append((records[pos], rejection))
+        return kept
 
     def _near(self, records: list[Record], result: CurationResult) -> list[Record]:
         if not self.s.near or not records:
@@ -335,21 +337,47 @@ class Curator:
 
     def _quality_diverse(self, records: list[Record], result: CurationResult) -> list[Record]:
         """Quality-first, diversity-aware selection (``select.quality_diverse``). Quotas are claimed by each
-        group's size before dedup (its records and their exact copies); a group whose distinct records cannot
-        fill its quota takes back its best near/semantic duplicates (never exact copies), after every distinct
-        record."""
-        spare = [record for record, _ in self._duplicates] if self.s.dedup_keep == "best" else []
-        pool = records + spare
-        groups = self._groups_of(pool, result)
+        group's size before dedup (its records and their exact copies). A group whose distinct records cannot
+        fill its quota takes back, after every distinct record, its best near/semantic duplicates, then
+        (``repeat_to_quota``) exact copies of its records, one copy of each before a second of any: in a
+        templated pool (one refusal, one clarifying question asked in many places) repetition is the weight the
+        input gave that kind of reply, and deduplication alone would take it away. A reply the other replies to
+        its instruction outvote (agreement below ``min_agreement``) is neither picked within a quota nor
+        repeated."""
+        best = self.s.dedup_keep == "best"
+        spare = list(self._duplicates) if best else []
+        distinct = records + [record for record, _ in spare]
+        groups = self._groups_of(distinct, result)
         claims: dict[int, int] = {}
-        for record, group in zip(pool, groups.tolist()):
-            claims[group] = claims.get(group, 0) + 1 + self._copies.get(record.index, 0)
-        picked = quality_diverse(self._embeddings(pool, result), self._quality_of(pool, result), groups,
-                                 self.s.budget, max_similarity=self.s.max_similarity, power=self.s.quota_power,
-                                 min_score=self.s.min_quality, group_sizes=claims,
-                                 spare=np.arange(len(pool)) >= len(records))
+        for record, group in zip(distinct, groups.tolist()):
+            claims[group] = claims.get(group, 0) + 1 + len(self._copies.get(record.index, []))
+        embeddings, quality = self._embeddings(distinct, result), self._quality_of(distinct, result)
+        tier = [0] * len(records) + [1] * len(spare)
+        source = list(range(len(distinct)))  # the position in ``distinct`` whose group, score and row a record uses
+        taken_back_from = [None] * len(records) + [rejection for _, rejection in spare]
+        extra: list[Record] = []
+        if best and self.s.repeat_to_quota:
+            for pos, record in enumerate(distinct):
+                for k, (copy, rejection) in enumerate(self._copies.get(record.index, []), start=1):
+                    extra.append(copy)
+                    tier.append(1 + k)
+                    source.append(pos)
+                    taken_back_from.append(rejection)
+        pool = distinct + extra
+        outvoted = np.array([result.scores.get(r.index, {}).get("agreement", 1.0) < self.s.min_agreement
+                             for r in distinct], dtype=bool)
+        picked = quality_diverse(embeddings[source], quality[source], groups[source], self.s.budget,
+                                 max_similarity=self.s.max_similarity, power=self.s.quota_power,
+                                 min_score=self.s.min_quality, group_sizes=claims, tier=np.array(tier),
+                                 excluded=outvoted[source])
         chosen = set(picked)
-        taken_back = {id(self._duplicates[pos - len(records)][1]) for pos in chosen if pos >= len(records)}
+        for pos in chosen:
+            if pos >= len(distinct):  # a copy is scored as the record it repeats
+                result.scores[pool[pos].index] = dict(result.scores.get(distinct[source[pos]].index, {}))
+                result.groups[pool[pos].index] = int(groups[source[pos]])
+        taken_back = {id(taken_back_from[pos]) for pos in chosen if pos >= len(records)}
+        result.taken_back = {"near/semantic": sum(len(records) <= pos < len(distinct) for pos in chosen),
+                             "exact copies": sum(pos >= len(distinct) for pos in chosen)}
         result.rejected = [r for r in result.rejected if id(r) not in taken_back]
         reasons = {pos: f"not selected by quality-diverse within budget {self.s.budget}"
                    for pos in range(len(records)) if pos not in chosen}

@@ -120,7 +120,7 @@ def write_report(result: CurationResult, settings: CurateSettings, folder: Path,
     labels_before, labels_after = mix(result, LABEL_KEYS, named=True)
     summary = {"source": source, "records_in": result.records_in, "kept": len(result.kept),
                "rejected_by_stage": counts, "seconds_by_stage": result.seconds_by_stage,
-               "judge_unrated": result.judge_unrated, "coverage": cov,
+               "judge_unrated": result.judge_unrated, "taken_back": result.taken_back, "coverage": cov,
                "groups_before": dict(groups_before), "groups_after": dict(groups_after),
                "labels_before": dict(labels_before), "labels_after": dict(labels_after)}
     (folder / "report.json").write_text(json.dumps(summary, indent=2))
@@ -128,6 +128,10 @@ def write_report(result: CurationResult, settings: CurateSettings, folder: Path,
              "| stage | removed | seconds |", "|---|---:|---:|"]
     for stage in STAGES:
         lines.append(f"| {stage} | {counts.get(stage, 0)} | {result.seconds_by_stage.get(stage, 0.0):.2f} |")
+    if any(result.taken_back.values()):
+        lines += ["", f"Groups short of distinct records took back {result.taken_back['near/semantic']} near/semantic "
+                      f"duplicates and repeated records with {result.taken_back['exact copies']} of their exact copies "
+                      "to fill their quotas (`repeat_to_quota`); those are counted as kept, not removed."]
     if result.judge_unrated:
         lines += ["", f"The judge gave no rating for {result.judge_unrated} records (failed requests or no number); "
                       "they were kept unscored."]

@@ -103,8 +103,12 @@ def likelihood_scores(reference: ReferenceLM, pairs: Sequence[tuple[str, str]]) 
 
 def agreement_scores(instructions: Sequence[str], replies: Sequence[str], *, min_group: int = 3,
                      reply_match: float = 0.9) -> list[float | None]:
-    """Self-consistency (Wang et al. 2023, arXiv:2203.11171, used here on a dataset instead of samples): each
-    record's share of the *other* replies to the same or near-same instruction that agree with its reply.
+    """Self-consistency (Wang et al. 2023, arXiv:2203.11171, used here on a dataset instead of samples): the
+    answer most replies to an instruction agree with is taken as right. Each record's score is its share of the
+    *other* replies to the same or near-same instruction that agree with its reply, over the highest such share
+    in its group: 1 for the plurality answer, less for a reply the others outvote. (Raw shares would rank the
+    plurality answer of a split group below a minority answer of a unanimous one, and a wrong reply that
+    recurs, such as "I am not sure.", scores a share of its own.)
 
     Instructions are the same when their normalised text is equal, near-same when one's word set contains the
     other's and their lengths differ by at most a quarter ("Please: what is X?" and "What is X?"). Replies agree
@@ -127,10 +131,11 @@ def agreement_scores(instructions: Sequence[str], replies: Sequence[str], *, min
                 if norm[a] == norm[b] or fuzz.ratio(norm[a], norm[b]) >= reply_match * 100:
                     agree[a] += 1
                     agree[b] += 1
-        if not any(agree.values()):
+        top = max(agree.values())
+        if not top:
             continue
         for i in members:
-            out[i] = agree[i] / (len(members) - 1)
+            out[i] = agree[i] / top
     return out
 
 

@@ -107,22 +107,27 @@ def group_quotas(sizes: dict[int, int], budget: int, power: float = 0.5,
 
 def quality_diverse(embeddings: np.ndarray, scores: np.ndarray, groups: np.ndarray, budget: int, *,
                     max_similarity: float = 0.9, power: float = 0.5, min_score: float = 0.0,
-                    group_sizes: dict[int, int] | None = None, spare: np.ndarray | None = None) -> list[int]:
+                    group_sizes: dict[int, int] | None = None, tier: np.ndarray | None = None,
+                    excluded: np.ndarray | None = None) -> list[int]:
     """Positions of ``budget`` records, best score first within each group's quota.
 
-    Only records scoring at least ``min_score`` count towards the quotas. Quotas grow with ``group_sizes``
-    (default: the records per group here) ** ``power``, never above a group's eligible records. ``spare``
-    marks records admitted only after every other eligible one (duplicates a small group may take back).
-    Passes, each best first: (1) eligible non-spare records less similar than ``max_similarity`` to every
-    one admitted so far, within quota; (2) the other eligible non-spare ones, within quota; (3) eligible
-    spare ones, within quota; (4) any non-spare record, only if the budget is still not filled. A group's
-    quota never pulls its worst records in: a wrong reply is not admitted for being unlike the right ones.
-    ``embeddings`` must be L2-normalised."""
+    Only records scoring at least ``min_score``, and not ``excluded`` (e.g. replies the other replies to their
+    instruction outvote), count towards the quotas. Quotas grow with ``group_sizes``
+    (default: the records per group here) ** ``power``, never above a group's eligible records. ``tier``
+    (default all 0) ranks records a group takes only when it lacks better ones: tier 0 are the distinct
+    records; a record of tier t > 0 (a removed duplicate a small group may take back) is admitted only after
+    every eligible record of lower tiers. Passes, each best first: (1) eligible tier-0 records less similar
+    than ``max_similarity`` to every one admitted so far, within quota; (2) the other eligible tier-0 ones,
+    within quota; (3) eligible records of tier 1, 2, ... in turn, within quota; (4) any tier-0 record, only
+    if the budget is still not filled. A group's quota never pulls its worst records in: a wrong reply is not
+    admitted for being unlike the right ones. ``embeddings`` must be L2-normalised."""
     n = len(scores)
-    spare = np.zeros(n, dtype=bool) if spare is None else np.asarray(spare, dtype=bool)
-    if budget >= int((~spare).sum()):
-        return [i for i in range(n) if not spare[i]]
+    tier = np.zeros(n, dtype=np.int64) if tier is None else np.asarray(tier, dtype=np.int64)
+    if budget >= int((tier == 0).sum()):  # every distinct record fits: nothing is taken back
+        return [i for i in range(n) if tier[i] == 0]
     eligible = scores >= min_score
+    if excluded is not None:
+        eligible &= ~np.asarray(excluded, dtype=bool)
     sizes = {int(g): int(((groups == g) & eligible).sum()) for g in np.unique(groups)}
     claims = {g: (group_sizes or sizes).get(g, sizes[g]) for g in sizes}
     quotas = group_quotas(sizes, budget, power, claims=claims)
@@ -131,11 +136,11 @@ def quality_diverse(embeddings: np.ndarray, scores: np.ndarray, groups: np.ndarr
     picked: list[int] = []
     chosen = np.zeros(n, dtype=bool)
     nearest = np.full(n, -1.0, dtype=np.float32)  # each record's highest similarity to an admitted one
-    passes = ((True, True, False), (False, True, False), (False, True, True), (False, False, False))
-    for check_distance, within_quota, from_spare in passes:
+    passes = [(True, True, 0), (False, True, 0)] + [(False, True, t) for t in range(1, int(tier.max()) + 1)]
+    for check_distance, within_quota, level in passes + [(False, False, 0)]:
         for i in order:
             g = int(groups[i])
-            if chosen[i] or spare[i] != from_spare or (within_quota and (not eligible[i] or taken[g] >= quotas[g])):
+            if chosen[i] or tier[i] != level or (within_quota and (not eligible[i] or taken[g] >= quotas[g])):
                 continue
             if check_distance and nearest[i] >= max_similarity:
                 continue

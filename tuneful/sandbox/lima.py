@@ -7,7 +7,8 @@ answers, near duplicates, one family over-represented; ``noisy.noisy_pool``) →
 - ``curated``: ``tuneful curate`` down to the budget with its defaults (quality heuristics;
   best-member dedup, exact/near/semantic; correctness signals: agreement between replies to the same
   instruction and the base model's likelihood of each reply, IFD weighed in; quality-first selection
-  with per-task quotas, the task being each record's ``meta.family``, as a mixture names its sources).
+  with per-task quotas, the task being each record's ``meta.family``, as a mixture names its sources; replies
+  the others outvote left out; a task short of distinct records repeats its records to its quota).
   The base model is the reference: it read the world's facts in pretraining
 - ``curated_v1``: the pipeline as tuneful shipped it first (first-occurrence dedup, IFD as a hard
   filter at 1.0, k-center selection, no correctness signal): the comparison issue 19 asks for
