@@ -26,12 +26,6 @@ def chosen_template(root: RootFolder, choice: str | None) -> str | None:
     return choice if choice in builtin_names() else str(root.path(choice, must_exist=True))
 
 
-def recipe_yaml(settings: Any) -> str:
-    from ..config import to_yaml
-
-    return to_yaml(settings) if settings is not None else ""
-
-
 def latest_run(root: RootFolder, kinds: tuple[str, ...]) -> str:
     """The most recently started run of these kinds (what a reloaded page watches again)."""
     found = [f for f in runs.find_runs(root.root) if runs.read_info(f).kind in kinds]

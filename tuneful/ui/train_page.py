@@ -12,10 +12,16 @@ import gradio as gr
 from ..samples import sandbox_base_dir
 from . import runs
 from .forms import TRAINERS, check_form, fields, load_recipe, unknown_settings
-from .page_parts import failed, latest_run, recipe_yaml
+from .page_parts import failed, latest_run
 from .paths import RootFolder
 
 FIELDS_PER_ROW = 3
+
+
+def recipe_yaml(settings: Any) -> str:
+    from ..config import to_yaml
+
+    return to_yaml(settings) if settings is not None else ""
 
 
 def field_id(key: str) -> str:
