@@ -163,6 +163,7 @@ class Curator:
         dups = exact_duplicates([r.text for r in records])
         reasons = {pos: f"exact duplicate of {records[orig].where}" for pos, orig in dups.items()}
         kept = self._drop(result, records, reasons, "exact")
+        # _drop appended one rejection per reason, in the order of ``reasons`` (that of ``dups``)
         for (pos, orig), rejection in zip(dups.items(), result.rejected[len(result.rejected) - len(dups):]):
             self._copies.setdefault(records[orig].index, []).append((records[pos], rejection))
         return kept
