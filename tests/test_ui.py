@@ -165,11 +165,39 @@ def test_run_records_its_command_exit_and_failure(tmp_path: Path):
     assert runs.summary(tmp_path / "ok")["kind"] == "help"
 
 
+def test_a_shell_still_inside_exec_is_alive():
+    """Right after Popen returns, the shell's /proc command line often reads empty (exec has not set it up
+    yet): the run is alive all the same; once it ends (and is reaped) it is not."""
+    import subprocess
+
+    for _ in range(20):
+        shell = subprocess.Popen(["/bin/sh", "-c", "sleep 0.05; echo $? > /dev/null"])
+        assert runs._alive(shell.pid, runs._created(shell.pid))
+        shell.wait()
+        assert not runs._alive(shell.pid, runs._created(shell.pid))
+
+
+def test_a_run_that_ends_while_its_status_is_read_is_finished(tmp_path: Path, monkeypatch):
+    (tmp_path / runs.RUN_FILE).write_text(json.dumps({"args": ["--help"], "command": "tuneful --help",
+                                                      "kind": "help", "pid": 12345, "started": time.time()}))
+
+    def ends_now(pid, created):  # the shell writes its exit code and ends between the two reads
+        (tmp_path / runs.EXIT_FILE).write_text("0\n")
+        return False
+
+    monkeypatch.setattr(runs, "_alive", ends_now)
+    assert runs.status(tmp_path) == "finished"
+
+
 def test_a_run_whose_process_number_was_reused_is_not_running(tmp_path: Path):
     import os
 
+    import psutil
+
+    earlier = psutil.Process(os.getpid()).create_time() - 100  # the run's shell had the number before this process
     (tmp_path / runs.RUN_FILE).write_text(json.dumps({"args": ["sft"], "command": "tuneful sft", "kind": "sft",
-                                                      "pid": os.getpid(), "started": time.time()}))
+                                                      "pid": os.getpid(), "pid_created": earlier,
+                                                      "started": time.time()}))
     assert runs.status(tmp_path) == "ended"  # this test's process holds the number, not the run's shell
     assert not runs.stop(tmp_path)
 

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 RUN_FILE, LOG_FILE, EXIT_FILE = "ui_run.json", "run.log", "exit_code"
 _SEARCH_DEPTH = 4  # how deep under the root the Runs page looks for run folders
 
@@ -33,7 +35,7 @@ def shown_command(args: list[str]) -> str:
 def launch(folder: Path, args: list[str], kind: str, *, cwd: Path) -> "RunInfo":
     """Start ``tuneful ARGS`` writing into ``folder`` (its log, its exit code); returns at once."""
     folder.mkdir(parents=True, exist_ok=True)
-    folder = folder.resolve()  # as _alive looks for it in the shell's command line
+    folder = folder.resolve()  # the shell writes the exit code there whatever its working directory
     if status(folder) == "running":
         raise RuntimeError(f"{folder} already has a running process; stop it first")
     (folder / EXIT_FILE).unlink(missing_ok=True)
@@ -49,7 +51,8 @@ def launch(folder: Path, args: list[str], kind: str, *, cwd: Path) -> "RunInfo":
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     threading.Thread(target=process.wait, daemon=True).start()  # reaps the shell if it ends while the UI lives
-    info = {"args": args, "command": shown_command(args), "kind": kind, "pid": process.pid, "started": time.time()}
+    info = {"args": args, "command": shown_command(args), "kind": kind, "pid": process.pid,
+            "pid_created": _created(process.pid), "started": time.time()}
     (folder / RUN_FILE).write_text(json.dumps(info, indent=2))
     return read_info(folder)
 
@@ -76,21 +79,26 @@ def read_info(folder: Path) -> RunInfo:
     return RunInfo(folder, [], "(started outside the UI)", "training", None, started)
 
 
-def _alive(pid: int, folder: Path) -> bool:
-    """The run's shell is still there: the process exists, is not a zombie, and (where /proc tells) is the
-    shell that writes this folder's exit code, not another process that got the number later."""
+def _created(pid: int) -> float | None:
+    """When the process got its number (set at fork, kept through exec): with the number, who it is."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path(f"/proc/{pid}")
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _alive(pid: int, created: float | None) -> bool:
+    """The run's shell is still there: the process exists, is not a zombie, and is the one started then,
+    not another process that got the number later. (Its command line cannot tell: it reads empty while
+    the shell is still inside exec, right after the launch returns.)"""
     try:
-        if (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z":  # ended, not yet reaped
+        process = psutil.Process(pid)
+        if created is not None and abs(process.create_time() - created) > 1e-3:
             return False
-        return str(folder.resolve() / EXIT_FILE) in (proc / "cmdline").read_bytes().decode(errors="replace")
-    except OSError:  # no /proc here
+        return process.status() != psutil.STATUS_ZOMBIE  # a zombie has ended and is not yet reaped
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
         return True
 
 
@@ -103,14 +111,16 @@ def exit_code(folder: Path) -> int | None:
 
 def status(folder: Path) -> str:
     """running, finished, stopped, failed (exit N), or ended (no exit code; finished if it wrote a model)."""
+    path = folder / RUN_FILE
+    info = json.loads(path.read_text()) if path.exists() else {}
+    # Whether the shell lives is asked before its exit code is read: a shell that ends between the two has
+    # written the code by then. Read the other way round, a run ending in between reads as "ended".
+    alive = bool(info.get("pid")) and _alive(info["pid"], info.get("pid_created"))
     code = exit_code(folder)
     if code is not None:
         return "finished" if code == 0 else "stopped" if code in (143, -signal.SIGTERM) else f"failed (exit {code})"
-    path = folder / RUN_FILE
-    if path.exists():
-        pid = json.loads(path.read_text()).get("pid")
-        if pid and _alive(pid, folder):
-            return "running"
+    if alive:
+        return "running"
     if (folder / "model" / "tuneful.json").exists() or (folder / "report.json").exists():
         return "finished"
     return "ended" if path.exists() else "unknown"
