@@ -31,9 +31,10 @@ turn (``prompt_matches_inference`` is False, and preflight says so).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime
 from os.path import commonprefix
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .render import render
 
@@ -71,6 +72,11 @@ class RenderedConversation:
     turns: tuple[TurnSpan, ...] = field(default_factory=tuple)
 
 
+@lru_cache(maxsize=64)
+def _longest_first(stop_strings: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted((s for s in stop_strings if s), key=len, reverse=True))
+
+
 def _generated_turn(tail: str, stop_strings: Sequence[str]) -> tuple[str, str]:
     """The turn as written, through its end-of-turn string, out of the text after the generation prompt.
 
@@ -79,12 +85,10 @@ def _generated_turn(tail: str, stop_strings: Sequence[str]) -> tuple[str, str]:
     conversation; only ``<|end|>`` is the model's to write). Returns (turn, end-of-turn with the
     whitespace before it); the end-of-turn is "" when the tail ends with no stop string.
     """
-    stops = sorted((s for s in stop_strings if s), key=len, reverse=True)
+    stops = _longest_first(tuple(stop_strings))
     core = tail.rstrip()
-    while True:
-        stop = next((s for s in stops if core.endswith(s)), None)
-        if stop is None:
-            break
+    while core.endswith(stops):  # one C-level test for all of them; which one, only when one does
+        stop = next(s for s in stops if core.endswith(s))
         core = core[: -len(stop)].rstrip()
     run = tail[len(core):]
     gap = len(run) - len(run.lstrip())
@@ -135,7 +139,8 @@ def _locate(full: str, own_prompt: str, generated: str, end_of_turn: str, after:
 _PROBE = "\ue000tuneful-probe\ue001"  # private-use code points: no template or text emits them
 
 
-def _turn_start(messages: Sequence[Mapping[str, Any]], i: int, prompt: str, upto: str, template: str, kw: dict) -> int:
+def _turn_start(messages: Sequence[Mapping[str, Any]], i: int, prompt: str, upto: str,
+                render_other: Callable[[Sequence[Mapping[str, Any]]], str]) -> int:
     """Where assistant turn ``i`` begins in ``upto`` (the conversation rendered up to and including it).
 
     Normally right after the generation prompt. A template whose rendering of the history changes once
@@ -147,10 +152,14 @@ def _turn_start(messages: Sequence[Mapping[str, Any]], i: int, prompt: str, upto
         return len(prompt)
     probe = [*messages[:i], {"role": "assistant", "content": _PROBE}]
     try:
-        probed = render(probe, template, **kw)
+        probed = render_other(probe)
     except Exception as exc:
         raise TemplateRewriteError(f"assistant message {i}: the template fails on a probe reply: {exc}") from exc
     return len(commonprefix([upto, probed]))
+
+
+# (k, add_generation_prompt) -> the conversation's first k messages rendered
+PrefixRender = Callable[[int, bool], str]
 
 
 def render_with_spans(
@@ -168,17 +177,31 @@ def render_with_spans(
     now = (now or datetime.now()) if "strftime_now" in template else None
     kw = dict(special_tokens=special_tokens, now=now, tools=tools, template_kwargs=template_kwargs)
     full = render(messages, template, **kw)
+    return locate_turns(messages, full, lambda k, generation: render(messages[:k], template, add_generation_prompt=generation, **kw),
+                        stop_strings=stop_strings, render_other=lambda other: render(other, template, **kw))
+
+
+def locate_turns(
+    messages: Sequence[Mapping[str, Any]],
+    full: str,
+    render_prefix: PrefixRender,
+    *,
+    stop_strings: Sequence[str],
+    render_other: Callable[[Sequence[Mapping[str, Any]]], str],
+) -> RenderedConversation:
+    """Every assistant turn of ``messages`` in their full rendering ``full``, from the renderings of the
+    conversation's prefixes (``render_prefix``; ``render_other`` renders a probe conversation where needed)."""
     turns: list[TurnSpan] = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
         try:
-            prompt = render(messages[:i], template, add_generation_prompt=True, **kw)
-            upto = full if i == len(messages) - 1 else render(messages[: i + 1], template, **kw)
+            prompt = render_prefix(i, True)
+            upto = full if i == len(messages) - 1 else render_prefix(i + 1, False)
         except Exception as exc:  # the template refuses the shorter conversation (e.g. it must end with a user turn)
             raise TemplateRewriteError(f"assistant message {i}: the template cannot render the conversation up to "
                                        f"this turn, so its inference context is unknown: {exc}") from exc
-        begin = _turn_start(messages, i, prompt, upto, template, kw)
+        begin = _turn_start(messages, i, prompt, upto, render_other)
         own_prompt = upto[:begin]
         generated, end_of_turn = _generated_turn(upto[begin:], stop_strings)
         if full.startswith(own_prompt) and full.startswith(generated, begin):

@@ -19,7 +19,8 @@ import numpy as np
 
 from ..data.types import Conversation
 from ..templates.registry import ChatTemplate
-from ..templates.spans import RenderedConversation, TurnSpan, render_with_spans
+from ..templates.skeleton import SkeletonRenderer
+from ..templates.spans import RenderedConversation, TurnSpan
 
 IGNORE_INDEX = -100
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -170,16 +171,17 @@ def special_token_offsets(
     include the whitespace they swallow, which may be the first characters of a reply; that must not
     make the role marker look like part of the reply.
     """
-    bounds = offsets_array(offsets).copy()
-    if added and len(bounds):
-        ids = np.asarray(input_ids)
-        for k in np.flatnonzero(np.isin(ids, np.fromiter(added, dtype=np.int64))):
-            content = added[int(ids[k])]
-            start, end = int(bounds[k, 0]), int(bounds[k, 1])
-            if end - start > len(content):
-                found = text.find(content, start, end)
-                if found >= 0:
-                    bounds[k] = (found, found + len(content))
+    bounds = offsets_array(offsets)
+    hits = [k for k, token in enumerate(input_ids) if token in added] if added else ()  # a dict lookup beats np.isin here
+    if hits:
+        bounds = bounds.copy()
+    for k in hits:
+        content = added[int(input_ids[k])]
+        start, end = int(bounds[k, 0]), int(bounds[k, 1])
+        if end - start > len(content):
+            found = text.find(content, start, end)
+            if found >= 0:
+                bounds[k] = (found, found + len(content))
     return bounds
 
 
@@ -272,19 +274,25 @@ class ConversationTokenizer:
         self.reasoning = reasoning
         self.special_tokens = special_tokens_of(tokenizer)
         self.stop_strings = stop_strings_of(tokenizer)
-        self.added_tokens = {i: str(t) for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()}
+        # added tokens whose offsets can cover more than their text (see special_token_offsets): those that swallow
+        # whitespace, or are matched in normalized text; the others' offsets are exactly their text
+        self.added_tokens = {i: str(t) for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()
+                             if getattr(t, "lstrip", True) or getattr(t, "rstrip", True) or getattr(t, "normalized", True)}
+        self._skeletons: SkeletonRenderer | None = None
+
+    @property
+    def skeletons(self) -> SkeletonRenderer:
+        """What renders and locates turns: once per shape of conversation where the template allows
+        (built on first use: it tries the template on a few conversations)."""
+        if self._skeletons is None:
+            self._skeletons = SkeletonRenderer(self.template.source, stop_strings=self.stop_strings,
+                                               special_tokens=self.special_tokens, now=self.now)
+        return self._skeletons
 
     def render(self, messages: Sequence[Mapping[str, Any]] | Conversation, **inputs: Any) -> RenderedConversation:
         """Render with spans. ``inputs``: ``tools`` / ``template_kwargs`` (taken from a Conversation when given one)."""
         messages, inputs = _messages_and_inputs(messages, inputs)
-        return render_with_spans(
-            messages,
-            self.template.source,
-            stop_strings=self.stop_strings,
-            special_tokens=self.special_tokens,
-            now=self.now,
-            **inputs,
-        )
+        return self.skeletons.render_with_spans(messages, **inputs)
 
     def _encode_many(self, texts: Sequence[str]) -> list[tuple[list[int], np.ndarray]]:
         """Token ids and character offsets of each text, in one batched call to the Rust tokenizer."""
