@@ -35,7 +35,7 @@ from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 from .render import render
-from .spans import RenderedConversation, TemplateRewriteError, locate_turns, render_with_spans
+from .spans import RenderedConversation, TemplateRewriteError, locate_by_rendering, locate_turns, render_with_spans
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ def prints_contents_verbatim(template: str) -> TemplateReading:
         if found <= aliases:
             break
         aliases |= found
+
     def names_in(node: Any) -> set[str]:  # find_all looks below a node, not at it
         return {n.name for n in (node, *node.find_all(nodes.Name)) if isinstance(n, nodes.Name)}
 
@@ -247,7 +248,7 @@ class SkeletonRenderer:
         shape.seen += 1
         if shape.seen <= self.verify_first or shape.seen % self.check_every == 0:
             real = render(messages, self.template, **kw)
-            slow = self._slow(messages, real, kw)
+            slow = locate_by_rendering(messages, real, self.template, kw, stop_strings=self.stop_strings)
             self.counts["checked"] += 1
             if slow != fast:
                 self._shapes[self._key(messages, tools, template_kwargs)] = None
@@ -262,12 +263,6 @@ class SkeletonRenderer:
     def _fast(self, shape: _Shape, contents: list[str], messages: list[dict], full: str, kw: dict) -> RenderedConversation:
         """The turns located in prefixes made of the shape's, ``contents`` filled in."""
         return locate_turns(messages, full, lambda k, generation: _fill(self._prefix(shape, k, generation, kw), contents),
-                            stop_strings=self.stop_strings, render_other=lambda other: render(other, self.template, **kw))
-
-    def _slow(self, messages: list[dict], full: str, kw: dict) -> RenderedConversation:
-        """The turns located in prefixes rendered from the conversation itself."""
-        return locate_turns(messages, full, lambda k, generation: render(messages[:k], self.template,
-                                                                          add_generation_prompt=generation, **kw),
                             stop_strings=self.stop_strings, render_other=lambda other: render(other, self.template, **kw))
 
     def _key(self, messages: Sequence[Mapping[str, Any]], tools: Any, template_kwargs: Any) -> tuple | None:

@@ -31,8 +31,8 @@ turn (``prompt_matches_inference`` is False, and preflight says so).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from datetime import datetime
+from functools import lru_cache
 from os.path import commonprefix
 from typing import Any, Callable, Mapping, Sequence
 
@@ -176,7 +176,12 @@ def render_with_spans(
     # one clock for all renders of this conversation (freezing it costs a lock per render: only where it is read)
     now = (now or datetime.now()) if "strftime_now" in template else None
     kw = dict(special_tokens=special_tokens, now=now, tools=tools, template_kwargs=template_kwargs)
-    full = render(messages, template, **kw)
+    return locate_by_rendering(messages, render(messages, template, **kw), template, kw, stop_strings=stop_strings)
+
+
+def locate_by_rendering(messages: Sequence[Mapping[str, Any]], full: str, template: str, kw: dict, *,
+                        stop_strings: Sequence[str]) -> RenderedConversation:
+    """:func:`locate_turns` with every prefix rendered from ``messages`` (``kw``: :func:`render`'s keywords)."""
     return locate_turns(messages, full, lambda k, generation: render(messages[:k], template, add_generation_prompt=generation, **kw),
                         stop_strings=stop_strings, render_other=lambda other: render(other, template, **kw))
 
