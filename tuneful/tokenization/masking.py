@@ -283,7 +283,7 @@ class ConversationTokenizer:
     @property
     def skeletons(self) -> SkeletonRenderer:
         """What renders and locates turns: once per shape of conversation where the template allows
-        (built on first use: it tries the template on a few conversations)."""
+        (built on first use: it reads the template's syntax tree)."""
         if self._skeletons is None:
             self._skeletons = SkeletonRenderer(self.template.source, stop_strings=self.stop_strings,
                                                special_tokens=self.special_tokens, now=self.now)
