@@ -188,18 +188,22 @@ def special_token_offsets(
 def mask_from_offsets(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[int]:
     """1 for each token whose characters overlap a span. Zero-width tokens take the mask of their position.
 
-    Vectorised over tokens (numpy): a conversation has hundreds of tokens and a handful of spans.
+    Vectorised over tokens and spans at once (numpy): a conversation has hundreds of tokens and a handful
+    of spans.
     """
     if not len(offsets):
         return []
     bounds = offsets_array(offsets)
-    start, end = bounds[:, 0], bounds[:, 1]
+    if not len(spans):
+        return [0] * len(bounds)
+    start, end = bounds[:, :1], bounds[:, 1:]  # (tokens, 1) against (spans,)
+    a, b = np.asarray(spans, dtype=np.int64).T
+    # a token with characters: overlaps [a, b); a prefix-space piece with none: strictly within it
+    trained = (start < b) & (end > a)
     wide = end > start
-    trained = np.zeros(len(bounds), dtype=bool)
-    for a, b in spans:
-        # a token with characters: overlaps [a, b); a prefix-space piece with none: strictly within it
-        trained |= np.where(wide, (start < b) & (end > a), (a < start) & (start < b))
-    return trained.astype(np.int8).tolist()
+    if not wide.all():
+        trained = np.where(wide, trained, (a < start) & (start < b))
+    return trained.any(axis=1).astype(np.int8).tolist()
 
 
 def count_boundary_merges(
@@ -213,6 +217,11 @@ def count_boundary_merges(
     Only the tokens that contain a span's edge can straddle it: found by bisection on token starts.
     """
     bounds = offsets_array(offsets)
+    if not len(bounds) or not len(spans):
+        return 0
+    edges = np.asarray(spans, dtype=np.int64).ravel()
+    if not ((bounds[:, :1] < edges) & (bounds[:, 1:] > edges)).any():
+        return 0  # no token has an edge strictly inside it: none can straddle one (most conversations)
     merges = 0
     for a, b in spans:
         candidates = set()
