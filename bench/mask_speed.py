@@ -6,7 +6,8 @@ alternating rounds, one core (``TOKENIZERS_PARALLELISM=false``).
 
 The peer builds no mask; the ratio says what exact assistant-only masks (every turn located as
 generated, tool calls and reasoning included) cost over plain tokenization. Data: the shared
-ShareGPT sample (``--data``) with the Qwen2.5 tokenizer and its own template (``--tokenizer``).
+ShareGPT sample (``--data``, repeated ``--repeat`` times per round) with the Qwen2.5 tokenizer and its own
+template (``--tokenizer``); each arm's best round counts.
 
     TUNEFUL_FIXTURES=../shared/fixtures python bench/mask_speed.py          # last line JSON
 """
@@ -30,7 +31,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(FIXTURES / "data" / "sharegpt" / "dummy_conversation.json"))
     parser.add_argument("--tokenizer", default=str(FIXTURES / "tokenizers" / "qwen2.5"))
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=8,
+                        help="times the sample is repeated per round (a round of 500 is ~0.1 s: too short to time)")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -41,7 +44,7 @@ def main() -> None:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # rates per core
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
-    items = load(args.data).conversations
+    items = load(args.data).conversations * args.repeat
     conversations = [c.to_dicts() for c in items]
     ctok = ConversationTokenizer(tok, resolve(None, tok))
 
