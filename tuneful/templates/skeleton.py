@@ -234,7 +234,7 @@ class SkeletonRenderer:
         """The same :class:`RenderedConversation` as :func:`render_with_spans` gives."""
         messages = list(messages)
         kw = dict(special_tokens=self.special_tokens, now=self.now, tools=tools, template_kwargs=template_kwargs)
-        shape = self._shape(messages, tools, template_kwargs) if self.eligible else None
+        shape = self._shape(messages, kw) if self.eligible else None
         if shape is None:
             self.counts["slow"] += 1
             return render_with_spans(messages, self.template, stop_strings=self.stop_strings, **kw)
@@ -251,7 +251,7 @@ class SkeletonRenderer:
             slow = locate_by_rendering(messages, real, self.template, kw, stop_strings=self.stop_strings)
             self.counts["checked"] += 1
             if slow != fast:
-                self._shapes[self._key(messages, tools, template_kwargs)] = None
+                self._shapes[self._key(messages, kw)] = None
                 self.counts["shapes_differed"] += 1
                 log.warning("tuneful misjudged this chat template: a conversation rendered from its shape differs from "
                             "its own rendering; conversations of that shape are rendered the slow way from now on "
@@ -265,18 +265,19 @@ class SkeletonRenderer:
         return locate_turns(messages, full, lambda k, generation: _fill(self._prefix(shape, k, generation, kw), contents),
                             stop_strings=self.stop_strings, render_other=lambda other: render(other, self.template, **kw))
 
-    def _key(self, messages: Sequence[Mapping[str, Any]], tools: Any, template_kwargs: Any) -> tuple | None:
+    def _key(self, messages: Sequence[Mapping[str, Any]], kw: dict) -> tuple | None:
         shape = _shape_of(messages, trims=self.reading.trims)
         if shape is None:
             return None
         try:
-            return (shape, json.dumps(tools, sort_keys=True) if tools else None,
-                    json.dumps(template_kwargs, sort_keys=True) if template_kwargs else None)
+            return (shape, *(json.dumps(kw[name], sort_keys=True) if kw[name] else None
+                             for name in ("tools", "template_kwargs")))
         except TypeError:  # a tool given as a function, a value JSON cannot write: no shape
             return None
 
-    def _shape(self, messages: list[dict], tools: Any, template_kwargs: Any) -> _Shape | None:
-        key = self._key(messages, tools, template_kwargs)
+    def _shape(self, messages: list[dict], kw: dict) -> _Shape | None:
+        """The shape of ``messages`` rendered with ``kw`` (:func:`render`'s keywords), built on first sight."""
+        key = self._key(messages, kw)
         if key is None:
             return None
         if key in self._shapes:
@@ -291,7 +292,6 @@ class SkeletonRenderer:
                     filled[name] = _placeholder(len(slots))
                     slots.append((i, name))
             skeleton.append(filled)
-        kw = dict(special_tokens=self.special_tokens, now=self.now, tools=tools, template_kwargs=template_kwargs)
         try:
             shape = _Shape(skeleton, slots, _split(render(skeleton, self.template, **kw)))
         except Exception:  # the template refuses placeholders where it takes the real contents: no shape
