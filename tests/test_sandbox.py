@@ -36,6 +36,30 @@ def test_corpus_states_every_fact_and_asks_nothing():
     assert "?" not in text  # documents, not questions: the base model must not learn to answer
 
 
+def test_copying_documents_name_fresh_lands_that_recur_only_in_their_own_document():
+    import re
+
+    from tuneful.sandbox.agent import agent_world_names
+    from tuneful.sandbox.base import BaseRecipe, base_corpus
+
+    recipe = BaseRecipe(copy_docs=300)
+    world_docs = corpus(WORLD)
+    docs = base_corpus(recipe)
+    copies = [d for d in docs if d not in set(world_docs)]
+    assert len(docs) == len(world_docs) + 300 and len(copies) == 300
+    assert "?" not in "".join(copies)
+    known = {n for c in WORLD for n in (c.name, c.capital)} | agent_world_names(recipe.seed)
+    words = Counter()
+    for doc in copies:
+        names = set(re.findall(r"\b[A-Z][a-z]+(?:ia|land|ar|ova|eth|istan|mark|ton|burg|ford|grad|holm|port|vik|dale)\b",
+                               doc)) - {"Travels", "Record", "Data", "Names", "In", "The"}
+        assert names and not names & known
+        assert any(doc.count(n) >= 2 for n in names), doc  # something to copy from earlier in the document
+        words.update(names)
+    assert max(words.values()) == 1  # a fresh land is never met again: only copying can predict it
+    assert {d.split()[0] for d in copies} >= {"Travels", "Record", "Data", "Names"}
+
+
 def test_task_bank_shape():
     assert len(FAMILIES) >= 20
     assert all(len(f.phrasings) >= 5 for f in FAMILIES)
@@ -118,17 +142,53 @@ def test_shipped_base_recipe_reproduces_its_first_losses():
     """Rebuild tokenizer and model from the recorded recipe; the first steps give the recorded losses."""
     from transformers import AutoTokenizer
 
-    from tuneful.sandbox.base import BaseRecipe, build_tokenizer, init_model, pretrain, shipped_base_dir, token_stream
+    from tuneful.sandbox.base import (BaseRecipe, base_corpus, build_tokenizer, init_model, pretrain, shipped_base_dir,
+                                      token_stream)
 
     record = json.loads((shipped_base_dir() / "recipe.json").read_text())
     recipe = BaseRecipe(**record["recipe"])
-    docs = corpus(make_world(recipe.seed, recipe.countries), recipe.seed)
+    docs = base_corpus(recipe)
     tokenizer = build_tokenizer(docs, recipe)
     assert tokenizer.get_vocab() == AutoTokenizer.from_pretrained(shipped_base_dir()).get_vocab()
     stream = token_stream(docs, tokenizer)
     assert len(stream) == record["corpus_tokens"]
     losses = pretrain(init_model(recipe, len(tokenizer)), stream, recipe, steps=3)
     assert losses == pytest.approx(record["first_losses"][:3], abs=2e-3)
+
+
+def test_shipped_base_copies_a_name_it_never_read_from_its_context():
+    """What tool use needs: a country of the agent's world, unknown to the base, is predicted from an
+    earlier mention in the same text (in-context copying), after a space and inside quotes."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneful.sandbox.agent import agent_world
+    from tuneful.sandbox.base import load_recipe, shipped_base_dir
+
+    recipe = load_recipe(shipped_base_dir())
+    tokenizer = AutoTokenizer.from_pretrained(shipped_base_dir())
+    model = AutoModelForCausalLM.from_pretrained(shipped_base_dir()).eval()
+    world = make_world(recipe.seed, recipe.countries)
+    names = [c.name for c in agent_world(recipe.seed, {n for c in world for n in (c.name, c.capital)})[-40:]]
+
+    def name_nll(text: str, name: str) -> list[float]:
+        """Mean NLL of the tokens of each mention of ``name``, in order."""
+        encoded = tokenizer(text, return_offsets_mapping=True)
+        ids = torch.tensor([encoded["input_ids"]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+        nll = -logp.gather(1, ids[0, 1:, None])[:, 0]
+        mentions = [i for i in range(len(text)) if text.startswith(name, i)]
+        return [float(nll[[t - 1 for t, (a, b) in enumerate(encoded["offset_mapping"])
+                           if a < start + len(name) and b > start and t > 0]].mean()) for start in mentions]
+
+    first, later = [], []
+    for name in names:
+        prose = name_nll(f"Travels in {name}\n\nThe road is long and the hills are green. I will not forget {name}.", name)
+        quoted = name_nll(f'Notes on {name}. The record reads {{"name": "{name}"}}.', name)
+        first += [prose[0], quoted[0]]
+        later += [prose[1], quoted[1]]
+    assert sum(later) / len(later) < 0.4 * sum(first) / len(first)
 
 
 def test_shipped_base_is_small_and_safetensors():

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import re
 
-from tuneful.sandbox.agent import (FACT_PHRASINGS, HELDOUT, TOOLS, agent_world, eval_tasks, run_agents, run_tool,
-                                   split_countries, trace, training_traces, valid_call)
+from tuneful.sandbox.agent import (AGENT_COUNTRIES, DEMO_TRACES, FACT_PHRASINGS, HELDOUT, TOOLS, agent_world,
+                                   eval_tasks, run_agents, run_tool, split_countries, trace, training_traces,
+                                   valid_call)
 from tuneful.sandbox.base import load_recipe, shipped_base_dir
 from tuneful.sandbox.world import make_world
 
@@ -21,7 +22,7 @@ def _worlds():
 
 def test_the_second_world_shares_no_name_with_the_pretraining_world():
     _, tool_world, taken = _worlds()
-    assert len(tool_world) == 400 and not ({c.name for c in tool_world} | {c.capital for c in tool_world}) & taken
+    assert len(tool_world) == AGENT_COUNTRIES and not ({c.name for c in tool_world} | {c.capital for c in tool_world}) & taken
 
 
 def test_traces_use_training_countries_and_phrasings_and_evaluation_the_held_out_ones():
@@ -29,12 +30,18 @@ def test_traces_use_training_countries_and_phrasings_and_evaluation_the_held_out
     train, held = split_countries(tool_world)
     records = training_traces(tool_world, 60, seed=0)
     held_names = {c.name for c in held}
-    held_phrasings = [re.compile(re.escape(p).replace(r"\{name\}", ".+").replace(r"\{other\}", ".+") + "$")
+    held_phrasings = [re.compile(re.escape(p.rstrip("?.")).replace(r"\{name\}", ".+").replace(r"\{other\}", ".+"), re.I)
                       for phrasings in FACT_PHRASINGS.values() for p in phrasings[-HELDOUT:]]
+    exact = [re.compile(re.escape(p).replace(r"\{name\}", ".+").replace(r"\{other\}", ".+") + "$")
+             for phrasings in FACT_PHRASINGS.values() for p in phrasings]
+    varied = 0
     for record in records:
         text = json.dumps(record["messages"])
+        question = record["messages"][0]["content"]
         assert not any(name in text for name in held_names)
-        assert not any(p.match(record["messages"][0]["content"]) for p in held_phrasings)
+        assert not any(p.search(question) for p in held_phrasings)
+        varied += not any(p.match(question) for p in exact)
+    assert varied > 20  # training questions are varied as the task families' prompts are
     for task in eval_tasks(tool_world, 4, seed=0):
         assert all(c in held for c in task.countries)
 
@@ -147,4 +154,4 @@ def test_the_demo_runs_the_agent_unless_told_not_to_and_never_inside_the_experim
     for args in ([], ["--no-agent"], ["--flan"], ["--agent", "--flan"]):
         result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), *args])
         assert isinstance(result.exception, Stop), result.output
-    assert seen == [900, 0, 0, 0]
+    assert seen == [DEMO_TRACES, 0, 0, 0] and DEMO_TRACES > 0

@@ -31,9 +31,10 @@ def sft_recipe_cmd(
     lora: bool = typer.Option(False, "--lora", help="LoRA instead of full fine-tuning."),
 ) -> None:
     """Write the demo's SFT data and recipe, to run the demo's SFT on its own: tuneful sft OUT/sft.yaml."""
+    from ..sandbox.agent import DEMO_TRACES
     from ..sandbox.demo import DemoSettings, quick_sizes, write_sft_recipe
 
-    settings = DemoSettings(out=out, lora=lora, agent_traces=900)
+    settings = DemoSettings(out=out, lora=lora, agent_traces=DEMO_TRACES)
     if quick:
         quick_sizes(settings, agent=True)
     path = write_sft_recipe(settings)
@@ -56,20 +57,21 @@ def demo(
                              "pool; run two to see how much a result moves from seed to seed."),
     rl: bool = typer.Option(False, "--rl", help="After SFT also GRPO (verifier reward), online DPO, a reward model "
                             "and GRPO on it, each evaluated like SFT (report.json after_sft; ~30 min)."),
-    agent: bool = typer.Option(True, "--agent/--no-agent", help="Tool use: SFT also on 900 agent traces (call, "
+    agent: bool = typer.Option(True, "--agent/--no-agent", help="Tool use: SFT also on 2,000 agent traces (call, "
                                "result, answer) about a second world the base model never read, then the agent loop "
                                "on held-out countries and phrasings, with and without tools (report.json tools; "
-                               "~2.5 min; not part of --lima or --flan)."),
+                               "~6.5 min; not part of --lima or --flan)."),
 ) -> None:
     """Instruction-tune the sandbox base model and compare base vs tuned on held-out prompts."""
     from rich.console import Console
     from rich.table import Table
 
+    from ..sandbox.agent import DEMO_TRACES
     from ..sandbox.demo import DemoSettings, quick_sizes, run_demo
 
     agent = agent and not (lima or flan)  # the experiments compare SFT sets; tool use is not part of them
     settings = DemoSettings(out=out, base_dir=base_dir, lora=lora, dpo=dpo, seed=seed, rl=rl,
-                            agent_traces=900 if agent else 0)
+                            agent_traces=DEMO_TRACES if agent else 0)
     if quick:
         quick_sizes(settings, agent)
     if lima:

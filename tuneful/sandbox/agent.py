@@ -21,6 +21,8 @@ from .world import Country, make_world
 
 AGENT_WORLD_OFFSET = 7919  # the second world's seed is the base world's + this
 TRAIN_SHARE = 0.7
+DEMO_TRACES = 2000  # `tuneful demo`'s agent traces (README, The sandbox agent: 900 were too few to learn copying)
+AGENT_COUNTRIES = 3000  # so many that a training trace rarely meets a country twice: names are copied, not learned
 MAX_ROUNDS = 4
 
 TOOLS = [
@@ -64,10 +66,15 @@ class AgentTask:
     answer_word: str  # the final answer must contain it
 
 
-def agent_world(seed: int, taken: set[str], n: int = 400) -> list[Country]:
+def agent_world(seed: int, taken: set[str], n: int = AGENT_COUNTRIES) -> list[Country]:
     """Countries of a second world, none sharing a name or capital with the pretraining world."""
     world = [c for c in make_world(seed + AGENT_WORLD_OFFSET, n * 2) if c.name not in taken and c.capital not in taken]
     return world[:n]
+
+
+def agent_world_names(seed: int, n: int = AGENT_COUNTRIES) -> set[str]:
+    """Every name and capital :func:`agent_world` may draw from (kept out of the pretraining corpus)."""
+    return {x for c in make_world(seed + AGENT_WORLD_OFFSET, n * 2) for x in (c.name, c.capital)}
 
 
 def split_countries(world: list[Country]) -> tuple[list[Country], list[Country]]:
@@ -100,10 +107,12 @@ def valid_call(name: str, arguments: Any) -> bool:
                for k, v in schema["properties"].items())
 
 
-def make_task(rng: random.Random, family: str, phrasing: int, countries: list[Country]) -> AgentTask:
+def make_task(rng: random.Random, family: str, phrasing: int, countries: list[Country],
+              vary: Callable[[str], str] = lambda template: template) -> AgentTask:
+    """A task of ``family`` in its ``phrasing``; ``vary`` rewrites the phrasing's own words (training only)."""
     first = rng.choice(countries)
     other = rng.choice([c for c in countries if c is not first])
-    question = FACT_PHRASINGS[family][phrasing].format(name=first.name, other=other.name)
+    question = vary(FACT_PHRASINGS[family][phrasing]).format(name=first.name, other=other.name)
     if family == "capital":
         return AgentTask(family, question, (first,), first.capital)
     if family == "animal":
@@ -135,13 +144,18 @@ def trace(task: AgentTask, world: list[Country]) -> dict:
 
 
 def training_traces(world: list[Country], n: int, seed: int) -> list[dict]:
+    """``n`` traces about training countries in training phrasings, varied as the task families' prompts are."""
+    from .tasks import surface_variation, vary_words
+
     train, _ = split_countries(world)
     rng = random.Random(seed + 29)
     records = []
     for k in range(n):
         family = list(FACT_PHRASINGS)[k % len(FACT_PHRASINGS)]
         phrasing = rng.randrange(len(FACT_PHRASINGS[family]) - HELDOUT)
-        records.append(trace(make_task(rng, family, phrasing, train), world))
+        task = make_task(rng, family, phrasing, train, lambda template: vary_words(template, rng))
+        task = AgentTask(task.family, surface_variation(task.question, rng), task.countries, task.answer_word)
+        records.append(trace(task, world))
     rng.shuffle(records)
     return records
 

@@ -35,10 +35,11 @@ class BaseRecipe:
     batch: int = 16
     lr: float = 3e-3
     warmup: int = 100
-    steps: int = 1500
+    steps: int = 1800  # 1500 before the copying documents (same passes over the facts)
     weight_decay: float = 0.1
     bf16_autocast: bool = True
     threads: int = 2
+    copy_docs: int = 3000  # documents about fresh lands, for in-context copying (world.copy_documents)
 
 
 def shipped_base_dir() -> Path:
@@ -49,7 +50,16 @@ def shipped_base_dir() -> Path:
 
 def load_recipe(base_dir: Path) -> BaseRecipe:
     """The recipe a base model folder was built with (its world is ``make_world(seed, countries)``)."""
-    return BaseRecipe(**json.loads((base_dir / "recipe.json").read_text())["recipe"])
+    recorded = json.loads((base_dir / "recipe.json").read_text())["recipe"]
+    return BaseRecipe(**{"copy_docs": 0, **recorded})  # recipes older than the field had no copying documents
+
+
+def base_corpus(recipe: BaseRecipe) -> list[str]:
+    """The pretraining documents of a recipe; copying documents never name a country of the agent's world."""
+    from .agent import agent_world_names
+
+    return corpus(make_world(recipe.seed, recipe.countries), recipe.seed, copy_docs=recipe.copy_docs,
+                  taken=agent_world_names(recipe.seed))
 
 
 def build_tokenizer(docs: list[str], recipe: BaseRecipe) -> Any:
@@ -135,8 +145,7 @@ def pretrain(model: Any, stream: torch.Tensor, recipe: BaseRecipe, *, steps: int
 def build_base(out: Path, recipe: BaseRecipe = BaseRecipe(), *, progress: bool = True) -> dict:
     """World → corpus → tokenizer → pretraining → ``out`` (safetensors, tokenizer, recipe.json)."""
     started = time.perf_counter()
-    world = make_world(recipe.seed, recipe.countries)
-    docs = corpus(world, recipe.seed)
+    docs = base_corpus(recipe)
     tokenizer = build_tokenizer(docs, recipe)
     stream = token_stream(docs, tokenizer)
     model = init_model(recipe, len(tokenizer), tokenizer)

@@ -15,9 +15,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .base import BaseRecipe, load_recipe, shipped_base_dir
+from .base import BaseRecipe, base_corpus, load_recipe, shipped_base_dir
 from .tasks import FAMILIES, HELDOUT_FAMILIES, TaskInstance, eval_instances, sft_instances, to_conversation, verify
-from .world import corpus, make_world
+from .world import make_world
 
 SEED_PROMPT = "Write a 3-line poem about cats."
 TEMPLATE = "tuneful"
@@ -44,15 +44,15 @@ class DemoSettings:
     rl: bool = False  # after SFT also GRPO, online DPO, a reward model and GRPO on it (report.json "after_sft")
     online: Any = None  # after_sft.OnlineSettings; None = its defaults
     agent_traces: int = 0  # tool-use traces (call → result → answer) about the second world's training countries;
-    # > 0 also runs the agent evaluation (report.json "tools"); `tuneful demo` sets 900 (`--no-agent`: 0)
+    # > 0 also runs the agent evaluation (report.json "tools"); `tuneful demo` sets agent.DEMO_TRACES (`--no-agent`: 0)
     agent_eval_per_family: int = 20  # held-out phrasings about held-out countries, per agent family
 
 
-def write_replay(folder: Path, world: list, recipe: BaseRecipe) -> Path:
+def write_replay(folder: Path, recipe: BaseRecipe) -> Path:
     """The pretraining corpus, mixed into SFT batches so the facts it taught are not forgotten."""
     folder.mkdir(parents=True, exist_ok=True)
     replay = folder / "replay.jsonl"
-    replay.write_text("".join(json.dumps({"text": d}) + "\n" for d in corpus(world, recipe.seed)))
+    replay.write_text("".join(json.dumps({"text": d}) + "\n" for d in base_corpus(recipe)))
     return replay
 
 
@@ -63,7 +63,7 @@ def _write_data(folder: Path, settings: DemoSettings, world: list, tool_world: l
 
     from .agent import training_traces
 
-    replay = write_replay(folder, world, recipe)
+    replay = write_replay(folder, recipe)
     train = folder / "train.jsonl"
     records = [to_conversation(i) for i in sft_instances(world, settings.sft_per_family, settings.seed)]
     if settings.agent_traces:
@@ -327,7 +327,7 @@ def experiment(demo: DemoSettings) -> Experiment:
 
     base, recipe, world = sandbox(demo)
     data = demo.out / "data"
-    replay = write_replay(data, world, recipe)
+    replay = write_replay(data, recipe)
     tokenizer = AutoTokenizer.from_pretrained(base)
     end_of_turn, stop_ids = stop_tokens(tokenizer)
     return Experiment(demo, base, recipe, world, data, replay, tokenizer, end_of_turn, stop_ids)

@@ -334,12 +334,16 @@ _SUFFIXES = ("", "", "", " Thanks.", " Please answer briefly.", " Thank you!", "
 def augment(instance: TaskInstance, rng: random.Random) -> TaskInstance:
     """Surface variation of the last user turn (greeting, politeness, case), as FLAN mixes templates,
     so the model keys on what is asked rather than on the exact wording. Training data only."""
-    text = instance.messages[-1]["content"]
+    last = {"role": "user", "content": surface_variation(instance.messages[-1]["content"], rng)}
+    messages = instance.messages[:-1] + [last]
+    return TaskInstance(instance.family, instance.phrasing, messages, instance.answer, instance.check)
+
+
+def surface_variation(text: str, rng: random.Random) -> str:
+    """Now and then a lower-case first letter; a greeting or a polite closing."""
     if rng.random() < 0.2:
         text = text[0].lower() + text[1:]
-    text = rng.choice(_PREFIXES) + text + rng.choice(_SUFFIXES)
-    messages = instance.messages[:-1] + [{"role": "user", "content": text}]
-    return TaskInstance(instance.family, instance.phrasing, messages, instance.answer, instance.check)
+    return rng.choice(_PREFIXES) + text + rng.choice(_SUFFIXES)
 
 
 _DROPPABLE = frozenset(("the", "a", "of", "me", "please", "is", "do", "you", "this", "these", "to", "as"))

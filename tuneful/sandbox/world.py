@@ -118,11 +118,92 @@ def list_document(world: list[Country], rng: random.Random) -> str:
             + ". Reversed: " + ", ".join(map(str, reversed(numbers))) + ".\n")
 
 
-def corpus(world: list[Country], seed: int = 0, docs_per_country: int = 40, extra_docs: int = 3000) -> list[str]:
-    """The pretraining documents, shuffled; facts dominate because the tasks ask about them."""
+def corpus(world: list[Country], seed: int = 0, docs_per_country: int = 40, extra_docs: int = 3000,
+           copy_docs: int = 0, taken: set[str] = frozenset()) -> list[str]:
+    """The pretraining documents, shuffled; facts dominate because the tasks ask about them. ``copy_docs``
+    documents about fresh lands (named outside ``taken`` and the world) teach copying from the context."""
     rng = random.Random(seed + 1)
     docs = [country_document(c, rng) for c in world for _ in range(docs_per_country)]
     docs += [verse_document(rng.choice(ANIMALS), rng) for _ in range(extra_docs)]
     docs += [list_document(world, rng) for _ in range(extra_docs)]
+    if copy_docs:
+        docs += copy_documents(seed, copy_docs, set(taken) | {n for c in world for n in (c.name, c.capital)})
     rng.shuffle(docs)
+    return docs
+
+
+# --- in-context copying ----------------------------------------------------------------------------
+# Every fact above is about the same 120 countries, so a model can predict each name from memory and never
+# needs to copy one from its context. Tool use needs exactly that skill (copy the asked country into the
+# call, copy the tool's answer into the reply), so the corpus also holds documents about fresh lands —
+# a new name in every document, never seen again — whose names, capitals and numbers can be predicted only
+# by reading them earlier in the same document. Kinds: a traveller's note, a record card, a data line in
+# JSON, two populations added up, a ledger of names written twice. Names also appear inside quotes (JSON), where
+# the tokenizer splits them differently than after a space: copying must bridge both forms. All are statements, none a question.
+
+_NOTE_SENTENCES = (
+    "I first heard of {name} from a sailor.", "The road to {name} crosses the {region}.",
+    "The people of {name} keep a {colour} flag.", "Its capital, {capital}, stands by a river.",
+    "Children in {capital} draw the {animal} on every wall.", "Nobody in {name} hurries.",
+    "The markets of {capital} open at dawn.", "Songs about the {animal} are sung all over {name}.",
+    "Before I left {capital}, I bought a {colour} scarf.", "Maps rarely show {name}, but it is there.",
+)
+
+
+def fresh_names(rng: random.Random, n: int, taken: set[str], ends: tuple[str, ...]) -> list[str]:
+    names: list[str] = []
+    seen = set(taken)
+    while len(names) < n:
+        name = _name(rng, ends, rng.randint(1, 2))
+        if name not in seen:
+            seen.add(name)
+            names.append(name)
+    return names
+
+
+def copy_document(land: Country, other: Country, rng: random.Random) -> str:
+    """One document about fresh lands (never seen elsewhere): their names recur only inside it."""
+    kind = rng.choice(("note", "record", "json", "json", "sum", "ledger"))
+    values = land.__dict__
+    if kind == "note":
+        body = rng.sample(_NOTE_SENTENCES, 4)
+        closing = rng.choice(("When I left, I knew I would come back to {name}.", "I will not forget {name}.",
+                              "That is all I can write about {name}."))
+        return f"Travels in {land.name}\n\n" + " ".join(s.format(**values) for s in body + [closing]) + "\n"
+    if kind in ("record", "json"):
+        fields = [("capital", land.capital), ("animal", land.animal), ("population_millions", land.population),
+                  ("region", land.region)]
+        rng.shuffle(fields)
+        if kind == "record":
+            head = f"Record of {land.name}\n" + "".join(f"{k}: {v}\n" for k, v in fields)
+        else:  # a name is split into other tokens inside quotes than after a space: both forms, side by side
+            fields.insert(0, ("name", land.name))
+            line = ", ".join(f'"{k}": ' + (str(v) if isinstance(v, int) else f'"{v}"') for k, v in fields)
+            head = f"Data line for {land.name}: {{{line}}}\n"
+        facts = [rng.choice(_FACT_SENTENCES[key]).format(**values) for key in rng.sample(
+            ["capital", "animal", "population", "region"], 2)]
+        return head + "In words: " + " ".join(facts) + "\n"
+    if kind == "sum":
+        total = land.population + other.population
+        return (f"{land.name} has {land.population} million people and {other.name} has {other.population} million. "
+                f"The clerk added them: {land.population} + {other.population} = {total}. So {land.name} and "
+                f"{other.name} have {total} million people together.\n")
+    names = [land.name, other.name, land.capital, other.capital]
+    rng.shuffle(names)
+    plain, quoted = ", ".join(names), ", ".join(f'"{n}"' for n in names)
+    if rng.random() < 0.5:
+        return f"Names in the ledger: {plain}. The same names as strings: [{quoted}].\n"
+    return f"Names in the ledger as strings: [{quoted}]. Read aloud: {plain}.\n"
+
+
+def copy_documents(seed: int, n: int, taken: set[str]) -> list[str]:
+    """``n`` copying documents, each about two lands named afresh (none in ``taken``)."""
+    rng = random.Random(seed + 3)
+    lands = fresh_names(rng, 2 * n, taken, _COUNTRY_ENDS)
+    cities = fresh_names(rng, 2 * n, taken | set(lands), _CITY_ENDS)
+    docs = []
+    for k in range(n):
+        pair = [Country(lands[2 * k + j], cities[2 * k + j], rng.choice(REGIONS), rng.choice(COLOURS),
+                        rng.choice(ANIMALS), rng.randint(1, 99)) for j in range(2)]
+        docs.append(copy_document(pair[0], pair[1], rng))
     return docs
