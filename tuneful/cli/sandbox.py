@@ -57,10 +57,10 @@ def demo(
                              "pool; run two to see how much a result moves from seed to seed."),
     rl: bool = typer.Option(False, "--rl", help="After SFT also GRPO (verifier reward), online DPO, a reward model "
                             "and GRPO on it, each evaluated like SFT (report.json after_sft; ~30 min)."),
-    agent: bool = typer.Option(True, "--agent/--no-agent", help="Tool use: SFT also on 2,000 agent traces (call, "
+    agent: bool = typer.Option(True, "--agent/--no-agent", help="Tool use: SFT also on 1,400 agent traces (call, "
                                "result, answer) about a second world the base model never read, then the agent loop "
                                "on held-out countries and phrasings, with and without tools (report.json tools; "
-                               "~6.5 min; not part of --lima or --flan)."),
+                               "~5 min; not part of --lima or --flan)."),
 ) -> None:
     """Instruction-tune the sandbox base model and compare base vs tuned on held-out prompts."""
     from rich.console import Console

@@ -21,7 +21,7 @@ from .world import Country, make_world
 
 AGENT_WORLD_OFFSET = 7919  # the second world's seed is the base world's + this
 TRAIN_SHARE = 0.7
-DEMO_TRACES = 2000  # `tuneful demo`'s agent traces (README, The sandbox agent: 900 were too few to learn copying)
+DEMO_TRACES = 1400  # `tuneful demo`'s agent traces (README, The sandbox agent: 900 too few to learn copying; 2,000 no better)
 AGENT_COUNTRIES = 3000  # so many that a training trace rarely meets a country twice: names are copied, not learned
 MAX_ROUNDS = 4
 
