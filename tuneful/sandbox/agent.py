@@ -21,7 +21,7 @@ from .world import Country, make_world
 
 AGENT_WORLD_OFFSET = 7919  # the second world's seed is the base world's + this
 TRAIN_SHARE = 0.7
-DEMO_TRACES = 1400  # `tuneful demo`'s agent traces (README, The sandbox agent: 900 too few to learn copying; 2,000 no better)
+DEMO_TRACES = 1400  # `tuneful demo`'s agent traces (README, The sandbox agent: 900 too few; 2,000 no better)
 AGENT_COUNTRIES = 3000  # so many that a training trace rarely meets a country twice: names are copied, not learned
 MAX_ROUNDS = 4
 
@@ -66,15 +66,20 @@ class AgentTask:
     answer_word: str  # the final answer must contain it
 
 
+def _agent_candidates(seed: int, n: int) -> list[Country]:
+    """What :func:`agent_world` draws its ``n`` countries from."""
+    return make_world(seed + AGENT_WORLD_OFFSET, n * 2)
+
+
 def agent_world(seed: int, taken: set[str], n: int = AGENT_COUNTRIES) -> list[Country]:
     """Countries of a second world, none sharing a name or capital with the pretraining world."""
-    world = [c for c in make_world(seed + AGENT_WORLD_OFFSET, n * 2) if c.name not in taken and c.capital not in taken]
+    world = [c for c in _agent_candidates(seed, n) if c.name not in taken and c.capital not in taken]
     return world[:n]
 
 
 def agent_world_names(seed: int, n: int = AGENT_COUNTRIES) -> set[str]:
     """Every name and capital :func:`agent_world` may draw from (kept out of the pretraining corpus)."""
-    return {x for c in make_world(seed + AGENT_WORLD_OFFSET, n * 2) for x in (c.name, c.capital)}
+    return {x for c in _agent_candidates(seed, n) for x in (c.name, c.capital)}
 
 
 def split_countries(world: list[Country]) -> tuple[list[Country], list[Country]]:
@@ -153,8 +158,9 @@ def training_traces(world: list[Country], n: int, seed: int) -> list[dict]:
     for k in range(n):
         family = list(FACT_PHRASINGS)[k % len(FACT_PHRASINGS)]
         phrasing = rng.randrange(len(FACT_PHRASINGS[family]) - HELDOUT)
-        task = make_task(rng, family, phrasing, train, lambda template: vary_words(template, rng))
-        task = AgentTask(task.family, surface_variation(task.question, rng), task.countries, task.answer_word)
+        # no phrasing opens with a slot, so the surface variation's lower-cased first letter never touches a name
+        task = make_task(rng, family, phrasing, train,
+                         lambda template: surface_variation(vary_words(template, rng), rng))
         records.append(trace(task, world))
     rng.shuffle(records)
     return records

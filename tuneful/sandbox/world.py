@@ -7,6 +7,7 @@ never as questions and answers, so a model pretrained on it is a base model that
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 
@@ -138,8 +139,9 @@ def corpus(world: list[Country], seed: int = 0, docs_per_country: int = 40, extr
 # call, copy the tool's answer into the reply), so the corpus also holds documents about fresh lands —
 # a new name in every document, never seen again — whose names, capitals and numbers can be predicted only
 # by reading them earlier in the same document. Kinds: a traveller's note, a record card, a data line in
-# JSON, two populations added up, a ledger of names written twice. Names also appear inside quotes (JSON), where
-# the tokenizer splits them differently than after a space: copying must bridge both forms. All are statements, none a question.
+# JSON, two populations added up, a ledger of names written twice. Names also appear inside quotes (JSON),
+# where the tokenizer splits them differently than after a space: copying must bridge both forms. All are
+# statements, none a question.
 
 _NOTE_SENTENCES = (
     "I first heard of {name} from a sailor.", "The road to {name} crosses the {region}.",
@@ -178,8 +180,7 @@ def copy_document(land: Country, other: Country, rng: random.Random) -> str:
             head = f"Record of {land.name}\n" + "".join(f"{k}: {v}\n" for k, v in fields)
         else:  # a name is split into other tokens inside quotes than after a space: both forms, side by side
             fields.insert(0, ("name", land.name))
-            line = ", ".join(f'"{k}": ' + (str(v) if isinstance(v, int) else f'"{v}"') for k, v in fields)
-            head = f"Data line for {land.name}: {{{line}}}\n"
+            head = f"Data line for {land.name}: {json.dumps(dict(fields))}\n"
         facts = [rng.choice(_FACT_SENTENCES[key]).format(**values) for key in rng.sample(
             ["capital", "animal", "population", "region"], 2)]
         return head + "In words: " + " ".join(facts) + "\n"
@@ -190,10 +191,10 @@ def copy_document(land: Country, other: Country, rng: random.Random) -> str:
                 f"{other.name} have {total} million people together.\n")
     names = [land.name, other.name, land.capital, other.capital]
     rng.shuffle(names)
-    plain, quoted = ", ".join(names), ", ".join(f'"{n}"' for n in names)
+    plain, quoted = ", ".join(names), json.dumps(names)
     if rng.random() < 0.5:
-        return f"Names in the ledger: {plain}. The same names as strings: [{quoted}].\n"
-    return f"Names in the ledger as strings: [{quoted}]. Read aloud: {plain}.\n"
+        return f"Names in the ledger: {plain}. The same names as strings: {quoted}.\n"
+    return f"Names in the ledger as strings: {quoted}. Read aloud: {plain}.\n"
 
 
 def copy_documents(seed: int, n: int, taken: set[str]) -> list[str]:
