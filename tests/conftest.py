@@ -64,3 +64,19 @@ def sandbox_chat():
     from tuneful.infer.chat_model import load_chat_model
 
     return load_chat_model("sandbox", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def word_tok():
+    """Word-level tokenizer: one token per space-separated word, so masks can be written by hand (one per module:
+    tests may change its pad token)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<eos>"]
+    words = ["hello", "world", "hi", "there", "a", "b", "c", "d", "sys", "<think>", "</think>", "[UNK]"]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(special + words)}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", unk_token="[UNK]")
+    tok.add_special_tokens({"additional_special_tokens": special[:4]})
+    return tok

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from tuneful.tokenization.masking import (
     IGNORE_INDEX,
@@ -15,20 +13,6 @@ from tuneful.tokenization.masking import (
 )
 from tuneful.templates.registry import ChatTemplate, builtin
 from tuneful.templates.spans import _generated_turn
-
-WORDS = ["hello", "world", "hi", "there", "a", "b", "c", "d", "sys", "<think>", "</think>", "[UNK]"]
-SPECIAL = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<eos>"]
-
-
-@pytest.fixture(scope="module")
-def word_tok():
-    """Word-level tokenizer: one token per space-separated word, so masks can be written by hand."""
-    vocab = {w: i for i, w in enumerate(SPECIAL + WORDS)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", unk_token="[UNK]")
-    tok.add_special_tokens({"additional_special_tokens": SPECIAL[:4]})
-    return tok
 
 
 def ids(tok, *tokens):

@@ -1,7 +1,7 @@
 """Which fields of a raw record a converter used, so that nothing is dropped without a word.
 
 Every converter reads its record through :class:`TrackedRecord`: reading a key (``record["x"]``,
-``record.get("x")``) marks it used, and nested objects come back tracked too (``messages[].weight``).
+``record.get("x")``) marks it used, and nested objects come back tracked too (``messages[].loss_weight``).
 After conversion, :func:`unused_fields` lists what was never read; the loader counts those by name
 in the summary (``ignored_fields``). A value a converter keeps whole (``tools``, ``meta``) is read
 with :meth:`TrackedRecord.whole`, which marks it used without looking inside.

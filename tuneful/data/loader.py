@@ -29,7 +29,7 @@ class LoadReport:
     written: int = 0
     skipped_by_reason: Counter = field(default_factory=Counter)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (where, message)
-    ignored_fields: Counter = field(default_factory=Counter)  # "messages[].weight" -> occurrences
+    ignored_fields: Counter = field(default_factory=Counter)  # "messages[].loss_weight" -> occurrences
     notes: Counter = field(default_factory=Counter)  # named counts: think blocks, parsed calls, pruned messages
     format: str | None = None
 

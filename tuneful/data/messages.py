@@ -190,7 +190,7 @@ def openai_message(m: Any, conv: Conversion) -> Message:
     if content is None and not calls and "content" not in m:
         raise RecordError("bad_conversation", f"a {role} message needs 'content'")
     return make_message(role, content, tool_calls=tuple(calls), reasoning_content=reasoning,
-                        tool_call_id=m.get("tool_call_id"), name=m.get("name"))
+                        tool_call_id=m.get("tool_call_id"), name=m.get("name"), weight=m.get("weight"))
 
 
 def openai_messages(messages: Any, conv: Conversion) -> list[Message]:

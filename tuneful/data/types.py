@@ -55,7 +55,9 @@ class Message:
 
     ``content`` is plain text ("" on an assistant message that only makes tool calls: OpenAI's
     ``content: null`` is read as ""). ``tool_calls`` and ``reasoning_content`` belong to assistant
-    messages, ``tool_call_id`` and ``name`` to tool messages.
+    messages, ``tool_call_id`` and ``name`` to tool messages. ``weight`` (assistant messages only, as in
+    OpenAI's fine-tuning format): 0 = the turn is context, never trained (e.g. a mistaken call the next turn
+    recovers from); 1 or None = trained as the training settings say.
     """
 
     role: str
@@ -64,9 +66,11 @@ class Message:
     reasoning_content: str | None = None
     tool_call_id: str | None = None
     name: str | None = None
+    weight: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The OpenAI / transformers message dict (optional keys only when set)."""
+        """The OpenAI / transformers message dict the chat template reads (optional keys only when set;
+        no ``weight``: it decides what is trained, never what is rendered)."""
         out: dict[str, Any] = {"role": self.role, "content": self.content}
         if self.tool_calls:
             out["tool_calls"] = [c.to_dict() for c in self.tool_calls]
@@ -76,10 +80,22 @@ class Message:
                 out[key] = value
         return out
 
+    def to_json(self) -> dict[str, Any]:
+        """The message as a data file holds it: :meth:`to_dict` and its ``weight`` where set."""
+        out = self.to_dict()
+        if self.weight is not None:
+            out["weight"] = self.weight
+        return out
+
+    @property
+    def trained(self) -> bool:
+        """An assistant turn that is not marked ``weight: 0``."""
+        return self.role == "assistant" and self.weight != 0
+
     @property
     def is_plain_text(self) -> bool:
-        """Only text content: no calls, no reasoning, no tool fields."""
-        return self.to_dict().keys() == {"role", "content"}
+        """Only text content: no calls, no reasoning, no tool fields, no weight."""
+        return self.to_json().keys() == {"role", "content"}
 
 
 @dataclass(frozen=True)
@@ -118,7 +134,7 @@ class Conversation:
         return [m.to_dict() for m in self.messages]
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"messages": self.to_dicts(), **self.inputs.json_fields()}
+        out: dict[str, Any] = {"messages": [m.to_json() for m in self.messages], **self.inputs.json_fields()}
         if self.meta:
             out["meta"] = self.meta
         return out
@@ -136,7 +152,8 @@ def _message_from_json(m: Mapping[str, Any] | str) -> Message:
         return Message("assistant", m)
     calls = tuple(ToolCall(c["function"]["name"], c["function"]["arguments"], c.get("id"))
                   for c in m.get("tool_calls") or ())
-    return Message(m["role"], m["content"], calls, m.get("reasoning_content"), m.get("tool_call_id"), m.get("name"))
+    return Message(m["role"], m["content"], calls, m.get("reasoning_content"), m.get("tool_call_id"), m.get("name"),
+                   m.get("weight"))
 
 
 def _inputs_from_json(data: Mapping[str, Any]) -> TemplateInputs:
@@ -171,10 +188,10 @@ class PreferencePair:
 
     def to_json(self) -> dict[str, Any]:
         def reply(m: Message) -> Any:  # plain text stays a string, as most preference files write it
-            return m.content if m.is_plain_text else m.to_dict()
+            return m.content if m.is_plain_text else m.to_json()
 
         out: dict[str, Any] = {
-            "prompt": [m.to_dict() for m in self.prompt],
+            "prompt": [m.to_json() for m in self.prompt],
             "chosen": reply(self.chosen),
             "rejected": reply(self.rejected),
             **self.inputs.json_fields(),
@@ -203,7 +220,7 @@ class LabeledConversation:
                    dict(data.get("meta") or {}), _inputs_from_json(data))
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"messages": [m.to_dict() for m in self.messages], "label": self.label,
+        out: dict[str, Any] = {"messages": [m.to_json() for m in self.messages], "label": self.label,
                                **self.inputs.json_fields()}
         if self.meta:
             out["meta"] = self.meta
@@ -294,7 +311,16 @@ def make_message(role: Any, content: Any, **extra: Any) -> Message:
             raise RecordError("bad_field", f"{role} message field {key!r} is {type(value).__name__}, not a string")
     if calls and role != "assistant":
         raise RecordError("tool_calls_not_assistant", f"a {role} message carries tool_calls; only assistant messages may")
-    return Message(role, content, calls, **extra)
+    weight = extra.pop("weight", None)
+    if weight is not None:
+        if role != "assistant":
+            raise RecordError("bad_weight", f"a {role} message has a 'weight'; only assistant messages carry one "
+                                            "(0: the turn is context, not trained; 1: trained)")
+        if weight not in (0, 1):
+            raise RecordError("bad_weight", f"an assistant message's 'weight' must be 0 (not trained) or 1 (trained), "
+                                            f"got {weight!r}")
+        weight = int(weight)
+    return Message(role, content, calls, weight=weight, **extra)
 
 
 def _has_reply(m: Message) -> bool:
@@ -376,6 +402,8 @@ def make_preference(
             raise RecordError("bad_preference", f"{name} must be an assistant message, not {reply.role}")
         if not _has_reply(reply):
             raise RecordError("empty_response", f"{name} is empty")
+        if reply.weight == 0:
+            raise RecordError("bad_weight", f"{name} has weight 0, but the replies of a pair are what DPO trains on")
         validate_messages([*prompt, reply], tools=inputs.tools, require_assistant=False)
         replies.append(reply)
     if replies[0] == replies[1]:
@@ -390,4 +418,6 @@ def make_labeled(messages: list[Message], label: Any, meta: dict[str, Any] | Non
     validate_messages(messages, tools=inputs.tools)
     if messages[-1].role != "assistant":
         raise RecordError("bad_label", "a labelled conversation must end with the assistant reply the label is about")
+    if messages[-1].weight == 0:
+        raise RecordError("bad_weight", "the reply the label is about has weight 0, but it is what KTO trains on")
     return LabeledConversation(tuple(messages), label, dict(meta or {}), inputs)

@@ -122,9 +122,10 @@ class Seq2SeqTokenizer:
 
     def examples(self, conv: Conversation) -> list[Seq2SeqExample]:
         messages = conv.to_dicts()
-        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        turns = [i for i, m in enumerate(conv.messages) if m.role == "assistant"]
         if self.last_turn_only:
             turns = turns[-1:]
+        turns = [i for i in turns if conv.messages[i].trained]  # weight 0: context only
         return [Seq2SeqExample(self.encode_source(self.source_text(messages[:i])),
                                self.encode_target(messages[i].get("content") or "")) for i in turns]
 

@@ -129,7 +129,8 @@ class TokenizedConversation:
     """A conversation's full rendering with every assistant turn marked as printed there, and the
     training examples made of it: usually the full rendering itself; for a template that rewrites
     history, also one example per turn that the full rendering shows differently from how the model
-    writes it (policy ``keep``), or those turns left untrained (``drop_earlier``).
+    writes it (policy ``keep``), or those turns left untrained (``drop_earlier``). A turn whose message
+    has ``weight: 0`` is context only: in the rendering, never trained.
     """
 
     input_ids: list[int]
@@ -138,6 +139,7 @@ class TokenizedConversation:
     offsets: np.ndarray | tuple = ()  # each token's characters in rendered.text, shape (tokens, 2)
     boundary_merges: int = 0  # trained tokens that also cover non-whitespace template text
     examples: tuple[TrainingExample, ...] = ()
+    trained_turns: tuple[TurnSpan, ...] = ()  # the turns the settings and the messages' weights train
 
     @property
     def trained_tokens(self) -> int:
@@ -320,7 +322,7 @@ class ConversationTokenizer:
 
     def __call__(self, messages: Sequence[Mapping[str, Any]] | Conversation, **inputs: Any) -> TokenizedConversation:
         rendered = self.render(messages, **inputs)
-        return self._tokenize_rendered([rendered])[0]
+        return self._tokenize_rendered([rendered], [_weight_zero(messages)])[0]
 
     def tokenize_many(self, conversations: Sequence[Conversation]) -> list[TokenizedConversation | Exception]:
         """:meth:`__call__` over many conversations with one tokenizer call for all of them; a conversation
@@ -331,11 +333,19 @@ class ConversationTokenizer:
                 rendered.append(self.render(conv))
             except Exception as exc:
                 rendered.append(exc)
-        good = iter(self._tokenize_rendered([r for r in rendered if not isinstance(r, Exception)]))
+        fine = [(r, _weight_zero(conv)) for r, conv in zip(rendered, conversations) if not isinstance(r, Exception)]
+        good = iter(self._tokenize_rendered([r for r, _ in fine], [untrained for _, untrained in fine]))
         return [r if isinstance(r, Exception) else next(good) for r in rendered]
 
-    def _tokenize_rendered(self, rendered: Sequence[RenderedConversation]) -> list[TokenizedConversation]:
-        turns_of = [r.turns[-1:] if self.last_turn_only else r.turns for r in rendered]
+    def trained_turns(self, rendered: RenderedConversation, untrained: frozenset[int] = frozenset()) -> tuple[TurnSpan, ...]:
+        """The turns trained: every assistant turn, or the last (``last_turn_only``), less those whose message
+        index is in ``untrained`` (``weight: 0``). The one place this is decided."""
+        turns = rendered.turns[-1:] if self.last_turn_only else rendered.turns
+        return tuple(t for t in turns if t.message_index not in untrained)
+
+    def _tokenize_rendered(self, rendered: Sequence[RenderedConversation],
+                           untrained: Sequence[frozenset[int]]) -> list[TokenizedConversation]:
+        turns_of = [self.trained_turns(r, skip) for r, skip in zip(rendered, untrained)]
         texts = [r.text for r in rendered]
         for turns in turns_of:  # a turn the full rendering shows differently trains in an example of its own
             if self.reasoning == "keep":
@@ -358,8 +368,15 @@ class ConversationTokenizer:
                         examples.append(TrainingExample(turn_ids, mask_from_offsets(
                             turn_offsets, [(len(turn.own_prompt), len(turn.own_prompt) + len(turn.generated))])))
             merges = count_boundary_merges(r.text, offsets, shown)
-            out.append(TokenizedConversation(ids, mask, r, offsets, merges, tuple(examples)))
+            out.append(TokenizedConversation(ids, mask, r, offsets, merges, tuple(examples), turns))
         return out
+
+
+def _weight_zero(messages: Sequence[Mapping[str, Any]] | Conversation) -> frozenset[int]:
+    """Indices of the messages marked ``weight: 0`` (context, not trained)."""
+    if isinstance(messages, Conversation):
+        return frozenset(i for i, m in enumerate(messages.messages) if m.weight == 0)
+    return frozenset(i for i, m in enumerate(messages) if m.get("weight") == 0)
 
 
 def _messages_and_inputs(messages: Any, inputs: dict) -> tuple[list[Mapping[str, Any]], dict]:

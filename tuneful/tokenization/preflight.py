@@ -240,7 +240,7 @@ def check_conversation(
         problems.add("no_eot", name)
     if example.boundary_merges:
         problems.add("merge", name)
-    trained_turns = example.rendered.turns[-1:] if ctok.last_turn_only else example.rendered.turns
+    trained_turns = example.trained_turns
     _check_agentic(conv, example, trained_turns, name, problems)
     problems.full_tokens += len(example.input_ids)
     kept = []
@@ -264,7 +264,7 @@ def check_conversation(
         problems.add("nothing_left", name)  # the policy at work, not a broken record
         return None
     if example.trained_tokens == 0:
-        problems.add("zero", name)
+        problems.add("weight_zero" if example.rendered.turns and not trained_turns else "zero", name)
         return None
     problems.kept += 1
     problems.end_of_turn.update(t.end_of_turn.strip() for t in example.rendered.turns if t.end_of_turn.strip())
@@ -316,6 +316,9 @@ def finish_report(report: PreflightReport, problems: PreflightTally, tokenizer: 
     _add(report, problems, "zero_trained_tokens", "error", "zero",
          "these examples have no trained tokens (no assistant turn, or all replies cut off). Fix: drop them "
          "or raise max_length.")
+    _add(report, problems, "all_turns_weight_zero", "error", "weight_zero",
+         "every assistant message that would be trained has weight 0 (context only), so nothing is trained. "
+         "Fix: set weight 1 (or remove the key) on the replies to learn, or drop these records.")
     severity = "error" if overlong == "fail" else "warning"
     _add(report, problems, "overlong", severity, "overlong",
          f"longer than max_length={max_length}; policy overlong={overlong!r} "

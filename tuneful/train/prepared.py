@@ -27,7 +27,7 @@ import numpy as np
 
 from ..tokenization.masking import special_tokens_of
 
-PREPARED_VERSION = 2  # bump when rows or tallies change meaning: old caches are then never read
+PREPARED_VERSION = 3  # bump when rows or tallies change meaning: old caches are then never read
 BATCH = 256  # records per map batch: one tokenizer call and one tally row each
 AUTO_PROCESSES_FROM = 20_000  # below this many records, starting worker processes costs more than it saves
 RECORDS_PER_PART = 100_000  # records per Arrow file of a source while it is being prepared
