@@ -67,11 +67,49 @@ def test_a_trace_renders_and_masks_with_the_sandbox_template():
     assert "lookup_country(name: string)" in tokenizer.decode(example.input_ids)
 
 
+def test_a_recovering_trace_trains_the_second_lookup_and_never_the_slip():
+    """A share of the traces first looks up a misspelt name; the tool says so and suggests the right one; the
+    mistaken turn has weight 0, so its call is context (as the tool's error is) and only the recovery is trained."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from tuneful.data.formats import FORMATS
+    from tuneful.sandbox.agent import make_task, misspelling
+    from tuneful.tokenization.masking import ConversationTokenizer
+    from tuneful.templates.registry import builtin
+
+    _, tool_world, _ = _worlds()
+    train, _ = split_countries(tool_world)
+    task = make_task(random.Random(0), "population_sum", 0, train)
+    wrong = misspelling(task.countries[1].name, tool_world, random.Random(3))
+    assert wrong and wrong != task.countries[1].name
+    record = trace(task, tool_world, (1, wrong))
+    roles = [(m["role"], m.get("weight")) for m in record["messages"]]
+    assert roles == [("user", None), ("assistant", 0), ("tool", None), ("tool", None), ("assistant", None),
+                     ("tool", None), ("assistant", None), ("tool", None), ("assistant", None)]
+    error = json.loads(record["messages"][3]["content"])
+    assert error == {"error": f"no country named {wrong}", "did_you_mean": task.countries[1].name}
+    [conv] = FORMATS["messages"].convert(record)
+    tokenizer = AutoTokenizer.from_pretrained(shipped_base_dir())
+    example = ConversationTokenizer(tokenizer, builtin("tuneful"))(conv)
+    trained = tokenizer.decode([t for t, m in zip(example.input_ids, example.train_mask) if m])
+    assert wrong not in trained and trained.count("<tool_call>") == 2  # the second lookup and the add
+    assert trained.count(task.countries[1].name) == 2 and task.countries[0].name in trained  # the retry, the answer
+    # the share: a quarter of the traces recover, and the tasks are the same whatever the share
+    some, none = training_traces(tool_world, 200, seed=0, recovering=0.25), training_traces(tool_world, 200, seed=0)
+    slipped = sum(any(m.get("weight") == 0 for m in r["messages"]) for r in some)
+    assert 30 <= slipped <= 70 and not any(m.get("weight") == 0 for r in none for m in r["messages"])
+    assert sorted(r["messages"][0]["content"] for r in some) == sorted(r["messages"][0]["content"] for r in none)
+
+
 def test_tools_answer_from_the_second_world_and_check_their_arguments():
     _, tool_world, _ = _worlds()
     country = tool_world[0]
     assert json.loads(run_tool(tool_world, "lookup_country", {"name": country.name}))["capital"] == country.capital
     assert "error" in json.loads(run_tool(tool_world, "lookup_country", {"name": "Atlantis"}))
+    typo = json.loads(run_tool(tool_world, "lookup_country", {"name": "X" + country.name[1:]}))  # a first letter wrong
+    assert typo == {"error": f"no country named X{country.name[1:]}", "did_you_mean": country.name}
     assert json.loads(run_tool(tool_world, "add", {"a": 2, "b": 40})) == {"result": 42}
     assert valid_call("add", {"a": 1, "b": 2}) and not valid_call("add", {"a": "1", "b": 2})
     assert not valid_call("lookup", {"name": "x"}) and not valid_call("lookup_country", {"country": "x"})
@@ -102,6 +140,25 @@ def test_the_agent_loop_runs_calls_and_scores_final_answers():
     assert rows[0]["transcript"][-2]["role"] == "tool"
     without, _ = run_agents(scripted, tasks, tool_world, tools=False)
     assert without["accuracy"] == 0.0 and without["calls"] == 0
+    assert with_tools["missed_a_lookup"] == 0 == with_tools["recovered"]
+
+    def slipping(conversations, tools):
+        """Misspells each first lookup, then looks up the name the tool suggests."""
+        replies = []
+        for conversation in conversations:
+            last = conversation[-1]
+            result = json.loads(last["content"]) if last["role"] == "tool" else {}
+            if last["role"] == "user" or "error" in result:
+                name = ("X" + next(c.name for c in tool_world if c.name in last["content"])[1:]
+                        if last["role"] == "user" else result["did_you_mean"])
+                replies.append('<tool_call>\n{"name": "lookup_country", "arguments": {"name": "%s"}}\n</tool_call>' % name)
+            else:
+                replies.append(f"The capital is {result['capital']}.")
+        return replies
+
+    recovering, rows = run_agents(slipping, tasks, tool_world, tools=True)
+    assert recovering["accuracy"] == 1.0 and recovering["calls"] == 2 * len(tasks)
+    assert recovering["missed_a_lookup"] == len(tasks) == recovering["recovered"] and rows[0]["missed_a_lookup"]
 
 
 def test_the_demo_writes_agent_traces_only_when_asked(tmp_path):

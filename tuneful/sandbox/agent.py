@@ -1,9 +1,11 @@
 """The sandbox agent: what tool use buys a small tuned model, measured where everything is known.
 
 A second world (another seed, names not in the first) holds countries the base model never read about.
-Its facts are reachable only through tools: ``lookup_country(name)`` returns a country's facts as JSON,
-``add(a, b)`` adds two numbers (population arithmetic the model cannot do in its head). SFT data holds
-full traces — the call, the tool's result, the answer — for training countries and training phrasings;
+Its facts are reachable only through tools: ``lookup_country(name)`` returns a country's facts as JSON
+(for an unknown name an error and the closest known name), ``add(a, b)`` adds two numbers (population
+arithmetic the model cannot do in its head). SFT data holds full traces — the first lookup saying what it
+looks up, the call, the tool's result, the answer; optionally a misspelt lookup recovered from, the slip
+marked ``weight: 0`` — for training countries and training phrasings;
 the evaluation asks held-out phrasings about held-out countries and runs the agent loop itself
 (model → parse → run the tool → model), base and tuned, and tuned without the tools. The verifier is
 a word check on the final answer; a call is valid when it parses, names an offered tool and its
@@ -21,9 +23,10 @@ from .world import Country, make_world
 
 AGENT_WORLD_OFFSET = 7919  # the second world's seed is the base world's + this
 TRAIN_SHARE = 0.7
-DEMO_TRACES = 1400  # `tuneful demo`'s agent traces (README, The sandbox agent: 900 too few; 2,000 no better)
+DEMO_TRACES = 1250  # `tuneful demo`'s agent traces (README, The sandbox agent: 900 too few; 2,000 no better; 1,400
+# with the announcing first lookups ran past the demo's 15 minutes)
 AGENT_COUNTRIES = 3000  # so many that a training trace rarely meets a country twice: names are copied, not learned
-MAX_ROUNDS = 4
+MAX_ROUNDS = 5  # lookups, a second lookup after a miss, add, the answer: 4; one to spare
 
 TOOLS = [
     {"type": "function", "function": {"name": "lookup_country", "description": "Facts about a country.",
@@ -53,6 +56,11 @@ FACT_PHRASINGS = {
                        "What is the population of {name} plus that of {other}?"),
 }
 HELDOUT = 2  # the last phrasings of each family are for evaluation only
+# what the agent says as it makes its first lookup: the family is decided right after the question, and the
+# answer later repeats these words instead of choosing again after a long tool result
+ANNOUNCE = {"capital": "Looking up the capital of {name}.",
+            "animal": "Looking up the national animal of {name}.",
+            "population_sum": "Looking up the populations of {name} and {other}."}
 ANSWERS = {"capital": "The capital of {name} is {capital}.",
            "animal": "The national animal of {name} is the {animal}.",
            "population_sum": "{name} and {other} have {total} million people together."}
@@ -88,10 +96,18 @@ def split_countries(world: list[Country]) -> tuple[list[Country], list[Country]]
 
 
 def lookup_country(world: list[Country], name: str) -> dict:
+    """A country's facts; for a name it does not know, an error with the closest name it does know (by
+    edit-distance ratio, rapidfuzz), as a search box answers a typo — what a recovering agent retries with."""
     for country in world:
         if country.name.lower() == str(name).strip().lower():
             return {"capital": country.capital, "animal": country.animal, "population_millions": country.population}
-    return {"error": f"no country named {name}"}
+    return {"error": f"no country named {name}", "did_you_mean": closest_name(world, str(name))}
+
+
+def closest_name(world: list[Country], name: str) -> str:
+    from rapidfuzz import fuzz, process, utils
+
+    return process.extractOne(name, [c.name for c in world], scorer=fuzz.ratio, processor=utils.default_process)[0]
 
 
 def run_tool(world: list[Country], name: str, arguments: dict) -> str:
@@ -129,14 +145,47 @@ def _call(call_id: str, name: str, arguments: dict) -> dict:
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
-def trace(task: AgentTask, world: list[Country]) -> dict:
-    """The full conversation a good agent has: calls, results, answer (a training record with tools)."""
+def misspelling(name: str, world: list[Country], rng: random.Random, tries: int = 8) -> str | None:
+    """A slip of the kind the small model makes when it copies a name it never read before (its first letters
+    or a letter inside changed, a letter lost), which no country has and the lookup's ``did_you_mean``
+    corrects back to ``name``; None when no such slip is found in ``tries``."""
+    names = {c.name.lower() for c in world}
+    for _ in range(tries):
+        kind, cut = rng.randrange(4), rng.randrange(1, max(2, len(name) - 1))
+        if kind == 0:  # another first letter
+            slip = rng.choice([c for c in "BDFGKLMNPRSTVZ" if c != name[0]]) + name[1:]
+        elif kind == 1:  # another country's opening
+            donor = rng.choice(world).name
+            slip = donor[:rng.randrange(2, 4)] + name[rng.randrange(2, 4):]
+        elif kind == 2:  # a letter lost
+            slip = name[:cut] + name[cut + 1:]
+        else:  # a letter inside changed
+            slip = name[:cut] + rng.choice([c for c in "aeioudrtlkv" if c != name[cut]]) + name[cut + 1:]
+        if slip.lower() not in names and closest_name(world, slip) == name:
+            return slip
+    return None
+
+
+def trace(task: AgentTask, world: list[Country], slip: tuple[int, str] | None = None, announce: bool = True) -> dict:
+    """The full conversation a good agent has: calls, results, answer (a training record with tools).
+
+    ``slip`` = (k, wrong name): the first lookup of the k-th country asks for the wrong name; the tool says so
+    and suggests the right one, and the agent looks that up again. The mistaken turn has ``weight: 0``: it is
+    context the model learns to recover from, never a reply it learns to write.
+    """
     first = task.countries[0]
     messages: list[dict] = [{"role": "user", "content": task.question}]
-    looked = [_call(f"call_{i}", "lookup_country", {"name": c.name}) for i, c in enumerate(task.countries)]
-    messages.append({"role": "assistant", "content": "", "tool_calls": looked})
-    for call, country in zip(looked, task.countries):
-        messages.append({"role": "tool", "tool_call_id": call["id"], "content": json.dumps(lookup_country(world, country.name))})
+    asked = [slip[1] if slip and slip[0] == i else c.name for i, c in enumerate(task.countries)]
+    looked = [_call(f"call_{i}", "lookup_country", {"name": name}) for i, name in enumerate(asked)]
+    names = {"name": first.name, "other": task.countries[-1].name}
+    said = ANNOUNCE[task.family].format(**names) if announce else ""
+    messages.append({"role": "assistant", "content": said, "tool_calls": looked, **({"weight": 0} if slip else {})})
+    for call, name in zip(looked, asked):
+        messages.append({"role": "tool", "tool_call_id": call["id"], "content": json.dumps(lookup_country(world, name))})
+    if slip:
+        again = _call("call_5", "lookup_country", {"name": task.countries[slip[0]].name})
+        messages.append({"role": "assistant", "content": "", "tool_calls": [again]})
+        messages.append({"role": "tool", "tool_call_id": "call_5", "content": run_tool(world, "lookup_country", again["function"]["arguments"])})
     values = {"name": first.name, "capital": first.capital, "animal": first.animal}
     if task.family == "population_sum":
         other = task.countries[1]
@@ -148,12 +197,16 @@ def trace(task: AgentTask, world: list[Country]) -> dict:
     return {"messages": messages, "tools": TOOLS, "meta": {"family": f"agent_{task.family}"}}
 
 
-def training_traces(world: list[Country], n: int, seed: int) -> list[dict]:
-    """``n`` traces about training countries in training phrasings, varied as the task families' prompts are."""
+def training_traces(world: list[Country], n: int, seed: int, recovering: float = 0.0,
+                    announce: bool = True) -> list[dict]:
+    """``n`` traces about training countries in training phrasings, varied as the task families' prompts are;
+    a share ``recovering`` of them first looks up a misspelt name and recovers (see :func:`trace`); ``announce``:
+    the first lookup says what it looks up (``ANNOUNCE``)."""
     from .tasks import surface_variation, vary_words
 
     train, _ = split_countries(world)
     rng = random.Random(seed + 29)
+    slips = random.Random(seed + 37)  # its own stream: the tasks are the same whatever the share
     records = []
     for k in range(n):
         family = list(FACT_PHRASINGS)[k % len(FACT_PHRASINGS)]
@@ -161,7 +214,12 @@ def training_traces(world: list[Country], n: int, seed: int) -> list[dict]:
         # no phrasing opens with a slot, so the surface variation's lower-cased first letter never touches a name
         task = make_task(rng, family, phrasing, train,
                          lambda template: surface_variation(vary_words(template, rng), rng))
-        records.append(trace(task, world))
+        slip = None
+        if slips.random() < recovering:
+            which = slips.randrange(len(task.countries))
+            wrong = misspelling(task.countries[which].name, world, slips)
+            slip = (which, wrong) if wrong else None
+        records.append(trace(task, world, slip, announce))
     rng.shuffle(records)
     return records
 
@@ -213,11 +271,14 @@ def run_agents(generate_texts: Callable[[list[list[dict]], list[dict] | None], l
     rows = []
     for task, final, conversation in zip(tasks, finals, conversations):
         correct = final is not None and task.answer_word.lower() in final.lower()
+        missed = any(m["role"] == "tool" and "did_you_mean" in json.loads(m["content"]) for m in conversation)
         rows.append({"family": task.family, "question": task.question, "final": final, "correct": correct,
-                     "reference": task.answer_word, "transcript": conversation})
+                     "reference": task.answer_word, "missed_a_lookup": missed, "transcript": conversation})
     by_family = {f: _share([r["correct"] for r in rows if r["family"] == f]) for f in FACT_PHRASINGS}
     summary = {"accuracy": _share([r["correct"] for r in rows]), "by_family": by_family,
-               "valid_call_rate": valid / attempts if attempts else 0.0, "calls": attempts}
+               "valid_call_rate": valid / attempts if attempts else 0.0, "calls": attempts,
+               "missed_a_lookup": sum(r["missed_a_lookup"] for r in rows),
+               "recovered": sum(r["missed_a_lookup"] and r["correct"] for r in rows)}
     return summary, rows
 
 

@@ -98,14 +98,24 @@ def render_markdown(report: dict, answers: dict[str, list[dict]]) -> str:
 
 
 def tools_section(tools: dict) -> list[str]:
+    from .agent import MAX_ROUNDS
+
     by = tools["by_family"]
+    recovery = (f" In {tools['missed_a_lookup']} tasks a lookup of the tuned model found no country (a misspelt "
+                f"name); {tools['recovered']} of them were still answered right." if "missed_a_lookup" in tools else "")
     lines = ["", "## The sandbox agent: tools", "",
              f"SFT also saw {tools['traces']} tool-use traces (call `lookup_country` → its result → the answer; for "
              "population sums two lookups, then `add`) about the training countries of a second world the base model "
-             f"never read about. Evaluated: {tools['tasks']} questions in held-out phrasings about its "
+             "never read about"
+             + ("; the first lookup says what it looks up (\"Looking up the capital of X.\")" if tools.get("announce") else "")
+             + (f"; in {tools['recovering']:.0%} of them the first lookup is misspelt, the tool answers with an error "
+                "and the closest name, and the agent looks that up (the mistaken turn has weight 0: context, not "
+                "trained)" if tools.get("recovering") else "")
+             + f". Evaluated: {tools['tasks']} questions in held-out phrasings about its "
              f"{len(tools['heldout_countries'])} held-out countries, the agent loop run by the demo (model → parse → "
-             "run the tool → model, at most 4 rounds). Valid calls (parsed, an offered tool, its arguments and "
-             f"types): {tools['valid_call_rate']:.1%} of the tuned model's {tools['calls']['tuned_with_tools']}.", "",
+             f"run the tool → model, at most {MAX_ROUNDS} rounds). Valid calls (parsed, an offered tool, its arguments "
+             f"and types): {tools['valid_call_rate']:.1%} of the tuned model's {tools['calls']['tuned_with_tools']}."
+             + recovery, "",
              "| family | tuned, with tools | tuned, without tools | base, with tools |", "|---|---:|---:|---:|"]
     for family in by["tuned_with_tools"]:
         lines.append(f"| {family} | {by['tuned_with_tools'][family]:.0%} | {by['tuned_without_tools'][family]:.0%} "
