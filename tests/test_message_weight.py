@@ -52,6 +52,7 @@ def test_a_weight_zero_turn_is_rendered_but_not_trained(word_tok):
     # without the weights both replies are trained
     plain = ctok([{k: v for k, v in m.items() if k != "weight"} for m in RECOVERY["messages"]])
     assert plain.train_mask == [0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1]
+    assert plain.rendered.text == ctok(RECOVERY["messages"]).rendered.text  # the template never sees the key
 
 
 def test_nothing_left_to_train_is_an_error_that_names_the_weight(word_tok):

@@ -181,7 +181,7 @@ def trace(task: AgentTask, world: list[Country], slip: tuple[int, str] | None = 
     said = ANNOUNCE[task.family].format(**names) if announce else ""
     messages.append({"role": "assistant", "content": said, "tool_calls": looked, **({"weight": 0} if slip else {})})
     for call, name in zip(looked, asked):
-        messages.append({"role": "tool", "tool_call_id": call["id"], "content": json.dumps(lookup_country(world, name))})
+        messages.append({"role": "tool", "tool_call_id": call["id"], "content": run_tool(world, "lookup_country", {"name": name})})
     if slip:
         again = _call("call_5", "lookup_country", {"name": task.countries[slip[0]].name})
         messages.append({"role": "assistant", "content": "", "tool_calls": [again]})

@@ -380,6 +380,7 @@ def _weight_zero(messages: Sequence[Mapping[str, Any]] | Conversation) -> frozen
 
 
 def _messages_and_inputs(messages: Any, inputs: dict) -> tuple[list[Mapping[str, Any]], dict]:
+    """The message dicts the template renders (a ``weight`` decides training, never the rendering) and its inputs."""
     if isinstance(messages, Conversation):
         return messages.to_dicts(), {**messages.inputs.render_kwargs(), **inputs}
-    return list(messages), inputs
+    return [{k: v for k, v in m.items() if k != "weight"} if "weight" in m else m for m in messages], inputs
