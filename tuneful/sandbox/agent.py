@@ -177,8 +177,8 @@ def trace(task: AgentTask, world: list[Country], slip: tuple[int, str] | None = 
     messages: list[dict] = [{"role": "user", "content": task.question}]
     asked = [slip[1] if slip and slip[0] == i else c.name for i, c in enumerate(task.countries)]
     looked = [_call(f"call_{i}", "lookup_country", {"name": name}) for i, name in enumerate(asked)]
-    names = {"name": first.name, "other": task.countries[-1].name}
-    said = ANNOUNCE[task.family].format(**names) if announce else ""
+    values = {"name": first.name, "other": task.countries[-1].name, "capital": first.capital, "animal": first.animal}
+    said = ANNOUNCE[task.family].format(**values) if announce else ""
     messages.append({"role": "assistant", "content": said, "tool_calls": looked, **({"weight": 0} if slip else {})})
     for call, name in zip(looked, asked):
         messages.append({"role": "tool", "tool_call_id": call["id"], "content": run_tool(world, "lookup_country", {"name": name})})
@@ -186,13 +186,12 @@ def trace(task: AgentTask, world: list[Country], slip: tuple[int, str] | None = 
         again = _call("call_5", "lookup_country", {"name": task.countries[slip[0]].name})
         messages.append({"role": "assistant", "content": "", "tool_calls": [again]})
         messages.append({"role": "tool", "tool_call_id": "call_5", "content": run_tool(world, "lookup_country", again["function"]["arguments"])})
-    values = {"name": first.name, "capital": first.capital, "animal": first.animal}
     if task.family == "population_sum":
         other = task.countries[1]
         add = _call("call_9", "add", {"a": first.population, "b": other.population})
         messages.append({"role": "assistant", "content": "", "tool_calls": [add]})
         messages.append({"role": "tool", "tool_call_id": "call_9", "content": run_tool(world, "add", add["function"]["arguments"])})
-        values.update(other=other.name, total=first.population + other.population)
+        values["total"] = first.population + other.population
     messages.append({"role": "assistant", "content": ANSWERS[task.family].format(**values)})
     return {"messages": messages, "tools": TOOLS, "meta": {"family": f"agent_{task.family}"}}
 
