@@ -20,6 +20,7 @@ Both use the Qwen2.5 tokenizer and its own template, ``max_length`` 1024, one pr
 
     TUNEFUL_FIXTURES=../shared/fixtures python bench/data_prep.py            # 1,000,000 conversations
     TUNEFUL_FIXTURES=../shared/fixtures python bench/data_prep.py --quick    # 50,000; last line JSON
+    TUNEFUL_FIXTURES=../shared/fixtures python bench/data_prep.py --quick --repeat 3   # medians of 3 runs
 """
 
 from __future__ import annotations
@@ -165,6 +166,8 @@ def main() -> None:
     parser.add_argument("--work", default="", help="folder for the data and caches (default: a temporary one)")
     parser.add_argument("--arms", default="one,two,hit,trl",
                         help="arms to run: one (tuneful, 1 process), two (2 processes), hit (cache hit), trl")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each arm this many times, interleaved, and report the median (the cache hit once)")
     parser.add_argument("--arm", choices=["tuneful", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--procs", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -187,12 +190,18 @@ def main() -> None:
             "two": ("tuneful, 2 processes", ["--arm", "tuneful", "--procs", "2", "--cache", str(work / "c2")]),
             "hit": ("tuneful, cache hit", ["--arm", "tuneful", "--procs", "1", "--cache", str(work / "c1")]),
             "trl": ("TRL SFTTrainer", ["--arm", "trl", "--cache", str(work / "trl")])}
-    results = {}
-    for key in args.arms.split(","):
-        name, argv = arms[key]
-        data = theirs if key == "trl" else ours
-        results[key] = run_arm(*argv, "--data", str(data), "--tokenizer", args.tokenizer)
-        print(f"{name}: {results[key]['seconds']:.1f} s", file=sys.stderr)
+    runs: dict[str, list[dict]] = {key: [] for key in args.arms.split(",")}
+    for _ in range(args.repeat):  # arms interleaved, so a slow spell of the machine touches each of them
+        for key in runs:
+            if key == "hit" and runs[key]:  # once: it opens what the first 1-process run prepared
+                continue
+            name, argv = arms[key]
+            if key != "hit":  # each run prepares from scratch (TRL's load_dataset caches too)
+                shutil.rmtree(work / {"one": "c1", "two": "c2", "trl": "trl"}[key], ignore_errors=True)
+            data = theirs if key == "trl" else ours
+            runs[key].append(run_arm(*argv, "--data", str(data), "--tokenizer", args.tokenizer))
+            print(f"{name}: {runs[key][-1]['seconds']:.1f} s", file=sys.stderr)
+    results = {key: sorted(r, key=lambda arm: arm["seconds"])[len(r) // 2] for key, r in runs.items()}  # medians
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -200,12 +209,15 @@ def main() -> None:
     for key, r in results.items():
         print(f"{arms[key][0]:24s} {r['seconds']:9.1f} {n / r['seconds']:9,.0f} {r['examples']:9,d} "
               f"{r['peak_rss_mb']:12,.0f} {r['peak_anon_mb']:13,.0f}")
+    if args.repeat > 1:
+        print("runs (s): " + "; ".join(f"{key} " + ", ".join(f"{r['seconds']:.1f}" for r in arm_runs)
+                                      for key, arm_runs in runs.items()) + " (the table: medians)")
     one, two, hit, trl = (results.get(k, {}) for k in ("one", "two", "hit", "trl"))
     if hit:
         assert hit["cache_hit"] and hit["examples"] == one.get("examples", hit["examples"])
     if one:
         print(f"tuneful findings: {', '.join(one['findings']) or 'none'}")
-    out = {"conversations": n, "arms": sorted(results)}
+    out = {"conversations": n, "arms": sorted(results), "repeat": args.repeat}
     if one:
         out.update(tuneful_conv_per_s=n / one["seconds"], peak_rss_mb=one["peak_rss_mb"],
                    peak_anon_mb=one["peak_anon_mb"])

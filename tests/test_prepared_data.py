@@ -15,6 +15,7 @@ import pytest
 
 from conftest import FROZEN_NOW, needs_fixtures
 from tuneful.data.loader import load
+from tuneful.data.types import RecordError
 from tuneful.tokenization.masking import ConversationTokenizer, count_boundary_merges, labels_from_mask, mask_from_offsets
 from tuneful.tokenization.preflight import PreflightTally, preflight
 from tuneful.sft.config import DataSettings
@@ -155,11 +156,82 @@ def test_worker_processes_prepare_what_one_process_does(qwen, tmp_path, fixtures
     assert one.train.tally.to_json() == two.train.tally.to_json() and one.train.tally.records["overlong"] > 0
 
 
+def _bad_and_good_lines(fixtures, tmp_path) -> Path:
+    """ShareGPT lines with bad ones among them: before the format is known (not JSON, no known format), after
+    it (another shape, an unknown role, not an object: in the second worker's half), a field no format reads, a
+    blank line; 1,006 records."""
+    records = [json.dumps(r) for r in json.loads((fixtures / "data" / "sharegpt" / "dummy_conversation.json")
+                                                 .read_text())]
+    lines = (["{not json", json.dumps({"foo": 1})] + records + records[:300]
+             + [json.dumps({"conversations": []}), json.dumps({**json.loads(records[0]), "extra": 1}),
+                json.dumps({"conversations": [{"from": "robot", "value": "x"}]}), "[1]", ""] + records[300:])
+    source = tmp_path / "mixed.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    return source
+
+
 @needs_fixtures
-def test_kto_data_is_refused_with_counts_over_the_whole_stream(qwen, tmp_path, fixtures):
-    source = fixtures / "data" / "llamafactory" / "kto_en_demo.json"
-    with pytest.raises(ValueError, match=r"300 records with a 'label', 150 marked undesirable"):
-        prepare_data(DataSettings(train=str(source), cache_dir=str(tmp_path)), qwen, seed=0)
+def test_workers_convert_and_count_exactly_what_the_loader_does(qwen, tmp_path, fixtures):
+    """Conversion and validation run in the map workers: the load report (every skip, in source order, with its
+    file:line; ignored fields) is the loader's, the rows are the loader's conversations, at 1 and 2 processes."""
+    source = _bad_and_good_lines(fixtures, tmp_path)
+    loaded = load(source, on_error="skip")
+    ctok = ConversationTokenizer(qwen, resolve(None, qwen))
+    want = [labels_from_mask(e.input_ids, e.train_mask)
+            for e in preflight(qwen, ctok, loaded.conversations, max_length=4096).training_examples]
+    for procs in (1, 2):
+        prepared = prepare_conversations(DataSettings(train=str(source), on_error="skip", num_proc=procs,
+                                                      max_length=4096, cache_dir=str(tmp_path / str(procs))), ctok, 0)
+        assert prepared.load_report.to_json() == loaded.report.to_json()
+        assert [s[0] for s in prepared.load_report.skipped] == [f"{source}:{n}" for n in (1, 2, 803, 805, 806)]
+        assert len(list(prepared.folder.glob("train*.arrow"))) == procs
+        assert [prepared.train.rows[i].labels for i in range(len(prepared.train.rows))] == want
+
+
+@needs_fixtures
+def test_a_bad_record_in_a_worker_fails_with_its_line(qwen, tmp_path, fixtures):
+    source = _bad_and_good_lines(fixtures, tmp_path)
+    with pytest.raises(RecordError, match=rf"{source.name}:1: invalid_json"):
+        prepare_conversations(DataSettings(train=str(source), num_proc=2, cache_dir=str(tmp_path)),
+                              ConversationTokenizer(qwen, resolve(None, qwen)), 0)
+    lines = source.read_text().splitlines()
+    source.write_text("\n".join(lines[2:]) + "\n")  # the first bad record is now line 801, in the second worker
+    with pytest.raises(RecordError, match=rf"{source.name}:801: format_mismatch"):
+        prepare_conversations(DataSettings(train=str(source), num_proc=2, cache_dir=str(tmp_path)),
+                              ConversationTokenizer(qwen, resolve(None, qwen)), 0)
+    assert not list((tmp_path / "prepared").glob("*")), "a failed preparation leaves nothing behind"
+
+
+@needs_fixtures
+def test_mixtures_and_whole_source_formats_are_converted_before_the_map(qwen, tmp_path, fixtures):
+    """A mixture (sampled across sources) and OASST rows (assembled into trees) are converted in the main process:
+    the same load report and conversations as loading them in memory."""
+    from tuneful.data.mixture import load_training
+
+    sharegpt = fixtures / "data" / "sharegpt" / "dummy_conversation.json"
+    oasst = fixtures / "data" / "oasst" / "en_100_tree.jsonl"
+    ctok = ConversationTokenizer(qwen, resolve(None, qwen))
+    mixture = [{"path": str(sharegpt), "count": 40}, {"path": str(oasst), "count": 30}]
+    for k, train in enumerate((str(oasst), mixture)):
+        loaded = load_training(train, seed=3)
+        prepared = prepare_conversations(DataSettings(train=train, max_length=4096, cache_dir=str(tmp_path / str(k))),
+                                         ctok, 3)
+        assert prepared.load_report.to_json() == loaded.report.to_json() and loaded.report.written > 30
+        want = [labels_from_mask(e.input_ids, e.train_mask)
+                for e in preflight(qwen, ctok, loaded.conversations, max_length=4096).training_examples]
+        assert [prepared.train.rows[i].labels for i in range(len(prepared.train.rows))] == want
+
+
+@needs_fixtures
+@pytest.mark.parametrize("copies", [1, 2])
+def test_kto_data_is_refused_with_counts_over_the_whole_stream(qwen, tmp_path, fixtures, copies):
+    """Counted over the whole source, also when two workers each saw half of it (600 records)."""
+    source = tmp_path / "kto.json"
+    source.write_text(json.dumps(json.loads((fixtures / "data" / "llamafactory" / "kto_en_demo.json").read_text())
+                                 * copies))
+    with pytest.raises(ValueError, match=rf"{300 * copies} records with a 'label', {150 * copies} marked "
+                                         r"undesirable, e.g. .*kto.json\[0\]"):
+        prepare_data(DataSettings(train=str(source), num_proc=2, cache_dir=str(tmp_path)), qwen, seed=0)
     assert not list((tmp_path / "prepared").glob("*")), "a failed preparation leaves nothing behind"
 
 

@@ -11,7 +11,8 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from itertools import chain
+from typing import Iterable, Iterator, Sequence
 
 from .formats import FORMATS, Format, Item, detect_format
 from .messages import Conversion, ConvertOptions
@@ -46,6 +47,26 @@ class LoadReport:
             "ignored_fields": dict(sorted(self.ignored_fields.items())),
             "notes": dict(sorted(self.notes.items())),
         }
+
+    def to_json(self) -> dict:
+        """The summary plus every skip and the format: what :meth:`from_json` reads back."""
+        return {**self.summary(), "skipped_list": self.skipped, "format": self.format}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "LoadReport":
+        return cls(data["records_in"], data["written"], Counter(data["skipped_by_reason"]),
+                   [tuple(x) for x in data["skipped_list"]], Counter(data["ignored_fields"]), Counter(data["notes"]),
+                   data["format"])
+
+    def merge(self, other: "LoadReport") -> None:
+        """Add the counts of another slice of the same source, read after this one (skips keep their order)."""
+        self.records_in += other.records_in
+        self.written += other.written
+        self.skipped_by_reason.update(other.skipped_by_reason)
+        self.skipped += other.skipped
+        self.ignored_fields.update(other.ignored_fields)
+        self.notes.update(other.notes)
+        self.format = self.format or other.format
 
 
 @dataclass
@@ -153,6 +174,48 @@ def iter_items(
             yield location, item
     report.notes.update(conversion.notes)
     report.format = fmt.name if fmt else None
+
+
+def peek_format(records: Iterable[RawRecord], format: str = "auto") -> tuple[Format | None, int, Iterator[RawRecord]]:
+    """(the format of a stream, the position of the record that fixed it, the stream still whole). ``format`` named:
+    that one, at 0; auto: the first record some format matches, as :func:`iter_items` detects it; None (and the
+    stream's length) when no record is recognised."""
+    fmt = _resolve_format(format)
+    records = iter(records)
+    if fmt is not None:
+        return fmt, 0, records
+    seen: list[RawRecord] = []
+    for raw in records:
+        seen.append(raw)
+        if raw.error is None:
+            try:
+                return detect_format(raw.value, raw.where), len(seen) - 1, chain(seen, records)
+            except RecordError:
+                pass
+    return None, len(seen), iter(seen)
+
+
+def items_of_slice(records: Sequence[tuple[int, RawRecord]], report: LoadReport, *, format: str | None,
+                   detected_at: int, on_error: str) -> list[tuple[int, str, Item]]:
+    """(position, where, item) of a slice of a stream (positions ascending) whose format :func:`peek_format` found
+    at position ``detected_at``: what :func:`iter_items` yields for these records when it reads the whole stream
+    (records before ``detected_at`` are ones no format recognises: detected one by one, they are refused the
+    same way), counted into ``report``. Formats that convert whole sources cannot be sliced."""
+    position = 0
+    out: list[tuple[int, str, Item]] = []
+
+    def feed(part: list[tuple[int, RawRecord]]) -> Iterator[RawRecord]:
+        nonlocal position
+        for position, raw in part:
+            yield raw
+
+    before = [r for r in records if r[0] < detected_at]
+    after = [r for r in records if r[0] >= detected_at]
+    for part, name in ((before, "auto"), (after, format)):
+        if part:
+            out += [(position, where, item) for where, item in
+                    iter_items(feed(part), report, format=name or "auto", on_error=on_error)]
+    return out
 
 
 def _convert_whole(fmt: Format, records: list[tuple[str, dict]], conversion: Conversion, report: LoadReport,

@@ -29,6 +29,9 @@ class RecordError(ValueError):
         self.where = where
         super().__init__(f"{where + ': ' if where else ''}{rule}: {detail}")
 
+    def __reduce__(self) -> tuple:  # rebuilt from its fields when it crosses to another process
+        return RecordError, (self.rule, self.detail, self.where)
+
     def at(self, where: str) -> "RecordError":
         """The same error, located at ``where`` (e.g. ``data.jsonl:12``)."""
         return RecordError(self.rule, self.detail, where)

@@ -21,7 +21,7 @@ class PreferenceDataSettings:
                                           "rejected, hh-rlhf, ShareGPT with chosen/rejected); or a list of sources "
                                           "{path, weight | count} mixed as tuneful data mix does.")
     eval: str = setting("", "Held-out pairs for eval loss and reward accuracy; empty = split eval_fraction off train.")
-    eval_fraction: float = setting(0.0, "Share of training pairs held out when data.eval is empty.")
+    eval_fraction: float = setting(0.0, "Share of the training records held out (seeded) when data.eval is empty.")
     format: str = setting("auto", "Data format (auto-detected by default).")
     on_error: str = setting("fail", "fail on a bad record, or skip it (skips are counted and reported).")
     template: str = setting("tokenizer", "Chat template: 'tokenizer' (its own), a built-in name, or a .jinja file. "

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from ..data.types import Conversation, LabeledConversation, PreferencePair
 from ..templates.registry import ChatTemplate, run_template
 from ..tokenization.masking import ConversationTokenizer
 from ..tokenization.preflight import PreflightReport, PreflightTally, check_conversation, finish_report
-from ..train.prepared import (build_splits, cached, fingerprint, list_of, load_report_of, open_rows, source_key,
+from ..train.prepared import (OtherItems, Takes, build_splits, cached, fingerprint, list_of, open_rows, source_key,
                               tokenizer_fingerprint)
 from .config import PreferenceDataSettings
 from .data import PreferenceDataError, PreferenceExample, preference_tokenizer, tokenize_pair
@@ -71,18 +71,16 @@ def pair_length(example: PreferenceExample) -> int:
     return len(example.prompt_ids) + max(len(example.chosen_ids), len(example.rejected_ids))
 
 
-def preference_pairs(items: Iterable[tuple[str, Any]], source: Any) -> Iterator[tuple[str, PreferencePair]]:
-    """The preference pairs of a stream of loaded items; conversations or labelled (KTO) records stop it with an
-    error saying what to do instead."""
-    for where, item in items:
-        if isinstance(item, LabeledConversation):
-            raise ValueError(f"data.train={source} holds unpaired preference data (KTO: replies with a true/false "
-                             f"'label', e.g. {where}), not pairs; DPO needs prompt/chosen/rejected. Pair them first, or "
-                             "train them with a KTO trainer")
-        if not isinstance(item, PreferencePair):
-            raise ValueError(f"data.train={source} holds conversations, not preference pairs (prompt/chosen/rejected, "
-                             f"e.g. {where}); train on it with tuneful sft")
-        yield where, item
+def _refusal(other: OtherItems, source: Any) -> str:
+    if other.kind == LabeledConversation.__name__:
+        return (f"data.train={source} holds unpaired preference data (KTO: replies with a true/false 'label', e.g. "
+                f"{other.where}), not pairs; DPO needs prompt/chosen/rejected. Pair them first, or train them with a "
+                "KTO trainer")
+    return (f"data.train={source} holds conversations, not preference pairs (prompt/chosen/rejected, e.g. "
+            f"{other.where}); train on it with tuneful sft")
+
+
+DPO_TAKES = Takes(PreferencePair, _refusal)  # conversations or labelled (KTO) records are refused
 
 
 def overlong_error(dropped: int, split: str, longest: int, settings: Any, unit: str = "pair") -> None:
@@ -137,15 +135,14 @@ def tokenized_within(records: Sequence[Any], names: Sequence[str], tokenize: Cal
     return kept
 
 
-def _pair_batch(batch: dict, indices: list[int], *, ctok: ConversationTokenizer, max_length: int,
-                first_index: int) -> dict:
+def _pair_batch(pairs: list[PreferencePair], wheres: list[str], positions: list[int], *, ctok: ConversationTokenizer,
+                max_length: int) -> dict:
     """One map batch: a row per usable pair, then a row with the batch's tally: the preflight of the chosen
     conversations, the bad pairs, the pairs over max_length."""
     columns = ("prompt_ids", "chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
     out: dict[str, list] = {**{c: [] for c in columns}, "margin": [], "length": [], "tally": []}
-    pairs = [PreferencePair.from_json(json.loads(r)) for r in batch["record"]]
-    names = [str(p.meta.get("where") or p.meta.get("id") or where or f"record {first_index + index}")
-             for p, where, index in zip(pairs, batch["where"], indices)]
+    names = [str(p.meta.get("where") or p.meta.get("id") or where or f"record {position}")
+             for p, where, position in zip(pairs, wheres, positions)]
     chosen = [Conversation((*p.prompt, p.chosen), p.meta, p.inputs) for p in pairs]
     preflight_tally = PreflightTally()
     for conv, name, tokenized in zip(chosen, names, ctok.tokenize_many(chosen)):
@@ -176,7 +173,7 @@ def _features() -> Any:
 
 
 def _build(folder: Path, settings: PreferenceDataSettings, ctok: ConversationTokenizer, seed: int) -> dict:
-    files, load_report = build_splits(folder, settings, seed, preference_pairs, _pair_batch,
+    files, load_report = build_splits(folder, settings, seed, DPO_TAKES, _pair_batch,
                                       {"ctok": ctok, "max_length": settings.max_length}, _features())
     return {"files": files, "load_report": load_report}
 
@@ -227,8 +224,9 @@ def prepare_pairs(settings: PreferenceDataSettings, tokenizer: Any, seed: int, *
     check_problems(splits, settings, "preference pair", "pair")
     if not len(train.rows):
         raise PreferenceDataError(f"every training pair is longer than data.max_length={settings.max_length}")
-    return PreparedPairs(train.rows, held.rows if held is not None else [], template, load_report_of(meta["load_report"]),
-                         report, report.end_of_turn_ids(tokenizer), sum(p.dropped for _, p in splits), folder, hit)
+    return PreparedPairs(train.rows, held.rows if held is not None else [], template,
+                         LoadReport.from_json(meta["load_report"]), report, report.end_of_turn_ids(tokenizer),
+                         sum(p.dropped for _, p in splits), folder, hit)
 
 
 def check_problems(splits: Sequence[tuple[str, RecordProblems]], settings: Any, record: str, unit: str) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow.compute as pc
@@ -30,7 +30,7 @@ from ..dpo.data import PreferenceDataError, PreferenceExample, preference_tokeni
 from ..dpo.prepare import RecordProblems, check_problems, tokenized_within
 from ..templates.registry import ChatTemplate, run_template
 from ..tokenization.preflight import PreflightReport, PreflightTally, check_conversation, finish_report
-from ..train.prepared import (build_splits, cached, fingerprint, list_of, load_report_of, open_rows, source_key,
+from ..train.prepared import (OtherItems, Takes, build_splits, cached, fingerprint, list_of, open_rows, source_key,
                               tokenizer_fingerprint)
 from .config import LabeledDataSettings
 
@@ -95,18 +95,16 @@ class PreparedLabeled:
                 "preflight_warnings": [str(f) for f in self.preflight_report.warnings]}
 
 
-def labeled_records(items: Iterable[tuple[str, Any]], source: Any) -> Iterator[tuple[str, LabeledConversation]]:
-    """The labelled records of a stream of loaded items; pairs or plain conversations stop it with an error saying
-    what to do instead."""
-    for where, item in items:
-        if isinstance(item, PreferencePair):
-            raise ValueError(f"data.train={source} holds preference pairs (prompt/chosen/rejected, e.g. {where}), not "
-                             "labelled replies; train them with tuneful dpo, or unpair them (chosen -> label true, "
-                             "rejected -> label false)")
-        if not isinstance(item, LabeledConversation):
-            raise ValueError(f"data.train={source} holds conversations without a true/false 'label' (e.g. {where}); "
-                             "KTO needs each reply marked desirable or undesirable (or train them with tuneful sft)")
-        yield where, item
+def _refusal(other: OtherItems, source: Any) -> str:
+    if other.kind == PreferencePair.__name__:
+        return (f"data.train={source} holds preference pairs (prompt/chosen/rejected, e.g. {other.where}), not "
+                "labelled replies; train them with tuneful dpo, or unpair them (chosen -> label true, rejected -> "
+                "label false)")
+    return (f"data.train={source} holds conversations without a true/false 'label' (e.g. {other.where}); KTO needs "
+            "each reply marked desirable or undesirable (or train them with tuneful sft)")
+
+
+KTO_TAKES = Takes(LabeledConversation, _refusal)  # preference pairs or plain conversations are refused
 
 
 def labeled_reply(ctok: Any, record: LabeledConversation) -> LabeledReply:
@@ -166,14 +164,14 @@ def with_mismatched_replies(items: Sequence[LabeledReply], max_length: int, spli
 
 # --- prepared once, cached (tuneful.train.prepared) --------------------------------------------------
 
-def _reply_batch(batch: dict, indices: list[int], *, ctok: Any, max_length: int, first_index: int) -> dict:
+def _reply_batch(records: list[LabeledConversation], wheres: list[str], positions: list[int], *, ctok: Any,
+                 max_length: int) -> dict:
     """One map batch: a row per usable record, then a row with the batch's tallies: the preflight of its desirable
     conversations and of all of them, the bad records, the ones over max_length."""
     out: dict[str, list] = {"prompt_ids": [], "reply_ids": [], "reply_mask": [], "desirable": [], "length": [],
                             "tally": []}
-    records = [LabeledConversation.from_json(json.loads(r)) for r in batch["record"]]
-    names = [str(r.meta.get("where") or r.meta.get("id") or where or f"record {first_index + index}")
-             for r, where, index in zip(records, batch["where"], indices)]
+    names = [str(r.meta.get("where") or r.meta.get("id") or where or f"record {position}")
+             for r, where, position in zip(records, wheres, positions)]
     conversations = [Conversation(r.messages, r.meta, r.inputs) for r in records]
     desirable_tally, all_tally = PreflightTally(), PreflightTally()
     for record, conv, name, tokenized in zip(records, conversations, names, ctok.tokenize_many(conversations)):
@@ -222,7 +220,7 @@ def _partners_of(folder: Path, files: list[str], max_length: int, split: str) ->
 
 
 def _build(folder: Path, settings: LabeledDataSettings, ctok: Any, seed: int) -> dict:
-    names, load_report = build_splits(folder, settings, seed, labeled_records, _reply_batch,
+    names, load_report = build_splits(folder, settings, seed, KTO_TAKES, _reply_batch,
                                       {"ctok": ctok, "max_length": settings.max_length}, _features())
     partners = {"train": _partners_of(folder, names["train"], settings.max_length, "training"),
                 "eval": _partners_of(folder, names["eval"], settings.max_length, "held-out")}
@@ -286,5 +284,5 @@ def prepare_labeled(settings: LabeledDataSettings, tokenizer: Any, seed: int, *,
         if meta["partner_errors"][split]:
             raise PreferenceDataError(meta["partner_errors"][split])
     return PreparedLabeled(train.rows, train.rows.desirable, held.rows if held else [],
-                           held.rows.desirable if held else [], template, load_report_of(meta["load_report"]), report,
-                           report.end_of_turn_ids(tokenizer), sum(p.dropped for _, p in splits), folder, hit)
+                           held.rows.desirable if held else [], template, LoadReport.from_json(meta["load_report"]),
+                           report, report.end_of_turn_ids(tokenizer), sum(p.dropped for _, p in splits), folder, hit)

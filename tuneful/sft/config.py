@@ -15,7 +15,7 @@ class DataSettings:
                                           "of tuneful data mix (weights share the sources' total; seeded by "
                                           "train.seed).")
     eval: str = setting("", "Held-out data for eval loss; empty = split eval_fraction off the training data.")
-    eval_fraction: float = setting(0.0, "Share of training conversations held out when data.eval is empty.")
+    eval_fraction: float = setting(0.0, "Share of the training records held out (seeded) when data.eval is empty.")
     format: str = setting("auto", "Data format (auto-detected by default).")
     on_error: str = setting("fail", "fail on a bad record, or skip it (skips are counted and reported).")
     template: str = setting("tokenizer", "Chat template: 'tokenizer' (its own), a built-in name, or a .jinja file.")

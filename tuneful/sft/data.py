@@ -18,14 +18,14 @@ from ..tokenization.preflight import PreflightReport
 from ..templates.registry import ChatTemplate, run_template
 from .batching import Example
 from .config import DataSettings
-from .prepared import preflight_report, prepare_conversations, sft_conversations
+from .prepared import SFT_TAKES, preflight_report, prepare_conversations
 
 
 def _load_conversations(source: str | list, settings: DataSettings,
                         seed: int = 0) -> tuple[list[Conversation], LoadReport]:
     """The conversations of a source in memory (for callers that need them all at once, e.g. seq2seq)."""
     result = load_training(source, format=settings.format, on_error=settings.on_error, seed=seed)
-    return [c for _, c in sft_conversations(zip(result.where, result.items), source)], result.report
+    return [c for _, c in SFT_TAKES.take(zip(result.where, result.items), source)], result.report
 
 
 @dataclass

@@ -3,12 +3,12 @@
 Knows conversations, a :class:`~tuneful.tokenization.masking.ConversationTokenizer` and the preflight checks; no
 model, no batches. The files, fingerprint and cache folder are :mod:`tuneful.train.prepared`'s.
 
-1. The source streams through the loader (one validated conversation at a time) into Arrow parts, so a
-   source larger than memory never is in memory.
-2. ``datasets.Dataset.map`` renders, tokenizes and checks them in batches — one tokenizer call per
-   batch, ``num_proc`` processes — writing one row per training example and, per batch, one row
-   that carries the batch's preflight tally. The report of the whole data is the merge of those
-   tallies: exact counts and a few named records per finding; no example is kept in memory.
+1. The source's raw records stream into Arrow parts, so a source larger than memory never is in memory.
+2. ``datasets.Dataset.map`` converts, validates, renders, tokenizes and checks them in batches — one
+   tokenizer call per batch, ``num_proc`` processes — writing one row per training example and, per
+   batch, one row that carries the batch's preflight tally and load report. The reports of the whole
+   data are the merge of those tallies: exact counts and a few named records per finding; no example
+   is kept in memory.
 3. Everything is stored under a fingerprint of the source (path, size, modification time), the
    tokenizer, the template and the settings. A second run with the same inputs — or another rank
    of the same run, once the main process has prepared — opens the files, memory-mapped.
@@ -26,15 +26,15 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..data.loader import LoadReport
-from ..data.types import Conversation, LabeledConversation, PreferencePair
+from ..data.types import Conversation, PreferencePair
 from ..tokenization.masking import ConversationTokenizer, labels_from_mask
 from ..tokenization.preflight import PreflightReport, PreflightTally, check_conversation, finish_report
-from ..train.prepared import (build_splits, cached, fingerprint as fingerprint_of, list_of, load_report_of,
+from ..train.prepared import (OtherItems, Takes, build_splits, cached, fingerprint as fingerprint_of, list_of,
                               open_rows, source_key, tokenizer_fingerprint)
 from .batching import Example
 from .config import DataSettings
@@ -101,36 +101,28 @@ def fingerprint(settings: DataSettings, ctok: ConversationTokenizer, seed: int) 
 
 # --- what SFT takes from a source --------------------------------------------------------------------
 
-def sft_conversations(items: Iterable[tuple[str, Any]], source: Any) -> Iterator[tuple[str, Conversation]]:
-    """The conversations of a stream of loaded items; preference pairs or labelled (KTO) records stop it with
-    an error that counts them over the whole source and says what to do instead."""
-    items = iter(items)
-    for where, item in items:
-        if isinstance(item, (PreferencePair, LabeledConversation)):
-            rest = [item] + [x for _, x in items if isinstance(x, type(item))]
-            if isinstance(item, PreferencePair):
-                raise ValueError(f"data {source} holds preference pairs ({len(rest)}, e.g. {where}); SFT needs "
-                                 "conversations (use tuneful dpo)")
-            undesirable = sum(not x.label for x in rest)
-            raise ValueError(
-                f"data {source} holds unpaired preference data (KTO: {len(rest)} records with a 'label', "
-                f"{undesirable} marked undesirable, e.g. {where}); SFT would train the undesirable replies as "
-                "targets. Fix: keep only the desirable ones (records with label == true, without the label field) "
-                "for SFT, or train them with a KTO trainer.")
-        yield where, item
+def _refusal(other: OtherItems, source: Any) -> str:
+    if other.kind == PreferencePair.__name__:
+        return (f"data {source} holds preference pairs ({other.count}, e.g. {other.where}); SFT needs conversations "
+                "(use tuneful dpo)")
+    return (f"data {source} holds unpaired preference data (KTO: {other.count} records with a 'label', "
+            f"{other.undesirable} marked undesirable, e.g. {other.where}); SFT would train the undesirable replies as "
+            "targets. Fix: keep only the desirable ones (records with label == true, without the label field) "
+            "for SFT, or train them with a KTO trainer.")
+
+
+SFT_TAKES = Takes(Conversation, _refusal)  # preference pairs or labelled (KTO) records are refused, counted
 
 
 # --- stage 2: conversations → training rows + tallies -----------------------------------------------
 
-def tokenize_batch(batch: dict, indices: list[int], *, ctok: ConversationTokenizer, max_length: int,
-                    overlong: str, first_index: int) -> dict:
+def tokenize_batch(conversations: list[Conversation], wheres: list[str], positions: list[int], *,
+                   ctok: ConversationTokenizer, max_length: int, overlong: str) -> dict:
     """One map batch: a row per training example, then one row with the batch's tally (length 0)."""
     out: dict[str, list] = {"input_ids": [], "train_mask": [], "length": [], "tally": []}
-    conversations = [Conversation.from_json(json.loads(r)) for r in batch["record"]]
     tally = PreflightTally()
-    for conv, where, index, tokenized in zip(conversations, batch["where"], indices,
-                                             ctok.tokenize_many(conversations)):
-        name = str(conv.meta.get("where") or conv.meta.get("id") or where or f"record {first_index + index}")
+    for conv, where, position, tokenized in zip(conversations, wheres, positions, ctok.tokenize_many(conversations)):
+        name = str(conv.meta.get("where") or conv.meta.get("id") or where or f"record {position}")
         kept = check_conversation(conv, name, tokenized, ctok, tally, max_length=max_length, overlong=overlong)
         for example in kept.examples if kept is not None else ():
             out["input_ids"].append(example.input_ids)
@@ -157,7 +149,7 @@ def _open_split(folder: Path, names: Sequence[str]) -> PreparedSplit:
 def _build(folder: Path, settings: DataSettings, ctok: ConversationTokenizer, seed: int) -> dict:
     """Prepare into ``folder``: the conversations in parts, each part's training and held-out rows, and what
     ``meta.json`` records."""
-    files, load_report = build_splits(folder, settings, seed, sft_conversations, tokenize_batch,
+    files, load_report = build_splits(folder, settings, seed, SFT_TAKES, tokenize_batch,
                                       {"ctok": ctok, "max_length": settings.max_length, "overlong": settings.overlong},
                                       _features(), eval_kwargs={"overlong": "drop"})
     return {"files": files, "load_report": load_report}
@@ -197,7 +189,7 @@ def prepare_conversations(settings: DataSettings, ctok: ConversationTokenizer, s
         raise ValueError(f"data.train={settings.train}: no conversation to train on ({prepared_summary(meta)})")
     train = _open_split(folder, meta["files"]["train"])
     held = _open_split(folder, meta["files"]["eval"]) if meta["files"]["eval"] else None
-    return Prepared(train, held, load_report_of(meta["load_report"]), folder, hit)
+    return Prepared(train, held, LoadReport.from_json(meta["load_report"]), folder, hit)
 
 
 def preflight_report(split: PreparedSplit, tokenizer: Any, ctok: ConversationTokenizer,

@@ -23,6 +23,7 @@ checks and the packing rule; no model.
 from __future__ import annotations
 
 import json
+import pickle
 import random
 from typing import Any, Iterator
 
@@ -34,20 +35,25 @@ from ..tokenization.preflight import PreflightError, PreflightReport, PreflightT
 from ..train.prepared import BATCH
 from .batching import Example, best_fit_decreasing
 from .config import DataSettings
-from .prepared import sft_conversations, tokenize_batch
+from .prepared import SFT_TAKES, tokenize_batch
 
 
 def stream_conversations(settings: DataSettings, report: LoadReport) -> Iterator[tuple[str, Conversation]]:
     """(where, conversation) of ``data.train`` as they are read (Hugging Face ids streamed), counted in ``report``."""
     items = iter_items(read_records(settings.train, streaming=True), report, format=settings.format,
                        on_error=settings.on_error)
-    return sft_conversations(items, settings.train)
+    return SFT_TAKES.take(items, settings.train)
 
 
 def _records(settings: DataSettings) -> Iterator[dict]:
-    """The generator behind the IterableDataset: each conversation as a prepared-data record."""
+    """The generator behind the IterableDataset: each conversation pickled, with where it came from."""
     for where, conv in stream_conversations(settings, LoadReport()):
-        yield {"record": json.dumps(conv.to_json(), ensure_ascii=False), "where": where}
+        yield {"record": pickle.dumps(conv, protocol=pickle.HIGHEST_PROTOCOL), "where": where}
+
+
+def _tokenize_records(batch: dict, indices: list[int], *, skip: int, **kwargs: Any) -> dict:
+    return tokenize_batch([pickle.loads(r) for r in batch["record"]], batch["where"], [skip + i for i in indices],
+                          **kwargs)
 
 
 def conversation_stream(settings: DataSettings, ctok: ConversationTokenizer, skip: int, batch_size: int) -> Any:
@@ -56,15 +62,15 @@ def conversation_stream(settings: DataSettings, ctok: ConversationTokenizer, ski
 
     source = IterableDataset.from_generator(
         _records, gen_kwargs={"settings": settings},
-        features=Features({"record": Value("string"), "where": Value("string")}))
+        features=Features({"record": Value("binary"), "where": Value("string")}))
     if skip:
         source = source.skip(skip)
     features = Features({"input_ids": ArrowList(Value("int32")), "train_mask": ArrowList(Value("int8")),
                          "length": Value("int32"), "tally": Value("string")})
-    return source.map(tokenize_batch, batched=True, batch_size=batch_size, with_indices=True,
+    return source.map(_tokenize_records, batched=True, batch_size=batch_size, with_indices=True,
                       remove_columns=["record", "where"], features=features,
                       fn_kwargs={"ctok": ctok, "max_length": settings.max_length, "overlong": settings.overlong,
-                                 "first_index": skip})
+                                 "skip": skip})
 
 
 class StreamedRows:

@@ -1,13 +1,16 @@
 """Prepared data on disk, for every trainer: Arrow parts, a fingerprint, a cache folder built once.
 
-Knows records as JSON, ``datasets`` and the filesystem; no record type, no tokenizer logic (a trainer's
-data module supplies its batch function: :mod:`tuneful.sft.prepared` for conversations,
-:mod:`tuneful.dpo.prepare` for preference pairs).
+Knows the loader (records → items), ``datasets`` and the filesystem; no tokenizer logic (a trainer's data
+module supplies the item type it takes and its batch function: :mod:`tuneful.sft.prepared` for
+conversations, :mod:`tuneful.dpo.prepare` for preference pairs, :mod:`tuneful.kto.data` for labelled replies).
 
-- A source is written as Arrow parts of ``RECORDS_PER_PART`` records (``record`` JSON + ``where``), so
-  the pages of it mapped into memory stay bounded; each part is mapped by ``datasets.Dataset.map``
-  (batched, ``num_proc`` processes) into the trainer's rows plus, per batch, one row (length 0) carrying
-  the batch's tally; the part is deleted once done.
+- A source is written as Arrow parts of ``RECORDS_PER_PART`` raw records (pickled, with ``where`` and
+  position), so the pages of it mapped into memory stay bounded; only reading and format detection run in
+  the main process. Each part is mapped by ``datasets.Dataset.map`` (batched, ``num_proc`` processes):
+  records converted and validated, then the trainer's batch function turns them into its rows plus, per
+  batch, one row (length 0) carrying the batch's tally and load report, merged in source order afterwards.
+  The part is deleted once done. (A mixture, or OASST rows assembled into trees, is converted in the main
+  process: its records must be seen together.)
 - Everything goes under ``<cache>/prepared/<fingerprint>``, built in a temporary folder renamed into place
   when complete (a killed build never looks complete); a second run, or another rank once the main
   process is done, opens the files memory-mapped.
@@ -18,19 +21,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from ..data.loader import LoadReport
+
 from ..tokenization.masking import special_tokens_of
 
-PREPARED_VERSION = 3  # bump when rows or tallies change meaning: old caches are then never read
+PREPARED_VERSION = 4  # bump when rows or tallies change meaning: old caches are then never read
 BATCH = 256  # records per map batch: one tokenizer call and one tally row each
 AUTO_PROCESSES_FROM = 20_000  # below this many records, starting worker processes costs more than it saves
 RECORDS_PER_PART = 100_000  # records per Arrow file of a source while it is being prepared
+WRITE_BATCH = 10_000  # records per Arrow record batch of those files
 
 
 def default_cache_dir() -> Path:
@@ -72,27 +81,175 @@ def main_processes_first(acc: Any) -> Iterator[None]:
         yield
 
 
-def write_parts(records: Iterable[tuple[str, dict]], folder: Path, prefix: str) -> list[tuple[Path, int]]:
-    """(where, JSON record) pairs as Arrow files of up to ``RECORDS_PER_PART`` rows: [(file, rows)]."""
-    from datasets import Features, Value
-    from datasets.arrow_writer import ArrowWriter
+def write_parts(entries: Iterable[tuple[str, Any]], folder: Path, prefix: str) -> list[tuple[Path, int]]:
+    """(where, value) pairs — raw records or items, pickled — as Arrow files of up to ``RECORDS_PER_PART`` rows,
+    each with its position in the source: [(file, rows)]. Written with pyarrow in batches of ``WRITE_BATCH`` rows
+    (``datasets``' row-by-row writer took half of this step's time)."""
+    import pyarrow as pa
 
-    features = Features({"record": Value("string"), "where": Value("string")})
+    schema = pa.schema([("record", pa.binary()), ("where", pa.string()), ("position", pa.int64())])
     parts: list[tuple[Path, int]] = []
-    writer = None
-    for where, record in records:
-        if writer is None or parts[-1][1] == RECORDS_PER_PART:
+    writer, rows = None, ([], [], [])
+
+    def flush() -> None:
+        if rows[0]:
+            writer.write_batch(pa.record_batch([pa.array(column, type) for column, type in zip(rows, schema.types)],
+                                               schema=schema))
+            parts[-1] = (parts[-1][0], parts[-1][1] + len(rows[0]))
+            for column in rows:
+                column.clear()
+
+    for position, (where, value) in enumerate(entries):
+        if writer is None or parts[-1][1] + len(rows[0]) == RECORDS_PER_PART:
             if writer is not None:
-                writer.finalize()
+                flush()
                 writer.close()
             parts.append((folder / f"{prefix}-{len(parts):05d}.arrow", 0))
-            writer = ArrowWriter(path=str(parts[-1][0]), features=features, writer_batch_size=10_000)
-        writer.write({"record": json.dumps(record, ensure_ascii=False), "where": where})
-        parts[-1] = (parts[-1][0], parts[-1][1] + 1)
+            writer = pa.ipc.new_stream(str(parts[-1][0]), schema)
+        rows[0].append(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        rows[1].append(where)
+        rows[2].append(position)
+        if len(rows[0]) == WRITE_BATCH:
+            flush()
     if writer is not None:
-        writer.finalize()
+        flush()
         writer.close()
     return parts
+
+
+# --- what a trainer takes from a source ------------------------------------------------------------
+
+@dataclass
+class OtherItems:
+    """Items of one kind a trainer does not take: how many, the first one's place, how many are marked undesirable."""
+
+    kind: str  # the item type's name: Conversation, PreferencePair, LabeledConversation
+    count: int
+    where: str
+    position: int
+    undesirable: int = 0
+
+
+@dataclass
+class KindTally:
+    """Items of kinds a trainer does not take, by kind; tallied per map batch and merged over the source."""
+
+    found: dict[str, OtherItems] = field(default_factory=dict)
+
+    def add(self, item: Any, where: str, position: int) -> None:
+        self._add(OtherItems(type(item).__name__, 1, where, position, int(getattr(item, "label", True) is False)))
+
+    def _add(self, other: OtherItems) -> None:
+        seen = self.found.get(other.kind)
+        if seen is None:
+            self.found[other.kind] = OtherItems(**vars(other))
+            return
+        seen.count += other.count
+        seen.undesirable += other.undesirable
+        if other.position < seen.position:
+            seen.where, seen.position = other.where, other.position
+
+    def merge(self, other: "KindTally") -> None:
+        for found in other.found.values():
+            self._add(found)
+
+    def first(self) -> OtherItems | None:
+        """The kind met first in the source (what a reader stopping at the first wrong item would name)."""
+        return min(self.found.values(), key=lambda o: o.position, default=None)
+
+    def to_json(self) -> list[dict]:
+        return [vars(o) for o in self.found.values()]
+
+    @classmethod
+    def from_json(cls, data: list[dict]) -> "KindTally":
+        return cls({o["kind"]: OtherItems(**o) for o in data})
+
+
+@dataclass(frozen=True)
+class Takes:
+    """The one item type a trainer trains on, and what it says of a source holding another kind:
+    ``refusal(other, source)`` is the error message, given the kind met first with its count over the whole source."""
+
+    kind: type
+    refusal: Callable[[OtherItems, Any], str]
+
+    def take(self, items: Iterable[tuple[str, Any]], source: Any) -> Iterator[tuple[str, Any]]:
+        """The (where, item) of a stream, stopped at the first item of another kind by a ValueError with the
+        refusal (that kind counted over the rest of the stream)."""
+        items = iter(items)
+        for where, item in items:
+            if not isinstance(item, self.kind):
+                others = KindTally()
+                others.add(item, where, 0)
+                for position, (later_where, later) in enumerate(items, 1):
+                    if not isinstance(later, self.kind):
+                        others.add(later, later_where, position)
+                raise ValueError(self.refusal(others.first(), source))
+            yield where, item
+
+
+# --- a source as parts, mapped by worker processes -------------------------------------------------
+
+@dataclass
+class SourceParts:
+    """A source written as Arrow parts: raw records the map workers convert (in ``format``, found at position
+    ``detected_at``), or items the main process converted (a mixture, or a format converting whole sources) with
+    the load report it counted."""
+
+    parts: list[tuple[Path, int]]
+    converted: LoadReport | None = None
+    format: str | None = None
+    detected_at: int = 0
+
+    @property
+    def rows(self) -> int:
+        return sum(n for _, n in self.parts)
+
+
+def write_source(source: Any, settings: Any, seed: int, folder: Path, prefix: str) -> SourceParts:
+    """``source`` (a file, folder or dataset id, or a list of them to mix) as parts. Only reading and format
+    detection happen here: conversion and validation run in the map workers, unless the records must be seen
+    together (a mixture samples across sources; OASST rows are assembled into trees)."""
+    from ..data.loader import LoadReport, iter_items, peek_format
+    from ..data.mixture import load_training
+    from ..data.sources import read_records
+
+    if isinstance(source, list):
+        result = load_training(source, format=settings.format, on_error=settings.on_error, seed=seed)
+        return SourceParts(write_parts(zip(result.where, result.items), folder, prefix), result.report)
+    fmt, detected_at, records = peek_format(read_records(source), settings.format)
+    if fmt is not None and fmt.convert_all is not None:
+        report = LoadReport()
+        items = iter_items(records, report, format=settings.format, on_error=settings.on_error)
+        return SourceParts(write_parts(items, folder, prefix), report)
+    return SourceParts(write_parts(((raw.where, raw) for raw in records), folder, prefix),
+                       format=fmt.name if fmt else None, detected_at=detected_at)
+
+
+def prepare_batch(batch: dict, *, prepare: Callable, takes: Takes, source: SourceParts, on_error: str, origin: str,
+                  **kwargs: Any) -> dict:
+    """One map batch: its records converted and validated (unless the main process did), the items of the kind
+    the trainer takes given to ``prepare(items, wheres, positions, **kwargs)`` — a row per example, then one tally
+    row (length 0) — and the batch's load report and items of other kinds in that tally row's ``load``."""
+    from ..data.loader import LoadReport, items_of_slice
+
+    report, others = LoadReport(), KindTally()
+    values = [pickle.loads(v) for v in batch["record"]]
+    if source.converted is not None:
+        found = list(zip(batch["position"], batch["where"], values))
+    else:
+        found = items_of_slice(list(zip(batch["position"], values)), report, format=source.format,
+                               detected_at=source.detected_at, on_error=on_error)
+    taken: list[tuple[int, str, Any]] = []
+    for position, where, item in found:
+        if isinstance(item, takes.kind):
+            taken.append((position, where, item))
+        else:
+            others.add(item, where, position)
+    out = prepare([t[2] for t in taken], [t[1] for t in taken], [t[0] for t in taken], **kwargs)
+    load = {"origin": origin, "first": batch["position"][0], "report": report.to_json(), "others": others.to_json()}
+    out["load"] = [None] * (len(out["length"]) - 1) + [json.dumps(load)]
+    return out
 
 
 def processes_for(num_proc: int, records: int) -> int:
@@ -100,83 +257,92 @@ def processes_for(num_proc: int, records: int) -> int:
     return num_proc or (min(os.cpu_count() or 1, 8) if records >= AUTO_PROCESSES_FROM else 1)
 
 
-def map_parts(parts: list[tuple[Path, int]], held: np.ndarray, function: Callable, fn_kwargs: dict, features: Any,
-              *, processes: int, folder: Path, eval_parts: Sequence[tuple[Path, int]] = (),
+def map_parts(train: SourceParts, held: np.ndarray, prepare: Callable, fn_kwargs: dict, features: Any, *,
+              takes: Takes, on_error: str, processes: int, folder: Path, eval_source: SourceParts | None = None,
               eval_kwargs: dict | None = None) -> dict[str, list[str]]:
-    """Each part mapped by ``function(batch, indices, first_index=..., **fn_kwargs)`` into rows; records whose
-    ``held`` flag is set (a held-out fraction) go to the eval split, as do ``eval_parts`` (a separate source),
-    with ``eval_kwargs`` overriding. Parts are deleted once mapped. The Arrow files of each split, in order."""
-    from datasets import Dataset
+    """Each part mapped by :func:`prepare_batch` into rows; records whose ``held`` flag is set (a held-out
+    fraction) go to the eval split, as do ``eval_source``'s, with ``eval_kwargs`` overriding. Parts are deleted
+    once mapped. The Arrow files of each split, in order."""
+    from datasets import Dataset, Features, Value
 
     files: dict[str, list[str]] = {"train": [], "eval": []}
-    first = {"train": 0, "eval": 0}
+    features = Features({**features, "load": Value("string")})
 
-    def run(split: str, table: Any, k: int) -> None:
+    def run(split: str, table: Any, source: SourceParts, origin: str, name: str) -> None:
         if not len(table):
             return
-        kwargs = {**fn_kwargs, **(eval_kwargs or {} if split == "eval" else {}), "first_index": first[split]}
+        kwargs = {**fn_kwargs, **(eval_kwargs or {} if split == "eval" else {}), "prepare": prepare, "takes": takes,
+                  "source": source, "on_error": on_error, "origin": origin}
         procs = max(1, min(processes, len(table) // BATCH or 1))
-        cache_file = folder / f"{split}-{k:05d}.arrow"
-        mapped = table.map(function, batched=True, batch_size=BATCH, with_indices=True,
-                           remove_columns=table.column_names, fn_kwargs=kwargs, features=features,
-                           num_proc=procs if procs > 1 else None, cache_file_name=str(cache_file),
-                           new_fingerprint=cache_file.stem, desc=f"tuneful: prepare {split}")
+        cache_file = folder / f"{split}-{name}.arrow"
+        mapped = table.map(prepare_batch, batched=True, batch_size=BATCH, remove_columns=table.column_names,
+                           fn_kwargs=kwargs, features=features, num_proc=procs if procs > 1 else None,
+                           cache_file_name=str(cache_file), new_fingerprint=cache_file.stem,
+                           desc=f"tuneful: prepare {split}")
         files[split] += [f["filename"] for f in mapped.cache_files]
-        first[split] += len(table)
 
     offset = 0
-    for k, (path, rows) in enumerate(parts):
+    for k, (path, rows) in enumerate(train.parts):
         table = Dataset.from_file(str(path))
         part_held = held[offset : offset + rows]
         offset += rows
         if part_held.any():
-            run("train", table.select(np.flatnonzero(~part_held)), k)
-            run("eval", table.select(np.flatnonzero(part_held)), k)
+            run("train", table.select(np.flatnonzero(~part_held)), train, "train", f"{k:05d}")
+            run("eval", table.select(np.flatnonzero(part_held)), train, "train", f"{k:05d}")
         else:
-            run("train", table, k)
+            run("train", table, train, "train", f"{k:05d}")
         del table
         path.unlink()
-    for k, (path, _) in enumerate(eval_parts):
-        run("eval", Dataset.from_file(str(path)), k)
+    for k, (path, _) in enumerate(eval_source.parts if eval_source else ()):
+        run("eval", Dataset.from_file(str(path)), eval_source, "eval", f"source-{k:05d}")
         path.unlink()
     return files
 
 
-def build_splits(folder: Path, settings: Any, seed: int, accept: Callable[[Iterable, Any], Iterable[tuple[str, Any]]],
-                 function: Callable, fn_kwargs: dict, features: Any, *,
-                 eval_kwargs: dict | None = None) -> tuple[dict[str, list[str]], dict]:
-    """A data section's source prepared into ``folder``: ``data.train`` streamed through the loader (a mixture of
-    sources drawn in memory: it samples across them), its items filtered by ``accept(items, source)`` (which
-    refuses the wrong kind by name), written as parts, held out by ``data.eval`` or ``data.eval_fraction`` (seeded),
-    and each part mapped by ``function``. Returns the Arrow file names of each split and the load report's record."""
-    from ..data.loader import LoadReport, iter_items
-    from ..data.mixture import load_training
-    from ..data.sources import read_records
+def batch_loads(folder: Path, names: Sequence[str]) -> list[dict]:
+    """The ``load`` of every map batch in these files (:func:`prepare_batch`)."""
+    from datasets import Dataset
+
+    loads = []
+    for name in names:
+        table = Dataset.from_file(str(folder / name)).data.table
+        ends = np.flatnonzero(table.column("length").to_numpy() == 0)
+        loads += [json.loads(v) for v in table.column("load").take(ends).to_pylist()]
+    return loads
+
+
+def build_splits(folder: Path, settings: Any, seed: int, takes: Takes, prepare: Callable, fn_kwargs: dict,
+                 features: Any, *, eval_kwargs: dict | None = None) -> tuple[dict[str, list[str]], dict]:
+    """A data section's source prepared into ``folder``: ``data.train`` written as parts (:func:`write_source`),
+    held out by ``data.eval`` or ``data.eval_fraction`` (seeded, over the source's records), and each part mapped
+    by ``prepare`` (:func:`prepare_batch`) in ``data.num_proc`` processes. A source holding items of another kind
+    than ``takes`` is refused by name, counted over the whole source. Returns the Arrow file names of each split
+    and the load report's record."""
+    from ..data.loader import LoadReport
     from .plan import hold_out
 
-    def stream(source: Any, report: Any) -> Iterable[tuple[str, dict]]:
-        items = iter_items(read_records(source), report, format=settings.format, on_error=settings.on_error)
-        return ((where, item.to_json()) for where, item in accept(items, source))
-
-    if isinstance(settings.train, list):
-        result = load_training(settings.train, format=settings.format, on_error=settings.on_error, seed=seed)
-        report = result.report
-        records = ((w, item.to_json()) for w, item in accept(zip(result.where, result.items), settings.train))
-    else:
-        report = LoadReport()
-        records = stream(settings.train, report)
-    parts = write_parts(records, folder, "records-train")
-    total = sum(n for _, n in parts)
-    held = np.zeros(total, dtype=bool)
-    eval_parts: list[tuple[Path, int]] = []
+    train = write_source(settings.train, settings, seed, folder, "records-train")
+    held = np.zeros(train.rows, dtype=bool)
+    eval_source = None
     if settings.eval:
-        eval_parts = write_parts(stream(settings.eval, LoadReport()), folder, "records-eval")
+        eval_source = write_source(settings.eval, settings, seed, folder, "records-eval")
     else:
-        held[hold_out(list(range(total)), settings.eval_fraction, seed)[1]] = True
-    files = map_parts(parts, held, function, fn_kwargs, features, processes=processes_for(settings.num_proc, total),
-                      folder=folder, eval_parts=eval_parts, eval_kwargs=eval_kwargs)
-    return ({split: [Path(f).name for f in names] for split, names in files.items()},
-            {**report.summary(), "skipped_list": report.skipped, "format": report.format})
+        held[hold_out(list(range(train.rows)), settings.eval_fraction, seed)[1]] = True
+    files = map_parts(train, held, prepare, fn_kwargs, features, takes=takes, on_error=settings.on_error,
+                      processes=processes_for(settings.num_proc, train.rows), folder=folder, eval_source=eval_source,
+                      eval_kwargs=eval_kwargs)
+    report = train.converted or LoadReport()
+    others = {"train": KindTally(), "eval": KindTally()}
+    for load in sorted(batch_loads(folder, [Path(f).name for names in files.values() for f in names]),
+                       key=lambda load: (load["origin"], load["first"])):
+        if load["origin"] == "train":
+            report.merge(LoadReport.from_json(load["report"]))
+        others[load["origin"]].merge(KindTally.from_json(load["others"]))
+    for origin, source in (("train", settings.train), ("eval", settings.eval)):
+        first = others[origin].first()
+        if first is not None:
+            raise ValueError(takes.refusal(first, source))
+    return ({split: [Path(f).name for f in names] for split, names in files.items()}, report.to_json())
 
 
 def cached(root: str | Path, key: str, build: Callable[[Path], dict],
@@ -217,14 +383,3 @@ def open_rows(folder: Path, names: Sequence[str]) -> tuple[Any, np.ndarray, list
 def list_of(table: Any, column: str, row: int) -> list:
     """One list cell of a pyarrow table as a Python list (numbers through numpy: fast)."""
     return table.column(column)[row].values.to_numpy().tolist()
-
-
-def load_report_of(data: dict) -> Any:
-    """The load report a cached preparation recorded."""
-    from collections import Counter
-
-    from ..data.loader import LoadReport
-
-    return LoadReport(data["records_in"], data["written"], Counter(data["skipped_by_reason"]),
-                      [tuple(x) for x in data["skipped_list"]], Counter(data["ignored_fields"]),
-                      Counter(data["notes"]), data["format"])
