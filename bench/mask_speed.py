@@ -10,6 +10,7 @@ ShareGPT sample (``--data``, repeated ``--repeat`` times per round) with the Qwe
 template (``--tokenizer``); each arm's best round counts.
 
     TUNEFUL_FIXTURES=../shared/fixtures python bench/mask_speed.py          # last line JSON
+    TUNEFUL_FIXTURES=../shared/fixtures python bench/mask_speed.py --quick  # 3 rounds
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=8,
                         help="times the sample is repeated per round (a round of 500 is ~0.1 s: too short to time)")
+    parser.add_argument("--quick", action="store_true", help="3 rounds instead of 5")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds = min(args.rounds, 3)
 
     from transformers import AutoTokenizer
 

@@ -8,6 +8,7 @@ the same accept/reject decisions.
 
     python bench/rouge_filter.py --n 5000                    # both; last line JSON
     python bench/rouge_filter.py --n 50000 --skip-reference  # tuneful alone
+    python bench/rouge_filter.py --quick                     # 1,000 candidates, both
 
 ``--ablations`` also times tuneful with blocking turned off (one candidate per native call), to
 show what blocking saves.
@@ -63,7 +64,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--ablations", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="1,000 candidates (about a minute), unless --n is given")
     args = parser.parse_args()
+    if args.quick and "--n" not in sys.argv:
+        args.n = 1000
 
     seeds, candidates = stream(args.n)
     ours, ours_s = timed(run_tuneful, seeds, candidates)
