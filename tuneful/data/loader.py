@@ -59,14 +59,14 @@ class LoadReport:
                    data["format"])
 
     def merge(self, other: "LoadReport") -> None:
-        """Add the counts of another slice of the same source, read after this one (skips keep their order)."""
+        """Add the counts of another report (a later slice of the same source, or another source of a mixture);
+        skips keep their order. The format stays this report's."""
         self.records_in += other.records_in
         self.written += other.written
         self.skipped_by_reason.update(other.skipped_by_reason)
         self.skipped += other.skipped
         self.ignored_fields.update(other.ignored_fields)
         self.notes.update(other.notes)
-        self.format = self.format or other.format
 
 
 @dataclass

@@ -138,22 +138,13 @@ def _task_of(spec: SourceSpec, meta_or_record: dict) -> str:
     return spec.label
 
 
-def _merge_reports(into: LoadReport, report: LoadReport) -> None:
-    into.records_in += report.records_in
-    into.written += report.written
-    into.skipped_by_reason.update(report.skipped_by_reason)
-    into.skipped += report.skipped
-    into.ignored_fields.update(report.ignored_fields)
-    into.notes.update(report.notes)
-
-
 def _read_source(recipe: MixRecipe, spec: SourceSpec, report: LoadReport, seen: tuple[str, ...]) -> _Pool:
     if spec.recipe:
         key = str(Path(spec.recipe).resolve())
         if key in seen:
             raise ConfigError([f"sources: {spec.recipe} includes itself (through {' → '.join(seen)})"])
         inner = mix(read_recipe(spec.recipe), _seen=seen + (key,))
-        _merge_reports(report, inner.load_report)
+        report.merge(inner.load_report)
         return _Pool([(item.meta.get("task", spec.label), item, item.meta.get("where", spec.recipe))
                       for item in inner.items])
     if spec.templates:
@@ -174,7 +165,7 @@ def _read_source(recipe: MixRecipe, spec: SourceSpec, report: LoadReport, seen: 
             pool.entries.append((task, raw.value, raw.where))
         return pool
     result = load(spec.path, format=spec.format, on_error=recipe.on_error, split=spec.split)
-    _merge_reports(report, result.report)
+    report.merge(result.report)
     return _Pool([(_task_of(spec, item.meta), item, where) for item, where in zip(result.items, result.where)])
 
 

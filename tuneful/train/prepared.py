@@ -331,7 +331,7 @@ def build_splits(folder: Path, settings: Any, seed: int, takes: Takes, prepare: 
     files = map_parts(train, held, prepare, fn_kwargs, features, takes=takes, on_error=settings.on_error,
                       processes=processes_for(settings.num_proc, train.rows), folder=folder, eval_source=eval_source,
                       eval_kwargs=eval_kwargs)
-    report = train.converted or LoadReport()
+    report = train.converted or LoadReport(format=train.format)
     others = {"train": KindTally(), "eval": KindTally()}
     for load in sorted(batch_loads(folder, [Path(f).name for names in files.values() for f in names]),
                        key=lambda load: (load["origin"], load["first"])):
