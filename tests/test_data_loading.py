@@ -166,3 +166,33 @@ def test_oasst_all_paths_yield_more_than_top(fixtures: Path):
 def test_mt_bench_questions_are_not_silently_guessed(fixtures: Path):
     with pytest.raises(RecordError, match="unknown_format"):
         load(fixtures / "data" / "mt_bench" / "mt_bench_question.jsonl")
+
+
+def test_a_stream_cut_into_slices_converts_as_one_stream():
+    """What the prepared-data workers do: the format fixed on the first recognisable record, each slice
+    converted alone, the reports merged in order == the loader over the whole stream (bad records before and
+    after the format is known, an unread field)."""
+    from tuneful.data.loader import LoadReport, items_of_slice, iter_items, peek_format
+    from tuneful.data.sources import RawRecord
+
+    values = [{"foo": 1}, "text", {"instruction": "Add 2 and 3.", "input": "", "output": "5"},
+              {"messages": [{"role": "user", "content": "hi"}]}, {"instruction": "Say hi.", "output": "Hi.", "x": 1},
+              {"instruction": "Say bye.", "output": "Bye."}, {"instruction": "Name a colour.", "output": "Red."}]
+    raws = [RawRecord(f"r:{i + 1}", value) for i, value in enumerate(values)]
+    raws.insert(1, RawRecord("r:bad", error=RecordError("invalid_json", "Expecting value", "r:bad")))
+    whole = LoadReport()
+    expected = [(where, item) for where, item in iter_items(iter(raws), whole, on_error="skip")]
+
+    fmt, detected_at, stream = peek_format(iter(raws))
+    assert (fmt.name, detected_at) == ("alpaca", 3) and list(stream) == raws
+    merged, got = LoadReport(format=fmt.name), []
+    for cut in ((0, 2), (2, 5), (5, 8)):
+        part = LoadReport()
+        got += items_of_slice(list(enumerate(raws))[cut[0]:cut[1]], part, format=fmt.name, detected_at=detected_at,
+                              on_error="skip")
+        merged.merge(LoadReport.from_json(json.loads(json.dumps(part.to_json()))))
+    assert [(where, item) for _, where, item in got] == expected and len(expected) == 4
+    assert [position for position, _, _ in got] == [3, 5, 6, 7]
+    assert merged.to_json() == whole.to_json() and merged.ignored_fields == {"x": 1}
+    assert [s[0] for s in merged.skipped] == ["r:1", "r:bad", "r:2", "r:4"]
+    assert peek_format(iter(raws[:3]))[:2] == (None, 3)

@@ -313,3 +313,28 @@ def test_prepared_kto_items_equal_the_in_memory_ones_and_are_cached(qwen, tmp_pa
     assert again.dropped_overlong == 300 - len(replies) > 0
     assert [again.train[i] for i in range(len(again.train))] == with_mismatched_replies(replies, 600, "training")
     assert again.train_desirable == [r.desirable for r in replies]
+
+
+def test_a_trainer_refuses_other_kinds_naming_the_first_with_counts_over_everything():
+    """The stream form (Takes.take) and the per-batch form (KindTally merged out of order) name the same thing."""
+    from tuneful.data.types import Conversation, LabeledConversation, Message, PreferencePair
+    from tuneful.sft.prepared import SFT_TAKES
+    from tuneful.train.prepared import KindTally
+
+    user, reply = Message("user", "hi"), Message("assistant", "hello")
+    conv = Conversation((user, reply))
+    labeled = [LabeledConversation((user, reply), label) for label in (True, False, False)]
+    pair = PreferencePair((user,), reply, Message("assistant", "go away"))
+    items = [(f"f:{i}", x) for i, x in enumerate([conv, labeled[0], conv, pair, labeled[1], labeled[2]])]
+    with pytest.raises(ValueError, match=r"KTO: 3 records with a 'label', 2 marked undesirable, e.g. f:1\)"):
+        list(SFT_TAKES.take(items, "data.jsonl"))
+    halves = [KindTally(), KindTally()]
+    for position, (where, item) in enumerate(items):
+        if not isinstance(item, Conversation):
+            halves[position >= 3].add(item, where, position)
+    merged = KindTally.from_json(json.loads(json.dumps(halves[1].to_json())))
+    merged.merge(halves[0])  # the later half first: the place and the counts do not depend on the order
+    first = merged.first()
+    assert (first.kind, first.count, first.undesirable, first.where) == ("LabeledConversation", 3, 2, "f:1")
+    assert merged.found["PreferencePair"].count == 1
+    assert [w for w, _ in SFT_TAKES.take(items[:1] + items[2:3], "data.jsonl")] == ["f:0", "f:2"]
