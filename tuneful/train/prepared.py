@@ -303,12 +303,13 @@ def batch_loads(folder: Path, names: Sequence[str]) -> list[dict]:
     """The ``load`` of every map batch in these files (:func:`prepare_batch`)."""
     from datasets import Dataset
 
-    loads = []
-    for name in names:
-        table = Dataset.from_file(str(folder / name)).data.table
-        ends = np.flatnonzero(table.column("length").to_numpy() == 0)
-        loads += [json.loads(v) for v in table.column("load").take(ends).to_pylist()]
-    return loads
+    return [load for name in names for load in batch_column(Dataset.from_file(str(folder / name)).data.table, "load")]
+
+
+def batch_column(table: Any, column: str) -> list:
+    """A column's JSON values on the tally rows (length 0: one closing each map batch) of a mapped table."""
+    ends = np.flatnonzero(table.column("length").to_numpy() == 0)
+    return [json.loads(v) for v in table.column(column).take(ends).to_pylist()]
 
 
 def build_splits(folder: Path, settings: Any, seed: int, takes: Takes, prepare: Callable, fn_kwargs: dict,
@@ -374,10 +375,7 @@ def open_rows(folder: Path, names: Sequence[str]) -> tuple[Any, np.ndarray, list
     from datasets import Dataset, concatenate_datasets
 
     table = concatenate_datasets([Dataset.from_file(str(folder / name)) for name in names]).data.table
-    lengths = table.column("length").to_numpy()
-    tallies = table.column("tally")
-    return table, np.flatnonzero(lengths > 0), [json.loads(tallies[int(r)].as_py())
-                                                for r in np.flatnonzero(lengths == 0)]
+    return table, np.flatnonzero(table.column("length").to_numpy() > 0), batch_column(table, "tally")
 
 
 def list_of(table: Any, column: str, row: int) -> list:
