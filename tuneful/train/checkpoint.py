@@ -2,7 +2,8 @@
 
 A checkpoint holds the trainable weights (safetensors), optimizer and scheduler state, the RNG
 states and the step; under FSDP the weights and optimizer state are gathered to full tensors first
-(one format, written by the main process). The order of planned data is a pure function of (seed,
+(one format, written by the main process); under DeepSpeed ZeRO each process writes its partition of the
+optimizer state (``optimizer-rank-NNNNN.pt``) next to the full weights, and resumes on as many processes. The order of planned data is a pure function of (seed,
 epoch) and the step, so nothing about it needs saving; a streaming trainer saves its position in the
 stream. Files are written into a temporary folder that is renamed into place, so a kill mid-write
 never leaves a checkpoint that looks complete.
@@ -13,14 +14,26 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 PREFIX = "step-"
+PARTITION = "optimizer-rank-"
+
+
+@dataclass
+class OptimizerPartitions:
+    """An optimizer whose state is split over the processes (DeepSpeed ZeRO): every process writes and reads its
+    own part; ``barrier`` keeps them in step around the main process's folder work."""
+
+    rank: int
+    processes: int
+    barrier: Callable[[], None]
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -29,10 +42,21 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer: Any, scheduler: Any, keep: int = 2, *,
-                    sharded: bool = False, write: bool = True, data_state: dict | None = None) -> Path | None:
-    """Write the checkpoint of ``step``. A sharded (FSDP) model is first gathered to full tensors: every process
-    calls this, and only the one with ``write`` writes. ``data_state``: where a trainer that streams its data
-    stands in the stream (the step alone fixes the order of data that is planned per epoch)."""
+                    sharded: bool = False, write: bool = True, data_state: dict | None = None,
+                    partitions: OptimizerPartitions | None = None) -> Path | None:
+    """Write the checkpoint of ``step``. A sharded (FSDP) model is first gathered to full tensors, and a partitioned
+    optimizer (ZeRO) writes one file per process: in both cases every process calls this, and only the one with
+    ``write`` writes the rest. ``data_state``: where a trainer that streams its data stands in the stream (the
+    step alone fixes the order of data that is planned per epoch)."""
+    final = folder / f"{PREFIX}{step:08d}"
+    tmp = folder / f".tmp-{PREFIX}{step:08d}"
+    if partitions is not None:
+        if write:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        partitions.barrier()
+        torch.save(optimizer.state_dict(), tmp / f"{PARTITION}{partitions.rank:05d}.pt")
+        partitions.barrier()
     if sharded:
         from .sharding import full_model_state, full_optimizer_state
 
@@ -40,16 +64,15 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer: Any, s
         weights = {n: t for n, t in full_model_state(model).items() if n in trainable}
         optimizer_state = full_optimizer_state(model, optimizer)
     else:
-        weights, optimizer_state = trainable_state(model), optimizer.state_dict()
+        weights = trainable_state(model)
+        optimizer_state = optimizer.state_dict() if partitions is None else None
     if not write:
         return None
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{PREFIX}{step:08d}"
-    tmp = folder / f".tmp-{PREFIX}{step:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    if partitions is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save(optimizer_state, tmp / "optimizer.pt")
     save_file(weights, str(tmp / "trainable.safetensors"))
-    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -73,26 +96,47 @@ def data_state_of(path: Path) -> dict | None:
     return json.loads((path / "state.json").read_text()).get("data")
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, *, sharded: bool = False) -> int:
+def load_checkpoint(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, *, sharded: bool = False,
+                    partitions: OptimizerPartitions | None = None) -> int:
     """Restore everything saved by :func:`save_checkpoint`; returns the step to continue after."""
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
     if missing:
         raise RuntimeError(f"{path}: checkpoint parameters not in this model (different recipe?): {missing[:3]}")
-    optimizer_state = torch.load(path / "optimizer.pt", weights_only=True)
+    saved_partitions = sorted(path.glob(f"{PARTITION}*.pt"))
+    _check_partitions(path, len(saved_partitions), partitions)
     if sharded:
         from .sharding import load_full_state
 
-        load_full_state(model, weights, optimizer, optimizer_state)
+        load_full_state(model, weights, optimizer, torch.load(path / "optimizer.pt", weights_only=True))
     else:
         with torch.no_grad():
             for name, tensor in weights.items():
                 params[name].copy_(tensor.to(params[name].device, params[name].dtype))
-        optimizer.load_state_dict(optimizer_state)
+        if partitions is not None:
+            from .zero import load_partitions, partition_state_globals
+
+            with torch.serialization.safe_globals(partition_state_globals()):
+                load_partitions(optimizer, [torch.load(f, weights_only=True) for f in saved_partitions])
+        else:
+            optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng = torch.load(path / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return json.loads((path / "state.json").read_text())["step"]
+
+
+def _check_partitions(path: Path, saved: int, partitions: OptimizerPartitions | None) -> None:
+    """A checkpoint resumes only the way its optimizer state was kept: whole, or split over as many processes."""
+    if partitions is None and saved:
+        raise RuntimeError(f"{path}: written by a DeepSpeed ZeRO run ({saved} optimizer partitions); resume it with "
+                           "the same DeepSpeed launch, or start afresh (train.resume=false)")
+    if partitions is not None and not saved:
+        raise RuntimeError(f"{path}: written without DeepSpeed ZeRO (one optimizer.pt); resume it without "
+                           "DeepSpeed, or start afresh (train.resume=false)")
+    if partitions is not None and saved != partitions.processes:
+        raise RuntimeError(f"{path}: its optimizer state is split over {saved} processes (DeepSpeed ZeRO); resume "
+                           f"with as many (accelerate launch --num_processes {saved})")

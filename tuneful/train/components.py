@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .model import compute_dtype
+from .zero import deepspeed_launch
 
 
 def make_accelerator(dtype_setting: str, seed: int, threads: int = 0) -> Any:
@@ -22,20 +23,27 @@ def make_accelerator(dtype_setting: str, seed: int, threads: int = 0) -> Any:
     cuda = torch.cuda.is_available()
     dtype = compute_dtype(dtype_setting, torch.device("cuda" if cuda else "cpu"))
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
-    acc = Accelerator(cpu=not cuda, mixed_precision=precision)
+    handlers = []
+    if deepspeed_launch() and not cuda:
+        # accelerate counts a DeepSpeed launch without CUDA as one process unless its backend is named (gloo is
+        # DeepSpeed's CPU fallback); cpu=True would turn DeepSpeed off
+        from accelerate.utils import InitProcessGroupKwargs
+
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    acc = Accelerator(cpu=not cuda and not deepspeed_launch(), mixed_precision=precision, kwargs_handlers=handlers)
     torch.manual_seed(seed)
     return acc
 
 
 def resume_step(acc: Any, out: Path, resume: bool, model: Any, optimizer: Any, scheduler: Any, *,
-                sharded: bool = False) -> int:
+                sharded: bool = False, partitions: Any = None) -> int:
     """Restore the latest checkpoint under ``out/checkpoints`` (when resuming); the step to continue from."""
     from .checkpoint import latest_checkpoint, load_checkpoint
 
     ckpt = latest_checkpoint(out / "checkpoints") if resume else None
     if ckpt is None:
         return 0
-    step = load_checkpoint(ckpt, model, optimizer, scheduler, sharded=sharded)
+    step = load_checkpoint(ckpt, model, optimizer, scheduler, sharded=sharded, partitions=partitions)
     acc.print(f"resumed from {ckpt} at step {step}")
     return step
 

@@ -11,6 +11,9 @@ loop sums the trainer's step counts (trained tokens, pairs, ...) over every micr
 on every process, and each micro-batch's loss is divided by those global counts. Accumulation and
 data parallelism therefore give the gradient of one big batch.
 
+Under DeepSpeed ZeRO (stages 1–2, ``zero.py``) the same rules hold: the loop marks the accumulation
+boundary and DeepSpeed's engine does the clip and the step.
+
 A run reads top to bottom: ``run(trainer)`` is setup → train → save.
 """
 
@@ -24,7 +27,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .checkpoint import save_checkpoint
+from .checkpoint import OptimizerPartitions, save_checkpoint
 from ..tokenization.masking import load_tokenizer, pad_id
 from .components import lr_scheduler, make_accelerator, make_optimizer, resume_step, step_counts
 from ..config import to_dict
@@ -32,6 +35,7 @@ from .metrics import MetricsLog, Progress
 from .model import add_neftune, add_token_rows, apply_lora, load_model, save_initial_adapter
 from .plan import plan_epoch
 from .trackers import open_trackers
+from .zero import configure_zero, uses_deepspeed, zero_step
 
 
 class Trainer(ABC):
@@ -48,7 +52,8 @@ class Trainer(ABC):
     updates_per_batch = 1  # optimizer steps taken on each planned batch (GRPO's μ reuses a sampled batch)
     supports_fsdp = False  # whether the trainer's model set-up, batches and evaluation are wired for train.fsdp
     sharded = False  # train.fsdp in effect (several processes)
-    fillers = 0  # trailing micro-batches of this process's step that only keep a sharded model's collectives in step
+    zero_stage = 0  # DeepSpeed ZeRO's stage when launched with DeepSpeed (1 or 2), else 0
+    fillers = 0  # trailing micro-batches of this process's step that only keep the processes' collectives in step
 
     def __init__(self, cfg: Any, *, model: Any = None, tokenizer: Any = None):
         self.cfg = cfg
@@ -135,6 +140,7 @@ class Trainer(ABC):
         if cfg.train.neftune_alpha:
             add_neftune(model, cfg.train.neftune_alpha)
         self.world = self.acc.num_processes
+        self.zero_stage = configure_zero(self.acc, cfg.train, self.world) if uses_deepspeed(self.acc) else 0
         self.sharded = self._sharding(cfg.train.fsdp)
         self.model = model
         module = self.loss_module(model)
@@ -149,16 +155,17 @@ class Trainer(ABC):
         self._plan: tuple[int, list[list[int]]] | None = None
         self.steps_per_epoch, self.total_steps = step_counts(len(self.lengths), cfg.train, self.world,
                                                              self.updates_per_batch)
-        scheduler = lr_scheduler(optimizer, warmup_ratio=cfg.train.warmup_ratio, total=self.total_steps,
-                                 kind=cfg.train.schedule)
         if self.sharded:  # already distributed: accelerate must not wrap it in DDP as well
             self.module, self.optimizer = module, self.acc.prepare(optimizer)
-        else:
+        else:  # DDP, or under DeepSpeed its engine (self.module) and ZeRO optimizer
             self.module, self.optimizer = self.acc.prepare(module, optimizer)
-        self.scheduler = scheduler
+        # after prepare: DeepSpeed drops empty parameter groups (LoRA leaves the no-decay one empty) from the
+        # optimizer, and the schedule must cover the groups that remain
+        self.scheduler = lr_scheduler(optimizer, warmup_ratio=cfg.train.warmup_ratio, total=self.total_steps,
+                                      kind=cfg.train.schedule)
         self.after_prepare()
         self.start_step = resume_step(self.acc, self.out, cfg.train.resume, self.model, self.optimizer, self.scheduler,
-                                      sharded=self.sharded)
+                                      sharded=self.sharded, partitions=self._partitions())
         if self.start_step:
             from .checkpoint import data_state_of, latest_checkpoint
 
@@ -176,6 +183,12 @@ class Trainer(ABC):
             self.acc.print("train.fsdp: one process, nothing to shard; training unsharded")
         return self.world > 1
 
+    def _partitions(self) -> OptimizerPartitions | None:
+        """How a ZeRO optimizer's state is split over the processes (None: it is whole, or gathered whole)."""
+        if not self.zero_stage:
+            return None
+        return OptimizerPartitions(self.acc.process_index, self.world, self.acc.wait_for_everyone)
+
     def _pad_id(self) -> int:
         return pad_id(self.tokenizer)
 
@@ -189,9 +202,11 @@ class Trainer(ABC):
         per_step = cfg.grad_accum * self.world
         chosen = self._plan[1][within * per_step : (within + 1) * per_step]
         mine = chosen[self.acc.process_index :: self.world]
-        # Sharded, every forward and backward is a collective: every process must run as many as the busiest
-        # one, so the short ones repeat a micro-batch that counts for nothing (its loss is multiplied by 0).
-        self.fillers = -(-len(chosen) // self.world) - len(mine) if self.sharded else 0
+        # Sharded (and under ZeRO-2, whose backward reduces gradients), every forward or backward is a collective:
+        # every process must run as many as the busiest one, so the short ones repeat a micro-batch that counts
+        # for nothing (its loss is multiplied by 0).
+        lockstep = self.sharded or self.zero_stage
+        self.fillers = -(-len(chosen) // self.world) - len(mine) if lockstep else 0
         return [self.micro_batch(items) for items in mine + chosen[:1] * self.fillers]
 
     # --- loop -----------------------------------------------------------------------------------
@@ -223,10 +238,11 @@ class Trainer(ABC):
                 log.write({"step": step + 1, **eval_metrics})
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < self.total_steps:
                 self.acc.wait_for_everyone()
-                if self.sharded or self.acc.is_main_process:  # sharded: every process joins the gathering
+                # sharded: every process joins the gathering; ZeRO: every process writes its optimizer partition
+                if self.sharded or self.zero_stage or self.acc.is_main_process:
                     save_checkpoint(self.out / "checkpoints", step + 1, self.model, self.optimizer, self.scheduler,
                                     sharded=self.sharded, write=self.acc.is_main_process,
-                                    data_state=self.data_state())
+                                    data_state=self.data_state(), partitions=self._partitions())
                 self.acc.wait_for_everyone()
             bar.update(last_loss, row["tok_s"])
         bar.close()
@@ -242,21 +258,30 @@ class Trainer(ABC):
         tally = None
         for k, batch in enumerate(micro):
             sync = k == len(micro) - 1
-            with self.acc.no_sync(self.module) if not sync else nullcontext():
+            if self.zero_stage:  # DeepSpeed's engine: the boundary is ours, the loss already normalised
+                self.module.set_gradient_accumulation_boundary(sync)
                 loss, parts = self.micro_loss(batch, counts)
-                self.acc.backward(loss if k < real else loss * 0.0)
+                self.module.backward(loss if k < real else loss * 0.0, scale_wrt_gas=False)
+            else:
+                with self.acc.no_sync(self.module) if not sync else nullcontext():
+                    loss, parts = self.micro_loss(batch, counts)
+                    self.acc.backward(loss if k < real else loss * 0.0)
             if k < real:
                 tally = parts if tally is None else tally + parts
         if tally is None:  # a process with only fillers: its share of the tally is zero
             tally = torch.zeros_like(parts)
-        grad_norm = 0.0
-        if self.cfg.train.max_grad_norm > 0:
-            from .sharding import as_float
+        max_norm = self.cfg.train.max_grad_norm
+        if self.zero_stage:
+            grad_norm = zero_step(self.module, max_norm)  # clip, step, zero the gradients
+        else:
+            grad_norm = 0.0
+            if max_norm > 0:
+                from .sharding import as_float
 
-            grad_norm = as_float(self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm))
-        self.optimizer.step()
+                grad_norm = as_float(self.acc.clip_grad_norm_(self.model.parameters(), max_norm))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         metrics = self.step_metrics(self.acc.reduce(tally, reduction="sum"), counts, grad_norm)
         return metrics["loss"], metrics
 
@@ -280,13 +305,18 @@ class Trainer(ABC):
             model, lora = self.final_model()
             save_final(target, model, self.tokenizer,
                        template_source=self.data.template.source, end_of_turn_ids=self.data.end_of_turn_ids,
-                       summary={**self.summary(), "distributed": {"processes": self.world, "fsdp": self.sharded}},
+                       summary={**self.summary(), "distributed": self._distributed()},
                        history=result.history, lora=lora,
                        initial_adapter=self.initial_adapter if lora else None, state_dict=full_state)
             self.metrics_log.finish([target / "tuneful.json", self.out / "loss.png"])
         self.acc.wait_for_everyone()  # no process finishes while the main one is still writing
         result.model_dir = target
         return target
+
+
+    def _distributed(self) -> dict:
+        shown = {"processes": self.world, "fsdp": self.sharded}
+        return {**shown, "deepspeed_zero_stage": self.zero_stage} if self.zero_stage else shown
 
 
 def run(trainer: Trainer) -> Any:
