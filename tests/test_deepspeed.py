@@ -5,25 +5,25 @@ resume from a ZeRO run's checkpoint (one optimizer partition per process), and r
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from launched import assert_same_steps, four_step_sft, launch_two, metrics
 from tiny import model_and_data
 from tuneful.config import build
 from tuneful.sft.config import SFTConfig
 from tuneful.sft.trainer import run_sft
+from tuneful.train.checkpoint import OptimizerPartitions, load_checkpoint
+from tuneful.train.zero import configure_zero
 
 pytest.importorskip("deepspeed", reason="scripts/setup installs deepspeed; CI runs these tests")
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
+CONFIG = "deepspeed_zero2.yaml"  # the shipped launch configuration, as the README says to use it
 
 
 @pytest.fixture(scope="module")
@@ -32,36 +32,7 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def _common(workdir: Path, *extra: str) -> list[str]:
-    return [f"model.name_or_path={workdir / 'model'}", f"data.train={workdir / 'train.jsonl'}", "train.max_steps=4",
-            "train.save_every=2", "train.micro_batch_size=2", "train.progress=false", "data.max_length=256",
-            "train.lr=1e-3", "data.eval_fraction=0.1", "train.max_grad_norm=0.5", *extra]
-
-
-def _launch(args: list[str]) -> subprocess.CompletedProcess:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # the shipped launch configuration, as the README says to use it (without a GPU DeepSpeed falls back to gloo)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(REPO / "recipes" / "accelerate" / "deepspeed_zero2.yaml"), "--num_processes", "2",
-              "--main_process_port", str(port), "-m", "tuneful.cli.main", "sft"]
-    return subprocess.run(launch + args, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-
-
-def tiny_model(workdir: Path):
-    return AutoModelForCausalLM.from_pretrained(workdir / "model")
-
-
-def _metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def _close(a: list[dict], b: list[dict], key: str) -> None:
-    left, right = [(r["step"], r[key]) for r in a if key in r], [(r["step"], r[key]) for r in b if key in r]
-    assert [s for s, _ in left] == [s for s, _ in right] and left
-    for (_, x), (_, y) in zip(left, right):
-        assert abs(x - y) < 1e-5, (key, left, right)
+    return four_step_sft(workdir, "train.micro_batch_size=2", "train.max_grad_norm=0.5", *extra)
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
@@ -69,14 +40,13 @@ def test_zero2_on_two_processes_matches_one_process_and_resumes_exactly(workdir:
     kind = "lora" if lora else "full"
     extra = ["lora.enabled=true", "lora.r=4"] if lora else []
     one, two, resumed = workdir / f"{kind}-one", workdir / f"{kind}-two", workdir / f"{kind}-resumed"
-    # the same 4 micro-batches a step: 4 accumulated on one process, 2 on each of two (DeepSpeed's boundary is the loop's)
+    # the same 4 micro-batches a step: 4 accumulated on one process, 2 on each of two (the boundary is the loop's)
     run_sft(build(SFTConfig, None, _common(workdir, *extra, "train.grad_accum=4", f"train.output_dir={one}")))
-    done = _launch(_common(workdir, *extra, "train.grad_accum=2", f"train.output_dir={two}"))
-    assert done.returncode == 0, done.stderr[-4000:]
+    launch_two(CONFIG, "sft", _common(workdir, *extra, "train.grad_accum=2", f"train.output_dir={two}"))
 
-    _close(_metrics(one), _metrics(two), "loss")
-    _close(_metrics(one), _metrics(two), "grad_norm")  # clipped by DeepSpeed to the recipe's max_grad_norm
-    _close(_metrics(one), _metrics(two), "eval_loss")
+    assert_same_steps(metrics(one), metrics(two), "loss")
+    assert_same_steps(metrics(one), metrics(two), "grad_norm")  # clipped by DeepSpeed to the recipe's max_grad_norm
+    assert_same_steps(metrics(one), metrics(two), "eval_loss")
     assert json.loads((two / "model" / "tuneful.json").read_text())["distributed"] == {
         "processes": 2, "fsdp": False, "deepspeed_zero_stage": 2}
     weights = "adapter_model.safetensors" if lora else "model.safetensors"
@@ -92,13 +62,12 @@ def test_zero2_on_two_processes_matches_one_process_and_resumes_exactly(workdir:
                                                                       "optimizer-rank-00001.pt"]
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(checkpoint, resumed / "checkpoints" / "step-00000002")
-    done = _launch(_common(workdir, *extra, "train.grad_accum=2", f"train.output_dir={resumed}"))
-    assert done.returncode == 0, done.stderr[-4000:]
-    continued = _metrics(resumed)
+    launch_two(CONFIG, "sft", _common(workdir, *extra, "train.grad_accum=2", f"train.output_dir={resumed}"))
+    continued = metrics(resumed)
     assert [r["step"] for r in continued if "loss" in r] == [3, 4]
-    _close([r for r in _metrics(two) if r["step"] > 2], continued, "loss")
+    assert_same_steps([r for r in metrics(two) if r["step"] > 2], continued, "loss")
 
-    base = AutoModelForCausalLM.from_pretrained(workdir / "model" if lora else two / "model")  # loads without DeepSpeed
+    base = AutoModelForCausalLM.from_pretrained(workdir / "model" if lora else two / "model")  # without DeepSpeed
     if lora:
         from peft import PeftModel
 
@@ -106,11 +75,6 @@ def test_zero2_on_two_processes_matches_one_process_and_resumes_exactly(workdir:
 
 
 def test_zero_refuses_stage_3_fsdp_and_a_checkpoint_split_another_way(workdir: Path):
-    from types import SimpleNamespace
-
-    from tuneful.train.checkpoint import OptimizerPartitions
-    from tuneful.train.zero import configure_zero
-
     def accelerator(stage: int) -> SimpleNamespace:
         config = {"zero_optimization": {"stage": stage}}
         return SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=config)))
@@ -137,7 +101,6 @@ def test_zero_refuses_stage_3_fsdp_and_a_checkpoint_split_another_way(workdir: P
     shutil.copytree(src, run / "checkpoints" / "step-00000002")
     with pytest.raises(RuntimeError, match="DeepSpeed ZeRO run .2 optimizer partitions"):
         run_sft(build(SFTConfig, None, _common(workdir, f"train.output_dir={run}")))
-    from tuneful.train.checkpoint import load_checkpoint
-
     with pytest.raises(RuntimeError, match="--num_processes 2"):
-        load_checkpoint(src, tiny_model(workdir), None, None, partitions=OptimizerPartitions(0, 1, lambda: None))
+        load_checkpoint(src, AutoModelForCausalLM.from_pretrained(workdir / "model"), None, None,
+                        partitions=OptimizerPartitions(0, 1, lambda: None))

@@ -2,10 +2,11 @@
 
 A checkpoint holds the trainable weights (safetensors), optimizer and scheduler state, the RNG
 states and the step; under FSDP the weights and optimizer state are gathered to full tensors first
-(one format, written by the main process); under DeepSpeed ZeRO each process writes its partition of the
-optimizer state (``optimizer-rank-NNNNN.pt``) next to the full weights, and resumes on as many processes. The order of planned data is a pure function of (seed,
-epoch) and the step, so nothing about it needs saving; a streaming trainer saves its position in the
-stream. Files are written into a temporary folder that is renamed into place, so a kill mid-write
+(one format, written by the main process); under DeepSpeed ZeRO each process writes its partition of
+the optimizer state (``optimizer-rank-NNNNN.pt``) next to the full weights, and the run resumes on as
+many processes. The order of planned data is a pure function of (seed, epoch) and the step, so nothing
+about it needs saving; a streaming trainer saves its position in the stream. Files are written into a
+temporary folder that is renamed into place, so a kill mid-write
 never leaves a checkpoint that looks complete.
 """
 
