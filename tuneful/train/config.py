@@ -145,7 +145,8 @@ class TrainSettings:
                                         "paper uses 5); 0 = off. Never applied in evaluation or inference.")
     fsdp: bool = setting(False, "Shard weights, gradients and optimizer state over the processes of accelerate "
                                 "launch (PyTorch FSDP2: one unit per decoder layer; gloo on CPU, NCCL on GPU). "
-                                "Checkpoints and the final model are gathered to full tensors. Off = DDP.")
+                                "Checkpoints and the final model are gathered to full tensors. Off = DDP, or "
+                                "DeepSpeed ZeRO-1/2 when launched with recipes/accelerate/deepspeed_zero2.yaml.")
     progress: bool = setting(True, "Show a progress bar.")
     report_to: list[str] = setting(["tensorboard"], "Trackers besides metrics.jsonl, several at once: tensorboard "
                                    "(used when installed), wandb (offline unless WANDB_MODE=online), mlflow (file "
