@@ -6,8 +6,8 @@ states and the step; under FSDP the weights and optimizer state are gathered to 
 the optimizer state (``optimizer-rank-NNNNN.pt``) next to the full weights, and the run resumes on as
 many processes. The order of planned data is a pure function of (seed, epoch) and the step, so nothing
 about it needs saving; a streaming trainer saves its position in the stream. Files are written into a
-temporary folder that is renamed into place, so a kill mid-write
-never leaves a checkpoint that looks complete.
+temporary folder that is renamed into place, so a kill mid-write never leaves a checkpoint that looks
+complete.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer: Any, s
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         weights = {n: t for n, t in full_model_state(model).items() if n in trainable}
         optimizer_state = full_optimizer_state(model, optimizer)
-    else:
+    elif write:
         weights = trainable_state(model)
         optimizer_state = optimizer.state_dict() if partitions is None else None
     if not write:
