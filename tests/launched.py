@@ -13,9 +13,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def launch_two(config: str, command: str, args: list[str]) -> None:
+def launch_two(config: str, command: str, args: list[str]) -> str:
     """``accelerate launch --config_file recipes/accelerate/CONFIG --num_processes 2 -m tuneful.cli.main COMMAND
-    ARGS`` as the README says to run it, with no GPU visible; fails the test with the run's stderr."""
+    ARGS`` as the README says to run it, with no GPU visible; fails the test with the run's stderr. Its stdout."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -25,6 +25,7 @@ def launch_two(config: str, command: str, args: list[str]) -> None:
     done = subprocess.run(launch + args, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout
 
 
 def metrics(run: Path) -> list[dict]:

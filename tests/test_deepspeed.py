@@ -42,7 +42,10 @@ def test_zero2_on_two_processes_matches_one_process_and_resumes_exactly(workdir:
     one, two, resumed = workdir / f"{kind}-one", workdir / f"{kind}-two", workdir / f"{kind}-resumed"
     # the same 4 micro-batches a step: 4 accumulated on one process, 2 on each of two (the boundary is the loop's)
     run_sft(build(SFTConfig, None, _common(workdir, *extra, "train.grad_accum=4", f"train.output_dir={one}")))
-    launch_two(CONFIG, "sft", _common(workdir, *extra, "train.grad_accum=2", f"train.output_dir={two}"))
+    printed = launch_two(CONFIG, "sft", _common(workdir, *extra, "train.grad_accum=2", f"train.output_dir={two}"))
+    summaries = [json.loads(line) for line in printed.splitlines() if line.startswith('{"steps"')]
+    assert len(summaries) == 1 and printed.strip().splitlines()[-1].startswith('{"steps"')  # the main process's only
+    assert summaries[0]["model_dir"] == str(two / "model")
 
     assert_same_steps(metrics(one), metrics(two), "loss")
     assert_same_steps(metrics(one), metrics(two), "grad_norm")  # clipped by DeepSpeed to the recipe's max_grad_norm

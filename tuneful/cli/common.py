@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,13 @@ import typer
 def fail(message: str, code: int = 2) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def echo_summary(summary: dict) -> None:
+    """A training command's last stdout line, JSON. Under ``accelerate launch`` only the main process (rank 0)
+    prints it: the other ranks' results lack what the main one logs, and their lines would interleave."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(json.dumps(summary))
 
 
 def parse_now(value: str | None) -> datetime | None:

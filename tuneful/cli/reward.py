@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import fail
+from .common import echo_summary, fail
 from .train import OVERRIDES_ARG, RECIPE_ARG, SETTINGS_OPT, _recipe
 
 rm_app = typer.Typer(help="Reward models: train one on preference pairs, score conversations with it.",
@@ -32,8 +32,8 @@ def train(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = 
         result = run_reward(cfg)
     except (PreflightError, PreferenceDataError) as exc:
         fail(str(exc))
-    typer.echo(json.dumps({"steps": result.steps, "final_loss": result.final_loss, "eval": result.eval_metrics,
-                           "model_dir": str(result.model_dir)}))
+    echo_summary({"steps": result.steps, "final_loss": result.final_loss, "eval": result.eval_metrics,
+                  "model_dir": str(result.model_dir)})
 
 
 @rm_app.command("score")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
 
-from .common import fail
+from .common import echo_summary, fail
 
 
 def _recipe(cls: type, recipe: Optional[Path], overrides: Optional[List[str]], show_settings: bool) -> Any:
@@ -54,8 +53,8 @@ def sft(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = OV
         result = run_sft(cfg)
     except PreflightError as exc:
         fail(str(exc))
-    typer.echo(json.dumps({"steps": result.steps, "final_loss": result.final_loss, "eval_loss": result.eval_loss,
-                           "model_dir": str(result.model_dir)}))
+    echo_summary({"steps": result.steps, "final_loss": result.final_loss, "eval_loss": result.eval_loss,
+                  "model_dir": str(result.model_dir)})
 
 
 def dpo(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
@@ -122,8 +121,8 @@ def _run_online(cls: type, run_fn: Any, section: str, recipe: Optional[Path], ov
     except (PreflightError, RewardSpecError) as exc:
         fail(str(exc))
     last = next((r for r in reversed(result.history) if "reward_mean" in r), {})
-    typer.echo(json.dumps({"steps": result.steps, "final_loss": result.final_loss, "reward_mean": last.get("reward_mean"),
-                           "eval": result.eval_metrics, "model_dir": str(result.model_dir)}))
+    echo_summary({"steps": result.steps, "final_loss": result.final_loss, "reward_mean": last.get("reward_mean"),
+                  "eval": result.eval_metrics, "model_dir": str(result.model_dir)})
 
 
 def _run_preference(run_fn: Any, cfg: Any) -> None:
@@ -135,9 +134,9 @@ def _run_preference(run_fn: Any, cfg: Any) -> None:
         result = run_fn(cfg)
     except (PreflightError, PreferenceDataError) as exc:
         fail(str(exc))
-    typer.echo(json.dumps({"steps": result.steps, "final_loss": result.final_loss, "eval": result.eval_metrics,
-                           "reference": result.reference, "reference_cached": result.reference_cached,
-                           "model_dir": str(result.model_dir)}))
+    echo_summary({"steps": result.steps, "final_loss": result.final_loss, "eval": result.eval_metrics,
+                  "reference": result.reference, "reference_cached": result.reference_cached,
+                  "model_dir": str(result.model_dir)})
 
 
 def merge(
