@@ -16,7 +16,14 @@ import pytest
 from conftest import FROZEN_NOW, needs_fixtures
 from tuneful.data.loader import load
 from tuneful.data.types import RecordError
-from tuneful.tokenization.masking import ConversationTokenizer, count_boundary_merges, labels_from_mask, mask_from_offsets
+from tuneful.tokenization.masking import (
+    ConversationTokenizer,
+    count_boundary_merges,
+    labels_from_mask,
+    mask_from_offsets,
+    masks_from_offsets,
+    may_straddle,
+)
 from tuneful.tokenization.preflight import PreflightTally, preflight
 from tuneful.sft.config import DataSettings
 from tuneful.sft.data import prepare_data
@@ -57,7 +64,33 @@ def test_vectorised_mask_and_merge_count_match_their_definitions():
             at = min(60, at + width) if width else at + rng.choice([0, 1])
         spans = sorted({tuple(sorted(rng.sample(range(61), 2))) for _ in range(rng.randint(0, 3))})
         assert mask_from_offsets(offsets, spans) == _mask_reference(offsets, spans)
+        assert mask_from_offsets(offsets, spans[::-1]) == _mask_reference(offsets, spans)  # any order
         assert count_boundary_merges(text, offsets, spans) == _merges_reference(text, offsets, spans)
+
+
+def test_many_texts_at_once_match_one_at_a_time():
+    """masks_from_offsets / may_straddle lay a batch's texts end to end: each text's result is its own."""
+    rng = random.Random(1)
+    for _ in range(40):
+        texts, offsets_of, spans_of = [], [], []
+        for _ in range(rng.randint(1, 6)):
+            n = rng.randint(0, 30)
+            texts.append("".join(rng.choice("ab <>\n") for _ in range(n)))
+            offsets, at = [], 0
+            while at < n:
+                width = rng.choice([0, 1, 2, 3, 5])
+                offsets.append((at, min(n, at + width)))
+                at = min(n, at + width) if width else at + rng.choice([0, 1])
+            offsets_of.append(np.array(offsets, dtype=np.int64).reshape(-1, 2))
+            spans_of.append(sorted({tuple(sorted(rng.sample(range(n + 1), 2))) for _ in range(rng.randint(0, 3))}) if n else [])
+        lengths = [len(t) for t in texts]
+        assert masks_from_offsets(offsets_of, spans_of, lengths) == [
+            _mask_reference(o.tolist(), s) for o, s in zip(offsets_of, spans_of)]
+        straddles = may_straddle(offsets_of, spans_of, lengths)
+        for text, o, s, flag in zip(texts, offsets_of, spans_of, straddles):
+            assert flag == any(start < edge < end for start, end in o.tolist() for span in s for edge in span)
+            if not flag:
+                assert _merges_reference(text, o.tolist(), s) == 0
 
 
 def test_tally_counts_every_record_names_a_few_and_merges():

@@ -176,22 +176,29 @@ def _shape_of(messages: Sequence[Mapping[str, Any]], *, trims: bool) -> tuple | 
     return tuple(shape)
 
 
-def _split(text: str) -> tuple[str | int, ...]:
-    """A rendering of placeholders as literal strings and slot numbers."""
-    parts = _PLACEHOLDER.split(text)
-    return tuple(int(p) if k % 2 else p for k, p in enumerate(parts))
+@dataclass(frozen=True)
+class _Rendering:
+    """A rendering of placeholders, ready to fill: a ``%`` format of its literal text and the slot of each ``%s``."""
 
+    form: str
+    slots: tuple[int, ...]
 
-def _fill(parts: tuple[str | int, ...], contents: Sequence[str]) -> str:
-    return "".join(contents[p] if isinstance(p, int) else p for p in parts)
+    @classmethod
+    def of(cls, text: str) -> "_Rendering":
+        parts = _PLACEHOLDER.split(text)  # literal text at even positions, slot numbers at odd ones
+        return cls("%s".join(p.replace("%", "%%") for p in parts[::2]), tuple(int(p) for p in parts[1::2]))
+
+    def fill(self, contents: Sequence[str]) -> str:
+        """The rendering with ``contents`` in place of the placeholders: one C-level format, no Python loop."""
+        return self.form % tuple([contents[i] for i in self.slots])
 
 
 @dataclass
 class _Shape:
     messages: list[dict]  # the shape's conversation, placeholders for contents
     slots: list[tuple[int, str]]  # (message index, field) of each placeholder, by number
-    full: tuple[str | int, ...]
-    prefixes: dict[tuple[int, bool], tuple[str | int, ...]] = field(default_factory=dict)
+    full: _Rendering
+    prefixes: dict[tuple[int, bool], _Rendering] = field(default_factory=dict)
     seen: int = 0  # conversations of this shape so far
 
     def contents(self, messages: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -239,7 +246,7 @@ class SkeletonRenderer:
             self.counts["slow"] += 1
             return render_with_spans(messages, self.template, stop_strings=self.stop_strings, **kw)
         contents = shape.contents(messages)
-        full = _fill(shape.full, contents)
+        full = shape.full.fill(contents)
         try:
             fast = self._fast(shape, contents, messages, full, kw)
         except TemplateRewriteError:  # the shape's prefixes fail to render: let the real ones say why, or succeed
@@ -262,7 +269,7 @@ class SkeletonRenderer:
 
     def _fast(self, shape: _Shape, contents: list[str], messages: list[dict], full: str, kw: dict) -> RenderedConversation:
         """The turns located in prefixes made of the shape's, ``contents`` filled in."""
-        return locate_turns(messages, full, lambda k, generation: _fill(self._prefix(shape, k, generation, kw), contents),
+        return locate_turns(messages, full, lambda k, generation: self._prefix(shape, k, generation, kw).fill(contents),
                             stop_strings=self.stop_strings, render_other=lambda other: render(other, self.template, **kw))
 
     def _key(self, messages: Sequence[Mapping[str, Any]], kw: dict) -> tuple | None:
@@ -293,14 +300,14 @@ class SkeletonRenderer:
                     slots.append((i, name))
             skeleton.append(filled)
         try:
-            shape = _Shape(skeleton, slots, _split(render(skeleton, self.template, **kw)))
+            shape = _Shape(skeleton, slots, _Rendering.of(render(skeleton, self.template, **kw)))
         except Exception:  # the template refuses placeholders where it takes the real contents: no shape
             shape = None
         self._shapes[key] = shape
         return shape
 
-    def _prefix(self, shape: _Shape, k: int, generation: bool, kw: dict) -> tuple[str | int, ...]:
+    def _prefix(self, shape: _Shape, k: int, generation: bool, kw: dict) -> _Rendering:
         if (k, generation) not in shape.prefixes:
-            shape.prefixes[(k, generation)] = _split(render(shape.messages[:k], self.template,
+            shape.prefixes[(k, generation)] = _Rendering.of(render(shape.messages[:k], self.template,
                                                             add_generation_prompt=generation, **kw))
         return shape.prefixes[(k, generation)]

@@ -73,8 +73,12 @@ class RenderedConversation:
 
 
 @lru_cache(maxsize=64)
-def _longest_first(stop_strings: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(sorted((s for s in stop_strings if s), key=len, reverse=True))
+def _by_length(stop_strings: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[tuple[int, frozenset[str]], ...]]:
+    """The stop strings, and per length (longest first) the set of them: which stop a text ends or starts with is
+    a few slices and set lookups, not a test of every stop string (templates list dozens of special tokens)."""
+    stops = tuple(s for s in stop_strings if s)
+    lengths = sorted({len(s) for s in stops}, reverse=True)
+    return stops, tuple((n, frozenset(s for s in stops if len(s) == n)) for n in lengths)
 
 
 def _generated_turn(tail: str, stop_strings: Sequence[str]) -> tuple[str, str]:
@@ -83,19 +87,20 @@ def _generated_turn(tail: str, stop_strings: Sequence[str]) -> tuple[str, str]:
     The tail ends with a run of stop strings and whitespace: the turn ends at the first stop string
     of that run (Phi-3 prints ``<|end|>`` after each reply and one more EOS at the end of the whole
     conversation; only ``<|end|>`` is the model's to write). Returns (turn, end-of-turn with the
-    whitespace before it); the end-of-turn is "" when the tail ends with no stop string.
+    whitespace before it); the end-of-turn is "" when the tail ends with no stop string. Where stop
+    strings overlap, the longest one that fits is taken.
     """
-    stops = _longest_first(tuple(stop_strings))
+    stops, by_length = _by_length(tuple(stop_strings))
     core = tail.rstrip()
     while core.endswith(stops):  # one C-level test for all of them; which one, only when one does
-        stop = next(s for s in stops if core.endswith(s))
-        core = core[: -len(stop)].rstrip()
+        n = next(n for n, same in by_length if core[-n:] in same)
+        core = core[:-n].rstrip()
     run = tail[len(core):]
     gap = len(run) - len(run.lstrip())
-    stop = next((s for s in stops if run.startswith(s, gap)), None)
-    if stop is None:
+    n = next((n for n, same in by_length if run[gap:gap + n] in same), 0)
+    if not n:
         return core, ""
-    return tail[: len(core) + gap + len(stop)], run[: gap + len(stop)]
+    return tail[: len(core) + gap + n], run[: gap + n]
 
 
 def _common_suffix(a: str, b: str) -> int:

@@ -21,8 +21,11 @@ from ..data.types import Conversation
 from ..templates.registry import ChatTemplate
 from ..templates.skeleton import SkeletonRenderer
 from ..templates.spans import RenderedConversation, TurnSpan
+from .offsets import ByteLevelOffsets
 
 IGNORE_INDEX = -100
+_NOWHERE = np.iinfo(np.int64).min
+COMPUTED_OFFSETS_FROM = 8  # texts per tokenizer call from which offsets are computed from token lengths (.offsets)
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 
@@ -190,22 +193,67 @@ def special_token_offsets(
 def mask_from_offsets(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[int]:
     """1 for each token whose characters overlap a span. Zero-width tokens take the mask of their position.
 
-    Vectorised over tokens and spans at once (numpy): a conversation has hundreds of tokens and a handful
-    of spans.
+    Vectorised (numpy), O((tokens + spans) log spans): a token overlaps some span [a, b) exactly when,
+    among the spans with a < its end (a < its position, for a zero-width token), the furthest-reaching
+    b lies beyond its start — so spans are sorted by start once, with a running maximum of their ends,
+    and each token looks up its prefix by bisection. Any spans (overlapping or not), any number of
+    texts at once (:func:`masks_from_offsets`).
     """
     if not len(offsets):
         return []
     bounds = offsets_array(offsets)
     if not len(spans):
         return [0] * len(bounds)
-    start, end = bounds[:, :1], bounds[:, 1:]  # (tokens, 1) against (spans,)
-    a, b = np.asarray(spans, dtype=np.int64).T
-    # a token with characters: overlaps [a, b); a prefix-space piece with none: strictly within it
-    trained = (start < b) & (end > a)
-    wide = end > start
-    if not wide.all():
-        trained = np.where(wide, trained, (a < start) & (start < b))
-    return trained.any(axis=1).astype(np.int8).tolist()
+    edges = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    edges = edges[np.argsort(edges[:, 0], kind="stable")]
+    # reach[j]: the furthest end among the first j spans by start (reach[0]: no span, reaches nothing)
+    reach = np.concatenate([[_NOWHERE], np.maximum.accumulate(edges[:, 1])])
+    start, end = bounds[:, 0], bounds[:, 1]
+    before = np.searchsorted(edges[:, 0], np.where(end > start, end, start), side="left")  # spans with a < end (or < start)
+    return (reach[before] > start).astype(np.int8).tolist()
+
+
+def _laid_end_to_end(offsets: Sequence[np.ndarray], spans: Sequence[Sequence[tuple[int, int]]],
+                     lengths: Sequence[int]) -> tuple[np.ndarray, list[tuple[int, int]], list[int]]:
+    """Many texts' token offsets and spans in the coordinates of the texts laid end to end (one character apart)."""
+    bases = np.cumsum([0, *(n + 1 for n in lengths[:-1])], dtype=np.int64)
+    counts = [len(o) for o in offsets]
+    flat = np.concatenate([offsets_array(o) for o in offsets]) + np.repeat(bases, counts)[:, None]
+    shifted = [(a + base, b + base) for base, own in zip(bases.tolist(), spans) for a, b in own]
+    return flat, shifted, counts
+
+
+def _per_text(values: list, counts: Sequence[int]) -> list[list]:
+    out, at = [], 0
+    for n in counts:
+        out.append(values[at:at + n])
+        at += n
+    return out
+
+
+def masks_from_offsets(offsets: Sequence[np.ndarray], spans: Sequence[Sequence[tuple[int, int]]],
+                       lengths: Sequence[int]) -> list[list[int]]:
+    """:func:`mask_from_offsets` of many texts (``lengths``: their lengths in characters) in one vectorised call."""
+    if len(offsets) < 2:  # nothing to lay end to end
+        return [mask_from_offsets(own, spans_of) for own, spans_of in zip(offsets, spans)]
+    flat, shifted, counts = _laid_end_to_end(offsets, spans, lengths)
+    return _per_text(mask_from_offsets(flat, shifted), counts)
+
+
+def may_straddle(offsets: Sequence[np.ndarray], spans: Sequence[Sequence[tuple[int, int]]],
+                 lengths: Sequence[int]) -> list[bool]:
+    """For each text: whether a token has a span's edge strictly inside it — the texts :func:`count_boundary_merges`
+    can find a merge in (most have none). One vectorised call for all."""
+    if not offsets:
+        return []
+    flat, shifted, counts = _laid_end_to_end(offsets, spans, lengths)
+    edges = np.unique(np.asarray(shifted, dtype=np.int64).ravel())
+    if not len(edges) or not len(flat):
+        return [False] * len(offsets)
+    after = np.searchsorted(edges, flat[:, 0], side="right")  # the first edge past each token's start
+    inside = (after < len(edges)) & (edges[np.minimum(after, len(edges) - 1)] < flat[:, 1])
+    hits = np.bincount(np.repeat(np.arange(len(counts)), counts)[inside], minlength=len(counts))
+    return (hits > 0).tolist()
 
 
 def count_boundary_merges(
@@ -290,6 +338,8 @@ class ConversationTokenizer:
         self.added_tokens = {i: str(t) for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()
                              if getattr(t, "lstrip", True) or getattr(t, "rstrip", True) or getattr(t, "normalized", True)}
         self._skeletons: SkeletonRenderer | None = None
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self.byte_offsets = ByteLevelOffsets(backend, not_tiling=list(self.added_tokens)) if backend is not None else None
 
     @property
     def skeletons(self) -> SkeletonRenderer:
@@ -306,19 +356,28 @@ class ConversationTokenizer:
         return self.skeletons.render_with_spans(messages, **inputs)
 
     def _encode_many(self, texts: Sequence[str]) -> list[tuple[list[int], np.ndarray]]:
-        """Token ids and character offsets of each text, in one batched call to the Rust tokenizer."""
+        """Token ids and character offsets of each text, in one batched call to the Rust tokenizer; offsets
+        from token lengths where that is exact (:mod:`.offsets`), else read out of the encoding."""
         if not texts:
             return []
         # The template places BOS itself; adding special tokens here would double it.
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         if backend is not None and backend.truncation is None and backend.padding is None:
             encodings = backend.encode_batch(list(texts), add_special_tokens=False)
-            pairs = [(e.ids, e.offsets) for e in encodings]
-        else:  # the backend carries its own truncation or padding: the wrapper switches them off per call
-            batch = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
-            pairs = list(zip(batch["input_ids"], batch["offset_mapping"]))
+            ids_of = [encoding.ids for encoding in encodings]
+            # computed for a batch; for a few texts numpy's per-call overhead costs more than reading the tuples
+            computed_of = self.byte_offsets.offsets_many(texts, ids_of) if len(texts) >= COMPUTED_OFFSETS_FROM else [None] * len(texts)
+            out = []
+            for text, encoding, ids, computed in zip(texts, encodings, ids_of, computed_of):
+                if computed is None or self.byte_offsets.wants_check() and not self.byte_offsets.check(
+                        computed, offsets_array(encoding.offsets)):
+                    computed = special_token_offsets(text, ids, encoding.offsets, self.added_tokens)
+                out.append((ids, computed))
+            return out
+        # the backend carries its own truncation or padding: the wrapper switches them off per call
+        batch = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
         return [(ids, special_token_offsets(text, ids, offsets, self.added_tokens))
-                for text, (ids, offsets) in zip(texts, pairs)]
+                for text, ids, offsets in zip(texts, batch["input_ids"], batch["offset_mapping"])]
 
     def __call__(self, messages: Sequence[Mapping[str, Any]] | Conversation, **inputs: Any) -> TokenizedConversation:
         rendered = self.render(messages, **inputs)
@@ -352,10 +411,14 @@ class ConversationTokenizer:
                 texts += [t.own_prompt + t.generated for t in turns if not t.in_context]
         encoded = self._encode_many(texts)
         alone = iter(encoded[len(rendered):])
+        shown_of = [[(t.start, t.end) for t in turns] for turns in turns_of]
+        offsets_of = [offsets for _, offsets in encoded[:len(rendered)]]
+        lengths = [len(r.text) for r in rendered]
+        masks = masks_from_offsets(offsets_of, shown_of, lengths)  # the batch's masks in one vectorised pass
+        # one conversation: count_boundary_merges rules most out by itself as cheaply
+        straddling = may_straddle(offsets_of, shown_of, lengths) if len(rendered) > 1 else [True] * len(rendered)
         out = []
-        for r, turns, (ids, offsets) in zip(rendered, turns_of, encoded):
-            shown = [(t.start, t.end) for t in turns]
-            mask = mask_from_offsets(offsets, shown)
+        for r, turns, (ids, offsets), shown, mask, straddles in zip(rendered, turns_of, encoded, shown_of, masks, straddling):
             in_context = [t for t in turns if t.in_context]
             examples = []
             if in_context:
@@ -367,7 +430,7 @@ class ConversationTokenizer:
                         turn_ids, turn_offsets = next(alone)
                         examples.append(TrainingExample(turn_ids, mask_from_offsets(
                             turn_offsets, [(len(turn.own_prompt), len(turn.own_prompt) + len(turn.generated))])))
-            merges = count_boundary_merges(r.text, offsets, shown)
+            merges = count_boundary_merges(r.text, offsets, shown) if straddles else 0
             out.append(TokenizedConversation(ids, mask, r, offsets, merges, tuple(examples), turns))
         return out
 
