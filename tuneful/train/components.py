@@ -23,14 +23,14 @@ def make_accelerator(dtype_setting: str, seed: int, threads: int = 0) -> Any:
     cuda = torch.cuda.is_available()
     dtype = compute_dtype(dtype_setting, torch.device("cuda" if cuda else "cpu"))
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
-    handlers = []
-    if deepspeed_launch() and not cuda:
+    handlers, zero = [], deepspeed_launch()
+    if zero and not cuda:
         # accelerate counts a DeepSpeed launch without CUDA as one process unless its backend is named (gloo is
         # DeepSpeed's CPU fallback); cpu=True would turn DeepSpeed off
         from accelerate.utils import InitProcessGroupKwargs
 
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    acc = Accelerator(cpu=not cuda and not deepspeed_launch(), mixed_precision=precision, kwargs_handlers=handlers)
+    acc = Accelerator(cpu=not cuda and not zero, mixed_precision=precision, kwargs_handlers=handlers)
     torch.manual_seed(seed)
     return acc
 
