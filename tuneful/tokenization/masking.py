@@ -216,6 +216,8 @@ def mask_from_offsets(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[
 def _laid_end_to_end(offsets: Sequence[np.ndarray], spans: Sequence[Sequence[tuple[int, int]]],
                      lengths: Sequence[int]) -> tuple[np.ndarray, list[tuple[int, int]], list[int]]:
     """Many texts' token offsets and spans in the coordinates of the texts laid end to end (one character apart)."""
+    if len(offsets) == 1:  # already in its own coordinates
+        return offsets_array(offsets[0]), list(spans[0]), [len(offsets[0])]
     bases = np.cumsum([0, *(n + 1 for n in lengths[:-1])], dtype=np.int64)
     counts = [len(o) for o in offsets]
     flat = np.concatenate([offsets_array(o) for o in offsets]) + np.repeat(bases, counts)[:, None]
@@ -234,8 +236,8 @@ def _per_text(values: list, counts: Sequence[int]) -> list[list]:
 def masks_from_offsets(offsets: Sequence[np.ndarray], spans: Sequence[Sequence[tuple[int, int]]],
                        lengths: Sequence[int]) -> list[list[int]]:
     """:func:`mask_from_offsets` of many texts (``lengths``: their lengths in characters) in one vectorised call."""
-    if len(offsets) < 2:  # nothing to lay end to end
-        return [mask_from_offsets(own, spans_of) for own, spans_of in zip(offsets, spans)]
+    if not offsets:
+        return []
     flat, shifted, counts = _laid_end_to_end(offsets, spans, lengths)
     return _per_text(mask_from_offsets(flat, shifted), counts)
 
@@ -267,10 +269,7 @@ def count_boundary_merges(
     Only the tokens that contain a span's edge can straddle it: found by bisection on token starts.
     """
     bounds = offsets_array(offsets)
-    if not len(bounds) or not len(spans):
-        return 0
-    edges = np.asarray(spans, dtype=np.int64).ravel()
-    if not ((bounds[:, :1] < edges) & (bounds[:, 1:] > edges)).any():
+    if not may_straddle([bounds], [spans], [len(text)])[0]:
         return 0  # no token has an edge strictly inside it: none can straddle one (most conversations)
     merges = 0
     for a, b in spans:
@@ -415,8 +414,7 @@ class ConversationTokenizer:
         offsets_of = [offsets for _, offsets in encoded[:len(rendered)]]
         lengths = [len(r.text) for r in rendered]
         masks = masks_from_offsets(offsets_of, shown_of, lengths)  # the batch's masks in one vectorised pass
-        # one conversation: count_boundary_merges rules most out by itself as cheaply
-        straddling = may_straddle(offsets_of, shown_of, lengths) if len(rendered) > 1 else [True] * len(rendered)
+        straddling = may_straddle(offsets_of, shown_of, lengths)
         out = []
         for r, turns, (ids, offsets), shown, mask, straddles in zip(rendered, turns_of, encoded, shown_of, masks, straddling):
             in_context = [t for t in turns if t.in_context]
