@@ -14,7 +14,7 @@ from transformers.generation.logits_process import LogitsProcessorList
 from tiny import tiny_llama
 from tuneful.samples import starter_tokenizer
 from tuneful.serve.constrain import SYNTAXES, CallConstraints, ConstrainedRows, call_grammar
-from tuneful.serve.tool_parsers import PARSERS
+from tuneful.serve.tool_parsers import PARSERS, plain_string
 
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -107,3 +107,26 @@ def test_the_grammar_uses_special_tokens_by_id_and_the_syntaxs_argument_key():
     assert grammar.startswith('start: <[5]> " " calls') and '"maxItems": 1' in grammar
     llama = call_grammar("llama3_json", TOOLS[1:], load_tokenizer(None))
     assert json.loads(llama.split("%json ", 1)[1].splitlines()[0])["properties"]["parameters"]["properties"]["zone"]
+
+
+def test_the_tuneful_grammar_writes_a_plain_string_as_it_is_and_never_as_a_json_literal(model_and_tokenizer):
+    """tuneful's own syntax: a string argument may be written bare (as the template writes it) or as JSON; a bare
+    value that would read back as true/false/null, a number, or an undeclared key is refused."""
+    model, tokenizer = model_and_tokenizer
+    constraints = CallConstraints(tokenizer, model.config.vocab_size, [tokenizer.eos_token_id])
+    tools = [{"type": "function", "function": {"name": "find", "parameters": {
+        "type": "object", "properties": {"name": {"type": "string"}, "limit": {"type": "integer"}}, "required": ["name"]}}}]
+
+    def accepts(text: str) -> bool:
+        matcher = constraints.matcher("tuneful", tools, parallel=False)
+        ok = matcher.consume_tokens(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return bool(ok) and not matcher.is_error() and matcher.is_accepting()
+
+    assert accepts("<tool_call>find\nname: New York\nlimit: 3\n</tool_call>") and accepts('<tool_call>find\nname: "true"\n</tool_call>')
+    for value in ("Oslo", "New York", "true", "trueish", "Oslo ", "t", "tru", "nul", "nulls", "null", "false", "falsy",
+                  "12", "x\ty", "T", "tree house"):  # bare exactly when the template writes it bare
+        assert accepts(f"<tool_call>find\nname: {value}\n</tool_call>") == plain_string(value), value
+    for refused in ("<tool_call>find\nname: true\n</tool_call>", "<tool_call>find\nname: 12\n</tool_call>",
+                    "<tool_call>find\nlimit: 3\n</tool_call>", "<tool_call>find\nname: Oslo\nlimit: three\n</tool_call>",
+                    "<tool_call>find\nname: Oslo\ncity: Rome\n</tool_call>"):
+        assert not accepts(refused), refused

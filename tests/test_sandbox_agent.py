@@ -7,7 +7,7 @@ import json
 import re
 
 from tuneful.sandbox.agent import (AGENT_COUNTRIES, DEMO_TRACES, FACT_PHRASINGS, HELDOUT, TOOLS, agent_world,
-                                   eval_tasks, run_agents, run_tool, split_countries, trace, training_traces,
+                                   eval_tasks, result_fields, run_agents, run_tool, split_countries, trace, training_traces,
                                    valid_call)
 from tuneful.sandbox.base import load_recipe, shipped_base_dir
 from tuneful.sandbox.world import make_world
@@ -62,9 +62,17 @@ def test_a_trace_renders_and_masks_with_the_sandbox_template():
     tokenizer = AutoTokenizer.from_pretrained(shipped_base_dir())
     example = ConversationTokenizer(tokenizer, builtin("tuneful"))(record["messages"], tools=record["tools"])
     trained = tokenizer.decode([t for t, m in zip(example.input_ids, example.train_mask) if m])
-    assert trained.count("<tool_call>") == 3 and "have" in trained  # two lookups, the add, the answer
+    assert trained.count("<tool_call>") == 3 and record["messages"][-1]["content"] in trained  # two lookups, the add, the answer
     assert "population_millions" not in trained  # tool results are context, never trained
     assert "lookup_country(name: string)" in tokenizer.decode(example.input_ids)
+    # a copied name keeps the pieces it has in the question: written after a space, not after a quote
+    first = record["messages"][1]["tool_calls"][0]["function"]["arguments"]["name"]
+    pieces = tokenizer.tokenize(" " + first)
+    question = tokenizer(record["messages"][0]["content"])["input_ids"]
+    call = tokenizer(f"<tool_call>lookup_country\nname: {first}\n</tool_call>")["input_ids"]
+    assert f"<tool_call>lookup_country\nname: {first}\n</tool_call>" in trained
+    for ids in (question, call):
+        assert any(tokenizer.convert_ids_to_tokens(ids[i:i + len(pieces)]) == pieces for i in range(len(ids)))
 
 
 def test_a_recovering_trace_trains_the_second_lookup_and_never_the_slip():
@@ -88,7 +96,7 @@ def test_a_recovering_trace_trains_the_second_lookup_and_never_the_slip():
     roles = [(m["role"], m.get("weight")) for m in record["messages"]]
     assert roles == [("user", None), ("assistant", 0), ("tool", None), ("tool", None), ("assistant", None),
                      ("tool", None), ("assistant", None), ("tool", None), ("assistant", None)]
-    error = json.loads(record["messages"][3]["content"])
+    error = result_fields(record["messages"][3]["content"])
     assert error == {"error": f"no country named {wrong}", "did_you_mean": task.countries[1].name}
     [conv] = FORMATS["messages"].convert(record)
     tokenizer = AutoTokenizer.from_pretrained(shipped_base_dir())
@@ -106,11 +114,13 @@ def test_a_recovering_trace_trains_the_second_lookup_and_never_the_slip():
 def test_tools_answer_from_the_second_world_and_check_their_arguments():
     _, tool_world, _ = _worlds()
     country = tool_world[0]
-    assert json.loads(run_tool(tool_world, "lookup_country", {"name": country.name}))["capital"] == country.capital
-    assert "error" in json.loads(run_tool(tool_world, "lookup_country", {"name": "Atlantis"}))
-    typo = json.loads(run_tool(tool_world, "lookup_country", {"name": "X" + country.name[1:]}))  # a first letter wrong
+    facts = run_tool(tool_world, "lookup_country", {"name": country.name})
+    assert facts == f"capital: {country.capital}\nanimal: {country.animal}\npopulation_millions: {country.population}"
+    assert result_fields(facts)["capital"] == country.capital
+    assert "error" in result_fields(run_tool(tool_world, "lookup_country", {"name": "Atlantis"}))
+    typo = result_fields(run_tool(tool_world, "lookup_country", {"name": "X" + country.name[1:]}))  # a first letter wrong
     assert typo == {"error": f"no country named X{country.name[1:]}", "did_you_mean": country.name}
-    assert json.loads(run_tool(tool_world, "add", {"a": 2, "b": 40})) == {"result": 42}
+    assert run_tool(tool_world, "add", {"a": 2, "b": 40}) == "total: 42"
     assert valid_call("add", {"a": 1, "b": 2}) and not valid_call("add", {"a": "1", "b": 2})
     assert not valid_call("lookup", {"name": "x"}) and not valid_call("lookup_country", {"country": "x"})
     assert [t["function"]["name"] for t in TOOLS] == ["lookup_country", "add"]
@@ -128,17 +138,17 @@ def test_the_agent_loop_runs_calls_and_scores_final_answers():
             last = conversation[-1]
             if tools and last["role"] == "user":
                 name = next(c.name for c in tool_world if c.name in last["content"])
-                replies.append('<tool_call>\n{"name": "lookup_country", "arguments": {"name": "%s"}}\n</tool_call>' % name)
+                replies.append(f"<tool_call>lookup_country\nname: {name}\n</tool_call>")
             elif last["role"] == "tool":
-                replies.append(f"The capital is {json.loads(last['content'])['capital']}.")
+                replies.append(f"The capital is {result_fields(last['content'])['capital']}.")
             else:
                 replies.append("I do not know.")
         return replies
 
-    with_tools, rows = run_agents(scripted, tasks, tool_world, tools=True)
+    with_tools, rows = run_agents(scripted, tasks, tool_world, tools=True, parser="tuneful")
     assert with_tools["accuracy"] == 1.0 and with_tools["valid_call_rate"] == 1.0 and with_tools["calls"] == len(tasks)
     assert rows[0]["transcript"][-2]["role"] == "tool"
-    without, _ = run_agents(scripted, tasks, tool_world, tools=False)
+    without, _ = run_agents(scripted, tasks, tool_world, tools=False, parser="tuneful")
     assert without["accuracy"] == 0.0 and without["calls"] == 0
     assert with_tools["missed_a_lookup"] == 0 == with_tools["recovered"]
 
@@ -147,16 +157,16 @@ def test_the_agent_loop_runs_calls_and_scores_final_answers():
         replies = []
         for conversation in conversations:
             last = conversation[-1]
-            result = json.loads(last["content"]) if last["role"] == "tool" else {}
+            result = result_fields(last["content"]) if last["role"] == "tool" else {}
             if last["role"] == "user" or "error" in result:
                 name = ("X" + next(c.name for c in tool_world if c.name in last["content"])[1:]
                         if last["role"] == "user" else result["did_you_mean"])
-                replies.append('<tool_call>\n{"name": "lookup_country", "arguments": {"name": "%s"}}\n</tool_call>' % name)
+                replies.append(f"<tool_call>lookup_country\nname: {name}\n</tool_call>")
             else:
                 replies.append(f"The capital is {result['capital']}.")
         return replies
 
-    recovering, rows = run_agents(slipping, tasks, tool_world, tools=True)
+    recovering, rows = run_agents(slipping, tasks, tool_world, tools=True, parser="tuneful")
     assert recovering["accuracy"] == 1.0 and recovering["calls"] == 2 * len(tasks)
     assert recovering["missed_a_lookup"] == len(tasks) == recovering["recovered"] and rows[0]["missed_a_lookup"]
 

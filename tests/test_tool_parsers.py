@@ -25,6 +25,11 @@ WEATHER = ToolCall("get_weather", {"city": "Oslo"})
      [ToolCall("get_weather", {"city": "Oslo"}, "abc123xyz")]),
     ("granite", '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Oslo"}}]', "", [WEATHER]),
     ("hermes", "It is sunny.", "It is sunny.", []),
+    ("tuneful", "Checking.\n<tool_call>get_weather\ncity: Oslo\n</tool_call>", "Checking.", [WEATHER]),
+    ("tuneful", '<tool_call>get_weather\ncity: Oslo\n</tool_call>\n<tool_call>plan\nday: 3\nnote: "12"\n'
+                'who: [1, "x"]\nok: true\nwhere: null\n</tool_call>', "",
+     [WEATHER, ToolCall("plan", {"day": 3, "note": "12", "who": [1, "x"], "ok": True, "where": None})]),
+    ("tuneful", "<tool_call>get_time\n</tool_call>", "", [ToolCall("get_time", {})]),
 ])
 def test_each_family_syntax_parses(parser, text, content, calls):
     reply = PARSERS[parser].parse(text)
@@ -36,6 +41,9 @@ def test_each_family_syntax_parses(parser, text, content, calls):
     ("hermes", '<tool_call>\n{"name": "get_weather"'),  # cut off
     ("llama3_json", '{"answer": 42}'),
     ("mistral", "[TOOL_CALLS] not json"),
+    ("tuneful", "<tool_call>get_weather\ncity Oslo\n</tool_call>"),  # no "key: value"
+    ("tuneful", "<tool_call>get_weather\ndays: 3 days\n</tool_call>"),  # not a plain string, not JSON
+    ("tuneful", "<tool_call>get weather\n</tool_call>"),
 ])
 def test_a_call_that_does_not_parse_is_text_and_flagged(parser, text):
     reply = PARSERS[parser].parse(text)
@@ -53,11 +61,28 @@ def test_parser_comes_from_the_template(fixtures):
         return (fixtures / "chat_templates" / f"{name}.jinja").read_text()
 
     assert parser_for_template(builtin("chatml").source) == "hermes"
+    assert parser_for_template(builtin("tuneful").source) == "tuneful"
     assert parser_for_template(source("qwen2.5-instruct")) == parser_for_template(source("qwen3")) == "hermes"
     assert parser_for_template(source("llama-3.1-instruct")) == "llama3_json"
     assert parser_for_template(source("mistral-7b-instruct-v0.3")) == "mistral"
     assert parser_for_template(source("granite-3.2-instruct")) == "granite"
     assert parser_for_template(builtin("zephyr").source) is None
+
+
+def test_the_tuneful_syntax_reads_back_what_its_template_writes():
+    """Every argument value round-trips through tuneful.jinja and the tuneful parser: a plain string written as
+    it is (after a space, as in prose), any other value (a string that looks like JSON, ends in a space or holds
+    a line break, numbers, lists, null) as JSON."""
+    from tuneful.templates.render import render
+
+    arguments = {"name": "Staifouia", "n": 3, "s": "12", "t": "true", "u": "a b ", "v": None, "w": [1, "x"],
+                 "x": "Ünï", "y": "two\nlines", "z": "-", "e": ""}
+    messages = [{"role": "user", "content": "Go."},
+                {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+                    "name": "f", "arguments": arguments}}]}]
+    text = render(messages, builtin("tuneful").source).split("<|assistant|>")[1].removesuffix("<|end|>")
+    assert "\nname: Staifouia\n" in text and '\ns: "12"\n' in text and "\nx: Ünï\n" in text
+    assert PARSERS["tuneful"].parse(text).tool_calls == (ToolCall("f", arguments),)
 
 
 def _stream(parser: str | None, text: str, size: int = 3) -> tuple[list[dict], object]:

@@ -135,7 +135,7 @@ def test_token_kinds_tell_text_calls_reasoning_and_tool_results_apart(starter_to
     for text, kind in pieces:
         by_kind[kind] = by_kind.get(kind, "") + text
     assert by_kind[REASONING] == "Use the tool."
-    assert '"weather"' in by_kind[TOOL_CALL] and "Paris" in by_kind[TOOL_CALL]
+    assert "<tool_call>weather\ncity: Paris\n</tool_call>" in by_kind[TOOL_CALL]
     assert by_kind[TOOL_RESULT] == "sunny"
     assert "It is sunny.<|end|>" in by_kind[TRAINED]  # the reply, its end of turn, the markup around a trace
     trained_text = "".join(text for (text, kind) in pieces if kind in (TRAINED, TOOL_CALL, REASONING))

@@ -57,7 +57,7 @@ def demo(
                              "pool; run two to see how much a result moves from seed to seed."),
     rl: bool = typer.Option(False, "--rl", help="After SFT also GRPO (verifier reward), online DPO, a reward model "
                             "and GRPO on it, each evaluated like SFT (report.json after_sft; ~30 min)."),
-    agent: bool = typer.Option(True, "--agent/--no-agent", help="Tool use: SFT also on 1,400 agent traces (call, "
+    agent: bool = typer.Option(True, "--agent/--no-agent", help="Tool use: SFT also on 1,250 agent traces (call, "
                                "result, answer) about a second world the base model never read, then the agent loop "
                                "on held-out countries and phrasings, with and without tools (report.json tools; "
                                "~5 min; not part of --lima or --flan)."),

@@ -86,7 +86,7 @@ def serve(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request line."),
     tool_parser: Optional[str] = typer.Option(None, "--tool-parser", help="Call syntax of the model's output: hermes, "
-                                              "llama3_json, mistral or granite; default: the one its template prints."),
+                                              "tuneful, llama3_json, mistral or granite; default: the one its template prints."),
 ) -> None:
     """Serve MODEL with an OpenAI-compatible API (POST /v1/chat/completions with tools, GET /v1/models, GET /metrics)."""
     from ..serve.server import ChatServer, ServeSettings, serve_until_signalled

@@ -1,11 +1,11 @@
 """The sandbox agent: what tool use buys a small tuned model, measured where everything is known.
 
 A second world (another seed, names not in the first) holds countries the base model never read about.
-Its facts are reachable only through tools: ``lookup_country(name)`` returns a country's facts as JSON
-(for an unknown name an error and the closest known name), ``add(a, b)`` adds two numbers (population
-arithmetic the model cannot do in its head). SFT data holds full traces — the first lookup saying what it
-looks up, the call, the tool's result, the answer; optionally a misspelt lookup recovered from, the slip
-marked ``weight: 0`` — for training countries and training phrasings;
+Its facts are reachable only through tools: ``lookup_country(name)`` returns a country's facts as
+``key: value`` lines (for an unknown name an error and the closest known name), ``add(a, b)`` adds two
+numbers (population arithmetic the model cannot do in its head). SFT data holds full traces — the first
+lookup saying what it looks up, the call, the tool's result, the answer; optionally a misspelt lookup
+recovered from, the slip marked ``weight: 0`` — for training countries and training phrasings;
 the evaluation asks held-out phrasings about held-out countries and runs the agent loop itself
 (model → parse → run the tool → model), base and tuned, and tuned without the tools. The verifier is
 a word check on the final answer; a call is valid when it parses, names an offered tool and its
@@ -14,7 +14,6 @@ arguments have the declared names and types.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -37,14 +36,29 @@ TOOLS = [
                                           "a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}},
 ]
 
-# (family, attribute or None, phrasings: training ones first, the last two held out)
+# family → phrasings: training ones first, the last two held out. The training ones put the name after many
+# different words (not only "of {name}"): a small model otherwise learns to copy "the word after 'of'" (the
+# announcement's "capital of {name}" matching the question's by induction), and a held-out wording with the name
+# elsewhere ("What city is {name} governed from?") then got a wrong first piece in 8 of 10 lookups (session 21;
+# 8 phrasings with the name after other words raised the right first lookups from 172 to 217 of 300 tasks).
+# No phrasing opens with a slot (the surface variation may lower-case a first letter).
 FACT_PHRASINGS = {
     "capital": ("What is the capital of {name}?", "Which city is the capital of {name}?", "Capital of {name}?",
                 "Tell me the capital of {name}.", "Name the capital city of {name}.", "I need the capital of {name}.",
+                "About {name}: which city is its capital?", "For {name}, which city is the capital?",
+                "Which city does {name} have as its capital?", "I am curious: {name} has which capital city?",
+                "Do you know which city {name} calls its capital?", "Quick one on {name}: the capital city?",
+                "Help me find the capital city that belongs to {name}.",
+                "My question concerns {name}. Which city is its capital?",
                 "What city is {name} governed from?", "Where is the capital of {name}?"),
     "animal": ("What is the national animal of {name}?", "Which animal is the symbol of {name}?",
                "National animal of {name}?", "Tell me the national animal of {name}.",
                "Name the animal that represents {name}.", "What animal stands for {name}?",
+               "About {name}: which animal is its national animal?", "For {name}, what is the national animal?",
+               "Which animal does {name} have as its symbol?", "I am curious: {name} has which national animal?",
+               "Do you know which animal {name} has as its national animal?", "Quick one on {name}: the national animal?",
+               "Help me find the national animal that belongs to {name}.",
+               "My question concerns {name}. Which animal is its national animal?",
                "Which animal is on the emblem of {name}?", "What is {name}'s national animal?"),
     "population_sum": ("What is the total population of {name} and {other}?",
                        "How many people live in {name} and {other} together?",
@@ -52,6 +66,14 @@ FACT_PHRASINGS = {
                        "Add up the populations of {name} and {other}.",
                        "Tell me how many people {name} and {other} have in total.",
                        "What do the populations of {name} and {other} sum to?",
+                       "About {name} and {other}: how many people live there in total?",
+                       "For {name} and {other}, what is the combined population?",
+                       "How many people do {name} and {other} have together?",
+                       "I am curious: {name} and {other} have how many people in total?",
+                       "Do you know how many people {name} and {other} have together?",
+                       "Quick one on {name} and {other}: their combined population?",
+                       "Help me find the combined population that belongs to {name} and {other}.",
+                       "My question concerns {name} and {other}. How many people live there in total?",
                        "If you count everyone in {name} and {other}, how many people is that?",
                        "What is the population of {name} plus that of {other}?"),
 }
@@ -61,9 +83,14 @@ HELDOUT = 2  # the last phrasings of each family are for evaluation only
 ANNOUNCE = {"capital": "Looking up the capital of {name}.",
             "animal": "Looking up the national animal of {name}.",
             "population_sum": "Looking up the populations of {name} and {other}."}
+# a sum's answer opens with the words the add tool's result opens with ("total: 158", then "Total: 158 million
+# ..."), so the number is copied along the same pieces (`ot|al|:| 15|8`). Worded as the pretraining corpus words
+# sums ("X and Y have 158 million people together") the answer was right in 21 of 40 sums whose lookups were
+# right, so in 27 of 49, the number first without words before it in 6 of 46 (session 21); a three-digit
+# total's last piece is still often the model's own guess (157 for 156)
 ANSWERS = {"capital": "The capital of {name} is {capital}.",
            "animal": "The national animal of {name} is the {animal}.",
-           "population_sum": "{name} and {other} have {total} million people together."}
+           "population_sum": "Total: {total} million people live in {name} and {other}."}
 
 
 @dataclass(frozen=True)
@@ -111,11 +138,24 @@ def closest_name(world: list[Country], name: str) -> str:
 
 
 def run_tool(world: list[Country], name: str, arguments: dict) -> str:
+    """The tool's result as the model reads it: ``key: value`` lines (see :func:`result_text`)."""
     if name == "lookup_country" and set(arguments) == {"name"}:
-        return json.dumps(lookup_country(world, arguments["name"]))
+        return result_text(lookup_country(world, arguments["name"]))
     if name == "add" and set(arguments) == {"a", "b"} and all(isinstance(v, (int, float)) for v in arguments.values()):
-        return json.dumps({"result": arguments["a"] + arguments["b"]})
-    return json.dumps({"error": f"bad call of {name}"})
+        return result_text({"total": arguments["a"] + arguments["b"]})
+    return result_text({"error": f"bad call of {name}"})
+
+
+def result_text(fields: dict) -> str:
+    """A tool result as ``key: value`` lines, as the template writes call arguments: a name the answer must
+    copy then follows a space, as it does in prose, and keeps its pieces (in JSON it follows a quote, which a
+    byte-level tokenizer splits differently: ``"L|e|vela|holm`` against `` L|e|vela|holm``)."""
+    return "\n".join(f"{key}: {value}" for key, value in fields.items())
+
+
+def result_fields(text: str) -> dict[str, str]:
+    """:func:`result_text` read back (values as strings)."""
+    return dict(line.partition(": ")[::2] for line in text.split("\n") if ": " in line)
 
 
 def valid_call(name: str, arguments: Any) -> bool:
@@ -235,13 +275,14 @@ def eval_tasks(world: list[Country], per_family: int, seed: int) -> list[AgentTa
 
 
 def run_agents(generate_texts: Callable[[list[list[dict]], list[dict] | None], list[str]], tasks: list[AgentTask],
-               world: list[Country], *, tools: bool) -> tuple[dict, list[dict]]:
+               world: list[Country], *, tools: bool, parser: str) -> tuple[dict, list[dict]]:
     """The agent loop for every task at once (a round = one batched generation for all unfinished ones):
     parse the reply; calls → run them, hand the results back; text → the final answer. Returns the
-    accuracy, the valid-call rate and every transcript."""
+    accuracy, the valid-call rate and every transcript. ``parser``: the call syntax the model's template writes
+    (``tool_parsers.PARSERS``)."""
     from ..serve.tool_parsers import PARSERS
 
-    parser = PARSERS["hermes"]
+    reading = PARSERS[parser]
     conversations = [[{"role": "user", "content": t.question}] for t in tasks]
     finals: list[str | None] = [None] * len(tasks)
     attempts = valid = 0
@@ -251,7 +292,7 @@ def run_agents(generate_texts: Callable[[list[list[dict]], list[dict] | None], l
             break
         replies = generate_texts([conversations[i] for i in pending], TOOLS if tools else None)
         for i, text in zip(pending, replies):
-            reply = parser.parse(text) if tools else None
+            reply = reading.parse(text) if tools else None
             if reply is None or (not reply.tool_calls and not reply.failed):
                 finals[i] = text
                 conversations[i].append({"role": "assistant", "content": text})
@@ -270,7 +311,7 @@ def run_agents(generate_texts: Callable[[list[list[dict]], list[dict] | None], l
     rows = []
     for task, final, conversation in zip(tasks, finals, conversations):
         correct = final is not None and task.answer_word.lower() in final.lower()
-        missed = any(m["role"] == "tool" and "did_you_mean" in json.loads(m["content"]) for m in conversation)
+        missed = any(m["role"] == "tool" and "did_you_mean" in result_fields(m["content"]) for m in conversation)
         rows.append({"family": task.family, "question": task.question, "final": final, "correct": correct,
                      "reference": task.answer_word, "missed_a_lookup": missed, "transcript": conversation})
     by_family = {f: _share([r["correct"] for r in rows if r["family"] == f]) for f in FACT_PHRASINGS}

@@ -45,7 +45,8 @@ class DemoSettings:
     online: Any = None  # after_sft.OnlineSettings; None = its defaults
     agent_traces: int = 0  # tool-use traces (call → result → answer) about the second world's training countries;
     # > 0 also runs the agent evaluation (report.json "tools"); `tuneful demo` sets agent.DEMO_TRACES (`--no-agent`: 0)
-    agent_eval_per_family: int = 20  # held-out phrasings about held-out countries, per agent family
+    agent_eval_per_family: int = 50  # held-out phrasings about held-out countries, per agent family (20 until session
+    # 21: 60 tasks left about ±6 points of noise on the total and ±11 per family; 150 cost ~20 s more)
     agent_announce: bool = True  # the first lookup says what it looks up ("Looking up the capital of X.")
     agent_recovering: float = 0.0  # share of the traces whose first lookup is misspelt and recovered from (the slip
     # has weight 0); measured in session 17 (README, The sandbox agent): 0.1 and 0.25 did not help, so 0 by default
@@ -209,6 +210,8 @@ def evaluate_agents(models: dict[str, Any], tokenizer: Any, tool_world: list, se
     """The agent loop on held-out phrasings about held-out countries of the second world: tuned and base
     with the tools, tuned without them (report.json ``tools``)."""
     from ..infer.generate import generate
+    from ..serve.tool_parsers import parser_for_template
+    from ..templates.registry import builtin
     from .agent import eval_tasks, run_agents, split_countries
 
     def texts_of(model: Any) -> Any:
@@ -221,7 +224,8 @@ def evaluate_agents(models: dict[str, Any], tokenizer: Any, tool_world: list, se
     runs, rows = {}, []
     for name, model, tools in (("tuned_with_tools", models["tuned"], True), ("tuned_without_tools", models["tuned"], False),
                                ("base_with_tools", models["base"], True)):
-        runs[name], transcripts = run_agents(texts_of(model), tasks, tool_world, tools=tools)
+        runs[name], transcripts = run_agents(texts_of(model), tasks, tool_world, tools=tools,
+                                             parser=parser_for_template(builtin(TEMPLATE).source))
         rows += [{"run": name, **row} for row in transcripts]
     report = {name: run["accuracy"] for name, run in runs.items()}
     report.update(valid_call_rate=runs["tuned_with_tools"]["valid_call_rate"],

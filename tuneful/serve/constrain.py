@@ -3,7 +3,8 @@
 Boundary: knows token ids, the tokenizer and the call syntaxes of ``tool_parsers``; nothing of HTTP.
 For a request it builds a grammar — one or more calls (exactly one when ``parallel_tool_calls`` is
 false) of the offered functions (or the named one), each ``{"name": ..., "arguments": ...}`` valid
-against that function's JSON schema, in the syntax the model's template prints — and a transformers
+against that function's JSON schema (or, in tuneful's own syntax, the name and one ``key: value`` line per
+argument), in the syntax the model's template prints — and a transformers
 ``LogitsProcessor`` that, at every decoding step, masks each constrained row of a batch to the tokens
 the grammar allows (other rows are untouched, so constrained and free requests share batches). When
 a call is complete the grammar allows only the model's end-of-turn tokens, so the row stops there.
@@ -23,23 +24,29 @@ from typing import Any, Sequence
 
 import torch
 
+from .tool_parsers import plain_string
+
 _COMPACT_JSON = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 @dataclass(frozen=True)
 class CallSyntax:
     """How a parser's syntax wraps calls: ``open`` + call (+ ``between`` + call ...) + ``close``;
-    ``as_list``: the calls are one JSON array; ``arguments_key``: the key holding the arguments."""
+    ``as_list``: the calls are one JSON array; ``arguments_key``: the key holding the arguments;
+    ``key_value``: a call is the function's name then one ``\nkey: value`` line per argument (tuneful's own)
+    instead of a JSON object."""
     open: str
     close: str = ""
     between: str = "\n"
     as_list: bool = False
     arguments_key: str = "arguments"
+    key_value: bool = False
 
 
 # each block is what the template prints and what tool_parsers.PARSERS[name] reads back
 SYNTAXES = {
     "hermes": CallSyntax("<tool_call>\n", "\n</tool_call>", between="\n</tool_call>\n<tool_call>\n"),
+    "tuneful": CallSyntax("<tool_call>", "\n</tool_call>", between="\n</tool_call>\n<tool_call>", key_value=True),
     "llama3_json": CallSyntax("", between="; ", arguments_key="parameters"),
     "mistral": CallSyntax("[TOOL_CALLS] ", as_list=True),
     "granite": CallSyntax("<|tool_call|>", as_list=True),
@@ -74,9 +81,51 @@ def _literal(text: str, tokenizer: Any) -> str:
     return json.dumps(text)
 
 
+def plain_string_regex() -> str:
+    """Strings the tuneful template writes as they are (``tool_parsers.plain_string``) as one regex: an ASCII letter
+    first (other cased letters qualify too, but the grammar needs only a subset: it may write any string as JSON),
+    a non-space last, no line break — and not ``true``, ``false`` or ``null`` (spelt out as the strings that
+    differ from each: llguidance's ``&~`` negation makes its lexer give up on this grammar)."""
+    body, end = r"[^\n]", r"[^\s]"
+    ways = [f"[A-Za-z&&[^tfn]]({body}*{end})?"]
+    for word in ("true", "false", "null"):
+        for k in range(1, len(word)):
+            ways += [word[:k], f"{word[:k]}([^\\s{word[k]}]|[^\\n{word[k]}]{body}*{end})"]  # a prefix; differs at k
+        ways.append(f"{word}{body}*{end}")  # longer
+    return "/" + "|".join(ways) + "/"
+
+
+def _key_value_calls(tools: Sequence[dict]) -> list[str]:
+    """Grammar rules for one call in the tuneful syntax (``call``): a function's name, then its declared
+    arguments in schema order (each required one present, each optional one at most once), each on its own
+    ``\nkey: value`` line, the value valid against its schema: JSON, or for a plain string the string as it is."""
+    rules, alternatives = [f"plain: {plain_string_regex()}"], []
+    for i, tool in enumerate(tools):
+        function = tool["function"]
+        parameters = function.get("parameters") or {}
+        required = set(parameters.get("required") or [])
+        parts = [json.dumps(function["name"])]
+        for j, (key, spec) in enumerate((parameters.get("properties") or {}).items()):
+            rules.append(f"json_{i}_{j}: %json {json.dumps({'x-guidance': _COMPACT_JSON, **spec})}")
+            values = [f"json_{i}_{j}"]
+            if "enum" in spec:
+                values += [json.dumps(v) for v in spec["enum"] if isinstance(v, str) and plain_string(v)]
+            elif spec.get("type") in ("string", None) and not set(spec) & {"pattern", "format", "minLength", "maxLength", "const"}:
+                values.append("plain")
+            rules.append(f"argument_{i}_{j}: {json.dumps(chr(10) + key + ': ')} ({' | '.join(values)})")
+            parts.append(f"argument_{i}_{j}" if key in required else f"argument_{i}_{j}?")
+        rules.append(f"call_{i}: {' '.join(parts)}")
+        alternatives.append(f"call_{i}")
+    return [f"call: {' | '.join(alternatives)}"] + rules
+
+
 def call_grammar(syntax_name: str, tools: Sequence[dict], tokenizer: Any, *, parallel: bool = True) -> str:
     """A Lark grammar (llguidance dialect) for the calls a constrained reply may be."""
     syntax = SYNTAXES[syntax_name]
+    if syntax.key_value:
+        more = f' ({_literal(syntax.between, tokenizer)} call)*' if parallel else ""
+        start = f"start: {_literal(syntax.open, tokenizer)} call{more} {_literal(syntax.close, tokenizer)}"
+        return "\n".join([start, *_key_value_calls(tools)]) + "\n"
     schema = {"x-guidance": _COMPACT_JSON, **call_schema(tools, syntax.arguments_key)}
     if syntax.as_list:
         array = {"x-guidance": _COMPACT_JSON, "type": "array", "items": call_schema(tools, syntax.arguments_key),

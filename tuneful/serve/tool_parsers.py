@@ -5,6 +5,8 @@ the model folder at training time, or detected from the template, or ``--tool-pa
 
 - ``hermes``: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks after optional text
   (Hermes, Qwen2.5, Qwen3, tuneful's built-in chatml);
+- ``tuneful``: ``<tool_call>NAME\nkey: value\n...\n</tool_call>`` blocks after optional text (tuneful's own
+  template; a value that starts with a cased letter is a string as written, any other is JSON);
 - ``llama3_json``: the whole reply is ``{"name": ..., "parameters": {...}}`` (Llama 3.1/3.2/3.3), optionally
   after ``<|python_tag|>``, several joined by ``;``;
 - ``mistral``: ``[TOOL_CALLS] [{"name": ..., "arguments": {...}, "id": ...}, ...]`` (Mistral v0.3);
@@ -70,15 +72,53 @@ def _json(text: str) -> Any:
         return None
 
 
-_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 
 
 def _hermes(text: str) -> tuple[str, list[Any]] | None:
-    blocks = _HERMES.findall(text)
+    blocks = _CALL_BLOCK.findall(text)
     if not blocks or text.count("<tool_call>") != len(blocks):
         return None
     calls = [_json(b) for b in blocks]
     if any(not isinstance(c, dict) for c in calls):
+        return None
+    return text[: text.index("<tool_call>")].strip(), calls
+
+
+def plain_string(value: str) -> bool:
+    """Whether the tuneful template writes a string argument as it is (``key: value``) rather than as JSON:
+    it starts with a letter that has a case (lower- and upper-case differ: the test the template can make with
+    Jinja's own filters), ends with a non-space, holds no line break and is not a JSON literal."""
+    return (value[:1].lower() != value[:1].upper() and value == value.rstrip() and "\n" not in value
+            and value not in ("true", "false", "null"))
+
+
+def _key_value_call(block: str) -> dict | None:
+    """``NAME\nkey: value\n...`` → {"name", "arguments"}; None when a line is not ``key: value`` or a value
+    that is not a plain string is not JSON."""
+    name, *lines = block.strip("\n").split("\n")
+    arguments: dict[str, Any] = {}
+    for line in lines:
+        key, separator, value = line.partition(": ")
+        if not separator or not key or key in arguments:
+            return None
+        if plain_string(value):
+            arguments[key] = value
+        else:
+            parsed = _json(value)
+            if parsed is None and value != "null":
+                return None
+            arguments[key] = parsed
+    name = name.strip()
+    return {"name": name, "arguments": arguments} if name and " " not in name else None
+
+
+def _tuneful(text: str) -> tuple[str, list[Any]] | None:
+    blocks = _CALL_BLOCK.findall(text)
+    if not blocks or text.count("<tool_call>") != len(blocks):
+        return None
+    calls = [_key_value_call(b) for b in blocks]
+    if any(c is None for c in calls):
         return None
     return text[: text.index("<tool_call>")].strip(), calls
 
@@ -105,14 +145,15 @@ def _json_list_after(marker: str) -> Callable[[str], tuple[str, list[Any]] | Non
 
 PARSERS: dict[str, ToolParser] = {
     "hermes": ToolParser("hermes", "<tool_call>", _hermes),
+    "tuneful": ToolParser("tuneful", "<tool_call>", _tuneful),
     "llama3_json": ToolParser("llama3_json", "<|python_tag|>", _llama3),
     "mistral": ToolParser("mistral", "[TOOL_CALLS]", _json_list_after("[TOOL_CALLS]")),
     "granite": ToolParser("granite", "<|tool_call|>", _json_list_after("<|tool_call|>")),
 }
 
 # the marker each family's template prints around or before a call, in the order they are checked
-_TEMPLATE_MARKERS = (("<tool_call>", "hermes"), ("[TOOL_CALLS]", "mistral"), ("<|tool_call|>", "granite"),
-                     ("<|python_tag|>", "llama3_json"), ('"parameters": ', "llama3_json"))
+_TEMPLATE_MARKERS = (("'<tool_call>' + function.name", "tuneful"), ("<tool_call>", "hermes"), ("[TOOL_CALLS]", "mistral"),
+                     ("<|tool_call|>", "granite"), ("<|python_tag|>", "llama3_json"), ('"parameters": ', "llama3_json"))
 
 
 def parser_for_template(template_source: str) -> str | None:
