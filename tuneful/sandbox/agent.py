@@ -86,7 +86,7 @@ ANNOUNCE = {"capital": "Looking up the capital of {name}.",
 # a sum's answer opens with the words the add tool's result opens with ("total: 158", then "Total: 158 million
 # ..."), so the number is copied along the same pieces (`ot|al|:| 15|8`). Worded as the pretraining corpus words
 # sums ("X and Y have 158 million people together") the answer was right in 21 of 40 sums whose lookups were
-# right, so in 27 of 49, the number first without words before it in 6 of 46 (session 21); a three-digit
+# right, worded as here in 27 of 49, the number first without words before it in 6 of 46 (session 21); a three-digit
 # total's last piece is still often the model's own guess (157 for 156)
 ANSWERS = {"capital": "The capital of {name} is {capital}.",
            "animal": "The national animal of {name} is the {animal}.",

@@ -222,10 +222,10 @@ def evaluate_agents(models: dict[str, Any], tokenizer: Any, tool_world: list, se
 
     tasks = eval_tasks(tool_world, settings.agent_eval_per_family, settings.seed)
     runs, rows = {}, []
+    parser = parser_for_template(builtin(TEMPLATE).source)
     for name, model, tools in (("tuned_with_tools", models["tuned"], True), ("tuned_without_tools", models["tuned"], False),
                                ("base_with_tools", models["base"], True)):
-        runs[name], transcripts = run_agents(texts_of(model), tasks, tool_world, tools=tools,
-                                             parser=parser_for_template(builtin(TEMPLATE).source))
+        runs[name], transcripts = run_agents(texts_of(model), tasks, tool_world, tools=tools, parser=parser)
         rows += [{"run": name, **row} for row in transcripts]
     report = {name: run["accuracy"] for name, run in runs.items()}
     report.update(valid_call_rate=runs["tuned_with_tools"]["valid_call_rate"],

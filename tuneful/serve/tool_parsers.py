@@ -75,14 +75,24 @@ def _json(text: str) -> Any:
 _CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 
 
-def _hermes(text: str) -> tuple[str, list[Any]] | None:
-    blocks = _CALL_BLOCK.findall(text)
-    if not blocks or text.count("<tool_call>") != len(blocks):
-        return None
-    calls = [_json(b) for b in blocks]
-    if any(not isinstance(c, dict) for c in calls):
-        return None
-    return text[: text.index("<tool_call>")].strip(), calls
+def _call_blocks(read_call: Callable[[str], dict | None]) -> Callable[[str], tuple[str, list[Any]] | None]:
+    """A parser for ``<tool_call>...</tool_call>`` blocks after optional text, each block read by ``read_call``
+    (None: the block is not a call, and the reply does not parse)."""
+    def parse(text: str) -> tuple[str, list[Any]] | None:
+        blocks = _CALL_BLOCK.findall(text)
+        if not blocks or text.count("<tool_call>") != len(blocks):
+            return None
+        calls = [read_call(b) for b in blocks]
+        if any(c is None for c in calls):
+            return None
+        return text[: text.index("<tool_call>")].strip(), calls
+    return parse
+
+
+def _json_call(block: str) -> dict | None:
+    """A Hermes block: the call as one JSON object."""
+    call = _json(block)
+    return call if isinstance(call, dict) else None
 
 
 def plain_string(value: str) -> bool:
@@ -113,16 +123,6 @@ def _key_value_call(block: str) -> dict | None:
     return {"name": name, "arguments": arguments} if name and " " not in name else None
 
 
-def _tuneful(text: str) -> tuple[str, list[Any]] | None:
-    blocks = _CALL_BLOCK.findall(text)
-    if not blocks or text.count("<tool_call>") != len(blocks):
-        return None
-    calls = [_key_value_call(b) for b in blocks]
-    if any(c is None for c in calls):
-        return None
-    return text[: text.index("<tool_call>")].strip(), calls
-
-
 def _llama3(text: str) -> tuple[str, list[Any]] | None:
     body = text.strip().removeprefix("<|python_tag|>").strip()
     calls = [_json(part) for part in body.split(";")] if body else []
@@ -144,8 +144,8 @@ def _json_list_after(marker: str) -> Callable[[str], tuple[str, list[Any]] | Non
 
 
 PARSERS: dict[str, ToolParser] = {
-    "hermes": ToolParser("hermes", "<tool_call>", _hermes),
-    "tuneful": ToolParser("tuneful", "<tool_call>", _tuneful),
+    "hermes": ToolParser("hermes", "<tool_call>", _call_blocks(_json_call)),
+    "tuneful": ToolParser("tuneful", "<tool_call>", _call_blocks(_key_value_call)),
     "llama3_json": ToolParser("llama3_json", "<|python_tag|>", _llama3),
     "mistral": ToolParser("mistral", "[TOOL_CALLS]", _json_list_after("[TOOL_CALLS]")),
     "granite": ToolParser("granite", "<|tool_call|>", _json_list_after("<|tool_call|>")),
