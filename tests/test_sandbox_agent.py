@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 
-from tuneful.sandbox.agent import (AGENT_COUNTRIES, DEMO_TRACES, FACT_PHRASINGS, HELDOUT, TOOLS, agent_world,
+from tuneful.sandbox.agent import (AGENT_COUNTRIES, AGENT_MAX_POPULATION, DEMO_TRACES, FACT_PHRASINGS, HELDOUT, TOOLS, agent_world,
                                    eval_tasks, result_fields, run_agents, run_tool, split_countries, trace, training_traces,
                                    valid_call)
 from tuneful.sandbox.base import load_recipe, shipped_base_dir
@@ -23,6 +24,16 @@ def _worlds():
 def test_the_second_world_shares_no_name_with_the_pretraining_world():
     _, tool_world, taken = _worlds()
     assert len(tool_world) == AGENT_COUNTRIES and not ({c.name for c in tool_world} | {c.capital for c in tool_world}) & taken
+
+
+def test_a_sum_of_two_second_world_populations_is_one_piece_of_the_sandbox_tokenizer():
+    from transformers import AutoTokenizer
+
+    _, tool_world, _ = _worlds()
+    populations = {c.population for c in tool_world}
+    assert min(populations) == 1 and max(populations) == AGENT_MAX_POPULATION
+    tokenizer = AutoTokenizer.from_pretrained(shipped_base_dir())
+    assert all(len(tokenizer.tokenize(f" {total}")) == 1 for total in range(2, 2 * AGENT_MAX_POPULATION + 1))
 
 
 def test_traces_use_training_countries_and_phrasings_and_evaluation_the_held_out_ones():
@@ -44,6 +55,24 @@ def test_traces_use_training_countries_and_phrasings_and_evaluation_the_held_out
     assert varied > 20  # training questions are varied as the task families' prompts are
     for task in eval_tasks(tool_world, 4, seed=0):
         assert all(c in held for c in task.countries)
+
+
+def test_training_questions_put_the_names_after_many_different_words():
+    """Half the training questions are a lead-in and a follow-up ("Speaking of X. Which city is its capital?"), so
+    the word before a name varies widely, and a sum's two names are joined in many ways, not always by "and"."""
+    _, tool_world, _ = _worlds()
+    records = training_traces(tool_world, 400, seed=0)
+    before_first, between = set(), set()
+    for record in records:
+        question = record["messages"][0]["content"]
+        names = [c["function"]["arguments"]["name"] for c in record["messages"][1]["tool_calls"]]
+        start = question.index(names[0])
+        before_first.add(question[:start].split()[-1].lower())
+        if len(names) == 2:
+            between.add(question[start + len(names[0]):question.index(names[1], start + len(names[0]))].strip())
+    assert len(before_first) >= 25 and len(between) >= 10
+    families = Counter(r["meta"]["family"] for r in records)
+    assert families["agent_population_sum"] == 2 * families["agent_capital"] == 2 * families["agent_animal"]
 
 
 def test_a_trace_renders_and_masks_with_the_sandbox_template():

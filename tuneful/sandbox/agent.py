@@ -15,7 +15,7 @@ arguments have the declared names and types.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from .world import Country, make_world
@@ -25,6 +25,13 @@ TRAIN_SHARE = 0.7
 DEMO_TRACES = 1250  # `tuneful demo`'s agent traces (README, The sandbox agent: 900 too few; 2,000 no better; 1,400
 # with the announcing first lookups ran past the demo's 15 minutes)
 AGENT_COUNTRIES = 3000  # so many that a training trace rarely meets a country twice: names are copied, not learned
+# The second world's countries are smaller than the first's: half their population, rounded up (1-50 million
+# people, not 1-99), so a sum of two is at most 100. The sandbox tokenizer writes every number up to 100 as one
+# piece and a larger one in two (` 10|9`); the 4M model copies a one-piece total from the add result almost always
+# (20 of 20 sums with both lookups right, session 22), the second piece of a two-piece total rarely (6 of 27): after
+# ` 10` its own guess of the sum, learnt from the pretraining corpus's "X and Y have 158 million people together",
+# wins over the copy (103 for 101, 104, 106 and 109). A limit of the toy tokenizer and model, not of tool use.
+AGENT_MAX_POPULATION = 50
 MAX_ROUNDS = 5  # lookups, a second lookup after a miss, add, the answer: 4; one to spare
 
 TOOLS = [
@@ -78,6 +85,34 @@ FACT_PHRASINGS = {
                        "What is the population of {name} plus that of {other}?"),
 }
 HELDOUT = 2  # the last phrasings of each family are for evaluation only
+# Training questions composed of a lead-in that names the country (or the two) and a follow-up that asks about
+# it: "Speaking of X. Which city is its capital?". With them the name follows some thirty different words, and
+# the model learns to copy the name wherever it stands rather than the word after a few fixed ones (session 21:
+# a first lookup copied the name right in 37 of 50 held-out questions with the name after "is", 49 of 50 after
+# "of"; a sum's second name after "plus that of" in 9 of 50, since every training sum joined the names with
+# "and"). Generic wordings: none is a held-out phrasing or part of one.
+COMPOSED_SHARE = 0.5  # of the training traces
+# the families of the training traces in turn: sums, the longest chain (two lookups, add, a copied total), half
+TRACE_FAMILIES = ("capital", "animal", "population_sum", "population_sum")
+LEAD_INS = ("Speaking of {name}.", "Regarding {name}:", "Thinking about {name}.", "Consider {name}.",
+            "As for {name},", "Take {name}.", "Look at {name}.", "Back to {name}.", "On to {name}.",
+            "Now for {name}.", "What about {name}?", "I just read about {name}.", "My cousin moved to {name}.",
+            "There is a country called {name}.", "Our next trip goes to {name}.", "We keep hearing about {name}.",
+            "Let us turn to {name}.", "Next up is {name}.", "Then there is {name}.",
+            "Someone mentioned {name}.", "My friends visited {name}.", "Here is one: {name}.", "Picture {name}.",
+            "Today's topic: {name}.", "Our class studies {name}.", "Think of {name}.",
+            "A question on {name}.", "We compare {name}.")
+PAIR_JOINS = ("{name} and {other}", "{name} with {other}", "{name} together with {other}", "{name} as well as {other}",
+              "{name} along with {other}", "both {name} and {other}", "{name}, also {other}", "{name} next to {other}",
+              "{name} beside {other}", "{name} then {other}", "{name} and, after that, {other}",
+              "{name} and also the country {other}", "{name} and its neighbour {other}", "{name}, and then {other}")
+FOLLOW_UPS = {"capital": ("Which city is its capital?", "What is its capital?", "Name its capital city.",
+                          "Its capital, please?", "Which city does it have as its capital?"),
+              "animal": ("What is its national animal?", "Which animal is its symbol?", "Name its national animal.",
+                         "Its national animal, please?", "Which animal stands for it?"),
+              "population_sum": ("How many people live there in total?", "What is their combined population?",
+                                 "Add up their populations.", "How many people do they have together?",
+                                 "Their total population, please?")}
 # what the agent says as it makes its first lookup: the family is decided right after the question, and the
 # answer later repeats these words instead of choosing again after a long tool result
 ANNOUNCE = {"capital": "Looking up the capital of {name}.",
@@ -107,9 +142,10 @@ def _agent_candidates(seed: int, n: int) -> list[Country]:
 
 
 def agent_world(seed: int, taken: set[str], n: int = AGENT_COUNTRIES) -> list[Country]:
-    """Countries of a second world, none sharing a name or capital with the pretraining world."""
+    """Countries of a second world, none sharing a name or capital with the pretraining world, with at most
+    ``AGENT_MAX_POPULATION`` million people each."""
     world = [c for c in _agent_candidates(seed, n) if c.name not in taken and c.capital not in taken]
-    return world[:n]
+    return [replace(c, population=(c.population + 1) // 2) for c in world[:n]]
 
 
 def agent_world_names(seed: int, n: int = AGENT_COUNTRIES) -> set[str]:
@@ -168,12 +204,22 @@ def valid_call(name: str, arguments: Any) -> bool:
                for k, v in schema["properties"].items())
 
 
-def make_task(rng: random.Random, family: str, phrasing: int, countries: list[Country],
+def composed_phrasing(rng: random.Random, family: str) -> str:
+    """A training phrasing made of a lead-in and a follow-up (``LEAD_INS``), with the slots of ``FACT_PHRASINGS``."""
+    lead = rng.choice(LEAD_INS)
+    if family == "population_sum":
+        lead = lead.replace("{name}", rng.choice(PAIR_JOINS))
+    return f"{lead} {rng.choice(FOLLOW_UPS[family])}"
+
+
+def make_task(rng: random.Random, family: str, phrasing: int | str, countries: list[Country],
               vary: Callable[[str], str] = lambda template: template) -> AgentTask:
-    """A task of ``family`` in its ``phrasing``; ``vary`` rewrites the phrasing's own words (training only)."""
+    """A task of ``family`` in its ``phrasing`` (an index into ``FACT_PHRASINGS[family]``, or a phrasing's text);
+    ``vary`` rewrites the phrasing's own words (training only)."""
     first = rng.choice(countries)
     other = rng.choice([c for c in countries if c is not first])
-    question = vary(FACT_PHRASINGS[family][phrasing]).format(name=first.name, other=other.name)
+    template = FACT_PHRASINGS[family][phrasing] if isinstance(phrasing, int) else phrasing
+    question = vary(template).format(name=first.name, other=other.name)
     if family == "capital":
         return AgentTask(family, question, (first,), first.capital)
     if family == "animal":
@@ -248,8 +294,10 @@ def training_traces(world: list[Country], n: int, seed: int, recovering: float =
     slips = random.Random(seed + 37)  # its own stream: the tasks are the same whatever the share
     records = []
     for k in range(n):
-        family = list(FACT_PHRASINGS)[k % len(FACT_PHRASINGS)]
-        phrasing = rng.randrange(len(FACT_PHRASINGS[family]) - HELDOUT)
+        family = TRACE_FAMILIES[k % len(TRACE_FAMILIES)]
+        phrasing: int | str = rng.randrange(len(FACT_PHRASINGS[family]) - HELDOUT)
+        if rng.random() < COMPOSED_SHARE:
+            phrasing = composed_phrasing(rng, family)
         # no phrasing opens with a slot, so the surface variation's lower-cased first letter never touches a name
         task = make_task(rng, family, phrasing, train,
                          lambda template: surface_variation(vary_words(template, rng), rng))
