@@ -7,9 +7,9 @@ import json
 import re
 from collections import Counter
 
-from tuneful.sandbox.agent import (AGENT_COUNTRIES, AGENT_MAX_POPULATION, DEMO_TRACES, FACT_PHRASINGS, HELDOUT, TOOLS, agent_world,
-                                   eval_tasks, result_fields, run_agents, run_tool, split_countries, trace, training_traces,
-                                   valid_call)
+from tuneful.sandbox.agent import (AGENT_COUNTRIES, AGENT_MAX_POPULATION, DEMO_TRACES, FACT_PHRASINGS, HELDOUT, TOOLS,
+                                   agent_world, eval_tasks, result_fields, run_agents, run_tool, split_countries, trace,
+                                   training_traces, valid_call)
 from tuneful.sandbox.base import load_recipe, shipped_base_dir
 from tuneful.sandbox.world import make_world
 
