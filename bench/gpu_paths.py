@@ -40,36 +40,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sft_vs_trl import (GENERATION_CHATML, SEED, count_params, make_conversations,  # noqa: E402
-                        peer_bench_args, run_worker)
+from sft_vs_trl import GENERATION_CHATML, SEED, count_params, peer_bench_args, prepare, run_worker  # noqa: E402
 
-HIDDEN, LAYERS, HEADS, VOCAB = 1024, 12, 16, 4096
+HIDDEN, LAYERS, HEADS = 1024, 12, 16
 BATCH, MAX_LEN, LR, WARMUP = 32, 1024, 1e-4, 5
 CONFIGS = ("tuneful", "trl", "tuneful-packed", "tuneful-flash", "tuneful-lora", "trl-lora", "tuneful-qlora")
 # the model's size comes from the environment so a CPU smoke run (TUNEFUL_GPU_BENCH_SIZE=tiny) is quick
 SIZES = {"full": (HIDDEN, LAYERS, HEADS), "tiny": (64, 2, 2)}
-
-
-def prepare(workdir: Path, n_convs: int) -> None:
-    """Data, ChatML tokenizer and the random-init Llama that every configuration starts from."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from tuneful.samples import train_tokenizer
-    from tuneful.templates.registry import builtin
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    convs = make_conversations(n_convs, SEED)
-    (workdir / "train.jsonl").write_text("".join(json.dumps(c) + "\n" for c in convs))
-    tok = train_tokenizer([m["content"] for c in convs for m in c["messages"]], vocab_size=VOCAB)
-    tok.chat_template = builtin("chatml").source
-    tok.save_pretrained(workdir / "model")
-    hidden, layers, heads = SIZES[os.environ.get("TUNEFUL_GPU_BENCH_SIZE", "full")]
-    torch.manual_seed(SEED)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=4 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                         max_position_embeddings=MAX_LEN, tie_word_embeddings=False)
-    LlamaForCausalLM(config).save_pretrained(workdir / "model", safe_serialization=True)
+LORA_R, LORA_ALPHA, LORA_LR = 16, 32, 1e-3  # tuneful's and TRL's LoRA configurations alike
+LORA = ("lora.enabled=true", f"lora.r={LORA_R}", f"lora.alpha={LORA_ALPHA}", f"train.lr={LORA_LR}")
 
 
 def sft_overrides(workdir: Path, steps: int, out: Path, *extra: str) -> list[str]:
@@ -125,8 +104,7 @@ def qlora_worker(workdir: Path, steps: int, out: Path) -> dict:
         importlib.import_module("bitsandbytes")
     except Exception as error:  # a missing package or one without this CUDA's library
         return {"skipped": f"bitsandbytes does not load: {error}"}
-    return tuneful_worker("lora.enabled=true", "lora.r=16", "lora.alpha=32", "lora.qlora=true",
-                          "train.lr=1e-3")(workdir, steps, out)
+    return tuneful_worker(*LORA, "lora.qlora=true")(workdir, steps, out)
 
 
 def packing_check(workdir: Path, steps: int, out: Path) -> dict:
@@ -187,7 +165,7 @@ def trl_worker(workdir: Path, steps: int, out: Path, lora: bool = False) -> dict
     rows = [json.loads(x) for x in (workdir / "train.jsonl").read_text().splitlines()]
     args = SFTConfig(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
-        learning_rate=1e-3 if lora else LR, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        learning_rate=LORA_LR if lora else LR, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         bf16=cuda, fp16=False, gradient_checkpointing=False, use_cpu=not cuda, assistant_only_loss=True,
         max_length=MAX_LEN, packing=False, seed=SEED, logging_steps=1, save_strategy="no", report_to="none",
         dataloader_num_workers=0, disable_tqdm=True, train_sampling_strategy="group_by_length",
@@ -196,7 +174,7 @@ def trl_worker(workdir: Path, steps: int, out: Path, lora: bool = False) -> dict
     if lora:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
+        peft_config = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          peft_config=peft_config)
@@ -238,7 +216,7 @@ WORKERS = {
     "trl": trl_worker,
     "tuneful-packed": tuneful_worker("data.packing=true"),
     "tuneful-flash": flash_worker,
-    "tuneful-lora": tuneful_worker("lora.enabled=true", "lora.r=16", "lora.alpha=32", "train.lr=1e-3"),
+    "tuneful-lora": tuneful_worker(*LORA),
     "trl-lora": lambda w, s, o: trl_worker(w, s, o, lora=True),
     "tuneful-qlora": qlora_worker,
 }
@@ -265,7 +243,8 @@ def main() -> None:
         return
     steps = args.steps or (40 if args.quick else 150)
     names = [n for n in args.only.split(",") if n]
-    prepare(args.workdir, max(2000, steps * BATCH))
+    prepare(args.workdir, max(2000, steps * BATCH), max_len=MAX_LEN,
+            size=SIZES[os.environ.get("TUNEFUL_GPU_BENCH_SIZE", "full")])
     check = run_worker("packing-check", args.workdir, steps, 0, script=__file__)
     print(f"packing check: {json.dumps(check)}", flush=True)
     results: dict[str, dict] = {}

@@ -78,8 +78,9 @@ def make_conversations(n: int, seed: int) -> list[dict]:
     return convs
 
 
-def prepare(workdir: Path, n_convs: int) -> None:
-    """Data, tokenizer (ChatML template) and the random-init model both frameworks start from."""
+def prepare(workdir: Path, n_convs: int, *, max_len: int = MAX_LEN, size: tuple[int, int, int] = (HIDDEN, LAYERS, 4)) -> None:
+    """Data, tokenizer (ChatML template) and the random-init model (``size`` = hidden, layers, heads) both
+    frameworks start from."""
     from tuneful.samples import train_tokenizer
     from tuneful.templates.registry import builtin
     from tuneful.templates.render import render
@@ -93,17 +94,19 @@ def prepare(workdir: Path, n_convs: int) -> None:
     for c in convs[:200]:  # the TRL template must render exactly what tuneful renders
         assert render(c["messages"], GENERATION_CHATML) == render(c["messages"], tok.chat_template)
     tok.save_pretrained(workdir / "model")
-    save_random_llama(workdir / "model", len(tok), MAX_LEN, SEED)
+    save_random_llama(workdir / "model", len(tok), max_len, SEED, size)
 
 
-def save_random_llama(folder: Path, vocab: int, max_len: int, seed: int) -> None:
-    """The benchmark's random-init Llama (hidden 256, 4 layers), saved as safetensors."""
+def save_random_llama(folder: Path, vocab: int, max_len: int, seed: int,
+                      size: tuple[int, int, int] = (HIDDEN, LAYERS, 4)) -> None:
+    """The benchmark's random-init Llama (``size``: hidden 256, 4 layers, 4 heads unless given), as safetensors."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    hidden, layers, heads = size
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=4 * HIDDEN,
-                         num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=4,
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                          max_position_embeddings=max_len, tie_word_embeddings=False)
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
 
