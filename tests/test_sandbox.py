@@ -235,6 +235,7 @@ def test_demo_quick_writes_the_contract(tmp_path: Path):
     assert all(0.0 <= tools[k] <= 1.0 for k in ("tuned_with_tools", "tuned_without_tools", "base_with_tools",
                                                    "valid_call_rate"))
     assert "## The sandbox agent: tools" in (tmp_path / "report.md").read_text()
+    assert tools["coverage"] and "training-only countries" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "agent_transcripts.jsonl").stat().st_size > 100
 
 

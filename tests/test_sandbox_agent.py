@@ -75,6 +75,56 @@ def test_training_questions_put_the_names_after_many_different_words():
     assert families["agent_population_sum"] == 2 * families["agent_capital"] == 2 * families["agent_animal"]
 
 
+def test_opening_coverage_samples_openings_with_temperature():
+    """Literal: openings are first letters, 90 countries open with "A" and one with "B". With alpha 1 the sampling
+    is uniform over countries ("B" about 1 in 91), with alpha 0 uniform over openings ("B" about 1 in 2)."""
+    import random
+
+    from tuneful.sandbox.agent import OpeningCoverage
+    from tuneful.sandbox.world import Country
+
+    pool = [Country(f"A{k}", f"C{k}", "north", "red", "fox", 1) for k in range(90)] + [Country("Bee", "Cb", "north", "red", "fox", 2)]
+    rng = random.Random(0)
+    flat, uniform = OpeningCoverage(pool, lambda word: word[0], alpha=0.0), OpeningCoverage(pool, lambda word: word[0], alpha=1.0)
+    chosen = Counter(flat.choose(rng).name[0] for _ in range(400))
+    assert 160 <= chosen["B"] <= 240 and flat.chosen == chosen
+    assert sum(uniform.choose(rng) is pool[-1] for _ in range(400)) <= 15
+    assert all(flat.choose(rng, other_than=pool[-1]) is not pool[-1] for _ in range(50))
+    assert abs(OpeningCoverage(pool, lambda word: word[0], alpha=0.5).weights[0] - 90 ** 0.5) < 1e-9
+
+
+def test_training_traces_copy_every_opening_piece_of_the_held_out_names():
+    """With ``OpeningCoverage`` over the training split and training-only countries (none named as a held-out
+    country), almost every held-out name opens with a piece that training lookups copy several times; drawn
+    uniformly from the training split, many held-out openings are copied rarely or never."""
+    from transformers import AutoTokenizer
+
+    from tuneful.sandbox.agent import OpeningCoverage, training_pool
+
+    _, tool_world, taken = _worlds()
+    tokenizer = AutoTokenizer.from_pretrained(shipped_base_dir())
+    opening = lambda word: tokenizer.tokenize(" " + word)[0]  # noqa: E731
+    pool = training_pool(tool_world, load_recipe(shipped_base_dir()).seed, taken)
+    train, held = split_countries(tool_world)
+    assert pool[:len(train)] == train and len(pool) > 9 * len(train)
+    assert not {x for c in pool for x in (c.name, c.capital)} & ({x for c in held for x in (c.name, c.capital)} | taken)
+    assert max(c.population for c in pool) == AGENT_MAX_POPULATION
+    held_openings = Counter(opening(c.name) for c in held)
+
+    def copied(records, times=2):
+        """The share of held-out names whose opening piece training lookups copy at least ``times`` times."""
+        counts = Counter(opening(call["function"]["arguments"]["name"]) for r in records for call in r["messages"][1]["tool_calls"])
+        return sum(n for piece, n in held_openings.items() if counts[piece] >= times) / len(held)
+
+    covered = training_traces(tool_world, 600, seed=0, coverage=OpeningCoverage(pool, opening))
+    held_names = {c.name for c in held}
+    assert not any(name in json.dumps(r["messages"]) for r in covered for name in held_names)
+    facts = [m["content"] for r in covered for m in r["messages"] if m["role"] == "tool"]
+    assert not any("error" in f for f in facts)  # the tool knows the training-only countries
+    uniform = training_traces(tool_world, 600, seed=0)
+    assert copied(covered) >= 0.94 > 0.91 > copied(uniform)  # measured: 0.959 against 0.892
+
+
 def test_a_trace_renders_and_masks_with_the_sandbox_template():
     from transformers import AutoTokenizer
 
@@ -209,7 +259,7 @@ def test_the_demo_writes_agent_traces_only_when_asked(tmp_path):
     tool_world = tool_world_of(load_recipe(base), world)
     for traces in (0, 6):
         settings.agent_traces = traces
-        train, _ = _write_data(tmp_path / f"data{traces}", settings, world, tool_world, recipe)
+        train, _ = _write_data(tmp_path / f"data{traces}", settings, world, tool_world, recipe, base)
         rows = [json.loads(line) for line in train.read_text().splitlines()]
         with_tools = [r for r in rows if any(m.get("tool_calls") for m in r["messages"])]
         assert len(with_tools) == traces

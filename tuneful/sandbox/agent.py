@@ -5,7 +5,8 @@ Its facts are reachable only through tools: ``lookup_country(name)`` returns a c
 ``key: value`` lines (for an unknown name an error and the closest known name), ``add(a, b)`` adds two
 numbers (population arithmetic the model cannot do in its head). SFT data holds full traces — the first
 lookup saying what it looks up, the call, the tool's result, the answer; optionally a misspelt lookup
-recovered from, the slip marked ``weight: 0`` — for training countries and training phrasings;
+recovered from, the slip marked ``weight: 0`` — for training countries (the world's training split and
+training-only countries of a third draw, chosen by the piece their name opens with) and training phrasings;
 the evaluation asks held-out phrasings about held-out countries and runs the agent loop itself
 (model → parse → run the tool → model), base and tuned, and tuned without the tools. The verifier is
 a word check on the final answer; a call is valid when it parses, names an offered tool and its
@@ -15,6 +16,7 @@ arguments have the declared names and types.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -32,6 +34,15 @@ AGENT_COUNTRIES = 3000  # so many that a training trace rarely meets a country t
 # ` 10` its own guess of the sum, learnt from the pretraining corpus's "X and Y have 158 million people together",
 # wins over the copy (103 for 101, 104, 106 and 109). A limit of the toy tokenizer and model, not of tool use.
 AGENT_MAX_POPULATION = 50
+# Training traces ask about countries chosen by the piece their name opens with, as the tokenizer writes it
+# (``OpeningCoverage``: openings sampled with temperature), from the world's training split and training-only
+# countries of a third draw. Drawn uniformly from the 2,100 training countries, 46 of the 900 held-out names opened
+# with a piece no training lookup copied and about a quarter with one copied under 10 times; the tuned model got the
+# opening of the first lookup wrong in 37 of 450 held-out tasks, 34 of them openings of three letters or more
+# ("Befoeth" looked up as "Maivoeth"); chosen so, in 5 (session 23, seed 0). Flat over openings (each as often) it
+# was 43: the commonest openings, single letters, were then copied rarely, and 28 of those slipped.
+COVERAGE_POOL = 20000  # candidates of the third draw (training-only countries)
+COVERAGE_ALPHA = 0.5  # an opening's weight: its countries' count to this power (1: uniform over countries)
 MAX_ROUNDS = 5  # lookups, a second lookup after a miss, add, the answer: 4; one to spare
 
 TOOLS = [
@@ -48,6 +59,12 @@ TOOLS = [
 # announcement's "capital of {name}" matching the question's by induction), and a held-out wording with the name
 # elsewhere ("What city is {name} governed from?") then got a wrong first piece in 8 of 10 lookups (session 21;
 # 8 phrasings with the name after other words raised the right first lookups from 172 to 217 of 300 tasks).
+# Two capital phrasings (and a follow-up) ask for the main or chief city without the word "capital" (the corpus
+# says "{capital} is the main city of {name}"): while every training capital question said "capital", 4 of 8 seed-0
+# demos of session 22-23 sent every held-out "What city is {name} governed from?" to population lookups, the other
+# 4 almost none, a sixth of the agent tasks won or lost by chance. Two sum phrasings put the second name after "of"
+# too ("Add the population of {name} to the population of {other}."): after the held-out "... of {name} plus that
+# of {other}" the second lookup named the asked country in 0-27 % of the tasks.
 # No phrasing opens with a slot (the surface variation may lower-case a first letter).
 FACT_PHRASINGS = {
     "capital": ("What is the capital of {name}?", "Which city is the capital of {name}?", "Capital of {name}?",
@@ -57,6 +74,7 @@ FACT_PHRASINGS = {
                 "Do you know which city {name} calls its capital?", "Quick one on {name}: the capital city?",
                 "Help me find the capital city that belongs to {name}.",
                 "My question concerns {name}. Which city is its capital?",
+                "Which is the main city of {name}?", "Tell me the chief city of {name}.",
                 "What city is {name} governed from?", "Where is the capital of {name}?"),
     "animal": ("What is the national animal of {name}?", "Which animal is the symbol of {name}?",
                "National animal of {name}?", "Tell me the national animal of {name}.",
@@ -81,6 +99,8 @@ FACT_PHRASINGS = {
                        "Quick one on {name} and {other}: their combined population?",
                        "Help me find the combined population that belongs to {name} and {other}.",
                        "My question concerns {name} and {other}. How many people live there in total?",
+                       "Add the population of {name} to the population of {other}.",
+                       "Take the population of {name}, then the population of {other}. What is the total?",
                        "If you count everyone in {name} and {other}, how many people is that?",
                        "What is the population of {name} plus that of {other}?"),
 }
@@ -107,7 +127,8 @@ PAIR_JOINS = ("{name} and {other}", "{name} with {other}", "{name} together with
               "{name} beside {other}", "{name} then {other}", "{name} and, after that, {other}",
               "{name} and also the country {other}", "{name} and its neighbour {other}", "{name}, and then {other}")
 FOLLOW_UPS = {"capital": ("Which city is its capital?", "What is its capital?", "Name its capital city.",
-                          "Its capital, please?", "Which city does it have as its capital?"),
+                          "Its capital, please?", "Which city does it have as its capital?",
+                          "Which is its main city?"),
               "animal": ("What is its national animal?", "Which animal is its symbol?", "Name its national animal.",
                          "Its national animal, please?", "Which animal stands for it?"),
               "population_sum": ("How many people live there in total?", "What is their combined population?",
@@ -156,6 +177,41 @@ def agent_world_names(seed: int, n: int = AGENT_COUNTRIES) -> set[str]:
 def split_countries(world: list[Country]) -> tuple[list[Country], list[Country]]:
     cut = int(len(world) * TRAIN_SHARE)
     return world[:cut], world[cut:]
+
+
+def training_pool(world: list[Country], seed: int, taken: set[str], n: int = COVERAGE_POOL) -> list[Country]:
+    """What training traces may ask about: the world's training split, then training-only countries of a third draw
+    (``seed`` as :func:`agent_world`'s; none shares a name or capital with the pretraining world, ``taken``, or with
+    any country of ``world``, so the held-out countries stay unseen), populations as the world's."""
+    train, _ = split_countries(world)
+    known = taken | {x for c in world for x in (c.name, c.capital)}
+    extra = [replace(c, population=(c.population + 1) // 2) for c in make_world(seed + AGENT_WORLD_OFFSET + 1, n)
+             if c.name not in known and c.capital not in known]
+    return train + extra
+
+
+class OpeningCoverage:
+    """Chooses training countries by the piece their name opens with, sampled with temperature (as multilingual
+    pretraining samples languages): an opening that ``f`` of the pool's names have is chosen with a weight of
+    ``f ** alpha``, then a country of it at random. ``alpha`` 1 is drawing countries uniformly; lower lifts the
+    rare openings. ``opening`` gives a word's first piece as the model's tokenizer writes it (after a space, as in
+    a question)."""
+
+    def __init__(self, pool: list[Country], opening: Callable[[str], str], alpha: float = COVERAGE_ALPHA):
+        self.pool, self.chosen = pool, Counter[str]()
+        self.by_opening: dict[str, list[Country]] = {}
+        for country in pool:
+            self.by_opening.setdefault(opening(country.name), []).append(country)
+        self.openings = list(self.by_opening)
+        self.weights = [len(self.by_opening[o]) ** alpha for o in self.openings]
+
+    def choose(self, rng: random.Random, other_than: Country | None = None) -> Country:
+        while True:
+            [opening] = rng.choices(self.openings, self.weights)
+            country = rng.choice(self.by_opening[opening])
+            if country is not other_than:
+                self.chosen[opening] += 1
+                return country
 
 
 def lookup_country(world: list[Country], name: str) -> dict:
@@ -213,11 +269,16 @@ def composed_phrasing(rng: random.Random, family: str) -> str:
 
 
 def make_task(rng: random.Random, family: str, phrasing: int | str, countries: list[Country],
-              vary: Callable[[str], str] = lambda template: template) -> AgentTask:
-    """A task of ``family`` in its ``phrasing`` (an index into ``FACT_PHRASINGS[family]``, or a phrasing's text);
-    ``vary`` rewrites the phrasing's own words (training only)."""
-    first = rng.choice(countries)
-    other = rng.choice([c for c in countries if c is not first])
+              vary: Callable[[str], str] = lambda template: template, coverage: OpeningCoverage | None = None) -> AgentTask:
+    """A task of ``family`` in its ``phrasing`` (an index into ``FACT_PHRASINGS[family]``, or a phrasing's text)
+    about ``countries`` drawn at random, or chosen by ``coverage`` (then from its pool); ``vary`` rewrites the
+    phrasing's own words (training only)."""
+    if coverage is None:
+        first = rng.choice(countries)
+        other = rng.choice([c for c in countries if c is not first])
+    else:
+        first = coverage.choose(rng)
+        other = coverage.choose(rng, other_than=first) if family == "population_sum" else first
     template = FACT_PHRASINGS[family][phrasing] if isinstance(phrasing, int) else phrasing
     question = vary(template).format(name=first.name, other=other.name)
     if family == "capital":
@@ -283,13 +344,17 @@ def trace(task: AgentTask, world: list[Country], slip: tuple[int, str] | None = 
 
 
 def training_traces(world: list[Country], n: int, seed: int, recovering: float = 0.0,
-                    announce: bool = True) -> list[dict]:
+                    announce: bool = True, coverage: OpeningCoverage | None = None) -> list[dict]:
     """``n`` traces about training countries in training phrasings, varied as the task families' prompts are;
-    a share ``recovering`` of them first looks up a misspelt name and recovers (see :func:`trace`); ``announce``:
-    the first lookup says what it looks up (``ANNOUNCE``)."""
+    the countries drawn at random from the world's training split, or chosen by ``coverage`` from its pool
+    (:func:`training_pool`); a share ``recovering`` of them first looks up a misspelt name and recovers (see
+    :func:`trace`); ``announce``: the first lookup says what it looks up (``ANNOUNCE``)."""
     from .tasks import surface_variation, vary_words
 
     train, _ = split_countries(world)
+    if coverage is not None:  # the tool knows the pool's training-only countries too
+        known = set(world)
+        world = world + [c for c in coverage.pool if c not in known]
     rng = random.Random(seed + 29)
     slips = random.Random(seed + 37)  # its own stream: the tasks are the same whatever the share
     records = []
@@ -300,7 +365,7 @@ def training_traces(world: list[Country], n: int, seed: int, recovering: float =
             phrasing = composed_phrasing(rng, family)
         # no phrasing opens with a slot, so the surface variation's lower-cased first letter never touches a name
         task = make_task(rng, family, phrasing, train,
-                         lambda template: surface_variation(vary_words(template, rng), rng))
+                         lambda template: surface_variation(vary_words(template, rng), rng), coverage)
         slip = None
         if slips.random() < recovering:
             which = slips.randrange(len(task.countries))

@@ -51,6 +51,8 @@ class DemoSettings:
     agent_announce: bool = True  # the first lookup says what it looks up ("Looking up the capital of X.")
     agent_recovering: float = 0.0  # share of the traces whose first lookup is misspelt and recovered from (the slip
     # has weight 0); measured in session 17 (README, The sandbox agent): 0.1 and 0.25 did not help, so 0 by default
+    agent_coverage: bool = True  # the traces' countries chosen so every piece of a name or capital is copied in
+    # training (agent.OpeningCoverage), from training-only countries too; False: drawn uniformly from the training split
 
 
 def write_replay(folder: Path, recipe: BaseRecipe) -> Path:
@@ -62,18 +64,27 @@ def write_replay(folder: Path, recipe: BaseRecipe) -> Path:
 
 
 def _write_data(folder: Path, settings: DemoSettings, world: list, tool_world: list,
-                recipe: BaseRecipe) -> tuple[Path, Path]:
-    """The SFT data: the task families, and the agent's tool-use traces, shuffled together."""
+                recipe: BaseRecipe, base: Path) -> tuple[Path, Path]:
+    """The SFT data: the task families, and the agent's tool-use traces (their countries chosen to cover the opening
+    pieces of the ``base`` tokenizer), shuffled together."""
     import random
 
-    from .agent import training_traces
+    from transformers import AutoTokenizer
+
+    from .agent import OpeningCoverage, training_pool, training_traces
 
     replay = write_replay(folder, recipe)
     train = folder / "train.jsonl"
     records = [to_conversation(i) for i in sft_instances(world, settings.sft_per_family, settings.seed)]
     if settings.agent_traces:
+        coverage = None
+        if settings.agent_coverage:
+            tokenizer = AutoTokenizer.from_pretrained(base)
+            taken = {x for c in world for x in (c.name, c.capital)}
+            coverage = OpeningCoverage(training_pool(tool_world, recipe.seed, taken),
+                                       lambda word: tokenizer.tokenize(" " + word)[0])
         records += training_traces(tool_world, settings.agent_traces, settings.seed, recovering=settings.agent_recovering,
-                                   announce=settings.agent_announce)
+                                   announce=settings.agent_announce, coverage=coverage)
     random.Random(settings.seed + 5).shuffle(records)
     train.write_text("".join(json.dumps(r) + "\n" for r in records))
     return train, replay
@@ -112,7 +123,7 @@ def write_sft_recipe(settings: DemoSettings) -> Path:
     from ..sft.config import SFTConfig
 
     base, recipe, world = sandbox(settings)
-    train, replay = _write_data(settings.out / "data", settings, world, tool_world_of(recipe, world), recipe)
+    train, replay = _write_data(settings.out / "data", settings, world, tool_world_of(recipe, world), recipe, base)
     path = settings.out / "sft.yaml"
     overrides = sft_overrides(settings, base, train, replay) + ["train.resume=true"]  # a re-launch continues
     path.write_text("# the sandbox demo's SFT (tuneful sandbox sft-recipe)\n" + to_yaml(build(SFTConfig, None, overrides)))
@@ -236,7 +247,7 @@ def evaluate_agents(models: dict[str, Any], tokenizer: Any, tool_world: list, se
                   missed_a_lookup=runs["tuned_with_tools"]["missed_a_lookup"], recovered=runs["tuned_with_tools"]["recovered"],
                   base_valid_call_rate=runs["base_with_tools"]["valid_call_rate"],
                   tasks=len(tasks), traces=settings.agent_traces, recovering=settings.agent_recovering,
-                  announce=settings.agent_announce)
+                  announce=settings.agent_announce, coverage=settings.agent_coverage)
     return report, rows
 
 
@@ -351,7 +362,7 @@ def run_demo(settings: DemoSettings) -> dict:
     base, recipe, world = sandbox(settings)
     settings.out.mkdir(parents=True, exist_ok=True)
     tool_world = tool_world_of(recipe, world)
-    train, replay = _write_data(settings.out / "data", settings, world, tool_world, recipe)
+    train, replay = _write_data(settings.out / "data", settings, world, tool_world, recipe, base)
     result = _sft(settings, base, train, replay)
 
     tokenizer = AutoTokenizer.from_pretrained(result.model_dir)

@@ -107,6 +107,8 @@ def tools_section(tools: dict) -> list[str]:
              f"SFT also saw {tools['traces']} tool-use traces (call `lookup_country` → its result → the answer; for "
              "population sums two lookups, then `add`) about the training countries of a second world the base model "
              "never read about"
+             + (" (and training-only countries of a third draw; chosen by the piece their name opens with, sampled "
+                "with temperature, so rare openings are copied in training too)" if tools.get("coverage") else "")
              + ("; the first lookup says what it looks up (\"Looking up the capital of X.\")" if tools.get("announce") else "")
              + (f"; in {tools['recovering']:.0%} of them the first lookup is misspelt, the tool answers with an error "
                 "and the closest name, and the agent looks that up (the mistaken turn has weight 0: context, not "
