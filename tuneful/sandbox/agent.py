@@ -16,7 +16,6 @@ arguments have the declared names and types.
 from __future__ import annotations
 
 import random
-from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -198,7 +197,7 @@ class OpeningCoverage:
     a question)."""
 
     def __init__(self, pool: list[Country], opening: Callable[[str], str], alpha: float = COVERAGE_ALPHA):
-        self.pool, self.chosen = pool, Counter[str]()
+        self.pool = pool
         self.by_opening: dict[str, list[Country]] = {}
         for country in pool:
             self.by_opening.setdefault(opening(country.name), []).append(country)
@@ -210,7 +209,6 @@ class OpeningCoverage:
             [opening] = rng.choices(self.openings, self.weights)
             country = rng.choice(self.by_opening[opening])
             if country is not other_than:
-                self.chosen[opening] += 1
                 return country
 
 
