@@ -93,7 +93,7 @@ def test_opening_coverage_samples_openings_with_temperature():
     assert abs(OpeningCoverage(pool, lambda word: word[0], alpha=0.5).weights[0] - 90 ** 0.5) < 1e-9
 
 
-def test_training_traces_copy_every_opening_piece_of_the_held_out_names():
+def test_training_traces_copy_almost_every_opening_piece_of_the_held_out_names():
     """With ``OpeningCoverage`` over the training split and training-only countries (none named as a held-out
     country), almost every held-out name opens with a piece that training lookups copy several times; drawn
     uniformly from the training split, many held-out openings are copied rarely or never."""

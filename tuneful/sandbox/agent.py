@@ -59,11 +59,12 @@ TOOLS = [
 # elsewhere ("What city is {name} governed from?") then got a wrong first piece in 8 of 10 lookups (session 21;
 # 8 phrasings with the name after other words raised the right first lookups from 172 to 217 of 300 tasks).
 # Two capital phrasings (and a follow-up) ask for the main or chief city without the word "capital" (the corpus
-# says "{capital} is the main city of {name}"): while every training capital question said "capital", 4 of 8 seed-0
-# demos of session 22-23 sent every held-out "What city is {name} governed from?" to population lookups, the other
-# 4 almost none, a sixth of the agent tasks won or lost by chance. Two sum phrasings put the second name after "of"
-# too ("Add the population of {name} to the population of {other}."): after the held-out "... of {name} plus that
-# of {other}" the second lookup named the asked country in 0-27 % of the tasks.
+# says "{capital} is the main city of {name}"): while every training capital question said "capital", 4 of 7 seed-0
+# demos of sessions 22-23 sent every held-out "What city is {name} governed from?" to population lookups, the others
+# none or 4 of 25, a sixth of the agent tasks won or lost by chance (with them: none, seeds 0 and 1). Two sum
+# phrasings put the second name after "of" too ("Add the population of {name} to the population of {other}."): after
+# the held-out "... of {name} plus that of {other}" 0-32 % of the tasks were answered right before, 19 and 37 % with
+# them (seeds 0 and 1): its second lookup is still wrong in most.
 # No phrasing opens with a slot (the surface variation may lower-case a first letter).
 FACT_PHRASINGS = {
     "capital": ("What is the capital of {name}?", "Which city is the capital of {name}?", "Capital of {name}?",

@@ -51,8 +51,8 @@ class DemoSettings:
     agent_announce: bool = True  # the first lookup says what it looks up ("Looking up the capital of X.")
     agent_recovering: float = 0.0  # share of the traces whose first lookup is misspelt and recovered from (the slip
     # has weight 0); measured in session 17 (README, The sandbox agent): 0.1 and 0.25 did not help, so 0 by default
-    agent_coverage: bool = True  # the traces' countries chosen so every piece of a name or capital is copied in
-    # training (agent.OpeningCoverage), from training-only countries too; False: drawn uniformly from the training split
+    agent_coverage: bool = True  # the traces' countries chosen by the piece their name opens with, sampled with
+    # temperature (agent.OpeningCoverage), from training-only countries too; False: uniformly from the training split
 
 
 def write_replay(folder: Path, recipe: BaseRecipe) -> Path:
