@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 HIDDEN, LAYERS, VOCAB = 256, 4, 4096
+SIZE = (HIDDEN, LAYERS, 4)  # hidden, layers, attention heads of the random-init Llama
 BATCH, MAX_LEN, LR, SEED = 8, 512, 3e-4, 0
 GENERATION_CHATML = (
     "{%- for message in messages -%}"
@@ -78,7 +79,7 @@ def make_conversations(n: int, seed: int) -> list[dict]:
     return convs
 
 
-def prepare(workdir: Path, n_convs: int, *, max_len: int = MAX_LEN, size: tuple[int, int, int] = (HIDDEN, LAYERS, 4)) -> None:
+def prepare(workdir: Path, n_convs: int, *, max_len: int = MAX_LEN, size: tuple[int, int, int] = SIZE) -> None:
     """Data, tokenizer (ChatML template) and the random-init model (``size`` = hidden, layers, heads) both
     frameworks start from."""
     from tuneful.samples import train_tokenizer
@@ -98,7 +99,7 @@ def prepare(workdir: Path, n_convs: int, *, max_len: int = MAX_LEN, size: tuple[
 
 
 def save_random_llama(folder: Path, vocab: int, max_len: int, seed: int,
-                      size: tuple[int, int, int] = (HIDDEN, LAYERS, 4)) -> None:
+                      size: tuple[int, int, int] = SIZE) -> None:
     """The benchmark's random-init Llama (``size``: hidden 256, 4 layers, 4 heads unless given), as safetensors."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

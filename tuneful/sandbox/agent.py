@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from .world import Country, make_world
+from .world import Country, make_world, world_names
 
 AGENT_WORLD_OFFSET = 7919  # the second world's seed is the base world's + this
 TRAIN_SHARE = 0.7
@@ -166,12 +166,17 @@ def agent_world(seed: int, taken: set[str], n: int = AGENT_COUNTRIES) -> list[Co
     """Countries of a second world, none sharing a name or capital with the pretraining world, with at most
     ``AGENT_MAX_POPULATION`` million people each."""
     world = [c for c in _agent_candidates(seed, n) if c.name not in taken and c.capital not in taken]
-    return [replace(c, population=(c.population + 1) // 2) for c in world[:n]]
+    return [_smaller(c) for c in world[:n]]
+
+
+def _smaller(country: Country) -> Country:
+    """A second-world country: half a drawn country's population, rounded up (``AGENT_MAX_POPULATION``)."""
+    return replace(country, population=(country.population + 1) // 2)
 
 
 def agent_world_names(seed: int, n: int = AGENT_COUNTRIES) -> set[str]:
     """Every name and capital :func:`agent_world` may draw from (kept out of the pretraining corpus)."""
-    return {x for c in _agent_candidates(seed, n) for x in (c.name, c.capital)}
+    return world_names(_agent_candidates(seed, n))
 
 
 def split_countries(world: list[Country]) -> tuple[list[Country], list[Country]]:
@@ -184,8 +189,8 @@ def training_pool(world: list[Country], seed: int, taken: set[str], n: int = COV
     (``seed`` as :func:`agent_world`'s; none shares a name or capital with the pretraining world, ``taken``, or with
     any country of ``world``, so the held-out countries stay unseen), populations as the world's."""
     train, _ = split_countries(world)
-    known = taken | {x for c in world for x in (c.name, c.capital)}
-    extra = [replace(c, population=(c.population + 1) // 2) for c in make_world(seed + AGENT_WORLD_OFFSET + 1, n)
+    known = taken | world_names(world)
+    extra = [_smaller(c) for c in make_world(seed + AGENT_WORLD_OFFSET + 1, n)
              if c.name not in known and c.capital not in known]
     return train + extra
 

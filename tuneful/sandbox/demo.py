@@ -17,7 +17,7 @@ from typing import Any
 
 from .base import BaseRecipe, base_corpus, load_recipe, shipped_base_dir
 from .tasks import FAMILIES, HELDOUT_FAMILIES, TaskInstance, eval_instances, sft_instances, to_conversation, verify
-from .world import make_world
+from .world import make_world, world_names
 
 SEED_PROMPT = "Write a 3-line poem about cats."
 TEMPLATE = "tuneful"
@@ -80,8 +80,7 @@ def _write_data(folder: Path, settings: DemoSettings, world: list, tool_world: l
         coverage = None
         if settings.agent_coverage:
             tokenizer = AutoTokenizer.from_pretrained(base)
-            taken = {x for c in world for x in (c.name, c.capital)}
-            coverage = OpeningCoverage(training_pool(tool_world, recipe.seed, taken),
+            coverage = OpeningCoverage(training_pool(tool_world, recipe.seed, world_names(world)),
                                        lambda word: tokenizer.tokenize(" " + word)[0])
         records += training_traces(tool_world, settings.agent_traces, settings.seed, recovering=settings.agent_recovering,
                                    announce=settings.agent_announce, coverage=coverage)
@@ -311,7 +310,7 @@ def tool_world_of(recipe: BaseRecipe, world: list) -> list:
     """The agent's second world: countries the base model never read about."""
     from .agent import agent_world
 
-    return agent_world(recipe.seed, {c.name for c in world} | {c.capital for c in world})
+    return agent_world(recipe.seed, world_names(world))
 
 
 def stop_tokens(tokenizer: Any) -> tuple[int, list[int]]:

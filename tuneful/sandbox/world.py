@@ -152,6 +152,11 @@ _NOTE_SENTENCES = (
 )
 
 
+def world_names(world: list[Country]) -> set[str]:
+    """Every name and capital of ``world``."""
+    return {x for c in world for x in (c.name, c.capital)}
+
+
 def fresh_names(rng: random.Random, n: int, taken: set[str], ends: tuple[str, ...]) -> list[str]:
     names: list[str] = []
     seen = set(taken)
