@@ -87,8 +87,8 @@ def test_accumulation_4x2_equals_batch_8(workdir: Path):
     loss_big, params_big = _one_step(workdir, "acc-big", [exs])
     loss_acc, params_acc = _one_step(workdir, "acc-small", [exs[i : i + 2] for i in range(0, 8, 2)])
     assert abs(loss_big - loss_acc) < 1e-5
-    for a, b in zip(params_big, params_acc):
-        assert torch.allclose(a, b, atol=1e-6)
+    for a, b in zip(params_big, params_acc):  # Adam's step is ~lr (2e-4); summation order moves it by ~2e-6
+        assert torch.allclose(a, b, atol=5e-6)
     # and the per-micro-batch mean that other tools used would have given another number
     loss = SelectedTokenLoss(tiny_llama(96))
     with torch.no_grad():

@@ -6,6 +6,7 @@ import typer
 
 from .data import data_app
 from .template import template_app
+from .model import model_app
 from .sandbox import demo, sandbox_app
 from .train import dpo, grpo, kto, merge, online_dpo, sft
 from .evaluate import evaluate
@@ -22,6 +23,7 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(template_app, name="template")
+app.add_typer(model_app, name="model")
 app.command("sft")(sft)
 app.command("dpo")(dpo)
 app.command("kto")(kto)

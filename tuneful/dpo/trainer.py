@@ -24,6 +24,8 @@ from ..config import to_dict
 from ..train.config import ModelSettings
 from ..train.prepared import main_processes_first
 from ..train.loop import Trainer, run
+from ..models.head import probe_head
+from ..models.layouts import LayoutSupport, probe_layouts
 from ..train.model import load_model
 from .config import DPOConfig
 from .data import COLLATORS, PreferenceExample
@@ -47,10 +49,19 @@ class DPOResult:
     history: list[dict] = field(default_factory=list)
 
 
-def resolve_pair_layout(cfg: DPOConfig) -> str:
+def resolve_pair_layout(cfg: DPOConfig, support: LayoutSupport | None = None, *, aux_loss: bool = False) -> str:
+    """``train.pair_layout``, with ``auto`` resolved for the model: shared-prompt where one row keeps the two replies
+    apart in it (:mod:`tuneful.models.layouts`), else two-rows. An explicit shared-prompt the model cannot keep is
+    refused by name."""
+    problem = support.shared_prompt_problem(cfg.data.max_length, aux_loss=aux_loss) if support is not None else None
+    if cfg.train.pair_layout == "shared-prompt" and problem:
+        raise ValueError(f"train.pair_layout=shared-prompt: wrong for this model: {problem}. Fix: "
+                         "train.pair_layout=two-rows (or auto, which picks it)")
     if cfg.train.pair_layout != "auto":
         return cfg.train.pair_layout
-    return "two-rows" if cfg.model.attn_implementation.startswith("flash") else "shared-prompt"
+    if cfg.model.attn_implementation.startswith("flash") or problem:
+        return "two-rows"
+    return "shared-prompt"
 
 
 def pair_cost(example: PreferenceExample, layout: str) -> int:
@@ -105,6 +116,11 @@ class DPOTrainer(Trainer):
         self.data: PreparedPairs = prepare_pairs(self.cfg.data, self.tokenizer, self.cfg.train.seed,
                                                  main_process_first=main_processes_first(self.acc))
 
+    def fit_model(self, model: Any) -> None:
+        self.head = probe_head(model)
+        self.layout = resolve_pair_layout(self.cfg, probe_layouts(model), aux_loss=self.head.aux_coefficient is not None)
+        self.collate = COLLATORS[self.layout]
+
     def before_lora(self, model: Any) -> None:
         if self.reference_kind == "precomputed":  # from the starting weights, before LoRA and before any resume
             self.reference = self._precompute(model)
@@ -115,7 +131,7 @@ class DPOTrainer(Trainer):
             self.reference = ModelReference(ref_module, adapters_off=False, autocast=self.acc.autocast)
 
     def loss_module(self, model: Any) -> torch.nn.Module:
-        return ResponseLogps(model, self.cfg.train.loss_chunk_size)
+        return ResponseLogps(model, self.cfg.train.loss_chunk_size, head=self.head)
 
     def after_prepare(self) -> None:
         if self.reference_kind == "adapters-off":

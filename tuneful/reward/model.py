@@ -16,6 +16,7 @@ from torch import nn
 
 from ..dpo.data import PreferenceExample
 from ..train.config import ModelSettings
+from ..models.head import SPLIT, HeadPlan
 from ..train.model import DecoderWithHead, enable_activation_checkpointing, unwrap_causal_lm
 
 
@@ -42,7 +43,11 @@ def score_head(model: nn.Module) -> nn.Module:
 
 
 class RewardScores(DecoderWithHead):
-    """One decoder pass → one scalar per listed position (the end of each reply): [n] fp32 rewards."""
+    """One decoder pass → one scalar per listed position (the end of each reply): [n] fp32 rewards. The score head
+    reads the decoder's hidden states directly (transformers' sequence classifiers add no MoE loss): no probe."""
+
+    def __init__(self, model: nn.Module, chunk_size: int = 0):
+        super().__init__(model, chunk_size, head=HeadPlan(SPLIT))
 
     def forward(self, input_ids, attention_mask, position_ids, ends):  # type: ignore[override]
         hidden = self.hidden_states(input_ids, attention_mask, position_ids)

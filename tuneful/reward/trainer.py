@@ -19,6 +19,7 @@ from ..config import to_dict
 from ..dpo.data import COLLATORS
 from ..dpo.prepare import PreparedPairs, prepare_pairs
 from ..dpo.trainer import pair_cost, resolve_pair_layout
+from ..models.layouts import probe_layouts
 from ..train.prepared import main_processes_first
 from ..train.loop import Trainer, run
 from .config import RewardConfig
@@ -51,6 +52,10 @@ class RewardTrainer(Trainer):
     def prepare_data(self) -> None:
         self.data: PreparedPairs = prepare_pairs(self.cfg.data, self.tokenizer, self.cfg.train.seed,
                                                  main_process_first=main_processes_first(self.acc))
+
+    def fit_model(self, model: Any) -> None:
+        self.layout = resolve_pair_layout(self.cfg, probe_layouts(model))
+        self.collate = COLLATORS[self.layout]
 
     def load_base_model(self) -> Any:
         return load_reward_model(self.cfg.model, self._pad_id())

@@ -116,8 +116,8 @@ class CompletionLogps(DecoderWithHead):
     *sampling* distribution: logits divided by the sampling temperature, so π/π_old compares the policy
     that actually drew the tokens."""
 
-    def __init__(self, model: Any, chunk_size: int = 0, temperature: float = 1.0):
-        super().__init__(model, chunk_size)
+    def __init__(self, model: Any, chunk_size: int = 0, temperature: float = 1.0, head: Any = None):
+        super().__init__(model, chunk_size, head=head)
         self.temperature = temperature
 
     def forward(self, input_ids, attention_mask, position_ids, sources, targets):  # type: ignore[override]

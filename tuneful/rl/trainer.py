@@ -21,6 +21,8 @@ import torch
 
 from ..config import to_dict
 from ..infer.generate import generate
+from ..models.head import probe_head
+from ..models.layouts import probe_layouts
 from ..train.loop import Trainer, run
 from .config import GRPOConfig
 from .losses import clipped_policy_gradient
@@ -94,10 +96,24 @@ class GRPOTrainer(Trainer):
         if self.reference_kind == "frozen":
             reference = copy.deepcopy(model).requires_grad_(False).eval()
             self.reference_module = CompletionLogps(reference, self.cfg.train.loss_chunk_size,
-                                                    self.settings.temperature).to(self.acc.device)
+                                                    self.settings.temperature, head=self.head).to(self.acc.device)
+
+    def fit_model(self, model: Any) -> None:
+        """One row per group (the prompt encoded once) where the model keeps the completions apart in it
+        (:mod:`tuneful.models.layouts`); else a row per completion. An explicit shared-prompt it cannot keep is
+        refused by name."""
+        self.head = probe_head(model)
+        longest = self.cfg.data.max_prompt_length + self.settings.max_new_tokens
+        problem = probe_layouts(model).shared_prompt_problem(longest, aux_loss=self.head.aux_coefficient is not None)
+        if self.cfg.model.attn_implementation.startswith("flash"):
+            problem = problem or f"attention '{self.cfg.model.attn_implementation}' takes no custom 4-D mask"
+        layout, name = self.settings.layout, f"{self.name.replace('-', '_')}.layout"
+        if layout == "shared-prompt" and problem:
+            raise ValueError(f"{name}=shared-prompt: wrong for this model: {problem}. Fix: {name}=rows (or auto)")
+        self.shared_prompt = layout == "shared-prompt" or (layout == "auto" and problem is None)
 
     def loss_module(self, model: Any) -> torch.nn.Module:
-        return CompletionLogps(model, self.cfg.train.loss_chunk_size, self.settings.temperature)
+        return CompletionLogps(model, self.cfg.train.loss_chunk_size, self.settings.temperature, head=self.head)
 
     def item_lengths(self) -> list[int]:
         return [len(ids) for ids in self.data.train_ids]
@@ -128,10 +144,8 @@ class GRPOTrainer(Trainer):
     def inputs(self, batch: RolloutBatch) -> CompletionInputs:
         """The micro-batch laid out for the model: one row per group (the prompt encoded once) unless the
         attention kernel takes no block mask (flash-attention) or ``layout=rows``."""
-        layout = self.settings.layout
-        shared = layout == "shared-prompt" or (layout == "auto" and
-                                              not self.cfg.model.attn_implementation.startswith("flash"))
-        return completion_inputs(batch.completions, self._pad_id(), shared_prompt=shared).to(self.acc.device)
+        return completion_inputs(batch.completions, self._pad_id(),
+                                 shared_prompt=self.shared_prompt).to(self.acc.device)
 
     @torch.no_grad()
     def _logps(self, batch: RolloutBatch, module: Any, *, adapters_off: bool = False) -> torch.Tensor:

@@ -16,7 +16,8 @@ from ..config import to_dict
 from ..templates.registry import run_template
 from ..tokenization.masking import add_template_tokens, labels_from_mask
 from ..train.loop import Trainer, run
-from ..train.model import unwrap_causal_lm
+from ..models.head import probe_head
+from ..models.layouts import BLOCK_MASK, probe_layouts
 from ..train.prepared import main_processes_first
 from .batching import Example, collate_packed, collate_padded, plan_rows
 from .config import SFTConfig
@@ -52,11 +53,27 @@ class SFTTrainer(Trainer):
                                                main_process_first=main_processes_first(self.acc))
         if not self.data.train:
             raise ValueError(f"data.train={self.cfg.data.train}: no usable training examples after preflight")
-        lengths = self.data.train.lengths.tolist()
-        self.rows = plan_rows(lengths, packing=self.cfg.data.packing, max_length=self.cfg.data.max_length)
-        self.row_lengths = [sum(lengths[i] for i in row) for row in self.rows]
+
+    def fit_model(self, model: Any) -> None:
+        """The head (:func:`tuneful.models.head.probe_head`) and how packed rows meet this model: with restarted
+        position ids only (its own mask builder keeps each layer's rule), with tuneful's block mask, or — where
+        packed examples would read each other (recurrent layers) — not at all: rows are padded and the reason
+        printed and recorded (``packing`` in the summary)."""
+        self.head = probe_head(model)
+        self.packing_mode, self.packing_note = None, "off (data.packing=false)"
+        if self.cfg.data.packing:
+            support = probe_layouts(model)
+            self.packing_mode = support.packing
+            self.packing_note = support.packing or f"off for this model: {support.packing_reason}"
+            if support.packing is None:
+                self.acc.print(f"data.packing: {self.packing_note}; training on padded rows, one example each "
+                               "(set data.packing=false to say so)")
+        self.packing = self.packing_mode is not None
 
     def item_lengths(self) -> list[int]:
+        lengths = self.data.train.lengths.tolist()
+        self.rows = plan_rows(lengths, packing=self.packing, max_length=self.cfg.data.max_length)
+        self.row_lengths = [sum(lengths[i] for i in row) for row in self.rows]
         return self.row_lengths
 
     def micro_batch(self, items: list[int]) -> tuple[dict[str, torch.Tensor], int]:
@@ -64,16 +81,15 @@ class SFTTrainer(Trainer):
 
     def collate_rows(self, rows: list[list[Example]]) -> tuple[dict[str, torch.Tensor], int]:
         """A micro-batch of rows (each one example, or several packed) and its token count."""
-        if self.cfg.data.packing:
-            flash = str(getattr(unwrap_causal_lm(self.model).config, "_attn_implementation", "")).startswith("flash")
-            batch = collate_packed(rows, self._pad_id(), block_mask=not flash)
+        if self.packing:
+            batch = collate_packed(rows, self._pad_id(), block_mask=self.packing_mode == BLOCK_MASK)
         else:
             batch = collate_padded([row[0] for row in rows], self._pad_id())
         return batch, sum(len(e) for row in rows for e in row)
 
     # --- loss and metrics -------------------------------------------------------------------------
     def loss_module(self, model: Any) -> torch.nn.Module:
-        return SelectedTokenLoss(model, self.cfg.train.loss_chunk_size)
+        return SelectedTokenLoss(model, self.cfg.train.loss_chunk_size, head=self.head)
 
     def step_counts(self, micro: Sequence[tuple[dict[str, torch.Tensor], int]]) -> torch.Tensor:
         trained = sum(int((b["labels"][:, 1:] != -100).sum()) for b, _ in micro)
@@ -86,6 +102,11 @@ class SFTTrainer(Trainer):
         # DDP averages gradients over processes; scaling by world size turns that into a sum.
         scale = self.world / max(1, int(counts[0]))
         return total * scale, total.detach().float()
+
+    def aux_weight(self, batch: tuple[dict[str, torch.Tensor], int], counts: torch.Tensor, micro_batches: int) -> float:
+        """The micro-batch's share of the step's trained tokens: with one micro-batch the loss is the model's own
+        (mean NLL + coefficient x aux); with accumulation each micro-batch's MoE loss weighs as its tokens do."""
+        return int((batch[0]["labels"][:, 1:] != -100).sum()) / max(1, int(counts[0]))
 
     def step_metrics(self, tally: torch.Tensor, counts: torch.Tensor, grad_norm: float) -> dict:
         trained, tokens = int(counts[0]), int(counts[1])
@@ -124,7 +145,8 @@ class SFTTrainer(Trainer):
     def summary(self) -> dict:
         from .output import sft_summary
 
-        return sft_summary(self.data, to_dict(self.cfg))
+        return {**sft_summary(self.data, to_dict(self.cfg)), "packing": getattr(self, "packing_note", None),
+                "head": self.head.describe() if getattr(self, "head", None) else None}
 
     def result(self, steps, last_loss, eval_metrics, history, train_seconds) -> TrainResult:
         return TrainResult(steps, last_loss, (eval_metrics or {}).get("eval_loss"), self.out, history=history)
@@ -152,6 +174,13 @@ class Seq2SeqSFTTrainer(SFTTrainer):
         if not self.data.train:
             raise ValueError(f"data.train={self.cfg.data.train}: no usable training examples")
         self.row_lengths = [len(e) for e in self.data.train]
+
+    def fit_model(self, model: Any) -> None:
+        """Encoder-decoder models run their own forward (:class:`tuneful.sft.seq2seq.Seq2SeqTokenLoss`): no probe."""
+        self.head, self.packing_mode, self.packing_note = None, None, "off (encoder-decoder)"
+
+    def item_lengths(self) -> list[int]:
+        return self.row_lengths
 
     def load_base_model(self) -> Any:
         from .seq2seq import load_seq2seq_model
@@ -232,7 +261,7 @@ class StreamingSFTTrainer(SFTTrainer):
 
         if self.stream is None:
             self.stream = StreamedRows(self.cfg.data, self.data.conversation_tokenizer, seed=self.cfg.train.seed,
-                                       packing=self.cfg.data.packing, state=self._stream_state)
+                                       packing=self.packing, state=self._stream_state)
         size, per_step = self.cfg.train.micro_batch_size, self.cfg.train.grad_accum * self.world
         micro = [[self.stream.next_row() for _ in range(size)] for _ in range(per_step)]
         return [self.collate_rows(rows) for rows in micro[self.acc.process_index :: self.world]]

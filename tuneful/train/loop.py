@@ -69,6 +69,10 @@ class Trainer(ABC):
         """The starting weights (a causal LM; a reward model loads a sequence-classification head instead)."""
         return load_model(self.cfg.model, quantize_4bit=self.cfg.lora.qlora)
 
+    def fit_model(self, model: Any) -> None:
+        """Choose what depends on the architecture (batch layouts, the head) from the loaded model, before any
+        batch is built: probes in :mod:`tuneful.models`."""
+
     def before_lora(self, model: Any) -> None:
         """Work on the starting weights, before adapters are added (e.g. a precomputed reference)."""
 
@@ -103,6 +107,12 @@ class Trainer(ABC):
         """(the tensor to backward — normalised by the step's global ``counts``, scaled by the world size,
         since DDP averages gradients over processes —, a tally of metrics to sum over the step)."""
 
+    def aux_weight(self, batch: Any, counts: torch.Tensor, micro_batches: int) -> float:
+        """This micro-batch's share of the step, for the model's own MoE load-balancing loss (added as the model's
+        forward adds it, once per micro-batch): by default each of the step's ``micro_batches`` (all processes)
+        counts alike; SFT weighs by trained tokens, as it normalises its main loss."""
+        return 1.0 / max(1, micro_batches)
+
     @abstractmethod
     def step_metrics(self, tally: torch.Tensor, counts: torch.Tensor, grad_norm: float) -> dict:
         """The step's metrics from the tally summed over micro-batches and processes; needs "loss" and "tokens"."""
@@ -130,6 +140,7 @@ class Trainer(ABC):
         model = self._model_in if self._model_in is not None else self.load_base_model()
         if self.new_token_ids:
             add_token_rows(model, len(self.tokenizer), self.new_token_ids)
+        self.fit_model(model)
         self.before_lora(model)
         self.initial_adapter: Path | None = None
         if cfg.lora.enabled:
@@ -255,16 +266,18 @@ class Trainer(ABC):
         """One optimizer step over this process's micro-batches: (the step's loss, its metrics)."""
         real = len(micro) - self.fillers
         counts = self.acc.reduce(self.step_counts(micro[:real]), reduction="sum")
-        tally = None
+        micro_batches = int(self.acc.reduce(torch.tensor(real, device=self.acc.device), reduction="sum"))
+        tally, aux_sum = None, torch.zeros(2, device=self.acc.device)  # the MoE loss's sum and micro-batches
+        core = self.acc.unwrap_model(self.module)
         for k, batch in enumerate(micro):
             sync = k == len(micro) - 1
             if self.zero_stage:  # DeepSpeed's engine: the boundary is ours, the loss already normalised
                 self.module.set_gradient_accumulation_boundary(sync)
-                loss, parts = self.micro_loss(batch, counts)
+                loss, parts = self._with_aux(core, batch, counts, micro_batches, aux_sum if k < real else None)
                 self.module.backward(loss if k < real else loss * 0.0, scale_wrt_gas=False)
             else:
                 with self.acc.no_sync(self.module) if not sync else nullcontext():
-                    loss, parts = self.micro_loss(batch, counts)
+                    loss, parts = self._with_aux(core, batch, counts, micro_batches, aux_sum if k < real else None)
                     self.acc.backward(loss if k < real else loss * 0.0)
             if k < real:
                 tally = parts if tally is None else tally + parts
@@ -283,7 +296,21 @@ class Trainer(ABC):
             self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         metrics = self.step_metrics(self.acc.reduce(tally, reduction="sum"), counts, grad_norm)
+        aux_sum = self.acc.reduce(aux_sum, reduction="sum")
+        if float(aux_sum[1]):
+            metrics["aux_loss"] = float(aux_sum[0] / aux_sum[1])  # coefficient x the model's aux, per micro-batch
         return metrics["loss"], metrics
+
+    def _with_aux(self, core: Any, batch: Any, counts: torch.Tensor, micro_batches: int, aux_sum: torch.Tensor | None):
+        """The trainer's micro-batch loss plus the model's own MoE load-balancing loss of that forward (if any),
+        weighted by :meth:`aux_weight` and scaled like the main loss (DDP averages over processes)."""
+        loss, parts = self.micro_loss(batch, counts)
+        aux = core.pop_aux() if hasattr(core, "pop_aux") else None
+        if aux is not None:
+            loss = loss + aux * (self.aux_weight(batch, counts, micro_batches) * self.world)
+            if aux_sum is not None:  # a filler's forward only keeps the collectives in step
+                aux_sum += torch.stack([aux.detach().float(), torch.ones((), device=aux.device)])
+        return loss, parts
 
     # --- output ---------------------------------------------------------------------------------
     def final_model(self) -> tuple[Any, bool]:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models.head import MODEL_FORWARD, REFUSED, HeadPlan, probe_head, unwrap_causal_lm
 from .config import LoraSettings, ModelSettings
 
 
@@ -100,9 +101,9 @@ def apply_lora(model: nn.Module, settings: LoraSettings, new_token_ids: list[int
 
     if settings.qlora:
         model = prepare_model_for_kbit_training(model)
-    targets: Any = settings.target_modules
-    if targets == ["all-linear"]:
-        targets = "all-linear"
+    from ..models.lora import resolve_lora_targets
+
+    targets, parameters = resolve_lora_targets(unwrap_causal_lm(model), list(settings.target_modules), task_type)
     tokens: Any = None
     if new_token_ids:
         tokens = {_module_name(model, model.get_input_embeddings()): list(new_token_ids)}
@@ -111,6 +112,7 @@ def apply_lora(model: nn.Module, settings: LoraSettings, new_token_ids: list[int
     init: Any = {"default": True}.get(settings.init, settings.init)
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=targets, task_type=task_type, trainable_token_indices=tokens,
+                        **({"target_parameters": parameters} if parameters else {}),
                         use_dora=settings.dora, use_rslora=settings.rslora, init_lora_weights=init)
     return get_peft_model(model, config)
 
@@ -136,11 +138,6 @@ def add_neftune(model: nn.Module, alpha: float) -> Any:
         return output + torch.zeros_like(output).uniform_(-magnitude, magnitude)
 
     return unwrap_causal_lm(model).get_input_embeddings().register_forward_hook(noisy)
-
-
-def unwrap_causal_lm(model: nn.Module) -> nn.Module:
-    """The transformers model inside a PEFT wrapper (adapters stay injected)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def attention_mask_for(model: nn.Module, mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -170,21 +167,72 @@ class DecoderWithHead(nn.Module):
     only where a loss needs it. Wrapping the model (rather than calling its decoder from outside)
     keeps the forward pass inside one module, so DDP's hooks see it. Trainers subclass it with a
     ``forward`` that computes their per-micro-batch quantities.
+
+    What the model's own forward does after its decoder is measured once (:func:`tuneful.models.head.probe_head`):
+    a logit scale or soft-cap is applied by :meth:`lm_head`; a model whose head cannot be split safely runs its own
+    forward (all positions reach the vocabulary: memory, never a wrong loss); the MoE load-balancing loss, where the
+    config asks for it, is the model's own ``aux_loss``, collected by :meth:`pop_aux` for the training core.
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int = 0):
+    def __init__(self, model: nn.Module, chunk_size: int = 0, head: HeadPlan | None = None):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        self.head = head if head is not None else probe_head(model)
+        if self.head.mode == REFUSED:
+            name = type(unwrap_causal_lm(model)).__name__
+            raise ValueError(f"{name}: tuneful cannot train this model on exactly its own loss: {self.head.reason}. "
+                             f"Fix: a causal LM whose loss is next-token cross-entropy (`tuneful model check` "
+                             "shows what tuneful does with a model)")
+        self._aux: list[torch.Tensor] = []
+        self._captured: list[torch.Tensor] = []
+        if self.head.mode != MODEL_FORWARD and self.head.aux_coefficient is not None:
+            unwrap_causal_lm(model).get_decoder().register_forward_hook(self._capture_hidden)
+
+    def _capture_hidden(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._capturing:
+            self._captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
+
+    _capturing = False
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
-        causal_lm = unwrap_causal_lm(self.model)
-        logits = causal_lm.get_output_embeddings()(hidden)
-        cap = getattr(causal_lm.config, "final_logit_softcapping", None)
-        return torch.tanh(logits / cap) * cap if cap else logits
+        """Logits at the given positions: the projection and what the model applies after it (scale, soft-cap).
+        Under ``model_forward`` the states already are the model's own logits."""
+        if self.head.mode == MODEL_FORWARD:
+            return hidden
+        return self.head.transform(unwrap_causal_lm(self.model).get_output_embeddings()(hidden))
 
     def hidden_states(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
-        """The decoder's final hidden states (no vocabulary projection), the mask in the kernel's form."""
-        decoder = unwrap_causal_lm(self.model).get_decoder()
-        return decoder(input_ids=input_ids, attention_mask=attention_mask_for(self.model, attention_mask),
-                       position_ids=position_ids, use_cache=False).last_hidden_state
+        """What :meth:`lm_head` reads: the decoder's final hidden states (or, under ``model_forward``, the model's own
+        logits), the mask in the kernel's form. The MoE loss of a training forward is kept for :meth:`pop_aux`."""
+        causal = unwrap_causal_lm(self.model)
+        mask = attention_mask_for(self.model, attention_mask)
+        coefficient = self.head.aux_coefficient
+        if self.head.mode != MODEL_FORWARD and coefficient is None:
+            return causal.get_decoder()(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                                        use_cache=False).last_hidden_state
+        extra: dict[str, Any] = {}
+        if coefficient is not None:
+            extra["output_router_logits"] = True
+        if self.head.mode != MODEL_FORWARD:
+            if self.head.keeps_logits:
+                extra["logits_to_keep"] = 1  # the states come from the decoder; one position reaches the head
+            self._capturing, self._captured = True, []
+        try:
+            output = causal(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False,
+                            **extra)
+        finally:
+            self._capturing = False
+        aux = getattr(output, "aux_loss", None)
+        if coefficient is not None and aux is not None and torch.is_grad_enabled():
+            self._aux.append(coefficient * aux.float())
+        if self.head.mode == MODEL_FORWARD:
+            return output.logits
+        return self._captured[-1]
+
+    def pop_aux(self) -> torch.Tensor | None:
+        """The summed ``coefficient x aux_loss`` of the training forwards since the last call (None: no MoE loss)."""
+        if not self._aux:
+            return None
+        total, self._aux = torch.stack(self._aux).sum(), []
+        return total
