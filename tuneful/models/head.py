@@ -209,8 +209,10 @@ def verified(causal: nn.Module, plan: HeadPlan, ids: torch.Tensor) -> HeadPlan:
     finally:
         causal.train(was_training)
     own = output.loss
-    if own is not None and torch.allclose(mine, own.float(), rtol=1e-5, atol=1e-6):
-        if not torch.allclose(numbered.float(), output.logits.float(), rtol=1e-4, atol=1e-5):
+    exact = output.logits.dtype == torch.float32  # bf16 / 4-bit weights: the same sums, rounded coarser
+    rtol, atol = (1e-5, 1e-6) if exact else (1e-2, 1e-3)
+    if own is not None and torch.allclose(mine, own.float(), rtol=rtol, atol=atol):
+        if not torch.allclose(numbered.float(), output.logits.float(), rtol=10 * rtol, atol=10 * atol):
             return HeadPlan(REFUSED, reason="it numbers positions its own way (tuneful passes 0..n-1 position ids)")
         return plan
     if plan.mode == SPLIT:
