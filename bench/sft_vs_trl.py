@@ -195,6 +195,15 @@ def worker_trl(workdir: Path, steps: int, out: Path) -> dict:
     masks = [[t for t, y in zip(ids, labels) if y != -100][:] for ids, labels in
              zip(batch["input_ids"].tolist(), batch["labels"].tolist())]
 
+    seconds, counts = train_counting(trainer)
+    return {"framework": "trl", "step0_loss": step0, "seconds": seconds, "trained_tokens": counts["trained"],
+            "tokens": counts["real"], "padding_fraction": 1 - counts["real"] / max(1, counts["padded"]),
+            "peak_rss_mb": peak_rss_mb(), "params": count_params(model), "trained_masks": masks,
+            "final_loss": trainer.state.log_history[-2].get("loss") if len(trainer.state.log_history) > 1 else None}
+
+
+def train_counting(trainer) -> tuple[float, dict[str, int]]:
+    """Train a TRL trainer, counting what its collator hands the model: (seconds, {trained, real, padded})."""
     counts = {"trained": 0, "real": 0, "padded": 0}
     collate = trainer.data_collator
 
@@ -209,11 +218,7 @@ def worker_trl(workdir: Path, steps: int, out: Path) -> dict:
     trainer.data_collator = counting_collator
     started = time.perf_counter()
     trainer.train()
-    seconds = time.perf_counter() - started
-    return {"framework": "trl", "step0_loss": step0, "seconds": seconds, "trained_tokens": counts["trained"],
-            "tokens": counts["real"], "padding_fraction": 1 - counts["real"] / max(1, counts["padded"]),
-            "peak_rss_mb": peak_rss_mb(), "params": count_params(model), "trained_masks": masks,
-            "final_loss": trainer.state.log_history[-2].get("loss") if len(trainer.state.log_history) > 1 else None}
+    return time.perf_counter() - started, counts
 
 
 def matmul_peak_gflops(seconds: float = 2.0) -> float:

@@ -184,3 +184,37 @@ def test_the_matrix_builds_the_families_people_fine_tune():
               "falcon_h1"]
     missing = {name: _built(name).skipped for name in wanted if build(name).model is None}
     assert not missing, missing
+
+
+@pytest.mark.parametrize("model_type", causal_model_types())
+def test_the_serving_engine_decodes_the_models_own_greedy_tokens(model_type: str):
+    """Two prompts of different lengths through the engine together (continuous batching, left padding, the KV
+    cache merged row by row — or static batches where the cache cannot be merged) against each prompt alone
+    through the model's own ``generate``."""
+    from types import SimpleNamespace
+
+    from tuneful.infer.chat_model import ChatModel
+    from tuneful.serve.engine import GenerationEngine, GenerationRequest
+
+    model = model_of(model_type)
+    stop = [1]
+    prompts = [examples()[0].input_ids[:7], examples()[1].input_ids[:4]]
+    owns = []
+    for prompt in prompts:
+        try:
+            with torch.no_grad():
+                own = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=5, do_sample=False,
+                                     eos_token_id=stop, pad_token_id=1)[0, len(prompt):].tolist()
+        except Exception as error:
+            pytest.skip(f"the model's own generate fails on this tiny config: {type(error).__name__}: {error}")
+        owns.append(own[: own.index(1)] if 1 in own else own)
+    tokenizer = SimpleNamespace(pad_token_id=None, eos_token_id=1)
+    chat = ChatModel(model_type, model, tokenizer, None, stop, stop, 256)
+    engine = GenerationEngine(chat, max_batch=4, batch_wait_s=0.05).start()
+    try:
+        requests = [engine.submit(GenerationRequest(p, max_new_tokens=5, stream=False)) for p in prompts]
+        produced = [list(r.tokens()) for r in requests]
+    finally:
+        engine.stop()
+    for prompt, tokens, own in zip(prompts, produced, owns):
+        assert tokens == own, (model_type, prompt, tokens, own, engine.continuous)

@@ -87,3 +87,24 @@ def test_model_check_json_contract(tmp_path):
         assert {"architecture", "head", "moe_aux_loss", "lora_targets", "packing", "problems"} <= found.keys()
         assert (found["architecture"], found["head"], found["moe_aux_loss"]) == (architecture, "split", aux)
         assert "q_proj" in found["lora_targets"]
+
+
+@pytest.mark.parametrize("model_type, fields", [("llama", {}), ("granite", {"logits_scaling": 8.0}),
+                                                 ("gemma2", {"final_logit_softcapping": 0.5})])
+def test_fused_linear_cross_entropy_equals_the_plain_loss_and_gradients(model_type, fields):
+    """Chunked SFT (train.loss_chunk_size > 0) on a plain head runs the fused linear cross-entropy: the same sum and
+    gradients (scale and soft-cap included; a cap of 0.5 bends every logit) as all trained positions at once."""
+    model = tiny(model_type, **fields)
+    batch = collate_padded(examples(), 0)
+    results = []
+    for chunk in (0, 3):
+        model.zero_grad()
+        module = SelectedTokenLoss(model, chunk)
+        assert (module._plain_head_weight() is not None) == (chunk > 0)
+        total, count = module(**batch)
+        (total / count).backward()
+        results.append((float(total), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (plain, plain_grads), (fused, fused_grads) = results
+    assert abs(plain - fused) < 1e-5 * abs(plain)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(grad, fused_grads[name], rtol=1e-4, atol=1e-6), name

@@ -157,7 +157,7 @@ def test_run_records_its_command_exit_and_failure(tmp_path: Path):
     assert ok.command == "tuneful --help" and ok.pid
     _wait(lambda: runs.status(tmp_path / "ok") != "running")
     assert runs.status(tmp_path / "ok") == "finished"
-    assert "Usage" in (tmp_path / "ok" / runs.LOG_FILE).read_text() and "--help" in runs.log_tail(tmp_path / "ok")
+    assert "Usage" in (tmp_path / "ok" / runs.LOG_FILE).read_text() and "Commands" in runs.log_tail(tmp_path / "ok")
     runs.launch(tmp_path / "bad", ["sft", "missing.yaml"], "sft", cwd=tmp_path)
     _wait(lambda: runs.status(tmp_path / "bad") != "running")
     assert runs.status(tmp_path / "bad").startswith("failed (exit ")

@@ -30,6 +30,20 @@ def save_tiny_model(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def save_tiny_moe(folder: Path, seed: int = 0) -> Path:
+    """The starter tokenizer and a random-init Mixtral (4 experts, top-2) with its router loss on, as a HF folder."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    tok = starter_tokenizer()
+    torch.manual_seed(seed)
+    config = MixtralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                           max_position_embeddings=512, output_router_logits=True, router_aux_loss_coef=0.02)
+    MixtralForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
 def write_data(path: Path, copies: int = 4) -> Path:
     """The starter conversations repeated (so there is enough to batch, pack and split)."""
     lines = starter_path().read_text().splitlines()

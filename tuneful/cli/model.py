@@ -48,16 +48,20 @@ def check_cmd(
 @model_app.command("matrix")
 def matrix_cmd(
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the support table (docs/models.md)."),
+    readme: Optional[Path] = typer.Option(None, "--readme", help="Rewrite the README's generated model-support "
+                                                                 "paragraph (between its markers)."),
     save: Optional[Path] = typer.Option(None, "--save", help="Also save each built tiny model under this folder."),
 ) -> None:
     """Build a tiny random model of every causal-LM architecture transformers ships and probe each: the table of
     what tuneful does with it, or why it was skipped."""
-    from ..models.matrix import matrix_rows, markdown_table
+    from ..models.matrix import markdown_table, matrix_rows, update_readme
 
     rows = matrix_rows(save_to=save)
     table = markdown_table(rows)
     if markdown:
         markdown.write_text(table)
+    if readme:
+        update_readme(readme, rows)
     typer.echo(table)
     built = sum(1 for r in rows if not r["skipped"])
     typer.echo(json.dumps({"architectures": len(rows), "built": built, "skipped": len(rows) - built}))

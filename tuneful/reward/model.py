@@ -26,7 +26,7 @@ def load_reward_model(settings: ModelSettings, pad_token_id: int) -> nn.Module:
 
     model = AutoModelForSequenceClassification.from_pretrained(
         settings.name_or_path, num_labels=1, trust_remote_code=settings.trust_remote_code,
-        attn_implementation=settings.attn_implementation, dtype=torch.float32)
+        **settings.loading_kwargs(), dtype=torch.float32)
     model.config.pad_token_id = pad_token_id  # transformers reads it to find the last token at inference
     if settings.gradient_checkpointing:
         enable_activation_checkpointing(model)

@@ -181,14 +181,45 @@ class GenerationEngine:
         self.continuous = not getattr(chat.model.config, "is_encoder_decoder", False)
         self._stop_ids = list(chat.stop_ids)
         self._vocab = chat.model.get_output_embeddings().weight.shape[0]
+        # inference never needs router logits; a model saved with output_router_logits=true would compute its
+        # load-balancing loss from a mask that does not match one decoded token
+        self._extra = {"output_router_logits": False} if hasattr(chat.model.config, "output_router_logits") else {}
         self._rows: list[_Row] = []
         self._cache: Any = None
         self._mask: torch.Tensor | None = None  # (rows, cached length): 1 where a row has a token
         self._next: torch.Tensor | None = None  # (rows,): each row's last chosen token, not yet in the cache
 
     def start(self) -> "GenerationEngine":
+        if self.continuous:
+            self.continuous = self._rows_can_merge()
         self._thread.start()
         return self
+
+    @torch.no_grad()
+    def _rows_can_merge(self) -> bool:
+        """Whether this model decodes continuous batches at all: two left-padded rows prefilled into a plain
+        ``DynamicCache`` and one step decoded (three forwards over a few tokens). A model whose cache has other
+        layer kinds, or whose forward keeps a cache of its own (RWKV, MiniMax), gets static batches: its own
+        ``generate``. The architecture matrix checks that either way the tokens are the model's own greedy ones."""
+        from transformers.cache_utils import DynamicCache
+
+        model, device = self.chat.model, self.chat.device
+        try:
+            cache = DynamicCache(config=model.config)
+            if _cache_layers(cache) is None:
+                return False
+            ids, mask = left_padded([[3, 4, 5], [6]], self.chat.pad_id)
+            ids, mask = ids.to(device), mask.to(device)
+            model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), past_key_values=cache,
+                  use_cache=True, **self._extra)
+            if _cache_layers(cache) is None:
+                return False
+            mask = torch.cat([mask, mask.new_ones((2, 1))], dim=1)
+            model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                  past_key_values=cache, use_cache=True, **self._extra)
+            return _cache_layers(cache) is not None
+        except Exception:
+            return False
 
     def submit(self, request: GenerationRequest) -> GenerationRequest:
         with self._lock:
@@ -269,8 +300,17 @@ class GenerationEngine:
         ids, mask = left_padded([r.prompt_ids for r in requests], self.chat.pad_id)
         ids, mask = ids.to(device), mask.to(device)
         cache = DynamicCache(config=model.config)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), past_key_values=cache,
-                       use_cache=True).logits[:, -1, :]
+        if _cache_layers(cache) is None:  # sliding-window, recurrent or linear-attention layers: static batches
+            self.continuous = False
+            self._static_batch(requests)
+            return
+        try:
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), past_key_values=cache,
+                           use_cache=True, **self._extra).logits[:, -1, :]
+        except Exception:  # a model that keeps a cache of its own (MiniMax, RWKV, ...): its own generate, always
+            self.continuous = False
+            self._static_batch(requests)
+            return
         if _cache_layers(cache) is None:  # this model's cache cannot merge rows: static batches from now on
             self.continuous = False
             self._static_batch(requests)
@@ -307,7 +347,7 @@ class GenerationEngine:
         self._mask = torch.cat([self._mask, self._mask.new_ones((len(self._rows), 1))], dim=1)
         positions = (self._mask.sum(-1, keepdim=True) - 1)
         logits = self.chat.model(input_ids=self._next[:, None], attention_mask=self._mask, position_ids=positions,
-                                 past_key_values=self._cache, use_cache=True).logits[:, -1, :]
+                                 past_key_values=self._cache, use_cache=True, **self._extra).logits[:, -1, :]
         self.batches.append(len(self._rows))
         stop = set(self._stop_ids)
         chosen = []
@@ -357,9 +397,20 @@ class GenerationEngine:
 
             options["logits_processor"] = LogitsProcessorList(
                 [ConstrainedRows([r.constraint for r in batch], self._vocab, self._stop_ids)])
-        model.generate(input_ids=ids.to(self.chat.device), attention_mask=mask.to(self.chat.device),
-                       max_new_tokens=max(r.max_new_tokens for r in batch), eos_token_id=self._stop_ids,
-                       pad_token_id=pad, streamer=rows, stopping_criteria=StoppingCriteriaList([rows]), **options)
+        try:
+            alone = len(batch) == 1  # no padding: no mask (some architectures' generate cannot take one)
+            model.generate(input_ids=ids.to(self.chat.device), attention_mask=None if alone else mask.to(self.chat.device),
+                           max_new_tokens=max(r.max_new_tokens for r in batch), eos_token_id=self._stop_ids,
+                           pad_token_id=pad, streamer=rows, stopping_criteria=StoppingCriteriaList([rows]),
+                           **options, **self._extra)
+        except Exception:
+            # some architectures' generate fails on a left-padded batch (hybrid caches); alone, each row is the
+            # model's own generate — taken only when nothing was emitted yet
+            if len(batch) == 1 or any(row.produced for row in rows.rows):
+                raise
+            for request in batch:
+                self._static_batch([request])
+            return
         rows.end()
 
 

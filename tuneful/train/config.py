@@ -20,7 +20,13 @@ class ModelSettings:
     dtype: str = setting("auto", "auto (fp32 on CPU, bf16 on GPU), float32, bfloat16 or float16.")
     trust_remote_code: bool = setting(False, "Run model code shipped with the checkpoint. Off unless you trust it.")
     gradient_checkpointing: bool = setting(False, "Recompute activations in backward to save memory.")
-    attn_implementation: str = setting("sdpa", "Attention kernel: sdpa, eager, or flash_attention_2 (GPU).")
+    attn_implementation: str = setting("auto", "Attention kernel: auto (the model's own default: sdpa where it "
+                                               "supports it, else eager — gpt-oss, Gemma 2), sdpa, eager, or "
+                                               "flash_attention_2 (GPU).")
+
+    def loading_kwargs(self) -> dict:
+        """``from_pretrained`` keywords for the kernel: none for ``auto`` (transformers picks the model's default)."""
+        return {} if self.attn_implementation == "auto" else {"attn_implementation": self.attn_implementation}
 
     def check(self) -> list[str]:
         problems = []

@@ -160,7 +160,8 @@ class Trainer(ABC):
 
             shard(module, self.acc.device)  # before the optimizer: it must hold the sharded parameters
         optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay,
-                                   cfg.lora.plus_lr_ratio if cfg.lora.enabled else 1.0)
+                                   cfg.lora.plus_lr_ratio if cfg.lora.enabled else 1.0,
+                                   fused=not (self.sharded or self.zero_stage))
 
         self.lengths = self.item_lengths()
         self._plan: tuple[int, list[list[int]]] | None = None

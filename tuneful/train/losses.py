@@ -103,3 +103,64 @@ def gathered_logps(
     sums = torch.zeros(n_scores, dtype=torch.float32, device=states.device).index_add(0, scores, picked)
     counts = torch.zeros(n_scores, dtype=torch.long, device=states.device).index_add(0, scores, torch.ones_like(scores))
     return sums, counts
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Summed next-token NLL of ``states @ weight.T`` (then ``scale`` and ``softcap``, as the model's head does),
+    chunk by chunk, with the gradients of ``states`` and ``weight`` computed in the forward pass.
+
+    The idea of fused linear cross-entropy (Liger Kernel, Hsu et al. 2024, arXiv:2410.10989), written here in
+    plain PyTorch because Liger's kernels are Triton (GPU only): no chunk's logits outlive its iteration, and
+    nothing is recomputed in backward — the checkpointed chunks of :func:`selected_nll_sum` run the projection
+    twice. Backward only scales the stored gradients by the incoming one.
+    """
+
+    @staticmethod
+    def forward(ctx, states, weight, targets, scale: float, softcap: float | None, chunk_size: int):
+        total = torch.zeros((), dtype=torch.float32, device=states.device)
+        grad_states = torch.empty_like(states) if states.requires_grad else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
+        for start in range(0, states.shape[0], chunk_size):
+            h, y = states[start : start + chunk_size], targets[start : start + chunk_size]
+            z = (h @ weight.t()).float()
+            slope = None
+            if scale != 1.0:
+                z = z * scale
+            if softcap:
+                capped = torch.tanh(z / softcap)
+                slope = 1.0 - capped * capped  # d(cap * tanh(z / cap)) / dz
+                z = capped * softcap
+            log_norm = torch.logsumexp(z, dim=-1)
+            total += (log_norm - z.gather(1, y[:, None])[:, 0]).sum()
+            grad = torch.softmax(z, dim=-1)
+            grad[torch.arange(y.shape[0], device=y.device), y] -= 1.0
+            del z
+            if slope is not None:
+                grad *= slope
+            if scale != 1.0:
+                grad *= scale
+            grad = grad.to(weight.dtype)
+            if grad_states is not None:
+                grad_states[start : start + chunk_size] = (grad @ weight).to(states.dtype)
+            if grad_weight is not None:  # accumulated in place, in fp32
+                grad_weight.addmm_(grad.t().float(), h.float())
+        ctx.save_for_backward(grad_states, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_states, grad_weight = ctx.saved_tensors
+        states = grad_states * grad_output.to(grad_states.dtype) if grad_states is not None else None
+        weight = (grad_weight * grad_output).to(ctx.weight_dtype) if grad_weight is not None else None
+        return states, weight, None, None, None, None
+
+
+def fused_linear_nll_sum(hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, *, scale: float = 1.0,
+                         softcap: float | None = None, chunk_size: int = 1024) -> tuple[torch.Tensor, int]:
+    """:func:`selected_nll_sum` for a head that is one bias-free linear layer (+ scale, soft-cap), through
+    :class:`_LinearCrossEntropy`: the same sum and gradients, at most ``chunk_size x vocab`` logits at once and
+    the projection run once."""
+    keep, targets = shifted_targets(labels)
+    states = hidden[:, :-1][keep]
+    return _LinearCrossEntropy.apply(states, weight, targets, scale, softcap, chunk_size), int(targets.numel())

@@ -25,7 +25,7 @@ def load_model(settings: ModelSettings, *, quantize_4bit: bool = False) -> nn.Mo
 
     kwargs: dict[str, Any] = {
         "trust_remote_code": settings.trust_remote_code,
-        "attn_implementation": settings.attn_implementation,
+        **settings.loading_kwargs(),
         "dtype": torch.float32,
     }
     if quantize_4bit:
