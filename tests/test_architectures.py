@@ -26,6 +26,7 @@ from tuneful.dpo.reference import ResponseLogps
 from tuneful.models.catalog import build, causal_model_types
 from tuneful.models.head import REFUSED, probe_head
 from tuneful.models.layouts import BLOCK_MASK, probe_layouts
+from tuneful.models.lora import expert_parameters
 from tuneful.sft.batching import Example, collate_packed, collate_padded
 from tuneful.sft.model import SelectedTokenLoss
 from tuneful.train.config import LoraSettings
@@ -176,6 +177,8 @@ def test_full_and_lora_steps_and_checkpointing(model_type: str):
     trained = {n: g for n, g in grads.items() if "lora_" in n}
     assert trained and all(torch.isfinite(g).all() for g in trained.values())
     assert any(g.abs().sum() > 0 for g in trained.values())
+    if expert_parameters(model_of(model_type)):  # MoE with fused 3-D experts: the experts adapt too
+        assert any(g.abs().sum() > 0 for n, g in trained.items() if "expert" in n), sorted(trained)
 
 
 def test_the_matrix_builds_the_families_people_fine_tune():
@@ -218,3 +221,24 @@ def test_the_serving_engine_decodes_the_models_own_greedy_tokens(model_type: str
         engine.stop()
     for prompt, tokens, own in zip(prompts, produced, owns):
         assert tokens == own, (model_type, prompt, tokens, own, engine.continuous)
+
+
+@pytest.mark.slow
+def test_model_check_reads_every_folder_the_matrix_builds(tmp_path):
+    """Every built tiny model saved as a folder (``tuneful model matrix --save``) and read back the way ``tuneful
+    model check`` reads a folder: the findings carry the contract's keys and the same head as in memory."""
+    from tuneful.models.check import check_model, load_for_check
+
+    checked = 0
+    for model_type in causal_model_types():
+        built = _built(model_type)
+        if built.model is None:
+            continue
+        folder = tmp_path / model_type
+        built.model.save_pretrained(folder, safe_serialization=True)
+        model, read = load_for_check(str(folder))
+        found = check_model(model, name=str(folder))
+        assert read and {"architecture", "head", "moe_aux_loss", "lora_targets", "packing", "problems"} <= found.keys()
+        assert found["head"] == probe_head(built.model).mode, model_type
+        checked += 1
+    assert checked >= 120
