@@ -93,6 +93,12 @@ def _shrink(config: Any) -> Any:
     if isinstance(getattr(config, "full_attn_idxs", None), list):  # LFM2: a convolution layer, then attention
         _set(config, "full_attn_idxs", [1])
         _set(config, "layer_types", ["conv", "full_attention"])
+    layers = getattr(config, "num_hidden_layers", None)
+    original = values.get("num_hidden_layers")
+    for name, value in values.items():  # per-layer lists besides layer_types (mlp_layer_types, ...): cut to length
+        if (isinstance(value, list) and isinstance(original, int) and len(value) == original and layers
+                and name not in ("layer_types", "layers_block_type") and len(value) > layers):
+            _set(config, name, value[:layers])
     if getattr(config, "layers_block_type", None) and isinstance(values.get("layers_block_type"), list):
         kinds = list(dict.fromkeys(values["layers_block_type"]))
         _set(config, "layers_block_type", (kinds * 2)[: max(2, len(kinds))])
@@ -125,6 +131,7 @@ def build(model_type: str, *, aux_loss: bool = True, seed: int = 0) -> Built:
             if size > MAX_PARAMETERS:
                 return Built(model_type, skipped=f"the generic shrink leaves {size / 1e6:.0f}M parameters "
                                                  "(a sub-config it does not reach: vision, audio or a fixed size)")
+            type(config).from_dict(config.to_dict())  # a saved folder must load again (tuneful model check)
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
             ids = torch.randint(3, VOCAB, (1, 12))
