@@ -36,7 +36,7 @@ PAD = 0
 RTOL = 1e-5
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=None)  # each architecture built once for every test here
 def _built(model_type: str):
     return build(model_type)
 

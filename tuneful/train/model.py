@@ -185,15 +185,6 @@ class DecoderWithHead(nn.Module):
                              f"Fix: a causal LM whose loss is next-token cross-entropy (`tuneful model check` "
                              "shows what tuneful does with a model)")
         self._aux: list[torch.Tensor] = []
-        self._captured: list[torch.Tensor] = []
-        if self.head.mode != MODEL_FORWARD and self.head.aux_coefficient is not None:
-            unwrap_causal_lm(model).get_decoder().register_forward_hook(self._capture_hidden)
-
-    def _capture_hidden(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._capturing:
-            self._captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
-
-    _capturing = False
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits at the given positions: the projection and what the model applies after it (scale, soft-cap).
@@ -214,21 +205,28 @@ class DecoderWithHead(nn.Module):
         extra: dict[str, Any] = {}
         if coefficient is not None:
             extra["output_router_logits"] = True
+        captured: list[torch.Tensor] = []
+        handle = None
         if self.head.mode != MODEL_FORWARD:
             if self.head.keeps_logits:
                 extra["logits_to_keep"] = 1  # the states come from the decoder; one position reaches the head
-            self._capturing, self._captured = True, []
+
+            def capture(module: nn.Module, args: Any, output: Any) -> None:
+                captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
+
+            handle = causal.get_decoder().register_forward_hook(capture)  # for this forward only
         try:
             output = causal(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False,
                             **extra)
         finally:
-            self._capturing = False
+            if handle is not None:
+                handle.remove()
         aux = getattr(output, "aux_loss", None)
         if coefficient is not None and aux is not None and torch.is_grad_enabled():
             self._aux.append(coefficient * aux.float())
         if self.head.mode == MODEL_FORWARD:
             return output.logits
-        return self._captured[-1]
+        return captured[-1]
 
     def pop_aux(self) -> torch.Tensor | None:
         """The summed ``coefficient x aux_loss`` of the training forwards since the last call (None: no MoE loss)."""
