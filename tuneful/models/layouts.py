@@ -64,11 +64,25 @@ def sliding_window(config: Any) -> int | None:
     return min(windows) if windows else None
 
 
-def _attention_form(causal: nn.Module, mask: torch.Tensor) -> torch.Tensor:
-    implementation = str(getattr(causal.config, "_attn_implementation", "sdpa"))
+def attention_mask_for(model: nn.Module, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A collator's mask in the form the model's attention kernel reads.
+
+    Custom [B, 1, T, T] masks (packing, shared prompts) are boolean, True = attend, which is what
+    SDPA takes. Eager attention *adds* its mask to the scores, so a boolean mask there would let
+    every token see every other one: it gets the additive form (0 / most negative). Flash-attention
+    takes no such mask at all.
+    """
+    if mask is None or mask.dim() != 4 or mask.dtype != torch.bool:
+        return mask
+    implementation = str(getattr(unwrap_causal_lm(model).config, "_attn_implementation", "sdpa"))
+    if implementation.startswith("flash"):
+        raise ValueError(f"attention '{implementation}' cannot take a custom attention mask (packing with block "
+                         "masks, or a DPO shared prompt); use model.attn_implementation=sdpa, or the flash-friendly "
+                         "layout (SFT: packing restarts position ids; DPO: train.pair_layout=two-rows)")
     if implementation == "sdpa":
         return mask
-    dtype = next((p.dtype for p in causal.parameters() if p.is_floating_point()), torch.float32)
+    dtype = getattr(unwrap_causal_lm(model), "dtype", torch.float32)  # transformers: the first floating dtype
+    dtype = dtype if dtype.is_floating_point else torch.float32
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
@@ -83,7 +97,7 @@ def _logits(causal: nn.Module, ids: torch.Tensor, **kwargs: Any) -> torch.Tensor
         try:
             return decoder(input_ids=ids, use_cache=False, **kwargs).last_hidden_state.float()
         except TypeError:  # a decoder with another signature: the model's own forward below
-            pass
+            decoder = None
     if hasattr(causal.config, "output_router_logits"):  # the logits only: the MoE loss has its own rule (head.py)
         kwargs["output_router_logits"] = False
     return causal(input_ids=ids, use_cache=False, **kwargs).logits.float()
@@ -123,7 +137,7 @@ def probe_layouts(model: nn.Module) -> LayoutSupport:
                     (segment[:, None] == segment[None, :])
                 try:
                     block_ok = kept_apart(_logits(causal, row, position_ids=positions,
-                                                  attention_mask=_attention_form(causal, block[None, None])))
+                                                  attention_mask=attention_mask_for(causal, block[None, None])))
                 except Exception as error:
                     packing_reason = f"{type(error).__name__}: {str(error)[:100]}"
                 if block_ok and window is None:
@@ -144,7 +158,7 @@ def probe_layouts(model: nn.Module) -> LayoutSupport:
                 positions = torch.tensor([0, 1, 2, 3, 4, 5, 6, 4, 5, 6], device=row.device)[None]
                 try:
                     logits = _logits(causal, row, position_ids=positions,
-                                     attention_mask=_attention_form(causal, mask[None, None]))
+                                     attention_mask=attention_mask_for(causal, mask[None, None]))
                     with_a = _logits(causal, torch.cat([prompt, reply_a], dim=1))
                     with_b = _logits(causal, torch.cat([prompt, reply_b], dim=1))
                     shared = _same(logits[:, :7], with_a) and _same(logits[:, 7:], with_b[:, 4:])

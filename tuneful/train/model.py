@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..models.head import MODEL_FORWARD, REFUSED, HeadPlan, probe_head, unwrap_causal_lm
+from ..models.layouts import attention_mask_for
 from .config import LoraSettings, ModelSettings
 
 
@@ -138,28 +139,6 @@ def add_neftune(model: nn.Module, alpha: float) -> Any:
         return output + torch.zeros_like(output).uniform_(-magnitude, magnitude)
 
     return unwrap_causal_lm(model).get_input_embeddings().register_forward_hook(noisy)
-
-
-def attention_mask_for(model: nn.Module, mask: torch.Tensor | None) -> torch.Tensor | None:
-    """A collator's mask in the form the model's attention kernel reads.
-
-    Custom [B, 1, T, T] masks (packing, shared prompts) are boolean, True = attend, which is what
-    SDPA takes. Eager attention *adds* its mask to the scores, so a boolean mask there would let
-    every token see every other one: it gets the additive form (0 / most negative). Flash-attention
-    takes no such mask at all.
-    """
-    if mask is None or mask.dim() != 4 or mask.dtype != torch.bool:
-        return mask
-    implementation = str(getattr(unwrap_causal_lm(model).config, "_attn_implementation", "sdpa"))
-    if implementation.startswith("flash"):
-        raise ValueError(f"attention '{implementation}' cannot take a custom attention mask (packing with block "
-                         "masks, or a DPO shared prompt); use model.attn_implementation=sdpa, or the flash-friendly "
-                         "layout (SFT: packing restarts position ids; DPO: train.pair_layout=two-rows)")
-    if implementation == "sdpa":
-        return mask
-    dtype = getattr(unwrap_causal_lm(model), "dtype", torch.float32)  # transformers: the first floating dtype
-    dtype = dtype if dtype.is_floating_point else torch.float32
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
 class DecoderWithHead(nn.Module):
