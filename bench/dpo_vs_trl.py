@@ -85,7 +85,7 @@ def tokenized_pairs(workdir: Path) -> list[dict]:
     from transformers import AutoTokenizer
 
     from tuneful.data.loader import load
-    from tuneful.dpo.data import preference_tokenizer, tokenize_pairs
+    from tuneful.preference.pairs import preference_tokenizer, tokenize_pairs
     from tuneful.templates.registry import builtin
 
     tok = AutoTokenizer.from_pretrained(workdir / "model")
@@ -101,8 +101,8 @@ def worker_tuneful(workdir: Path, steps: int, out: Path, reference: str, layout:
 
     from tuneful.config import build
     from tuneful.dpo.config import DPOConfig
-    from tuneful.dpo.objective import pair_terms
-    from tuneful.dpo.reference import ResponseLogps
+    from tuneful.dpo.losses import pair_terms
+    from tuneful.preference.reference import ResponseLogps
     from tuneful.dpo.trainer import DPOTrainer
 
     lora = reference == "adapters-off"
@@ -118,15 +118,15 @@ def worker_tuneful(workdir: Path, steps: int, out: Path, reference: str, layout:
     trainer = DPOTrainer(cfg).setup()
     setup_seconds = time.perf_counter() - started
     first = list(range(BATCH))
-    batch = trainer.collate([trainer.data.train[i] for i in first], trainer._pad_id())
+    batch = trainer.policy.collate([trainer.data.train[i] for i in first], trainer.pad_token_id)
     with torch.no_grad():
         sums, counts = ResponseLogps(load_probe(workdir))(**batch.inputs())
         step0 = float(pair_terms(trainer.objective, cfg.dpo, sums, counts,
-                                 trainer.reference("train", first, batch)).pair_loss_sum) / BATCH
+                                 trainer.policy.reference("train", first, batch)).pair_loss_sum) / BATCH
     padded = computed = 0
     for step in range(steps):
         for indices in trainer.micro_batches(step):
-            b = trainer.collate([trainer.data.train[i] for i in indices], trainer._pad_id())
+            b = trainer.policy.collate([trainer.data.train[i] for i in indices], trainer.pad_token_id)
             padded, computed = padded + b.input_ids.numel(), computed + b.computed
     started = time.perf_counter()
     result = trainer.train()

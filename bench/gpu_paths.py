@@ -113,8 +113,8 @@ def packing_check(workdir: Path, steps: int, out: Path) -> dict:
     mask selects keeps packed examples apart."""
     import torch
 
-    from tuneful.sft.batching import Example, collate_packed, collate_padded
-    from tuneful.sft.model import SelectedTokenLoss
+    from tuneful.tokenization.batching import Example, collate_packed, collate_padded
+    from tuneful.sft.losses import SelectedTokenLoss
     from tuneful.templates.registry import builtin
     from tuneful.tokenization.masking import ConversationTokenizer, labels_from_mask
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -85,7 +85,7 @@ def worker_tuneful(workdir: Path, steps: int, out: Path, layout: str = "auto") -
     setup_seconds = time.perf_counter() - started
     fixed = [Completion(0, c["prompt_ids"], c["ids"], "", True, 0.0, c["advantage"])
              for c in json.loads((workdir / "fixed.json").read_text())]
-    inputs = completion_inputs(fixed, trainer._pad_id())
+    inputs = completion_inputs(fixed, trainer.pad_token_id)
     with torch.no_grad():
         logps = CompletionLogps(trainer.model)(**inputs.model_args())
         terms = clipped_policy_gradient(logps, logps, inputs.advantages[inputs.sequence])

@@ -98,7 +98,7 @@ def worker_tuneful(workdir: Path, steps: int, out: Path, lora: bool, gc: bool) -
     import torch
 
     from tuneful.config import build
-    from tuneful.sft.batching import Example, collate_padded
+    from tuneful.tokenization.batching import Example, collate_padded
     from tuneful.sft.config import SFTConfig
     from tuneful.sft.trainer import SFTTrainer
     from tuneful.tokenization.masking import labels_from_mask
@@ -115,7 +115,7 @@ def worker_tuneful(workdir: Path, steps: int, out: Path, lora: bool, gc: bool) -
     convs = [json.loads(x)["messages"] for x in (workdir / "train.jsonl").read_text().splitlines()[:BATCH]]
     first = [trainer.data.conversation_tokenizer(c) for c in convs]
     batch = collate_padded([Example(e.input_ids[:MAX_LEN], labels_from_mask(e.input_ids, e.train_mask)[:MAX_LEN])
-                            for e in first], trainer._pad_id())
+                            for e in first], trainer.pad_token_id)
     with torch.no_grad():
         total, count = trainer.module(**batch)
     started = time.perf_counter()

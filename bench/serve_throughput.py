@@ -142,12 +142,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    from tuneful.eval.prompts import load_prompts
+    from tuneful.sandbox.evaluation import SandboxTasks
     from tuneful.export.gguf import stage_model
     from tuneful.infer.chat_model import load_chat_model
 
     n = 16 if args.quick else 48
-    prompts = [p.messages for p in load_prompts("sandbox")][:n]
+    prompts = [p.messages for p in SandboxTasks().held_out()][:n]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "TQDM_DISABLE": "1"}
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as scratch:
         folder = Path(scratch) / "sandbox"  # the sandbox base with its template in the tokenizer: one folder for both

@@ -132,7 +132,7 @@ def worker_tuneful(workdir: Path, steps: int, out: Path, packing: bool) -> dict:
     import torch
 
     from tuneful.config import build
-    from tuneful.sft.batching import Example, collate_padded
+    from tuneful.tokenization.batching import Example, collate_padded
     from tuneful.tokenization.masking import labels_from_mask
     from tuneful.sft.config import SFTConfig
     from tuneful.sft.trainer import SFTTrainer
@@ -149,7 +149,7 @@ def worker_tuneful(workdir: Path, steps: int, out: Path, packing: bool) -> dict:
     convs = [json.loads(x)["messages"] for x in (workdir / "train.jsonl").read_text().splitlines()[:BATCH]]
     first = [trainer.data.conversation_tokenizer(c) for c in convs]
     batch = collate_padded([Example(e.input_ids, labels_from_mask(e.input_ids, e.train_mask)) for e in first],
-                           trainer._pad_id())
+                           trainer.pad_token_id)
     with torch.no_grad():
         s, n = trainer.module(**batch)
     step0 = float(s) / int(n)

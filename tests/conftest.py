@@ -53,7 +53,7 @@ def fixture_conversations(fixtures: Path) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def starter_tok():
-    from tuneful.samples import starter_tokenizer
+    from tuneful.tokenization.masking import starter_tokenizer
 
     return starter_tokenizer()
 

@@ -21,16 +21,16 @@ import functools
 import pytest
 import torch
 
-from tuneful.dpo.data import COLLATORS, PreferenceExample
-from tuneful.dpo.reference import ResponseLogps
+from tuneful.preference.pairs import COLLATORS, PreferenceExample
+from tuneful.preference.reference import ResponseLogps
 from tuneful.models.catalog import build, causal_model_types
 from tuneful.models.head import REFUSED, probe_head
 from tuneful.models.layouts import BLOCK_MASK, probe_layouts
 from tuneful.models.lora import expert_parameters
-from tuneful.sft.batching import Example, collate_packed, collate_padded
-from tuneful.sft.model import SelectedTokenLoss
-from tuneful.train.config import LoraSettings
-from tuneful.train.model import apply_lora, attention_mask_for, enable_activation_checkpointing
+from tuneful.tokenization.batching import Example, collate_packed, collate_padded
+from tuneful.sft.losses import SelectedTokenLoss
+from tuneful.models.settings import LoraSettings
+from tuneful.models.loading import apply_lora, attention_mask_for, enable_activation_checkpointing
 
 PAD = 0
 RTOL = 1e-5
@@ -142,7 +142,7 @@ def test_reply_logps_in_both_pair_layouts(model_type: str):
     problem = support.shared_prompt_problem(width, aux_loss=module.head.aux_coefficient is not None)
     for layout in ("two-rows", "shared-prompt"):
         if layout == "shared-prompt" and problem:
-            continue  # refused by name (dpo.trainer.resolve_pair_layout), two-rows chosen by default
+            continue  # refused by name (preference.policy.resolve_pair_layout), two-rows chosen by default
         with torch.no_grad():
             sums, _ = module(**COLLATORS[layout]([example], PAD).inputs())
         module.pop_aux()
@@ -197,7 +197,7 @@ def test_the_serving_engine_decodes_the_models_own_greedy_tokens(model_type: str
     from types import SimpleNamespace
 
     from tuneful.infer.chat_model import ChatModel
-    from tuneful.serve.engine import GenerationEngine, GenerationRequest
+    from tuneful.infer.engine import GenerationEngine, GenerationRequest
 
     model = model_of(model_type)
     stop = [1]

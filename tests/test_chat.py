@@ -55,7 +55,7 @@ def test_chat_works_with_a_plain_hugging_face_folder(tmp_path: Path):
     from tiny import save_tiny_model
 
     from tuneful.infer.chat_model import load_chat_model
-    from tuneful.samples import starter_tokenizer
+    from tuneful.tokenization.masking import starter_tokenizer
     from tuneful.templates.registry import builtin
 
     folder = save_tiny_model(tmp_path / "hf")

@@ -40,7 +40,7 @@ def test_mask_json_contract_one_and_list(fixtures: Path, tmp_path: Path):
 
 
 def test_mask_text_view_marks_trained_tokens(tmp_path: Path):
-    from tuneful.samples import starter_tokenizer
+    from tuneful.tokenization.masking import starter_tokenizer
 
     folder = tmp_path / "tok"
     starter_tokenizer().save_pretrained(folder)

@@ -12,9 +12,9 @@ import torch
 from transformers.generation.logits_process import LogitsProcessorList
 
 from tiny import tiny_llama
-from tuneful.samples import starter_tokenizer
-from tuneful.serve.constrain import SYNTAXES, CallConstraints, ConstrainedRows, call_grammar
-from tuneful.serve.tool_parsers import PARSERS, plain_string
+from tuneful.tokenization.masking import starter_tokenizer
+from tuneful.infer.constrain import SYNTAXES, CallConstraints, ConstrainedRows, call_grammar
+from tuneful.data.tool_parsers import PARSERS, plain_string
 
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "parameters": {

@@ -13,7 +13,7 @@ import pytest
 
 from tiny import save_tiny_model, write_data, write_pairs
 from tuneful.config import ConfigError, build
-from tuneful.data.mix_recipe import MixRecipe, SourceSpec, TaskTemplate, recipe_from_dict
+from tuneful.data.mix_recipe import MixRecipe, RecipeError, SourceSpec, TaskTemplate, recipe_from_dict
 from tuneful.data.mixture import largest_remainder, load_training, mix, source_counts, take, task_counts
 from tuneful.data.types import RecordError
 
@@ -56,7 +56,7 @@ def test_counts_are_exact_and_weights_share_the_rest():
     recipe.total = None  # default: the weighted sources' records, re-balanced
     assert source_counts(recipe, [10, 30, 2]) == [30, 10, 5]
     recipe.total = 3
-    with pytest.raises(ConfigError, match="less than the sources' counts"):
+    with pytest.raises(RecipeError, match="less than the sources' counts"):
         source_counts(recipe, [1, 1, 1])
 
 
@@ -136,7 +136,7 @@ def test_missing_field_names_the_record_and_skip_counts_it(tmp_path: Path):
 
 
 def test_recipe_problems_are_collected_at_once():
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(RecipeError) as info:
         recipe_from_dict({"sources": [{"path": "a", "weight": 1, "count": 2}, {"weight": 1},
                                       {"path": "b", "count": 1, "colour": "red"}],
                           "template_types": {"two_shot": 1}, "temperature": 0})
@@ -192,7 +192,7 @@ def test_category_weights_from_the_flan_task_list(tmp_path: Path):
         pytest.skip("the first two tasks share a category")
     report = mix(recipe).report
     assert report["tasks"][f"{path}/{tasks[0]}"]["taken"] == 30 and report["tasks"][f"{path}/{tasks[1]}"]["taken"] == 10
-    with pytest.raises(ConfigError, match="not categories"):
+    with pytest.raises(RecipeError, match="not categories"):
         mix(recipe_from_dict({"categories": str(info), "category_weights": {"No Such Category": 2.0},
                               "sources": [{"path": str(path), "count": 4}]}))
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tuneful.data.types import Message, PreferencePair
-from tuneful.dpo.data import (COLLATORS, PreferenceDataError, PreferenceExample, collate_shared_prompt,
+from tuneful.preference.pairs import (COLLATORS, PreferenceDataError, PreferenceExample, collate_shared_prompt,
                               preference_tokenizer, tokenize_pair, tokenize_pairs)
-from tuneful.dpo.reference import ResponseLogps
+from tuneful.preference.reference import ResponseLogps
 from tuneful.tokenization.masking import special_tokens_of
 from tuneful.templates.registry import builtin
 from tuneful.templates.render import render

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tuneful.dpo.losses import dpo_robust, dpo_sigmoid, hinge, ipo, orpo_odds_ratio, simpo
+from tuneful.preference.losses import dpo_robust, dpo_sigmoid, hinge, ipo, orpo_odds_ratio, simpo
 
 
 def t(*values: float) -> torch.Tensor:

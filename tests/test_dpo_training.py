@@ -13,9 +13,9 @@ from tiny import killed_at_step, save_tiny_model, tiny_llama, write_pairs
 from tuneful.config import ConfigError, build
 from tuneful.data.loader import load
 from tuneful.dpo.config import DPOConfig, ObjectiveSettings
-from tuneful.dpo.data import COLLATORS, preference_tokenizer, tokenize_pairs
-from tuneful.dpo.objective import OBJECTIVES, pair_terms
-from tuneful.dpo.reference import ResponseLogps
+from tuneful.preference.pairs import COLLATORS, preference_tokenizer, tokenize_pairs
+from tuneful.dpo.losses import OBJECTIVES, pair_terms
+from tuneful.preference.reference import ResponseLogps
 from tuneful.dpo.trainer import DPOTrainer, run_dpo
 from tuneful.templates.registry import builtin
 
@@ -98,17 +98,17 @@ def test_resume_reuses_the_cached_reference_and_continues_exactly(workdir: Path,
     common = ("train.max_steps=6", "train.save_every=2", "train.micro_batch_size=2", "train.grad_accum=2",
               "dpo.reference=precomputed")
     straight = run_dpo(config(workdir, "straight", *common))
-    assert straight.reference == "precomputed" and not straight.reference_cached
+    assert straight.details["reference"] == "precomputed" and not straight.details["reference_cached"]
 
     killed_at_step(monkeypatch, DPOTrainer, 5, lambda: run_dpo(config(workdir, "resumed", *common)))
 
     computed = []
-    import tuneful.dpo.trainer as trainer_module
+    import tuneful.preference.policy as trainer_module
 
     real = trainer_module.reference_logps
     monkeypatch.setattr(trainer_module, "reference_logps", lambda *a, **k: computed.append(1) or real(*a, **k))
     resumed = run_dpo(config(workdir, "resumed", *common))
-    assert resumed.reference_cached and not computed  # no reference pass on resume
+    assert resumed.details["reference_cached"] and not computed  # no reference pass on resume
     assert _history(resumed) == _history(straight)
     assert len(list((workdir / "resumed" / "reference_logps").glob("*.safetensors"))) == 1
 
@@ -122,7 +122,7 @@ def test_every_objective_learns_the_preference(workdir: Path, loss: str):
     before = trainer.evaluate()
     result = trainer.train()
     trainer.acc.end_training()
-    assert result.reference == ("none" if loss in ("simpo", "orpo") else "precomputed")
+    assert result.details["reference"] == ("none" if loss in ("simpo", "orpo") else "precomputed")
     after = result.eval_metrics
     assert after["eval_loss"] < before["eval_loss"] and after["eval_margin"] > before["eval_margin"], (before, after)
 

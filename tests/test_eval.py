@@ -10,9 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from tuneful.cli.main import app
-from tuneful.eval.judge import JudgeSettings, OpenAIJudge, pairwise, parse_verdict
+from tuneful.infer.judge import JudgeSettings, OpenAIJudge, pairwise, parse_verdict
 from tuneful.eval.prompts import PromptFileError, load_prompts
 from tuneful.eval.runner import heldout_loss
+from tuneful.sandbox.evaluation import SandboxTasks
 
 from conftest import FIXTURES, needs_fixtures
 from stub_openai import completion, stub_endpoint
@@ -78,13 +79,13 @@ def test_prompt_file_errors_name_every_bad_line(tmp_path: Path):
 
 
 def test_sandbox_prompt_set_has_verifier_checks_and_references():
-    prompts = load_prompts("sandbox")
+    prompts = load_prompts("sandbox", tasks=SandboxTasks())
     assert {p.sandbox["set"] for p in prompts} == {"heldout_phrasing", "heldout_family"}
     assert all(p.reference and p.messages[-1]["role"] == "user" for p in prompts)
 
 
 def test_heldout_loss_is_the_mean_nll_of_the_reference_tokens(sandbox_chat):
-    prompts = load_prompts("sandbox", limit=3)
+    prompts = load_prompts("sandbox", limit=3, tasks=SandboxTasks())
     result = heldout_loss(sandbox_chat, prompts, batch_size=2)
     total, count = 0.0, 0
     for p in prompts:  # by hand: one unpadded forward pass per example
@@ -123,7 +124,7 @@ def test_eval_cli_writes_one_entry_per_model_with_every_applicable_metric(tmp_pa
     adapter = _zero_lora_adapter(tmp_path / "adapter")
     prompts = tmp_path / "prompts.jsonl"
     sandbox = [json.loads(json.dumps({"messages": p.messages, "sandbox": p.sandbox, "reference": p.reference}))
-               for p in load_prompts("sandbox", limit=6)]
+               for p in load_prompts("sandbox", limit=6, tasks=SandboxTasks())]
     ifeval = [{"key": 1, "prompt": "Answer without commas.", "instruction_id_list": ["punctuation:no_comma"],
                "kwargs": [{}]}]
     prompts.write_text("".join(json.dumps(r) + "\n" for r in sandbox + ifeval))

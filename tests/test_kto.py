@@ -12,8 +12,8 @@ import torch
 from tiny import save_tiny_model, tiny_llama, write_labeled, write_pairs
 from tuneful.config import ConfigError, build
 from tuneful.data.loader import load
-from tuneful.dpo.data import COLLATORS, PreferenceDataError, preference_tokenizer
-from tuneful.dpo.reference import ResponseLogps
+from tuneful.preference.pairs import COLLATORS, PreferenceDataError, preference_tokenizer
+from tuneful.preference.reference import ResponseLogps
 from tuneful.kto.config import KTOConfig, KTOSettings
 from tuneful.kto.data import LabeledReply, tokenize_labeled, with_mismatched_replies
 from tuneful.kto.losses import kto, kto_reference_point

@@ -8,8 +8,8 @@ import torch
 from tiny import tiny_llama
 from tuneful.config import ConfigError, build
 from tuneful.train.components import make_optimizer
-from tuneful.train.config import LoraSettings
-from tuneful.train.model import add_neftune, apply_lora
+from tuneful.models.settings import LoraSettings
+from tuneful.models.loading import add_neftune, apply_lora
 
 
 def _lora(**kw) -> torch.nn.Module:

@@ -68,8 +68,8 @@ def test_nothing_left_to_train_is_an_error_that_names_the_weight(word_tok):
 
 
 def test_seq2seq_makes_no_example_of_a_weight_zero_turn():
-    from tuneful.samples import starter_tokenizer
-    from tuneful.sft.seq2seq import Seq2SeqTokenizer, seq2seq_template
+    from tuneful.tokenization.masking import starter_tokenizer
+    from tuneful.tokenization.seq2seq import Seq2SeqTokenizer, seq2seq_template
 
     tok = starter_tokenizer()
     [conv] = FORMATS["messages"].convert(RECOVERY)

@@ -10,8 +10,8 @@ import torch
 
 from tuneful.models.catalog import tiny_config
 from tuneful.models.head import MODEL_FORWARD, SPLIT, probe_head
-from tuneful.sft.batching import collate_padded
-from tuneful.sft.model import SelectedTokenLoss
+from tuneful.tokenization.batching import collate_padded
+from tuneful.sft.losses import SelectedTokenLoss
 
 from test_architectures import examples, own_loss, ours
 

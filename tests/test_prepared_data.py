@@ -272,7 +272,7 @@ def test_kto_data_is_refused_with_counts_over_the_whole_stream(qwen, tmp_path, f
 def test_a_source_in_many_parts_prepares_as_one(qwen, tmp_path, fixtures, monkeypatch):
     """The source is written and tokenized in parts (bounded mapped pages); held-out rows, names and tallies do
     not depend on where the parts split."""
-    import tuneful.train.prepared as store
+    import tuneful.tokenization.prepared as store
 
     source = fixtures / "data" / "sharegpt" / "dummy_conversation.json"
 
@@ -297,10 +297,10 @@ def test_a_source_in_many_parts_prepares_as_one(qwen, tmp_path, fixtures, monkey
 def test_prepared_pairs_equal_the_in_memory_tokenization_and_are_cached(qwen, tmp_path, fixtures):
     """DPO (and reward-model) pairs go through the same store: the same examples as tokenize_pairs, the held-out
     split by the same draw, a cache hit the second time, bad pairs and overlong ones counted over all batches."""
-    from tuneful.dpo.config import PreferenceDataSettings
-    from tuneful.dpo.data import PreferenceDataError, preference_tokenizer, tokenize_pairs
-    from tuneful.dpo.prepare import pair_length, prepare_pairs
-    from tuneful.train.plan import hold_out
+    from tuneful.preference.config import PreferenceDataSettings
+    from tuneful.preference.pairs import PreferenceDataError, preference_tokenizer, tokenize_pairs
+    from tuneful.preference.prepare import pair_length, prepare_pairs
+    from tuneful.tokenization.plan import hold_out
 
     source = fixtures / "data" / "llamafactory" / "dpo_en_demo.json"
     settings = PreferenceDataSettings(train=str(source), max_length=700, eval_fraction=0.1, cache_dir=str(tmp_path))
@@ -331,7 +331,7 @@ def test_prepared_pairs_equal_the_in_memory_tokenization_and_are_cached(qwen, tm
 def test_prepared_kto_items_equal_the_in_memory_ones_and_are_cached(qwen, tmp_path, fixtures):
     """KTO's labelled replies through the same store: each item with the same mismatched reply as the in-memory
     assignment, the same labels, a cache hit the second time."""
-    from tuneful.dpo.data import preference_tokenizer
+    from tuneful.preference.pairs import preference_tokenizer
     from tuneful.kto.config import LabeledDataSettings
     from tuneful.kto.data import prepare_labeled, tokenize_labeled, with_mismatched_replies
 
@@ -352,7 +352,7 @@ def test_a_trainer_refuses_other_kinds_naming_the_first_with_counts_over_everyth
     """The stream form (Takes.take) and the per-batch form (KindTally merged out of order) name the same thing."""
     from tuneful.data.types import Conversation, LabeledConversation, Message, PreferencePair
     from tuneful.sft.prepared import SFT_TAKES
-    from tuneful.train.prepared import KindTally
+    from tuneful.tokenization.prepared import KindTally
 
     user, reply = Message("user", "hi"), Message("assistant", "hello")
     conv = Conversation((user, reply))

@@ -12,10 +12,10 @@ import torch
 from tiny import save_tiny_model, write_pairs
 from tuneful.config import ConfigError, build
 from tuneful.data.loader import load
-from tuneful.dpo.data import COLLATORS, preference_tokenizer, tokenize_pairs
+from tuneful.preference.pairs import COLLATORS, preference_tokenizer, tokenize_pairs
 from tuneful.reward.config import RewardConfig
 from tuneful.reward.losses import bradley_terry
-from tuneful.reward.model import RewardScores, reward_inputs
+from tuneful.preference.reward_model import RewardScores, reward_inputs
 from tuneful.reward.trainer import run_reward
 from tuneful.templates.registry import builtin
 
@@ -87,7 +87,7 @@ def test_loss_on_a_fixed_batch_equals_trl(layout: str, starter_tok, tmp_path: Pa
 def test_training_learns_the_pairs_and_the_folder_loads_in_transformers(workdir: Path, lora: bool):
     from transformers import AutoModelForSequenceClassification
 
-    from tuneful.reward.score import RewardScorer
+    from tuneful.preference.reward_score import RewardScorer
 
     extra = ("lora.enabled=true", "lora.r=8", "train.lr=1e-2") if lora else ()
     result = run_reward(config(workdir, f"run-{lora}", "train.max_steps=30", "data.eval_fraction=0.25", *extra))

@@ -12,11 +12,12 @@ import torch
 
 from tiny import killed_at_step
 from tuneful.config import build
-from tuneful.samples import starter_tokenizer
+from tuneful.tokenization.masking import starter_tokenizer
 from tuneful.sft.config import SFTConfig
-from tuneful.sft.seq2seq import (PLAIN_SEQ2SEQ_TEMPLATE, Seq2SeqDataError, Seq2SeqExample, Seq2SeqTokenizer,
-                                 Seq2SeqTokenLoss, collate_seq2seq, encode_source, is_encoder_decoder, seq2seq_template,
-                                 show_example, target_nll_sum)
+from tuneful.models.seq2seq import Seq2SeqTokenLoss, is_encoder_decoder, target_nll_sum
+from tuneful.sft.seq2seq import show_example
+from tuneful.tokenization.seq2seq import (PLAIN_SEQ2SEQ_TEMPLATE, Seq2SeqDataError, Seq2SeqExample, Seq2SeqTokenizer,
+                                         collate_seq2seq, encode_source, seq2seq_template)
 from tuneful.sft.trainer import Seq2SeqSFTTrainer, run_sft
 from tuneful.templates.render import render
 
@@ -194,7 +195,7 @@ def test_lora_adapter_merges_and_learns_to_answer(workdir: Path):
     plain.write_text(PLAIN_SEQ2SEQ_TEMPLATE)
     before = load_chat_model(str(workdir / "t5"), template=str(plain), device="cpu")
     result = run_sft(config(workdir, "lora", "lora.enabled=true", "lora.r=16", "lora.alpha=32",
-                            "lora.target_modules=all-linear", "train.max_steps=250", "train.lr=1e-2",
+                            "lora.target_modules=all-linear", "train.max_steps=400", "train.lr=1e-2",
                             "train.micro_batch_size=8", "train.warmup_ratio=0"))
     assert (result.model_dir / "adapter_config.json").exists()
     chat = load_chat_model(str(result.model_dir), device="cpu")
@@ -231,7 +232,7 @@ def test_lora_adapter_merges_and_learns_to_answer(workdir: Path):
 
     # and the terminal chat (the same engine, one row): the reply streams and joins the history
     from tuneful.infer.chat_repl import ChatSession
-    from tuneful.serve.engine import GenerationEngine
+    from tuneful.infer.engine import GenerationEngine
 
     session, pieces = ChatSession(chat, max_new_tokens=12), []
     engine = GenerationEngine(chat, max_batch=1, max_queue=1).start()

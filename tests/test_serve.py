@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from tuneful.infer.generate import generate
-from tuneful.serve.engine import GenerationEngine, GenerationRequest, QueueFull
+from tuneful.infer.engine import GenerationEngine, GenerationRequest, QueueFull
 from tuneful.serve.server import ChatServer, ServeSettings
 
 QUESTION = [{"role": "user", "content": "What is the capital of Norland?"}]
@@ -112,7 +112,7 @@ def test_requests_join_a_running_batch_and_leave_it_as_they_end(sandbox_chat):
     """Continuous batching: a request submitted while another is decoding joins it at the next step (its
     prompt length differs: its cache rows are left-padded in), and every reply is token for token what it
     is alone; rows that end leave, the others go on."""
-    from tuneful.serve.engine import Sampling
+    from tuneful.infer.engine import Sampling
 
     engine = GenerationEngine(sandbox_chat, max_batch=8, batch_wait_s=0.0).start()
     try:

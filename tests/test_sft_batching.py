@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from tuneful.train.losses import selected_nll_sum, token_nll_sum
-from tuneful.sft.batching import Example, best_fit_decreasing, collate_packed, collate_padded
-from tuneful.train.plan import plan_epoch
+from tuneful.models.losses import selected_nll_sum, token_nll_sum
+from tuneful.tokenization.batching import Example, best_fit_decreasing, collate_packed, collate_padded
+from tuneful.tokenization.plan import plan_epoch
 
 X = -100
 

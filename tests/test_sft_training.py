@@ -11,9 +11,9 @@ import torch
 
 from tiny import killed_at_step, model_and_data, tiny_llama
 from tuneful.config import build
-from tuneful.sft.batching import Example, collate_packed, collate_padded
+from tuneful.tokenization.batching import Example, collate_packed, collate_padded
 from tuneful.sft.config import SFTConfig
-from tuneful.sft.model import SelectedTokenLoss
+from tuneful.sft.losses import SelectedTokenLoss
 from tuneful.sft.trainer import SFTTrainer, run_sft
 
 REPO = Path(__file__).resolve().parents[1]

@@ -48,7 +48,7 @@ def test_the_templates_markers_become_single_special_tokens(fixtures: Path):
 
 
 def test_new_rows_start_at_the_mean_of_the_old_ones():
-    from tuneful.train.model import add_token_rows
+    from tuneful.models.loading import add_token_rows
 
     model = tiny_llama(50)
     old_in = model.get_input_embeddings().weight[:50].clone()

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tuneful.data.types import ToolCall
-from tuneful.serve.tool_parsers import PARSERS, ReplyStream, parser_for_template
+from tuneful.data.tool_parsers import PARSERS, ReplyStream, parser_for_template
 from tuneful.templates.registry import builtin
 
 WEATHER = ToolCall("get_weather", {"city": "Oslo"})

@@ -104,7 +104,7 @@ def test_dpo_pairs_with_tool_calls_load_tokenize_and_train(tool_model: Path, fix
     from transformers import AutoTokenizer
 
     from tuneful.dpo.config import DPOConfig
-    from tuneful.dpo.data import preference_tokenizer, tokenize_pairs
+    from tuneful.preference.pairs import preference_tokenizer, tokenize_pairs
     from tuneful.dpo.trainer import run_dpo
 
     pairs_file = _tool_pairs(fixtures, tmp_path / "pairs.jsonl")

@@ -6,7 +6,7 @@ import warnings
 from types import SimpleNamespace
 
 from tiny import tiny_llama
-from tuneful.train.model import enable_activation_checkpointing
+from tuneful.models.loading import enable_activation_checkpointing
 
 
 def test_activation_checkpointing_uses_the_current_name_without_a_deprecation_warning():

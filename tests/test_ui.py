@@ -20,7 +20,8 @@ from tuneful.tokenization.masking import ConversationTokenizer
 from tuneful.templates.registry import builtin
 from tuneful.tokenization.view import REASONING, TOOL_CALL, TOOL_RESULT, TRAINED, token_kinds
 from tuneful.ui import runs
-from tuneful.ui.forms import TRAINERS, check_form, fields, recipe_values, unknown_settings
+from tuneful.registry import TRAINERS
+from tuneful.ui.forms import check_form, fields, recipe_values, unknown_settings
 from tuneful.ui.paths import OutsideRoot, RootFolder
 
 from tiny import model_and_data

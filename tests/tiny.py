@@ -8,7 +8,8 @@ from typing import Any, Callable
 
 import torch
 
-from tuneful.samples import starter_path, starter_tokenizer
+from tuneful.samples import starter_path
+from tuneful.tokenization.masking import starter_tokenizer
 
 
 def tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2):

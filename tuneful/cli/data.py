@@ -120,9 +120,8 @@ def mix_cmd(
 ) -> None:
     """Mix sources (and labelled task data through templates) by weight or count; the last stdout line is a JSON
     summary with written, by_source and by_template_type."""
-    from ..config import ConfigError
     from ..data.loader import write_jsonl
-    from ..data.mix_recipe import read_recipe
+    from ..data.mix_recipe import RecipeError, read_recipe
     from ..data.mixture import mix, render_report
     from ..data.types import RecordError
 
@@ -130,7 +129,7 @@ def mix_cmd(
         fail(f"{recipe}: no such recipe file")
     try:
         result = mix(read_recipe(recipe))
-    except ConfigError as exc:
+    except RecipeError as exc:
         fail(str(exc))
     except RecordError as exc:
         fail(f"{exc}\n(set on_error: skip in the recipe to skip and count bad records)")

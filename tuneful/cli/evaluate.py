@@ -47,9 +47,10 @@ def evaluate(
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """Evaluate models on the same prompts: IFEval checks, sandbox accuracy, held-out loss, stop rate, judge."""
-    from ..eval.judge import JudgeSettings
+    from ..infer.judge import JudgeSettings
     from ..eval.prompts import PromptFileError
     from ..eval.runner import EvalSettings, run_eval
+    from ..sandbox.evaluation import SandboxTasks
 
     judge = JudgeSettings(judge_model, judge_base_url, judge_api_key_env) if judge_model else None
     try:
@@ -59,7 +60,7 @@ def evaluate(
                                 trust_remote_code=trust_remote_code, device=device,
                                 names=_split(names) if names else [], lm_eval_tasks=_split(lm_eval or ""),
                                 lm_eval_include=str(lm_eval_include) if lm_eval_include else None,
-                                lm_eval_chat_template=lm_eval_chat_template)
+                                lm_eval_chat_template=lm_eval_chat_template, tasks=SandboxTasks())
         report = run_eval(settings)
     except (PromptFileError, ValueError, OSError, RuntimeError) as exc:
         fail(str(exc))

@@ -1,42 +1,18 @@
-"""``tuneful rm train`` (a reward model from preference pairs) and ``tuneful rm score`` (score data with it)."""
+"""``tuneful rm score`` (score data with a reward model); ``tuneful rm train`` is the registry's (:mod:`tuneful.registry`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
-from .common import echo_summary, fail
-from .train import OVERRIDES_ARG, RECIPE_ARG, SETTINGS_OPT, _recipe
+from .common import fail
 
-rm_app = typer.Typer(help="Reward models: train one on preference pairs, score conversations with it.",
-                     no_args_is_help=True)
+RM_HELP = "Reward models: train one on preference pairs, score conversations with it."
 
 
-@rm_app.command("train")
-def train(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
-          show_settings: bool = SETTINGS_OPT) -> None:
-    """Train a reward model (Bradley–Terry on pairs). The last stdout line is JSON."""
-    from ..reward.config import RewardConfig
-
-    cfg = _recipe(RewardConfig, recipe, overrides, show_settings)
-    if cfg is None:
-        return
-    from ..dpo.data import PreferenceDataError
-    from ..tokenization.preflight import PreflightError
-    from ..reward.trainer import run_reward
-
-    try:
-        result = run_reward(cfg)
-    except (PreflightError, PreferenceDataError) as exc:
-        fail(str(exc))
-    echo_summary({"steps": result.steps, "final_loss": result.final_loss, "eval": result.eval_metrics,
-                  "model_dir": str(result.model_dir)})
-
-
-@rm_app.command("score")
 def score(
     model: Path = typer.Argument(..., help="Reward-model folder written by tuneful rm train."),
     data: str = typer.Argument(..., help="Conversations ending with an assistant reply, or preference pairs "
@@ -47,7 +23,7 @@ def score(
 ) -> None:
     """Score every record; for pairs, chosen and rejected and the pair accuracy. The last stdout line is JSON."""
     from ..data.loader import load
-    from ..reward.score import RewardScorer
+    from ..preference.reward_score import RewardScorer
 
     try:
         loaded = load(data)

@@ -1,12 +1,14 @@
-"""``tuneful sft``, ``dpo``, ``kto``, ``grpo``, ``online-dpo`` and ``merge``."""
+"""The training commands, one per trainer of :mod:`tuneful.registry`, and ``tuneful merge``."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
+from ..registry import TrainerEntry, run_summary
 from .common import echo_summary, fail
 
 
@@ -33,110 +35,31 @@ OVERRIDES_ARG = typer.Argument(None, help="key=value settings, e.g. train.lr=1e-
 SETTINGS_OPT = typer.Option(False, "--settings", help="List every setting with its default and help.")
 
 
-def sft(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
-        show_settings: bool = SETTINGS_OPT,
-        add_template_tokens: bool = typer.Option(False, "--add-template-tokens",
-                                                 help="Same as data.add_template_tokens=true: the template's markers "
-                                                      "become special tokens of a base tokenizer that lacks them.")) -> None:
-    """Supervised fine-tuning (full or LoRA). The last stdout line is a JSON summary."""
-    from ..sft.config import SFTConfig
+def trainer_command(entry: TrainerEntry) -> Callable[..., None]:
+    """The command of a registered trainer: ``tuneful <command> [RECIPE] [key=value ...] [--settings]`` plus the
+    entry's own flags; runs it and prints the JSON summary last."""
 
-    if add_template_tokens:
-        overrides = [*(overrides or []), "data.add_template_tokens=true"]
-    cfg = _recipe(SFTConfig, recipe, overrides, show_settings)
-    if cfg is None:
-        return
-    from ..tokenization.preflight import PreflightError
-    from ..sft.trainer import run_sft
+    def command(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
+                show_settings: bool = SETTINGS_OPT, **flags: Any) -> None:
+        overrides = [*(overrides or []), *(o for f in entry.flags if (o := f.override(flags[f.param])))]
+        parts = entry.load()
+        cfg = _recipe(parts.settings, recipe, overrides, show_settings)
+        if cfg is None:
+            return
+        try:
+            result = parts.run(cfg)
+        except parts.errors as exc:
+            fail(str(exc))
+        echo_summary(run_summary(result))
 
-    try:
-        result = run_sft(cfg)
-    except PreflightError as exc:
-        fail(str(exc))
-    echo_summary({"steps": result.steps, "final_loss": result.final_loss, "eval_loss": result.eval_loss,
-                  "model_dir": str(result.model_dir)})
-
-
-def dpo(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
-        show_settings: bool = SETTINGS_OPT) -> None:
-    """Preference tuning after SFT: DPO, robust DPO, IPO, hinge, SimPO or ORPO. The last stdout line is JSON."""
-    from ..dpo.config import DPOConfig
-
-    cfg = _recipe(DPOConfig, recipe, overrides, show_settings)
-    if cfg is None:
-        return
-    from ..dpo.trainer import run_dpo
-
-    _run_preference(run_dpo, cfg)
-
-
-def kto(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
-        show_settings: bool = SETTINGS_OPT) -> None:
-    """KTO on unpaired replies labelled desirable / undesirable (thumbs up / down). The last stdout line is JSON."""
-    from ..kto.config import KTOConfig
-
-    cfg = _recipe(KTOConfig, recipe, overrides, show_settings)
-    if cfg is None:
-        return
-    from ..kto.trainer import run_kto
-
-    _run_preference(run_kto, cfg)
-
-
-REWARD_FN_OPT = typer.Option(None, "--reward-fn", help="MODULE:FUNCTION or FILE.py:FUNCTION called as "
-                             "fn(prompt=, completion=, record=) -> number; repeatable, added to the reward sources.")
-
-
-def grpo(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
-         show_settings: bool = SETTINGS_OPT, reward_fn: Optional[List[str]] = REWARD_FN_OPT) -> None:
-    """Online RL with verifiable rewards (GRPO): sample groups, reward them, learn from the differences.
-    The last stdout line is JSON."""
-    from ..rl.config import GRPOConfig
-    from ..rl.trainer import run_grpo
-
-    _run_online(GRPOConfig, run_grpo, "grpo", recipe, overrides, show_settings, reward_fn)
-
-
-def online_dpo(recipe: Optional[Path] = RECIPE_ARG, overrides: Optional[List[str]] = OVERRIDES_ARG,
-               show_settings: bool = SETTINGS_OPT, reward_fn: Optional[List[str]] = REWARD_FN_OPT) -> None:
-    """Online DPO: each step, DPO on the best-vs-worst of replies the policy just sampled, ranked by the
-    reward sources. The last stdout line is JSON."""
-    from ..rl.online_dpo import OnlineDPOConfig, run_online_dpo
-
-    _run_online(OnlineDPOConfig, run_online_dpo, "online_dpo", recipe, overrides, show_settings, reward_fn)
-
-
-def _run_online(cls: type, run_fn: Any, section: str, recipe: Optional[Path], overrides: Optional[List[str]],
-                show_settings: bool, reward_fn: Optional[List[str]]) -> None:
-    if reward_fn:
-        overrides = [*(overrides or []), f"{section}.rewards=" + ",".join(f"python:{spec}" for spec in reward_fn)]
-    cfg = _recipe(cls, recipe, overrides, show_settings)
-    if cfg is None:
-        return
-    from ..tokenization.preflight import PreflightError
-    from ..rl.rewards import RewardSpecError
-
-    try:
-        result = run_fn(cfg)
-    except (PreflightError, RewardSpecError) as exc:
-        fail(str(exc))
-    last = next((r for r in reversed(result.history) if "reward_mean" in r), {})
-    echo_summary({"steps": result.steps, "final_loss": result.final_loss, "reward_mean": last.get("reward_mean"),
-                  "eval": result.eval_metrics, "model_dir": str(result.model_dir)})
-
-
-def _run_preference(run_fn: Any, cfg: Any) -> None:
-    """Run a trainer with a reference policy (DPO, KTO) and print its JSON summary."""
-    from ..dpo.data import PreferenceDataError
-    from ..tokenization.preflight import PreflightError
-
-    try:
-        result = run_fn(cfg)
-    except (PreflightError, PreferenceDataError) as exc:
-        fail(str(exc))
-    echo_summary({"steps": result.steps, "final_loss": result.final_loss, "eval": result.eval_metrics,
-                  "reference": result.reference, "reference_cached": result.reference_cached,
-                  "model_dir": str(result.model_dir)})
+    base = list(inspect.signature(command).parameters.values())[:3]
+    extra = [inspect.Parameter(f.param, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[List[str]] if f.repeatable
+                               else bool, default=typer.Option(None if f.repeatable else False, f.option, help=f.help))
+             for f in entry.flags]
+    command.__signature__ = inspect.Signature(base + extra)  # type: ignore[attr-defined]  # typer reads it
+    command.__doc__ = f"{entry.help} The last stdout line is a JSON summary."
+    command.__name__ = entry.name.replace("-", "_")
+    return command
 
 
 def merge(

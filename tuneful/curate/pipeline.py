@@ -27,10 +27,14 @@ import numpy as np
 
 from ..data.loader import load
 from ..data.types import Conversation
+from ..preference.reward_score import RewardScorer
+from .combine import HIGHER_IS_BETTER, combined_scores
 from .config import CurateSettings
 from .dedup import embed, exact_duplicates, near_duplicates, semantic_duplicates
 from .quality import quality_problems
+from .scores import ReferenceLM, agreement_scores, ifd_scores, judge_scores, likelihood_scores
 from .select import cluster_balanced, default_clusters, k_center, kmeans, quality_diverse
+
 
 STAGES = ("load", "quality", "exact", "near", "semantic", "ifd", "judge", "reward", "select")  # stages that remove
 
@@ -197,8 +201,6 @@ class Curator:
         return self._drop(result, records, reasons, "semantic")
 
     def _reference(self, spec: str) -> Any:
-        from .scores import ReferenceLM
-
         if spec not in self._references:
             self._references[spec] = ReferenceLM(spec, self.s.batch_size)
         return self._references[spec]
@@ -207,7 +209,6 @@ class Curator:
         """Self-consistency among replies to the same or near-same instruction (a score; removes nothing)."""
         if not self.s.agreement or not records:
             return records
-        from .scores import agreement_scores
 
         values = agreement_scores([r.instruction for r in records], [r.response for r in records],
                                   min_group=self.s.agreement_min_group, reply_match=self.s.reply_match)
@@ -220,7 +221,6 @@ class Curator:
         """The reference model's log-likelihood of each reply and its end (a score; removes nothing)."""
         if not self.s.reference_model or not records:
             return records
-        from .scores import likelihood_scores
 
         values = likelihood_scores(self._reference(self.s.reference_model), [(r.instruction, r.response) for r in records])
         for r, value in zip(records, values):
@@ -230,7 +230,6 @@ class Curator:
     def _ifd(self, records: list[Record], result: CurationResult) -> list[Record]:
         if not self.s.ifd_model or not records:
             return records
-        from .scores import ifd_scores
 
         scores = ifd_scores(self._reference(self.s.ifd_model), [(r.instruction, r.response) for r in records])
         reasons = {}
@@ -244,7 +243,6 @@ class Curator:
         """A reward model's score of each record's last reply (``tuneful rm train``); below ``min_reward`` dropped."""
         if not self.s.reward_model or not records:
             return records
-        from ..reward.score import RewardScorer
 
         scorer = RewardScorer(self.s.reward_model, batch_size=self.s.batch_size)
         scorable = [pos for pos, r in enumerate(records)
@@ -260,7 +258,6 @@ class Curator:
     def _judge(self, records: list[Record], result: CurationResult) -> list[Record]:
         if self.judge is None or not records:
             return records
-        from .scores import judge_scores
 
         ratings = judge_scores(self.judge, [(r.instruction, r.response) for r in records])
         reasons = {}
@@ -297,8 +294,6 @@ class Curator:
 
     def _quality_of(self, records: list[Record], result: CurationResult) -> np.ndarray:
         """The combined quality score of each record (``combine.combined_scores``), ranked within its group."""
-        from .combine import HIGHER_IS_BETTER, combined_scores
-
         names = [n for n in HIGHER_IS_BETTER if any(n in result.scores.get(r.index, {}) for r in records)]
         if not names:
             return np.full(len(records), 0.5)

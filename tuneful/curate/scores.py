@@ -14,6 +14,11 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
+from ..models.losses import token_nll_sum
+from ..tokenization.batching import Example, collate_padded
+from ..tokenization.masking import IGNORE_INDEX, pad_id
+from .dedup import normalise
+
 JUDGE_SYSTEM = ("You grade training data for an instruction-following assistant. Rate how helpful, correct and "
                 "complete the response is for the instruction, from 1 (useless or wrong) to 5 (excellent). "
                 "Reply with the number first.")
@@ -49,8 +54,6 @@ class ReferenceLM:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from ..tokenization.masking import pad_id
-
         self.tokenizer = AutoTokenizer.from_pretrained(model_spec)
         self.model = AutoModelForCausalLM.from_pretrained(model_spec, dtype=torch.float32).eval()
         self.pad, self.batch_size = pad_id(self.tokenizer), batch_size
@@ -62,10 +65,6 @@ class ReferenceLM:
         """Mean next-token NLL of each reply's tokens (and, ``with_end``, of the end-of-text token after it)
         given its prefix; an empty prefix conditions on BOS alone."""
         import torch
-
-        from ..tokenization.masking import IGNORE_INDEX
-        from ..sft.batching import Example, collate_padded
-        from ..train.losses import token_nll_sum
 
         end = [self.tokenizer.eos_token_id] if with_end and self.tokenizer.eos_token_id is not None else []
         examples = []
@@ -117,8 +116,6 @@ def agreement_scores(instructions: Sequence[str], replies: Sequence[str], *, min
     """
     from rapidfuzz import fuzz
 
-    from .dedup import normalise
-
     groups = instruction_groups(instructions)
     norm = [normalise(r) for r in replies]
     out: list[float | None] = [None] * len(replies)
@@ -143,8 +140,6 @@ def instruction_groups(instructions: Sequence[str]) -> list[list[int]]:
     """Positions grouped by same or near-same instruction (see ``agreement_scores``). Candidate pairs of distinct
     normalised instructions come from MinHash LSH over their word sets (datasketch), confirmed by containment."""
     from datasketch import MinHash, MinHashLSH
-
-    from .dedup import normalise
 
     by_key: dict[str, list[int]] = {}
     for i, text in enumerate(instructions):

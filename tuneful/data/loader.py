@@ -14,10 +14,12 @@ from pathlib import Path
 from itertools import chain
 from typing import Iterable, Iterator, Sequence
 
+from .fields import track, unused_fields
 from .formats import FORMATS, Format, Item, detect_format
 from .messages import Conversion, ConvertOptions
 from .sources import RawRecord, read_records
 from .types import Conversation, LabeledConversation, PreferencePair, RecordError, make_conversation
+
 
 ON_ERROR = ("fail", "skip")
 
@@ -220,8 +222,6 @@ def items_of_slice(records: Sequence[tuple[int, RawRecord]], report: LoadReport,
 
 def _convert_whole(fmt: Format, records: list[tuple[str, dict]], conversion: Conversion, report: LoadReport,
                    skip: SkipPolicy) -> list[tuple[str, Item]]:
-    from .fields import track, unused_fields
-
     registries, tracked = [], []  # one registry of tracked sub-objects per record
     for where, value in records:
         record, registry = track(value)

@@ -12,7 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+
+
+
+class RecipeError(ValueError):
+    """Every problem of a mixture recipe at once (what :class:`tuneful.config.ConfigError` is for settings; the data
+    layer sits below the settings machinery, so it raises its own)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid recipe:\n" + "\n".join(f"  - {p}" for p in problems))
+
 
 TEMPLATE_TYPES = ("zero_shot", "few_shot", "cot")
 # meta keys that name a loaded record's task / template type (FLAN rows keep both, with or without "_")
@@ -169,12 +179,12 @@ def recipe_problems(recipe: MixRecipe) -> list[str]:
 
 
 def recipe_from_dict(data: Any, origin: str = "recipe") -> MixRecipe:
-    """A checked recipe, or a ConfigError naming every problem at once."""
+    """A checked recipe, or a RecipeError naming every problem at once."""
     problems: list[str] = []
     recipe = _from_mapping(MixRecipe, data, origin, problems)
     problems += [f"{origin}: {p}" for p in recipe_problems(recipe)]  # with the parse problems: all at once
     if problems:
-        raise ConfigError(problems)
+        raise RecipeError(problems)
     return recipe
 
 

@@ -33,9 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import ConfigError
 from .loader import LoadReport, LoadResult, SkipPolicy, load
-from .mix_recipe import TASK_KEYS, TEMPLATE_TYPE_KEYS, MixRecipe, SourceSpec, read_recipe, recipe_from_dict
+from .mix_recipe import TASK_KEYS, TEMPLATE_TYPE_KEYS, MixRecipe, RecipeError, SourceSpec, read_recipe, recipe_from_dict
 from .sources import read_records
 from .task_templates import TemplateRenderer, TaskRecords, used_fields
 from .types import RecordError
@@ -62,7 +61,7 @@ def source_counts(recipe: MixRecipe, available: list[int]) -> list[int]:
     weighted = [i for i, s in enumerate(recipe.sources) if s.weight is not None]
     total = recipe.total if recipe.total is not None else fixed + sum(available[i] for i in weighted)
     if weighted and total < fixed:
-        raise ConfigError([f"total: {total} is less than the sources' counts ({fixed}); raise total or lower a count"])
+        raise RecipeError([f"total: {total} is less than the sources' counts ({fixed}); raise total or lower a count"])
     shares = largest_remainder(total - fixed, [recipe.sources[i].weight for i in weighted])
     out = [s.count if s.count is not None else 0 for s in recipe.sources]
     for i, n in zip(weighted, shares):
@@ -98,11 +97,11 @@ def category_weights(recipe: MixRecipe) -> Callable[[str], float]:
             if task and task not in category:
                 category[task] = (row.get(recipe.category_column) or "").strip()
     if not category:
-        raise ConfigError([f"categories: {recipe.categories} has no rows with columns {recipe.task_column!r} "
+        raise RecipeError([f"categories: {recipe.categories} has no rows with columns {recipe.task_column!r} "
                            f"and {recipe.category_column!r}"])
     unknown = sorted(set(recipe.category_weights) - set(category.values()))
     if unknown:
-        raise ConfigError([f"category_weights: {unknown[:5]} are not categories in {recipe.categories} "
+        raise RecipeError([f"category_weights: {unknown[:5]} are not categories in {recipe.categories} "
                            f"(column {recipe.category_column!r})"])
     return lambda task: float(recipe.category_weights.get(category.get(task, ""), 1.0))
 
@@ -142,7 +141,7 @@ def _read_source(recipe: MixRecipe, spec: SourceSpec, report: LoadReport, seen: 
     if spec.recipe:
         key = str(Path(spec.recipe).resolve())
         if key in seen:
-            raise ConfigError([f"sources: {spec.recipe} includes itself (through {' → '.join(seen)})"])
+            raise RecipeError([f"sources: {spec.recipe} includes itself (through {' → '.join(seen)})"])
         inner = mix(read_recipe(spec.recipe), _seen=seen + (key,))
         report.merge(inner.load_report)
         return _Pool([(item.meta.get("task", spec.label), item, item.meta.get("where", spec.recipe))
@@ -257,9 +256,28 @@ def training_sources_problems(sources: list, format: str = "auto") -> list[str]:
     """The shape of a trainer's ``data.train`` list, checked with the rest of the settings."""
     try:
         recipe_from_dict({"sources": _source_dicts(sources, format)}, "train")
-    except ConfigError as exc:
+    except RecipeError as exc:
         return exc.problems
     return []
+
+
+def source_problems(data: Any) -> list[str]:
+    """Checks every data section shares (SFT conversations, DPO pairs, prompts): source, held-out split, errors,
+    and the length limit where the section has ``max_length``."""
+    problems = []
+    if not data.train:
+        problems.append("train: required; set data.train=<file or dataset id>")
+    elif isinstance(data.train, list):
+        problems += training_sources_problems(data.train, getattr(data, "format", "auto"))
+    if not 0.0 <= data.eval_fraction < 1.0:
+        problems.append(f"eval_fraction: {data.eval_fraction} must be in [0, 1)")
+    if data.eval and data.eval_fraction:
+        problems.append("eval_fraction: set either data.eval or data.eval_fraction, not both")
+    if data.on_error not in ("fail", "skip"):
+        problems.append(f"on_error: {data.on_error!r} is not fail or skip")
+    if hasattr(data, "max_length") and data.max_length < 8:
+        problems.append(f"max_length: {data.max_length} is too small (>= 8)")
+    return problems
 
 
 def load_training(source: str | list, *, format: str = "auto", on_error: str = "fail", seed: int = 0) -> LoadResult:

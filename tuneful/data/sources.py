@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from .formats import looks_like_a_record
 from .types import RecordError
+
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
@@ -79,8 +81,6 @@ def _records_of_object(data: dict) -> list:
     ``{"data": [...]}`` / ``{"train": [...]}`` wrappers are common; but ``{"messages": [...]}`` is a
     conversation, not a wrapper of messages, so an object that a format recognises stays one record.
     """
-    from .formats import looks_like_a_record
-
     if looks_like_a_record(data):
         return [data]
     lists = [k for k, v in data.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 ROLES = ("system", "user", "assistant", "tool")
+IGNORE_INDEX = -100  # the label of a token no loss is computed on (torch cross-entropy's ignore_index)
 
 
 class RecordError(ValueError):

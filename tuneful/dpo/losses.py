@@ -1,104 +1,67 @@
-"""Preference losses, each a small standalone function over per-sequence log-probabilities.
+"""From per-sequence log-probs to a training loss: which loss, with which normalisation.
 
-Inputs are tensors of shape [batch]: the log-probability of the chosen / rejected response under
-the policy (and, where used, the frozen reference), summed over response tokens — or averaged per
-token where the method says so (IPO, SimPO, ORPO; noted on each function). Each returns the loss
-per pair together with the implicit rewards that go with it (the trainer averages; its metrics read
-the rewards from here, never computed a second time).
+Each objective names its loss function (``losses.py``), whether it needs a reference policy, and
+whether it reads per-token *average* log-probs (IPO, SimPO, ORPO) or sums (DPO, hinge). The step
+loss is normalised once per optimizer step: pair terms by the number of pairs in the step, ORPO's
+NLL term by the number of chosen-response tokens in the step — never per micro-batch.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
+
+from ..preference.losses import PreferenceLoss, dpo_robust, dpo_sigmoid, hinge, ipo, orpo_odds_ratio, simpo
 
 
-class PreferenceLoss(NamedTuple):
-    """Per-pair losses and the pairs' implicit rewards β·(log π − log π_ref) (β·log π without a
-    reference), detached: a reward is a metric, never a training signal of its own."""
-
-    losses: torch.Tensor
-    chosen_rewards: torch.Tensor
-    rejected_rewards: torch.Tensor
-
-
-def _with_rewards(losses: torch.Tensor, beta: float, policy_chosen_logps: torch.Tensor,
-                  policy_rejected_logps: torch.Tensor, reference_chosen_logps: torch.Tensor | None = None,
-                  reference_rejected_logps: torch.Tensor | None = None) -> PreferenceLoss:
-    with torch.no_grad():
-        chosen = beta * (policy_chosen_logps - (reference_chosen_logps if reference_chosen_logps is not None else 0.0))
-        rejected = beta * (policy_rejected_logps
-                           - (reference_rejected_logps if reference_rejected_logps is not None else 0.0))
-    return PreferenceLoss(losses, chosen.detach(), rejected.detach())
+@dataclass(frozen=True)
+class Objective:
+    needs_reference: bool
+    averaged: bool  # the loss reads per-token average log-probs
+    pair_loss: Callable[..., PreferenceLoss]  # (pc, pr, rc, rr, settings) -> losses and rewards per pair
+    chosen_nll_weight: float = 0.0  # ORPO adds the chosen responses' NLL (weight 1; the OR term gets λ)
 
 
-def _preference_logits(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-                       reference_chosen_logps: torch.Tensor, reference_rejected_logps: torch.Tensor) -> torch.Tensor:
-    """How much more the policy prefers chosen over rejected than the reference does (log-ratio)."""
-    return (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+OBJECTIVES: dict[str, Objective] = {
+    "sigmoid": Objective(True, False, lambda pc, pr, rc, rr, s: dpo_sigmoid(
+        pc, pr, rc, rr, beta=s.beta, label_smoothing=s.label_smoothing)),
+    "robust": Objective(True, False, lambda pc, pr, rc, rr, s: dpo_robust(
+        pc, pr, rc, rr, beta=s.beta, label_smoothing=s.label_smoothing)),
+    "ipo": Objective(True, True, lambda pc, pr, rc, rr, s: ipo(pc, pr, rc, rr, beta=s.beta)),
+    "hinge": Objective(True, False, lambda pc, pr, rc, rr, s: hinge(pc, pr, rc, rr, beta=s.beta)),
+    "simpo": Objective(False, True, lambda pc, pr, rc, rr, s: simpo(pc, pr, beta=s.beta, gamma=s.simpo_gamma)),
+    "orpo": Objective(False, True, lambda pc, pr, rc, rr, s: _scaled(orpo_odds_ratio(pc, pr, beta=s.beta),
+                                                                     s.orpo_lambda), chosen_nll_weight=1.0),
+}
 
 
-def dpo_sigmoid(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-                reference_chosen_logps: torch.Tensor, reference_rejected_logps: torch.Tensor, *, beta: float = 0.1,
-                label_smoothing: float = 0.0) -> PreferenceLoss:
-    """DPO (Rafailov et al. 2023, arXiv:2305.18290): -log σ(β·h), h the log-ratio margin.
-
-    ``label_smoothing`` ε > 0 assumes preference labels flip with probability ε (conservative DPO,
-    Mitchell 2023): -(1-ε) log σ(βh) - ε log σ(-βh). Summed log-probs.
-    """
-    logps = (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
-    logits = beta * _preference_logits(*logps)
-    losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
-    return _with_rewards(losses, beta, *logps)
+def _scaled(result: PreferenceLoss, weight: float) -> PreferenceLoss:
+    return result._replace(losses=weight * result.losses)
 
 
-def dpo_robust(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-               reference_chosen_logps: torch.Tensor, reference_rejected_logps: torch.Tensor, *, beta: float = 0.1,
-               label_smoothing: float = 0.1) -> PreferenceLoss:
-    """Robust DPO (Chowdhury et al. 2024, arXiv:2403.00409): an unbiased loss under label noise ε < 0.5,
-    (-(1-ε) log σ(βh) + ε log σ(-βh)) / (1 - 2ε). Summed log-probs."""
-    if not 0 <= label_smoothing < 0.5:
-        raise ValueError(f"robust DPO needs 0 <= label_smoothing < 0.5, got {label_smoothing}")
-    logps = (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
-    logits = beta * _preference_logits(*logps)
-    losses = (-(1 - label_smoothing) * F.logsigmoid(logits) + label_smoothing * F.logsigmoid(-logits)) / (
-        1 - 2 * label_smoothing)
-    return _with_rewards(losses, beta, *logps)
+@dataclass
+class PairTerms:
+    """One micro-batch's contribution, as sums (the step divides once)."""
+
+    pair_loss_sum: torch.Tensor  # differentiable
+    chosen_nll_sum: torch.Tensor  # differentiable (zero unless the objective uses it)
+    rewards_chosen: torch.Tensor  # detached, per pair
+    rewards_rejected: torch.Tensor
 
 
-def ipo(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-        reference_chosen_logps: torch.Tensor, reference_rejected_logps: torch.Tensor, *,
-        beta: float = 0.1) -> PreferenceLoss:
-    """IPO (Azar et al. 2023, arXiv:2310.12036): (h - 1/(2β))², regressing the margin to a fixed target
-    instead of pushing it to infinity. Per-token *average* log-probs (as TRL does)."""
-    logps = (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
-    return _with_rewards((_preference_logits(*logps) - 1 / (2 * beta)) ** 2, beta, *logps)
-
-
-def hinge(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-          reference_chosen_logps: torch.Tensor, reference_rejected_logps: torch.Tensor, *,
-          beta: float = 0.1) -> PreferenceLoss:
-    """SLiC hinge (Zhao et al. 2023, arXiv:2305.10425) on the DPO margin: max(0, 1 - β·h). Summed log-probs."""
-    logps = (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
-    return _with_rewards(torch.relu(1 - beta * _preference_logits(*logps)), beta, *logps)
-
-
-def simpo(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor, *, beta: float = 2.0,
-          gamma: float = 0.5) -> PreferenceLoss:
-    """SimPO (Meng et al. 2024, arXiv:2405.14734), reference-free: -log σ(β(ā_c - ā_r) - γ) with
-    per-token *average* log-probs and a target margin γ (the paper's γ/β ratio times β)."""
-    losses = -F.logsigmoid(beta * (policy_chosen_logps - policy_rejected_logps) - gamma)
-    return _with_rewards(losses, beta, policy_chosen_logps, policy_rejected_logps)
-
-
-def orpo_odds_ratio(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor, *,
-                    beta: float = 0.1) -> PreferenceLoss:
-    """ORPO's odds-ratio term (Hong et al. 2024, arXiv:2403.07691), reference-free:
-    -log σ(log odds(chosen) - log odds(rejected)), odds(y) = p / (1 - p) with p the per-token
-    *average* probability. The trainer adds it, times λ, to the NLL of the chosen response; ``beta``
-    scales only the reported rewards β·log π."""
-    log_odds = (policy_chosen_logps - policy_rejected_logps) - (
-        torch.log1p(-torch.exp(policy_chosen_logps)) - torch.log1p(-torch.exp(policy_rejected_logps)))
-    return _with_rewards(-F.logsigmoid(log_odds), beta, policy_chosen_logps, policy_rejected_logps)
+def pair_terms(objective: Objective, settings: Any, sums: torch.Tensor, counts: torch.Tensor,
+               ref_sums: torch.Tensor | None) -> PairTerms:
+    """``sums``/``counts``/``ref_sums`` hold chosen rows then rejected rows ([2B]), as PairBatch.scores lays
+    them out; ``settings`` is the run's ``ObjectiveSettings`` (beta, label_smoothing, ...)."""
+    counts = counts.to(sums.dtype).clamp(min=1)
+    logps = sums / counts if objective.averaged else sums
+    ref = None
+    if ref_sums is not None:
+        ref = ref_sums / counts if objective.averaged else ref_sums
+    pc, pr = logps.chunk(2)
+    rc, rr = ref.chunk(2) if ref is not None else (None, None)
+    result = objective.pair_loss(pc, pr, rc, rr, settings)
+    chosen_nll = -sums.chunk(2)[0].sum() * objective.chosen_nll_weight
+    return PairTerms(result.losses.sum(), chosen_nll, result.chosen_rewards, result.rejected_rewards)

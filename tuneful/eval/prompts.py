@@ -4,24 +4,26 @@ A line holds ``prompt`` (a user message) or ``messages`` (a conversation ending 
 and optionally:
 
 - ``instruction_id_list`` + ``kwargs`` (IFEval's shape): scored by the instruction checks;
-- ``sandbox``: ``{"family", "check"}``: scored by the sandbox task verifier;
+- ``sandbox``: ``{"family", "check"}``: scored by a task suite's verifier (:class:`TaskSuite`: the sandbox's);
 - ``reference``: a reference reply: scored by held-out loss (NLL per reference token);
 - ``tools`` + ``expected_calls`` (``[{"name", "arguments"}]``; ``[]``: no call is expected): scored by
   tool-use accuracy; ``messages`` may then hold earlier calls and results (read by the data layer);
 - ``id`` or ``key``: a name for the prompt in answers and reports.
 
-``sandbox`` as the file name gives the sandbox's held-out prompt set (phrasings and families never
-trained on), with verifier checks and reference replies.
+A task suite's name as the file name (``sandbox``) gives its held-out prompt set (for the sandbox: phrasings and
+families never trained on), with verifier checks and reference replies. Evaluation takes the suite through the
+:class:`TaskSuite` interface and imports nothing of the application that provides it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+from ..data.messages import Conversion, openai_messages
 from ..data.sources import read_jsonl
-
-SANDBOX_SET = "sandbox"
+from ..data.types import RecordError, TemplateInputs, make_conversation, make_tool_call, make_tools
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,6 @@ def _parse(record: object, where: str, index: int) -> EvalPrompt:
 
 def _tool_prompt(record: dict, where: str, index: int) -> EvalPrompt:
     """A tool-use prompt: messages and tools read by the data layer's own rules, calls as JSON objects."""
-    from ..data.messages import Conversion, openai_messages
-    from ..data.types import RecordError, TemplateInputs, make_conversation, make_tool_call, make_tools
-
     try:
         tools = make_tools(record.get("tools"))
         messages = record.get("messages") or [{"role": "user", "content": record.get("prompt")}]
@@ -94,13 +93,28 @@ def _tool_prompt(record: dict, where: str, index: int) -> EvalPrompt:
                       expected_calls=[{"name": c.name, "arguments": c.arguments} for c in calls])
 
 
-def load_prompts(source: str, *, limit: int | None = None, seed: int = 0) -> list[EvalPrompt]:
-    """Every line is checked; all bad lines are reported together with file:line."""
-    if source == SANDBOX_SET:
-        return sandbox_prompts(seed)[:limit]
+class TaskSuite(Protocol):
+    """Prompts whose answers a program verifies, from an application above evaluation (the sandbox's task
+    families: ``tuneful.sandbox.tasks.SandboxTasks``)."""
+
+    name: str  # the --prompts value that selects its held-out set
+
+    def held_out(self, seed: int) -> list[EvalPrompt]:
+        """Its held-out prompts, each with a ``sandbox`` check and a reference reply."""
+
+    def verify(self, check: dict, answer: str) -> bool:
+        """Whether ``answer`` passes a prompt's ``sandbox`` check."""
+
+
+def load_prompts(source: str, *, limit: int | None = None, seed: int = 0, tasks: TaskSuite | None = None) -> list[EvalPrompt]:
+    """Every line is checked; all bad lines are reported together with file:line. ``source`` may name ``tasks``
+    (its held-out set) instead of a file."""
+    if tasks is not None and source == tasks.name:
+        return tasks.held_out(seed)[:limit]
     path = Path(source)
     if not path.is_file():
-        raise PromptFileError(f"--prompts {source}: no such file (or 'sandbox' for the sandbox's held-out set)")
+        suite = f" (or '{tasks.name}' for its held-out set)" if tasks is not None else ""
+        raise PromptFileError(f"--prompts {source}: no such file{suite}")
     prompts, errors = [], []
     for raw in read_jsonl(path):
         if raw.error is not None:
@@ -115,18 +129,3 @@ def load_prompts(source: str, *, limit: int | None = None, seed: int = 0) -> lis
     if not prompts:
         raise PromptFileError(f"{path} holds no prompts")
     return prompts[:limit]
-
-
-def sandbox_prompts(seed: int = 0, per_family: int = 20) -> list[EvalPrompt]:
-    from ..sandbox.base import load_recipe, shipped_base_dir
-    from ..sandbox.tasks import eval_instances
-    from ..sandbox.world import make_world
-
-    recipe = load_recipe(shipped_base_dir())
-    world = make_world(recipe.seed, recipe.countries)
-    out = []
-    for set_name, instances in eval_instances(world, per_family, seed).items():
-        for k, inst in enumerate(instances):
-            out.append(EvalPrompt(f"{set_name}-{k}", inst.messages, None,
-                                  {"family": inst.family, "check": inst.check, "set": set_name}, inst.answer))
-    return out

@@ -16,10 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.tool_parsers import PARSERS, ParsedReply
 from ..infer.chat_model import ChatModel, load_chat_model
+from ..infer.generate import generate
+from ..infer.judge import JudgeSettings, OpenAIJudge, pairwise
+from ..models.losses import token_nll_sum
+from ..models.seq2seq import Seq2SeqTokenLoss
+from ..tokenization.batching import Example, collate_padded
+from ..tokenization.masking import ConversationTokenizer, labels_from_mask
+from ..tokenization.seq2seq import Seq2SeqExample, Seq2SeqTokenizer, collate_seq2seq
 from .ifeval import check_record, summarize
-from .judge import JudgeSettings, OpenAIJudge, pairwise
-from .prompts import EvalPrompt, load_prompts
+from .lm_harness import lm_eval_scores
+from .prompts import EvalPrompt, TaskSuite, load_prompts
+from .report import write_report
 
 
 @dataclass
@@ -42,6 +51,7 @@ class EvalSettings:
     lm_eval_tasks: list[str] = field(default_factory=list)  # lm-evaluation-harness tasks run on every model
     lm_eval_include: str | None = None  # a folder of lm-eval task YAML files (local tasks)
     lm_eval_chat_template: bool = True  # lm-eval prompts go through the model's chat template
+    tasks: TaskSuite | None = None  # verifies prompts with a ``sandbox`` check; its name as --prompts: its held-out set
 
     def __post_init__(self) -> None:
         errors = []
@@ -72,8 +82,6 @@ def _stopped(chat: ChatModel, stop_token: int | None) -> bool:
 
 
 def answer_all(chat: ChatModel, prompts: list[EvalPrompt], settings: EvalSettings, label: str) -> list[dict]:
-    from ..infer.generate import generate
-
     outputs = generate(chat.model, chat.tokenizer, [chat.prompt_ids(p.messages, p.tools) for p in prompts],
                        stop_ids=chat.stop_ids, max_new_tokens=settings.max_new_tokens,
                        batch_size=settings.batch_size, do_sample=settings.temperature > 0,
@@ -90,10 +98,6 @@ def answer_all(chat: ChatModel, prompts: list[EvalPrompt], settings: EvalSetting
 def heldout_loss(chat: ChatModel, prompts: list[EvalPrompt], batch_size: int) -> dict | None:
     """Mean NLL per reference-reply token (the trained tokens of the final assistant turn), and perplexity."""
     import torch
-
-    from ..train.losses import token_nll_sum
-    from ..tokenization.masking import ConversationTokenizer, labels_from_mask
-    from ..sft.batching import Example, collate_padded
 
     scored = [p for p in prompts if p.reference is not None]
     if not scored:
@@ -124,8 +128,6 @@ def _seq2seq_heldout_loss(chat: ChatModel, scored: list[EvalPrompt], batch_size:
     scored by SFT's seq2seq loss."""
     import torch
 
-    from ..sft.seq2seq import Seq2SeqExample, Seq2SeqTokenizer, Seq2SeqTokenLoss, collate_seq2seq
-
     targets = Seq2SeqTokenizer(chat.tokenizer, chat.template)
     examples = sorted((Seq2SeqExample(chat.prompt_ids(p.messages, p.tools), targets.encode_target(p.reference))
                        for p in scored), key=len)
@@ -140,9 +142,7 @@ def _seq2seq_heldout_loss(chat: ChatModel, scored: list[EvalPrompt], batch_size:
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count, "references": len(scored)}
 
 
-def score(chat: ChatModel, prompts: list[EvalPrompt], answers: list[dict]) -> dict[str, Any]:
-    from ..sandbox.tasks import FAMILY_BY_NAME
-
+def score(chat: ChatModel, prompts: list[EvalPrompt], answers: list[dict], tasks: TaskSuite | None = None) -> dict[str, Any]:
     metrics: dict[str, Any] = {"answers": len(answers), "stop_rate": sum(a["stopped"] for a in answers) / len(answers)}
     ifeval_results = []
     for p, a in zip(prompts, answers):
@@ -151,10 +151,10 @@ def score(chat: ChatModel, prompts: list[EvalPrompt], answers: list[dict]) -> di
             a["ifeval_strict"], a["ifeval_loose"] = all(result.strict), all(result.loose)
             ifeval_results.append(result)
         if p.sandbox:
-            family = FAMILY_BY_NAME.get(p.sandbox["family"])
-            if family is None:
-                raise ValueError(f"prompt {p.id}: unknown sandbox family {p.sandbox['family']!r}")
-            a["correct"] = bool(family.verify(a["answer"], p.sandbox.get("check") or {}))
+            if tasks is None:
+                raise ValueError(f"prompt {p.id} has a sandbox check but no task suite verifies it; set "
+                                 "EvalSettings.tasks=tuneful.sandbox.tasks.SandboxTasks() (the CLI does)")
+            a["correct"] = bool(tasks.verify(p.sandbox, a["answer"]))
     if ifeval_results:
         metrics["ifeval"] = summarize(ifeval_results)
     tool_rows = [(p, a) for p, a in zip(prompts, answers) if p.expected_calls is not None]
@@ -197,7 +197,6 @@ def _call_key(name: str, arguments: Any) -> str:
 def score_tool_use(chat: ChatModel, rows: list[tuple[EvalPrompt, dict]]) -> dict[str, Any]:
     """Call accuracy (every expected call made, names exact, arguments equal as JSON values, nothing more;
     order free), no-call accuracy where no tool is needed, and the rate of calls that do not parse."""
-    from ..serve.tool_parsers import PARSERS, ParsedReply
 
     parser = PARSERS.get(chat.tool_parser or "")
     call_hits, call_total, quiet_hits, quiet_total, failures = 0, 0, 0, 0, 0
@@ -233,10 +232,8 @@ def _runs(settings: EvalSettings) -> list[tuple[str, str, str | None]]:
 
 
 def run_eval(settings: EvalSettings) -> dict[str, Any]:
-    from .report import write_report
-
     started = time.perf_counter()
-    prompts = load_prompts(settings.prompts, limit=settings.limit, seed=settings.seed)
+    prompts = load_prompts(settings.prompts, limit=settings.limit, seed=settings.seed, tasks=settings.tasks)
     models: dict[str, Any] = {}
     answers: dict[str, list[dict]] = {}
     for name, spec, template in _runs(settings):
@@ -244,13 +241,11 @@ def run_eval(settings: EvalSettings) -> dict[str, Any]:
         chat = load_chat_model(spec, template=template, trust_remote_code=settings.trust_remote_code,
                                device=settings.device)
         rows = answer_all(chat, prompts, settings, name)
-        metrics = score(chat, prompts, rows)
+        metrics = score(chat, prompts, rows, settings.tasks)
         loss = heldout_loss(chat, prompts, settings.batch_size)
         if loss is not None:
             metrics["heldout_loss"] = loss
         if settings.lm_eval_tasks:
-            from .lm_harness import lm_eval_scores
-
             metrics["lm_eval"] = lm_eval_scores(chat, settings.lm_eval_tasks, include_path=settings.lm_eval_include,
                                                 limit=settings.limit, batch_size=settings.batch_size,
                                                 apply_chat_template=settings.lm_eval_chat_template, seed=settings.seed)
@@ -286,7 +281,8 @@ def judge_all(settings: EvalSettings, prompts: list[EvalPrompt], answers: dict[s
 
 
 def _settings_record(settings: EvalSettings) -> dict[str, Any]:
-    record = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(settings).items() if k != "judge"}
+    record = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(settings).items() if k not in ("judge", "tasks")}
+    record["tasks"] = settings.tasks.name if settings.tasks is not None else None
     if settings.judge is not None:  # the key's *variable name* only; the key never reaches a report
         record["judge"] = {"model": settings.judge.model, "base_url": settings.judge.base_url,
                            "api_key_env": settings.judge.api_key_env}

@@ -32,9 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..infer.chat_model import is_adapter_folder, choose_template, model_folder, template_end_of_turn_ids
+from ..infer.chat_model import choose_template, is_adapter_folder, model_folder, template_end_of_turn_ids
+from ..models.loading import merged_adapter
 from ..tokenization.masking import load_tokenizer, special_tokens_of
 from .ollama import modelfile
+
 
 LLAMA_CPP_ENV = "TUNEFUL_LLAMA_CPP"
 CONVERTER = "convert_hf_to_gguf.py"
@@ -111,8 +113,6 @@ def stage_model(spec: str, stage: Path, *, template: str | None, trust_remote_co
     chosen, _, notes = choose_template(spec, folder, tokenizer, template)
     stage.mkdir(parents=True)
     if is_adapter_folder(folder):
-        from ..train.model import merged_adapter
-
         base = json.loads((Path(folder) / "adapter_config.json").read_text())["base_model_name_or_path"]
         if not base:
             raise ExportError(f"{folder}/adapter_config.json names no base model; merge it first with tuneful merge --base")

@@ -1,2 +1,2 @@
-"""Inference: a model ready to chat with its trained template (``chat_model``), batched generation with the
-KV cache (``generate``) and the terminal chat (``chat_repl``). The server is :mod:`tuneful.serve`."""
+"""The generation engine: a chat model, batched and continuous-batching generation, constrained calls, the REPL.
+Floor 3: may import tokenization, models, data, templates, samples; never serve."""

@@ -16,10 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..tokenization.masking import ConversationTokenizer, end_of_turn_ids, load_tokenizer, pad_id, special_tokens_of
-from ..serve.tool_parsers import parser_for_template
+from ..data.tool_parsers import parser_for_template
+from ..models.loading import merged_adapter
+from ..models.seq2seq import is_encoder_decoder
+from ..samples import sandbox_base_dir
 from ..templates.registry import ChatTemplate, resolve
 from ..templates.render import render
+from ..tokenization.masking import (ConversationTokenizer, end_of_turn_ids, load_tokenizer, pad_id, special_tokens_of,
+                                    stop_token_ids)
+from ..tokenization.seq2seq import encode_source
+
 
 SANDBOX = "sandbox"
 SANDBOX_TEMPLATE = "tuneful"  # the template the demo trains the sandbox model with
@@ -37,7 +43,7 @@ class ChatModel:
     context_length: int
     default_temperature: float = 0.0  # from generation_config: sampling only if the model's config asks for it
     notes: list[str] = field(default_factory=list)  # e.g. "template differs from the trained one"
-    tool_parser: str | None = None  # the call syntax the template prints (tuneful.serve.tool_parsers), None: none
+    tool_parser: str | None = None  # the call syntax the template prints (tuneful.data.tool_parsers), None: none
 
     def prompt_text(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None) -> str:
         """The inference prompt, rendered by the same code as training (tools passed as the template's ``tools``)."""
@@ -54,7 +60,6 @@ class ChatModel:
 
     def encode_prompt(self, text: str) -> list[int]:
         if self.encoder_decoder:  # the encoder's input, encoded as SFT encoded it
-            from ..sft.seq2seq import encode_source
 
             return encode_source(self.tokenizer, text)
         # The template writes BOS itself when the model wants one; adding it again would double it.
@@ -86,11 +91,7 @@ def is_adapter_folder(spec: str) -> bool:
 def _load_weights(folder: str, trust_remote_code: bool, device: Any, dtype: Any) -> Any:
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    from ..sft.seq2seq import is_encoder_decoder
-
     if is_adapter_folder(folder):
-        from ..train.model import merged_adapter
-
         base = json.loads((Path(folder) / "adapter_config.json").read_text())["base_model_name_or_path"]
         if not base:
             raise ValueError(f"{folder}/adapter_config.json names no base model; merge it first with tuneful merge --base")
@@ -109,7 +110,6 @@ def _trained_summary(folder: str) -> dict:
 def prompt_renderer(tokenizer: Any, template: ChatTemplate, name: str = "renderer") -> ChatModel:
     """A ChatModel without weights: inference prompts (text and ids) rendered exactly as a loaded model renders
     them, for code that holds the model elsewhere (GRPO's policy, the sandbox's evaluation)."""
-    from ..train.output import stop_token_ids
 
     eot = template_end_of_turn_ids(tokenizer, template)
     return ChatModel(name, None, tokenizer, template, eot, stop_token_ids(tokenizer, eot), 0)
@@ -131,8 +131,6 @@ def _generation_eos(model: Any) -> set[int]:
 def model_folder(spec: str) -> str:
     """The folder MODEL names (``sandbox``: the shipped sandbox base model)."""
     if spec == SANDBOX:
-        from ..samples import sandbox_base_dir
-
         return str(sandbox_base_dir())
     return spec
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .chat_model import ChatModel
-from ..serve.engine import GenerationEngine, GenerationRequest, Sampling, TextDeltas
-from ..serve.tool_parsers import PARSERS, ReplyStream
+from .engine import GenerationEngine, GenerationRequest, Sampling, TextDeltas
+from ..data.tool_parsers import PARSERS, ReplyStream
 
 MAX_TOOL_ROUNDS = 8  # calls and results handed back before the model must answer
 

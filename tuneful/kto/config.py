@@ -1,16 +1,17 @@
 """The KTO recipe: model, labelled replies (thumbs-up / thumbs-down), LoRA, the objective, training.
 
-Model, LoRA and training settings are the shared ones; the reference policy options are DPO's
-(frozen, adapters-off, precomputed), with the same meaning and checks.
+Model, LoRA and training settings are the shared ones; the reference policy options are the preference
+trainers' (:mod:`tuneful.preference.config`: frozen, adapters-off, precomputed), with the same meaning and checks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..config import setting
-from ..dpo.config import REFERENCES, DPOTrainSettings, PreferenceDataSettings
-from ..train.config import LoraSettings, ModelSettings, after_sft_problems
+from ..preference.config import REFERENCES, PairTrainSettings, PreferenceDataSettings
+from ..train.config import AfterSFTConfig, TrainSettings
 
 KTO_LOSSES = ("kto", "apo_zero_unpaired")
 
@@ -55,26 +56,24 @@ class KTOSettings:
 
 
 @dataclass
-class KTOTrainSettings(DPOTrainSettings):
+class KTOTrainSettings(PairTrainSettings, TrainSettings):
     output_dir: str = setting("runs/kto", "Where checkpoints, logs, cached reference log-probs and the model go.")
     micro_batch_size: int = setting(8, "Labelled replies per forward pass (>= 2: KTO's reference point is "
                                        "estimated within the micro-batch).")
 
 
 @dataclass
-class KTOConfig:
+class KTOConfig(AfterSFTConfig):
     """A KTO run; ``check`` collects every problem at once."""
 
-    model: ModelSettings = field(default_factory=ModelSettings)
     data: LabeledDataSettings = field(default_factory=LabeledDataSettings)
-    lora: LoraSettings = field(default_factory=LoraSettings)
     kto: KTOSettings = field(default_factory=KTOSettings)
     train: KTOTrainSettings = field(default_factory=KTOTrainSettings)
+    method: ClassVar[str] = "KTO"
+    reference_section: ClassVar[str | None] = "kto"
 
     def check(self) -> list[str]:
-        problems = after_sft_problems("KTO", self.model, self.lora, self.train,
-                                      reference=("kto.reference", self.kto.reference),
-                                      shared_layout=("train.pair_layout", self.train.pair_layout == "shared-prompt"))
+        problems = super().check()
         if self.kto.loss == "kto" and self.train.micro_batch_size < 2:
             problems.append(f"train.micro_batch_size: {self.train.micro_batch_size}; KTO estimates its reference "
                             "point from the other replies of the micro-batch, so it needs >= 2 (4 or more is better)")

@@ -8,14 +8,14 @@ with a different prompt whose reply fits after its prompt within ``max_length``.
 fixed at preparation, so reference log-probs can be precomputed and a resumed run sees the same
 items. An item is read as a :class:`PreferenceExample` (its reply first, the mismatched reply
 second), so the DPO batch layouts and reference policies serve KTO unchanged. Prepared once into Arrow
-by :mod:`tuneful.train.prepared` (cached under a fingerprint, read lazily), as DPO pairs are.
+by :mod:`tuneful.tokenization.prepared` (cached under a fingerprint, read lazily), as DPO pairs are.
 """
 
 from __future__ import annotations
 
 import json
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from datetime import date
 from pathlib import Path
@@ -26,11 +26,11 @@ import pyarrow.compute as pc
 
 from ..data.loader import LoadReport
 from ..data.types import Conversation, LabeledConversation, PreferencePair
-from ..dpo.data import PreferenceDataError, PreferenceExample, preference_tokenizer, reply_tokens
-from ..dpo.prepare import RecordProblems, check_problems, tokenized_within
-from ..templates.registry import ChatTemplate, run_template
+from ..preference.pairs import PreferenceDataError, PreferenceExample, preference_tokenizer, reply_tokens
+from ..preference.prepare import PreparedPairs, RecordProblems, check_problems, tokenized_within
+from ..templates.registry import run_template
 from ..tokenization.preflight import PreflightReport, PreflightTally, check_conversation, finish_report
-from ..train.prepared import (OtherItems, Takes, build_splits, cached, fingerprint, list_of, open_rows, source_key,
+from ..tokenization.prepared import (OtherItems, Takes, build_splits, cached, fingerprint, list_of, open_rows, source_key,
                               tokenizer_fingerprint)
 from .config import LabeledDataSettings
 
@@ -68,18 +68,11 @@ class LabeledRows(Sequence[PreferenceExample]):
 
 
 @dataclass
-class PreparedLabeled:
-    train: Sequence[PreferenceExample]
-    train_desirable: list[bool]
-    eval: Sequence[PreferenceExample]
-    eval_desirable: list[bool]
-    template: ChatTemplate
-    load_report: LoadReport
-    preflight_report: PreflightReport
-    end_of_turn_ids: list[int]
-    dropped_overlong: int
-    cache_folder: Path | None = None
-    cache_hit: bool = False
+class PreparedLabeled(PreparedPairs):
+    """Prepared pairs whose first reply carries a label (the second is the mismatched reply)."""
+
+    train_desirable: list[bool] = field(default_factory=list)
+    eval_desirable: list[bool] = field(default_factory=list)
 
     def balance(self, desirable_weight: float, undesirable_weight: float) -> float | None:
         """λ_D·n_D / (λ_U·n_U) over the training items (None without undesirable items)."""
@@ -162,7 +155,7 @@ def with_mismatched_replies(items: Sequence[LabeledReply], max_length: int, spli
                               items[k].reply_mask) for item, k in zip(items, partners)]
 
 
-# --- prepared once, cached (tuneful.train.prepared) --------------------------------------------------
+# --- prepared once, cached (tuneful.tokenization.prepared) --------------------------------------------------
 
 def _reply_batch(records: list[LabeledConversation], wheres: list[str], positions: list[int], *, ctok: Any,
                  max_length: int) -> dict:
@@ -283,6 +276,6 @@ def prepare_labeled(settings: LabeledDataSettings, tokenizer: Any, seed: int, *,
     for split in ("train", "eval"):
         if meta["partner_errors"][split]:
             raise PreferenceDataError(meta["partner_errors"][split])
-    return PreparedLabeled(train.rows, train.rows.desirable, held.rows if held else [],
-                           held.rows.desirable if held else [], template, LoadReport.from_json(meta["load_report"]),
-                           report, report.end_of_turn_ids(tokenizer), sum(p.dropped for _, p in splits), folder, hit)
+    return PreparedLabeled(train.rows, held.rows if held else [], template, LoadReport.from_json(meta["load_report"]),
+                           report, report.end_of_turn_ids(tokenizer), sum(p.dropped for _, p in splits), folder, hit,
+                           train_desirable=train.rows.desirable, eval_desirable=held.rows.desirable if held else [])

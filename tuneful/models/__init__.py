@@ -1,2 +1,2 @@
-"""What tuneful knows about a model, read from the model itself: how its head turns hidden states into logits and
-losses, which batch layouts keep examples apart in it, what LoRA targets. Imports torch and transformers only."""
+"""What tuneful knows about a model, read from it: loading, LoRA, its head and own loss, batch layouts.
+Floor 2: may import config and data."""

@@ -2,7 +2,7 @@
 
 Boundary: a transformers causal LM and tensors in, a :class:`HeadPlan` out; nothing about data or trainers.
 
-tuneful runs the decoder and projects only the positions a loss needs (``train/model.py``). That is exact only if
+tuneful runs the decoder and projects only the positions a loss needs (``models/loading.py``). That is exact only if
 the model's own forward does nothing else between the decoder and the loss. Rather than list the attributes
 architectures use for it (``logits_scaling`` divides in Granite and multiplies in HyperCLOVA X, ``logit_scale``,
 ``lm_head_multiplier``, ``final_logit_softcapping`` ...), :func:`probe_head` runs the model's own forward once on a

@@ -1,16 +1,17 @@
 """The reward-model recipe: a base or SFT model with a scalar score head, trained on preference pairs.
 
-Data settings are DPO's (same loaders, templates, masks and checks); model, LoRA and training are the
+Data settings are the preference trainers' (:mod:`tuneful.preference.config`: same loaders, templates, masks and checks); model, LoRA and training are the
 shared ones.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..config import setting
-from ..dpo.config import DPOTrainSettings, PreferenceDataSettings
-from ..train.config import LoraSettings, ModelSettings, after_sft_problems
+from ..preference.config import PairTrainSettings, PreferenceDataSettings
+from ..train.config import AfterSFTConfig, TrainSettings
 
 
 @dataclass
@@ -25,24 +26,23 @@ class RewardSettings:
 
 
 @dataclass
-class RewardTrainSettings(DPOTrainSettings):
+class RewardTrainSettings(PairTrainSettings, TrainSettings):
     output_dir: str = setting("runs/rm", "Where checkpoints, logs and the reward model go.")
+    micro_batch_size: int = setting(4, "Preference pairs per forward pass.")
     lr: float = setting(1e-5, "Peak learning rate (the new score head trains at the same rate).")
 
 
 @dataclass
-class RewardConfig:
+class RewardConfig(AfterSFTConfig):
     """A reward-model run; ``check`` collects every problem at once."""
 
-    model: ModelSettings = field(default_factory=ModelSettings)
     data: PreferenceDataSettings = field(default_factory=PreferenceDataSettings)
-    lora: LoraSettings = field(default_factory=LoraSettings)
     reward: RewardSettings = field(default_factory=RewardSettings)
     train: RewardTrainSettings = field(default_factory=RewardTrainSettings)
+    method: ClassVar[str] = "a reward model"
 
     def check(self) -> list[str]:
-        problems = after_sft_problems("a reward model", self.model, self.lora, self.train,
-                                      shared_layout=("train.pair_layout", self.train.pair_layout == "shared-prompt"))
+        problems = super().check()
         if self.lora.qlora:
             problems.append("lora.qlora: the reward model is saved merged (it must load in transformers without "
                             "peft); train it in full or with plain LoRA")

@@ -1,7 +1,8 @@
 """Reward-model training on the shared core: preference pairs → a scalar score per reply, Bradley–Terry loss.
 
-Data preparation is DPO's (the same loaders, templates, masks and preflight), the batch layouts are
-DPO's (a shared prompt encoded once, or two rows); the score is read at the end of each reply. The step
+Data preparation and the batch layouts are the preference trainers' (:mod:`tuneful.preference`: the same
+loaders, templates, masks and preflight as DPO; a shared prompt encoded once, or two rows); the score is read at
+the end of each reply. The step
 loss is the per-pair loss summed over every pair of the step on every process, divided once by their
 count. With LoRA the score head trains in full and the saved folder is merged, so it loads in
 transformers (``AutoModelForSequenceClassification``) without peft.
@@ -9,33 +10,20 @@ transformers (``AutoModelForSequenceClassification``) without peft.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from ..config import to_dict
-from ..dpo.data import COLLATORS
-from ..dpo.prepare import PreparedPairs, prepare_pairs
-from ..dpo.trainer import pair_cost, resolve_pair_layout
+from ..preference.pairs import COLLATORS
+from ..preference.prepare import PreparedPairs, prepare_pairs
+from ..preference.policy import pair_cost, resolve_pair_layout
 from ..models.layouts import probe_layouts
-from ..train.prepared import main_processes_first
-from ..train.loop import Trainer, run
+from ..tokenization.prepared import main_processes_first
+from ..train.loop import RunResult, Trainer, run
 from .config import RewardConfig
 from .losses import bradley_terry
-from .model import RewardScores, load_reward_model, reward_inputs
-
-
-@dataclass
-class RewardResult:
-    steps: int
-    final_loss: float | None
-    eval_metrics: dict | None
-    output_dir: Path
-    train_seconds: float = 0.0
-    model_dir: Path | None = None
-    history: list[dict] = field(default_factory=list)
+from ..preference.reward_model import RewardScores, load_reward_model, reward_inputs
 
 
 class RewardTrainer(Trainer):
@@ -58,7 +46,7 @@ class RewardTrainer(Trainer):
         self.collate = COLLATORS[self.layout]
 
     def load_base_model(self) -> Any:
-        return load_reward_model(self.cfg.model, self._pad_id())
+        return load_reward_model(self.cfg.model, self.pad_token_id)
 
     def loss_module(self, model: Any) -> torch.nn.Module:
         return RewardScores(model)
@@ -71,7 +59,7 @@ class RewardTrainer(Trainer):
 
     def _pair_loss(self, examples: Sequence[Any], indices: Sequence[int]):
         part = [examples[i] for i in indices]
-        batch = self.collate(part, self._pad_id()).to(self.acc.device)
+        batch = self.collate(part, self.pad_token_id).to(self.acc.device)
         with self.acc.autocast():
             rewards = self.module(**reward_inputs(batch, part, self.layout))
         chosen, rejected = rewards.chunk(2)
@@ -87,15 +75,14 @@ class RewardTrainer(Trainer):
     def micro_loss(self, indices: list[int], counts: torch.Tensor):
         result, rewards, tokens = self._pair_loss(self.data.train, indices)
         loss = result.losses.sum() / max(1, int(counts[0]))
-        tally = torch.stack([loss.detach().float(), result.margins.sum(), (result.margins > 0).float().sum(),
-                             rewards.sum(), torch.tensor(float(tokens), device=self.acc.device)])
-        return loss * self.world, tally  # DDP averages gradients over processes: x world size makes it a sum
+        return loss, {"loss": loss.detach(), "margin": result.margins.sum(), "correct": (result.margins > 0).float().sum(),
+                      "reward": rewards.sum(), "tokens": torch.tensor(float(tokens))}
 
-    def step_metrics(self, tally: torch.Tensor, counts: torch.Tensor, grad_norm: float) -> dict:
+    def step_metrics(self, sums: dict[str, float], counts: torch.Tensor, grad_norm: float) -> dict:
         pairs = max(1, int(counts[0]))
-        return {"loss": float(tally[0]), "margin": float(tally[1]) / pairs, "accuracy": float(tally[2]) / pairs,
-                "mean_reward": float(tally[3]) / (2 * pairs), "grad_norm": grad_norm, "pairs": int(counts[0]),
-                "tokens": int(tally[4])}
+        return {"loss": sums["loss"], "margin": sums["margin"] / pairs, "accuracy": sums["correct"] / pairs,
+                "mean_reward": sums["reward"] / (2 * pairs), "grad_norm": grad_norm, "pairs": int(counts[0]),
+                "tokens": int(sums["tokens"])}
 
     @torch.no_grad()
     def eval_metrics(self) -> dict:
@@ -125,10 +112,6 @@ class RewardTrainer(Trainer):
     def summary(self) -> dict:
         return {"recipe": to_dict(self.cfg), "task": "reward-model", "pair_layout": self.layout, **self.data.summary()}
 
-    def result(self, steps, last_loss, eval_metrics, history, train_seconds) -> RewardResult:
-        return RewardResult(steps, last_loss, eval_metrics, self.out, train_seconds, history=history)
-
-
-def run_reward(cfg: RewardConfig, *, model: Any = None, tokenizer: Any = None) -> RewardResult:
+def run_reward(cfg: RewardConfig, *, model: Any = None, tokenizer: Any = None) -> RunResult:
     """setup → train → save."""
     return run(RewardTrainer(cfg, model=model, tokenizer=tokenizer))

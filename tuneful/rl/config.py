@@ -8,9 +8,11 @@ micro_batch_size x grad_accum x processes prompts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..config import setting
-from ..train.config import LoraSettings, ModelSettings, TrainSettings, after_sft_problems, source_problems
+from ..data.mixture import source_problems
+from ..train.config import AfterSFTConfig, TrainSettings
 
 GRPO_LOSSES = ("grpo", "dapo", "dr_grpo")
 REWARD_SCALES = ("group", "none")
@@ -101,16 +103,12 @@ class GRPOTrainSettings(TrainSettings):
 
 
 @dataclass
-class GRPOConfig:
+class GRPOConfig(AfterSFTConfig):
     """A GRPO run; ``check`` collects every problem at once."""
 
-    model: ModelSettings = field(default_factory=ModelSettings)
     data: PromptDataSettings = field(default_factory=PromptDataSettings)
-    lora: LoraSettings = field(default_factory=LoraSettings)
     grpo: GRPOSettings = field(default_factory=GRPOSettings)
     train: GRPOTrainSettings = field(default_factory=GRPOTrainSettings)
-
-    def check(self) -> list[str]:
-        return after_sft_problems("GRPO", self.model, self.lora, self.train,
-                                  reference=("grpo.reference", self.grpo.reference),
-                                  shared_layout=("grpo.layout", self.grpo.layout == "shared-prompt"))
+    method: ClassVar[str] = "GRPO"
+    reference_section: ClassVar[str | None] = "grpo"
+    layout_setting: ClassVar[str] = "grpo.layout"

@@ -3,23 +3,23 @@ Online AI Feedback", arXiv:2402.04792): each step the current policy samples a g
 prompt, the reward sources rank them, and the best and the worst reply of each group form a DPO
 pair — on-policy pairs, instead of a fixed offline set. Groups whose replies all score the same
 give no pair and are counted. Sampling, rewards and the reference are GRPO's; the loss is DPO's
-(:mod:`tuneful.dpo.losses`), averaged over the step's pairs on every process.
+(:mod:`tuneful.preference.losses`), averaged over the step's pairs on every process.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 
 from ..config import setting
-from ..dpo.losses import dpo_sigmoid, ipo
-from ..train.config import LoraSettings, ModelSettings, after_sft_problems
-from ..train.loop import run
+from ..preference.losses import dpo_sigmoid, ipo
+from ..train.config import AfterSFTConfig
+from ..train.loop import RunResult, run
 from .config import GRPO_REFERENCES, LAYOUTS, GRPOTrainSettings, PromptDataSettings
 from .rollout import RolloutBatch
-from .trainer import GRPOResult, GRPOTrainer
+from .trainer import GRPOTrainer
 
 ONLINE_DPO_LOSSES = ("sigmoid", "ipo")
 
@@ -75,19 +75,15 @@ class OnlineDPOTrainSettings(GRPOTrainSettings):
 
 
 @dataclass
-class OnlineDPOConfig:
+class OnlineDPOConfig(AfterSFTConfig):
     """An online DPO run; ``check`` collects every problem at once."""
 
-    model: ModelSettings = field(default_factory=ModelSettings)
     data: PromptDataSettings = field(default_factory=PromptDataSettings)
-    lora: LoraSettings = field(default_factory=LoraSettings)
     online_dpo: OnlineDPOSettings = field(default_factory=OnlineDPOSettings)
     train: OnlineDPOTrainSettings = field(default_factory=OnlineDPOTrainSettings)
-
-    def check(self) -> list[str]:
-        return after_sft_problems("online DPO", self.model, self.lora, self.train,
-                                  reference=("online_dpo.reference", self.online_dpo.reference),
-                                  shared_layout=("online_dpo.layout", self.online_dpo.layout == "shared-prompt"))
+    method: ClassVar[str] = "online DPO"
+    reference_section: ClassVar[str | None] = "online_dpo"
+    layout_setting: ClassVar[str] = "online_dpo.layout"
 
 
 def best_and_worst(rewards: Sequence[float], group_size: int) -> list[tuple[int, int]]:
@@ -132,11 +128,12 @@ class OnlineDPOTrainer(GRPOTrainer):
         reference = torch.zeros(n, device=token_logps.device).index_add(0, inputs.sequence, reference_tokens)
         pairs = best_and_worst([c.reward for c in batch.completions], self.settings.group_size)
         rewards = torch.tensor([c.reward for c in batch.completions], device=self.acc.device)
-        zero = torch.zeros((), device=self.acc.device)
-        positions = torch.tensor(float(inputs.attention_mask.sum()), device=self.acc.device)
+        zero = torch.zeros(())
+        counted = {"reward": rewards.sum(), "completions": torch.tensor(float(n)),
+                   "positions": torch.tensor(float(inputs.attention_mask.sum()))}
         if not pairs:  # no preference in this micro-batch: a zero loss that still reaches every parameter
-            return sums.sum() * 0.0, torch.stack([zero, rewards.sum(), zero, zero, zero, zero,
-                                                  torch.tensor(float(n), device=self.acc.device), positions])
+            return sums.sum() * 0.0, {"loss": zero, "reward_gap": zero, "margin": zero, "correct": zero,
+                                      "pairs": zero, **counted}
         chosen, rejected = (torch.tensor(x, device=self.acc.device) for x in zip(*pairs))
         args = (sums[chosen], sums[rejected], reference[chosen], reference[rejected])
         if self.settings.loss == "ipo":  # IPO reads per-token averages
@@ -148,25 +145,24 @@ class OnlineDPOTrainer(GRPOTrainer):
             result = dpo_sigmoid(*args, beta=self.settings.beta)
         loss = result.losses.sum() / max(1, int(counts[0]))
         margin = result.chosen_rewards - result.rejected_rewards
-        tally = torch.stack([loss.detach(), rewards.sum(), (rewards[chosen] - rewards[rejected]).sum(), margin.sum(),
-                             (margin > 0).float().sum(), torch.tensor(float(len(pairs)), device=self.acc.device),
-                             torch.tensor(float(n), device=self.acc.device), positions])
-        return loss * self.world, tally  # DDP averages gradients over processes: x world size makes it a sum
+        return loss, {"loss": loss.detach(), "reward_gap": (rewards[chosen] - rewards[rejected]).sum(),
+                      "margin": margin.sum(), "correct": (margin > 0).float().sum(),
+                      "pairs": torch.tensor(float(len(pairs))), **counted}
 
     def _reference_logps(self, batch: RolloutBatch) -> torch.Tensor:
         if self.reference_kind == "frozen":
             return self._logps(batch, self.reference_module)
         return self._logps(batch, self.module, adapters_off=True)
 
-    def step_metrics(self, tally: torch.Tensor, counts: torch.Tensor, grad_norm: float) -> dict:
-        pairs, completions = max(1.0, float(tally[5])), max(1.0, float(tally[6]))
-        return {"loss": float(tally[0]), "reward_mean": float(tally[1]) / completions,
-                "pair_reward_gap": float(tally[2]) / pairs, "margin": float(tally[3]) / pairs,
-                "accuracy": float(tally[4]) / pairs, "pairs": int(tally[5]), "tied_groups":
-                int(completions) // self.settings.group_size - int(tally[5]), "grad_norm": grad_norm,
-                "tokens": int(tally[7])}
+    def step_metrics(self, sums: dict[str, float], counts: torch.Tensor, grad_norm: float) -> dict:
+        pairs, completions = max(1.0, sums["pairs"]), max(1.0, sums["completions"])
+        return {"loss": sums["loss"], "reward_mean": sums["reward"] / completions,
+                "pair_reward_gap": sums["reward_gap"] / pairs, "margin": sums["margin"] / pairs,
+                "accuracy": sums["correct"] / pairs, "pairs": int(sums["pairs"]), "tied_groups":
+                int(completions) // self.settings.group_size - int(sums["pairs"]), "grad_norm": grad_norm,
+                "tokens": int(sums["positions"])}
 
 
-def run_online_dpo(cfg: OnlineDPOConfig, *, model: Any = None, tokenizer: Any = None, reward: Any = None) -> GRPOResult:
+def run_online_dpo(cfg: OnlineDPOConfig, *, model: Any = None, tokenizer: Any = None, reward: Any = None) -> RunResult:
     """setup → train → save."""
     return run(OnlineDPOTrainer(cfg, model=model, tokenizer=tokenizer, reward=reward))

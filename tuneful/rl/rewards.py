@@ -20,6 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..data.types import Message
+from ..infer.judge import JudgeSettings, OpenAIJudge
+from ..preference.reward_score import RewardScorer
+
 Prompts = Sequence[Sequence[dict]]
 
 
@@ -70,13 +74,9 @@ class PythonReward:
 
 class ModelReward:
     def __init__(self, folder: str, device: str = "cpu"):
-        from ..reward.score import RewardScorer
-
         self.name, self.scorer = f"rm:{folder}", RewardScorer(folder, device=device)
 
     def __call__(self, prompts: Prompts, completions: Sequence[str], records: Sequence[dict]) -> list[float]:
-        from ..data.types import Message
-
         messages = [[Message(m["role"], m.get("content") or "") for m in p] for p in prompts]
         return self.scorer.score_replies(messages, completions)
 
@@ -91,8 +91,6 @@ class JudgeReward:
     """Pointwise ratings from an OpenAI-compatible judge; a reply without a rating scores 0 and is counted."""
 
     def __init__(self, spec: str):
-        from ..eval.judge import JudgeSettings, OpenAIJudge
-
         model, _, base_url = spec.partition("@")
         self.name, self.unparsed = f"judge:{model}", 0
         self.ask = OpenAIJudge(JudgeSettings(model=model, base_url=base_url or None, max_tokens=128))

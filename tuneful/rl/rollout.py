@@ -14,8 +14,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..infer.generate import generate
-from ..train.model import DecoderWithHead
-from ..train.losses import token_logps
+from ..models.loading import DecoderWithHead
+from ..models.losses import token_logps
 from .losses import group_advantages
 
 

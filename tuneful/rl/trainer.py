@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import copy
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -23,24 +21,13 @@ from ..config import to_dict
 from ..infer.generate import generate
 from ..models.head import probe_head
 from ..models.layouts import probe_layouts
-from ..train.loop import Trainer, run
+from ..train.loop import RunResult, Trainer, run
 from .config import GRPOConfig
 from .losses import clipped_policy_gradient
-from .prompts import PreparedPrompts, prepare_prompts
+from .data import PreparedPrompts, prepare_prompts
 from .rewards import CombinedReward
 from .rollout import (CompletionInputs, CompletionLogps, RolloutBatch, SamplingSettings, completion_inputs,
                       sample_groups)
-
-
-@dataclass
-class GRPOResult:
-    steps: int
-    final_loss: float | None
-    eval_metrics: dict | None
-    output_dir: Path
-    train_seconds: float = 0.0
-    model_dir: Path | None = None
-    history: list[dict] = field(default_factory=list)
 
 
 def aggregate_token_losses(token_losses: torch.Tensor, sequence: torch.Tensor, lengths: torch.Tensor, *, loss: str,
@@ -144,7 +131,7 @@ class GRPOTrainer(Trainer):
     def inputs(self, batch: RolloutBatch) -> CompletionInputs:
         """The micro-batch laid out for the model: one row per group (the prompt encoded once) unless the
         attention kernel takes no block mask (flash-attention) or ``layout=rows``."""
-        return completion_inputs(batch.completions, self._pad_id(),
+        return completion_inputs(batch.completions, self.pad_token_id,
                                  shared_prompt=self.shared_prompt).to(self.acc.device)
 
     @torch.no_grad()
@@ -178,19 +165,18 @@ class GRPOTrainer(Trainer):
                                       step_completions=int(counts[0]), step_tokens=int(counts[1]),
                                       max_new_tokens=self.settings.max_new_tokens)
         rewards = torch.tensor([c.reward for c in batch.completions], device=self.acc.device)
-        tally = torch.stack([loss.detach(), rewards.sum(), (rewards ** 2).sum(),
-                             torch.tensor(float(sum(c.stopped for c in batch.completions)), device=self.acc.device),
-                             terms.kl.sum(), terms.clipped.float().sum(),
-                             torch.tensor(float(inputs.attention_mask.sum()), device=self.acc.device)])
-        return loss * self.world, tally  # DDP averages gradients over processes: x world size makes it a sum
+        return loss, {"loss": loss.detach(), "reward": rewards.sum(), "reward_squared": (rewards ** 2).sum(),
+                      "stopped": torch.tensor(float(sum(c.stopped for c in batch.completions))),
+                      "kl": terms.kl.sum(), "clipped": terms.clipped.float().sum(),
+                      "positions": torch.tensor(float(inputs.attention_mask.sum()))}
 
-    def step_metrics(self, tally: torch.Tensor, counts: torch.Tensor, grad_norm: float) -> dict:
+    def step_metrics(self, sums: dict[str, float], counts: torch.Tensor, grad_norm: float) -> dict:
         n, tokens = max(1, int(counts[0])), max(1, int(counts[1]))
-        mean = float(tally[1]) / n
-        return {"loss": float(tally[0]), "reward_mean": mean,
-                "reward_std": max(0.0, float(tally[2]) / n - mean ** 2) ** 0.5, "completion_length": tokens / n,
-                "stop_rate": float(tally[3]) / n, "kl": float(tally[4]) / tokens, "clip_fraction": float(tally[5]) / tokens,
-                "grad_norm": grad_norm, "completions": int(counts[0]), "tokens": int(tally[6])}
+        mean = sums["reward"] / n
+        return {"loss": sums["loss"], "reward_mean": mean,
+                "reward_std": max(0.0, sums["reward_squared"] / n - mean ** 2) ** 0.5, "completion_length": tokens / n,
+                "stop_rate": sums["stopped"] / n, "kl": sums["kl"] / tokens, "clip_fraction": sums["clipped"] / tokens,
+                "grad_norm": grad_norm, "completions": int(counts[0]), "tokens": int(sums["positions"])}
 
     @torch.no_grad()
     def eval_metrics(self) -> dict:
@@ -215,10 +201,6 @@ class GRPOTrainer(Trainer):
         return {"recipe": to_dict(self.cfg), "rewards": [s.name for s in getattr(self.reward, "sources", [])],
                 "reference": self.reference_kind, **self.data.summary()}
 
-    def result(self, steps, last_loss, eval_metrics, history, train_seconds) -> GRPOResult:
-        return GRPOResult(steps, last_loss, eval_metrics, self.out, train_seconds, history=history)
-
-
-def run_grpo(cfg: GRPOConfig, *, model: Any = None, tokenizer: Any = None, reward: Any = None) -> GRPOResult:
+def run_grpo(cfg: GRPOConfig, *, model: Any = None, tokenizer: Any = None, reward: Any = None) -> RunResult:
     """setup → train → save."""
     return run(GRPOTrainer(cfg, model=model, tokenizer=tokenizer, reward=reward))

@@ -1,4 +1,5 @@
-"""Small samples written by the project, so commands work on a fresh machine with no downloads."""
+"""Small samples written by the project, so commands work on a fresh machine with no downloads.
+Floor 1: imports no other tuneful package."""
 
 from __future__ import annotations
 
@@ -46,17 +47,3 @@ def train_tokenizer(
     )
     core.train_from_iterator(list(texts), trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=core, eos_token=eos_token, pad_token=pad_token)
-
-
-def starter_tokenizer() -> Any:
-    """A tiny ChatML tokenizer trained on the starter sample (with the built-in chatml template)."""
-    import json
-
-    from ..templates.registry import builtin
-
-    texts = []
-    for line in starter_path().read_text(encoding="utf-8").splitlines():
-        texts += [m["content"] for m in json.loads(line)["messages"]]
-    tokenizer = train_tokenizer(texts)
-    tokenizer.chat_template = builtin("chatml").source
-    return tokenizer

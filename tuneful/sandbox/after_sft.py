@@ -16,7 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import build
+from ..data.types import Message, PreferencePair
+from ..preference.reward_score import RewardScorer
+from ..reward.config import RewardConfig
+from ..reward.trainer import run_reward
+from ..rl.config import GRPOConfig
+from ..rl.online_dpo import OnlineDPOConfig, run_online_dpo
+from ..rl.trainer import run_grpo
 from .tasks import sft_instances
+
 
 VERIFIER = "python:tuneful.sandbox.tasks:verifier_reward"
 
@@ -52,29 +61,18 @@ def _common(settings: Any, online: OnlineSettings, model: Path, prompts: Path, o
 
 
 def run_grpo_arm(settings: Any, online: OnlineSettings, model: Path, prompts: Path, out: Path, reward: str) -> Any:
-    from ..config import build
-    from ..rl.config import GRPOConfig
-    from ..rl.trainer import run_grpo
-
     return run_grpo(build(GRPOConfig, None, _common(settings, online, model, prompts, out) + [
         f"grpo.rewards={reward}", f"grpo.group_size={online.group_size}",
         f"grpo.max_new_tokens={online.max_new_tokens}", f"train.lr={online.grpo_lr}", "grpo.loss=dapo"]))
 
 
 def run_online_dpo_arm(settings: Any, online: OnlineSettings, model: Path, prompts: Path, out: Path) -> Any:
-    from ..config import build
-    from ..rl.online_dpo import OnlineDPOConfig, run_online_dpo
-
     return run_online_dpo(build(OnlineDPOConfig, None, _common(settings, online, model, prompts, out) + [
         f"online_dpo.rewards={VERIFIER}", f"online_dpo.group_size={online.online_dpo_group}",
         f"online_dpo.max_new_tokens={online.max_new_tokens}", f"train.lr={online.online_dpo_lr}"]))
 
 
 def run_reward_model(settings: Any, online: OnlineSettings, model: Path, pairs: Path, out: Path) -> Any:
-    from ..config import build
-    from ..reward.config import RewardConfig
-    from ..reward.trainer import run_reward
-
     return run_reward(build(RewardConfig, None, [
         f"model.name_or_path={model}", f"data.train={pairs}", "data.max_length=256", "data.eval_fraction=0.1",
         f"train.output_dir={out}", f"train.epochs={online.rm_epochs}", f"train.lr={online.rm_lr}",
@@ -84,9 +82,6 @@ def run_reward_model(settings: Any, online: OnlineSettings, model: Path, pairs: 
 
 def rm_pair_accuracy(model_dir: Path, pairs: list[dict]) -> float:
     """Share of held-out-phrasing pairs whose chosen reply the reward model scores higher."""
-    from ..data.types import Message, PreferencePair
-    from ..reward.score import RewardScorer
-
     scorer = RewardScorer(model_dir)
     chosen, rejected = scorer.score_pairs([PreferencePair(tuple(Message(**m) for m in p["prompt"]), p["chosen"],
                                                           p["rejected"]) for p in pairs])

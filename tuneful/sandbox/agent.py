@@ -19,7 +19,10 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+from ..data.tool_parsers import PARSERS
+from .tasks import surface_variation, vary_words
 from .world import Country, make_world, world_names
+
 
 AGENT_WORLD_OFFSET = 7919  # the second world's seed is the base world's + this
 TRAIN_SHARE = 0.7
@@ -353,7 +356,6 @@ def training_traces(world: list[Country], n: int, seed: int, recovering: float =
     the countries drawn at random from the world's training split, or chosen by ``coverage`` from its pool
     (:func:`training_pool`); a share ``recovering`` of them first looks up a misspelt name and recovers (see
     :func:`trace`); ``announce``: the first lookup says what it looks up (``ANNOUNCE``)."""
-    from .tasks import surface_variation, vary_words
 
     train, _ = split_countries(world)
     if coverage is not None:  # the tool knows the pool's training-only countries too
@@ -397,7 +399,6 @@ def run_agents(generate_texts: Callable[[list[list[dict]], list[dict] | None], l
     parse the reply; calls → run them, hand the results back; text → the final answer. Returns the
     accuracy, the valid-call rate and every transcript. ``parser``: the call syntax the model's template writes
     (``tool_parsers.PARSERS``)."""
-    from ..serve.tool_parsers import PARSERS
 
     reading = PARSERS[parser]
     conversations = [[{"role": "user", "content": t.question}] for t in tasks]

@@ -17,7 +17,11 @@ from typing import Any, Callable
 
 import torch
 
+from ..models.losses import token_nll_sum
+from ..samples import sandbox_base_dir, train_tokenizer
+from .agent import agent_world_names
 from .world import corpus, make_world
+
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
@@ -43,8 +47,6 @@ class BaseRecipe:
 
 
 def shipped_base_dir() -> Path:
-    from ..samples import sandbox_base_dir
-
     return sandbox_base_dir()
 
 
@@ -56,15 +58,11 @@ def load_recipe(base_dir: Path) -> BaseRecipe:
 
 def base_corpus(recipe: BaseRecipe) -> list[str]:
     """The pretraining documents of a recipe; copying documents never name a country of the agent's world."""
-    from .agent import agent_world_names
-
     return corpus(make_world(recipe.seed, recipe.countries), recipe.seed, copy_docs=recipe.copy_docs,
                   taken=agent_world_names(recipe.seed))
 
 
 def build_tokenizer(docs: list[str], recipe: BaseRecipe) -> Any:
-    from ..samples import train_tokenizer
-
     return train_tokenizer(docs, vocab_size=recipe.vocab_size, special_tokens=SPECIAL_TOKENS,
                            eos_token="<|endoftext|>", pad_token="<|pad|>")
 
@@ -100,8 +98,6 @@ def init_model(recipe: BaseRecipe, vocab_size: int, tokenizer: Any = None) -> An
 def pretrain(model: Any, stream: torch.Tensor, recipe: BaseRecipe, *, steps: int | None = None,
              on_step: Callable[[int, float], None] | None = None) -> list[float]:
     """Next-token training on every token of fixed-length chunks; returns the loss per step."""
-    from ..train.losses import token_nll_sum
-
     torch.set_num_threads(recipe.threads)
     steps = recipe.steps if steps is None else steps
     n_chunks = (len(stream) - 1) // recipe.seq_len

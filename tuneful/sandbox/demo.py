@@ -15,9 +15,29 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ..config import build, to_yaml
+from ..data.tool_parsers import parser_for_template
+from ..data.types import Message, PreferencePair
+from ..dpo.config import DPOConfig
+from ..dpo.trainer import run_dpo
+from ..infer.chat_model import load_chat_model, prompt_renderer
+from ..infer.generate import generate
+from ..preference.pairs import collate_shared_prompt, preference_tokenizer, tokenize_pairs
+from ..preference.reference import ResponseLogps
+from ..sft.config import SFTConfig
+from ..sft.trainer import run_sft
+from ..templates.registry import builtin
+from ..tokenization.masking import pad_id
+from ..train.output import merge_adapter
+from .after_sft import OnlineSettings, after_sft
+from .agent import OpeningCoverage, agent_world, eval_tasks, run_agents, split_countries, training_pool, training_traces
 from .base import BaseRecipe, base_corpus, load_recipe, shipped_base_dir
-from .tasks import FAMILIES, HELDOUT_FAMILIES, TaskInstance, eval_instances, sft_instances, to_conversation, verify
+from .noisy import pair_for, preference_pairs
+from .report import plot_families, plot_summary, render_markdown
+from .tasks import (FAMILIES, FAMILY_BY_NAME, HELDOUT_FAMILIES, TaskInstance, eval_instances, sft_instances,
+                    to_conversation, verify)
 from .world import make_world, world_names
+
 
 SEED_PROMPT = "Write a 3-line poem about cats."
 TEMPLATE = "tuneful"
@@ -71,8 +91,6 @@ def _write_data(folder: Path, settings: DemoSettings, world: list, tool_world: l
 
     from transformers import AutoTokenizer
 
-    from .agent import OpeningCoverage, training_pool, training_traces
-
     replay = write_replay(folder, recipe)
     train = folder / "train.jsonl"
     records = [to_conversation(i) for i in sft_instances(world, settings.sft_per_family, settings.seed)]
@@ -108,18 +126,12 @@ def sft_overrides(settings: DemoSettings, base: Path, train: Path, replay: Path,
 
 def _sft(settings: DemoSettings, base: Path, train: Path, replay: Path, *, out: Path | None = None,
          max_steps: int = 0) -> Any:
-    from ..config import build
-    from ..sft.config import SFTConfig
-    from ..sft.trainer import run_sft
-
     return run_sft(build(SFTConfig, None, sft_overrides(settings, base, train, replay, out=out, max_steps=max_steps)))
 
 
 def write_sft_recipe(settings: DemoSettings) -> Path:
     """The demo's SFT data (``settings.out/data``) and recipe (``settings.out/sft.yaml``), for running the
     demo's SFT on its own (``tuneful sft OUT/sft.yaml``, or from the UI's Train page)."""
-    from ..config import build, to_yaml
-    from ..sft.config import SFTConfig
 
     base, recipe, world = sandbox(settings)
     train, replay = _write_data(settings.out / "data", settings, world, tool_world_of(recipe, world), recipe, base)
@@ -131,8 +143,6 @@ def write_sft_recipe(settings: DemoSettings) -> Path:
 
 def write_pairs(settings: DemoSettings, world: list) -> Path:
     """The sandbox preference pairs (training phrasings): DPO's data, and the reward model's."""
-    from .noisy import preference_pairs
-
     pairs = settings.out / "data" / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(p) + "\n" for p in preference_pairs(world, settings.dpo_pairs, settings.seed)))
     return pairs
@@ -140,10 +150,6 @@ def write_pairs(settings: DemoSettings, world: list) -> Path:
 
 def _dpo(settings: DemoSettings, sft_model: Path, world: list) -> Any:
     """DPO on preference pairs (training phrasings) after SFT; reference log-probs precomputed."""
-    from ..config import build
-    from ..dpo.config import DPOConfig
-    from ..dpo.trainer import run_dpo
-
     pairs = write_pairs(settings, world)
     overrides = [
         f"model.name_or_path={sft_model}", f"data.train={pairs}", "data.max_length=256", "data.eval_fraction=0.1",
@@ -159,9 +165,6 @@ def heldout_pairs(world: list, sets: dict[str, list[TaskInstance]], seed: int) -
     """For every held-out-phrasing prompt: its answer against a wrong one, and against a rambling one."""
     import random
 
-    from .noisy import pair_for
-    from .tasks import FAMILY_BY_NAME
-
     rng = random.Random(seed + 303)
     return [pair_for(rng, world, inst, FAMILY_BY_NAME[inst.family], kind)
             for inst in sets["heldout_phrasing"] for kind in ("wrong", "rambling")]
@@ -173,12 +176,6 @@ def preference_rates(model: Any, tokenizer: Any, pairs: list[dict]) -> dict[str,
     Per-token means, not sums: a sum favours the shorter reply whatever the model has learned.
     """
     import torch
-
-    from ..data.types import Message, PreferencePair
-    from ..dpo.data import collate_shared_prompt, preference_tokenizer, tokenize_pairs
-    from ..dpo.reference import ResponseLogps
-    from ..templates.registry import builtin
-    from ..tokenization.masking import pad_id
 
     ctok = preference_tokenizer(tokenizer, builtin(TEMPLATE))
     examples = tokenize_pairs(ctok, [PreferencePair(tuple(Message(**m) for m in p["prompt"]), p["chosen"],
@@ -198,8 +195,6 @@ def preference_rates(model: Any, tokenizer: Any, pairs: list[dict]) -> dict[str,
 
 def _load(folder: Path) -> Any:
     """The weights as inference loads them (adapters merged into the base their folder names, fp32 on CPU)."""
-    from ..infer.chat_model import load_chat_model
-
     return load_chat_model(str(folder), template=TEMPLATE, device="cpu").model
 
 
@@ -210,9 +205,6 @@ def _prompt_ids(tokenizer: Any, messages: list[dict], tools: list[dict] | None =
 
 @lru_cache(maxsize=4)
 def _renderer(tokenizer: Any) -> Any:
-    from ..infer.chat_model import prompt_renderer
-    from ..templates.registry import builtin
-
     return prompt_renderer(tokenizer, builtin(TEMPLATE))
 
 
@@ -220,10 +212,6 @@ def evaluate_agents(models: dict[str, Any], tokenizer: Any, tool_world: list, se
                     stop_ids: list[int]) -> tuple[dict, list[dict]]:
     """The agent loop on held-out phrasings about held-out countries of the second world: tuned and base
     with the tools, tuned without them (report.json ``tools``)."""
-    from ..infer.generate import generate
-    from ..serve.tool_parsers import parser_for_template
-    from ..templates.registry import builtin
-    from .agent import eval_tasks, run_agents, split_countries
 
     def texts_of(model: Any) -> Any:
         def texts(conversations: list[list[dict]], tools: list[dict] | None) -> list[str]:
@@ -257,8 +245,6 @@ def evaluate_model(model: Any, tokenizer: Any, sets: dict[str, list[TaskInstance
     The stop rate counts answers ended by the end-of-turn token; a base model that ends the
     *document* (``<|endoftext|>``) has not learned to end a turn.
     """
-    from ..infer.generate import generate
-
     everything = [(name, inst) for name, insts in sets.items() for inst in insts]
     outputs = generate(model, tokenizer, [_prompt_ids(tokenizer, i.messages) for _, i in everything],
                        stop_ids=stop_ids, max_new_tokens=max_new_tokens)
@@ -277,8 +263,6 @@ def evaluate_model(model: Any, tokenizer: Any, sets: dict[str, list[TaskInstance
 
 
 def _seed_example(base_model: Any, tuned: Any, tokenizer: Any, stop_ids: list[int]) -> dict:
-    from ..infer.generate import generate
-
     raw = tokenizer(SEED_PROMPT, add_special_tokens=False)["input_ids"]
     chat = _prompt_ids(tokenizer, [{"role": "user", "content": SEED_PROMPT}])
     base_raw, base_chat = generate(base_model, tokenizer, [raw, chat], stop_ids=stop_ids, max_new_tokens=40)
@@ -289,8 +273,6 @@ def _seed_example(base_model: Any, tuned: Any, tokenizer: Any, stop_ids: list[in
 
 def quick_sizes(settings: DemoSettings, agent: bool) -> DemoSettings:
     """The demo's ``--quick`` sizes (a smoke run of about a minute on a CPU), set on ``settings``."""
-    from .after_sft import OnlineSettings
-
     settings.sft_per_family, settings.eval_per_family, settings.epochs, settings.dpo_pairs = 20, 4, 1.0, 100
     settings.agent_traces, settings.agent_eval_per_family = (30, 4) if agent else (0, 4)
     settings.online = OnlineSettings(prompts=32, steps=2, prompts_per_step=2, group_size=4, rm_epochs=1.0)
@@ -308,8 +290,6 @@ def sandbox(settings: DemoSettings) -> tuple[Path, BaseRecipe, list]:
 
 def tool_world_of(recipe: BaseRecipe, world: list) -> list:
     """The agent's second world: countries the base model never read about."""
-    from .agent import agent_world
-
     return agent_world(recipe.seed, world_names(world))
 
 
@@ -373,7 +353,6 @@ def run_demo(settings: DemoSettings) -> dict:
     dpo = None
     sft_full = result.model_dir
     if settings.lora and (settings.dpo or settings.rl):  # later stages start from the SFT weights: merge first
-        from ..train.output import merge_adapter
 
         sft_full = merge_adapter(result.model_dir, settings.out / "sft" / "merged", base=str(base))
     if settings.dpo:
@@ -390,13 +369,11 @@ def run_demo(settings: DemoSettings) -> dict:
     if dpo is not None:
         pairs = heldout_pairs(world, sets, settings.seed)
         report["dpo"] = {"pairs": settings.dpo_pairs, "steps": dpo.steps, "final_loss": dpo.final_loss,
-                         "eval": dpo.eval_metrics, "reference": dpo.reference, "lr": settings.dpo_lr,
+                         "eval": dpo.eval_metrics, "reference": dpo.details["reference"], "lr": settings.dpo_lr,
                          "beta": settings.dpo_beta, "heldout_pairs": len(pairs),
                          "preference": {name: preference_rates(models[name], tokenizer, pairs)
                                         for name in ("tuned", "tuned+dpo")}}
     if settings.rl:
-        from .after_sft import after_sft
-
         if not settings.dpo:
             write_pairs(settings, world)
 
@@ -419,8 +396,6 @@ def run_demo(settings: DemoSettings) -> dict:
 
 
 def write_report(out: Path, report: dict, answers: dict[str, list[dict]]) -> None:
-    from .report import plot_families, plot_summary, render_markdown
-
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "answers.jsonl").write_text("".join(json.dumps({"model": m, **r}) + "\n"
                                                for m, rows in answers.items() for r in rows))

@@ -26,8 +26,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..data.loader import write_jsonl
+from ..data.mix_recipe import recipe_from_dict
+from ..data.mixture import mix
 from .demo import DemoSettings, experiment
+from .report import _pyplot
 from .tasks import FAMILIES, HELDOUT_FAMILIES, eval_instances, sft_instances
+
 
 SINGLE_TURN_FAMILIES = tuple(f.name for f in FAMILIES if f.name not in HELDOUT_FAMILIES and not f.follow_ups)
 
@@ -60,7 +65,6 @@ def write_pool(path: Path, world: list, per_family: int, seed: int) -> Path:
 def arm_recipe(pool: Path, families: list[str], flan: FlanSettings, seed: int, few_shot: bool) -> Any:
     """The mixture recipe of one arm: its families' records from the pool, ``examples`` of them, zero-shot
     (the record's prompt as the user turn) or zero- and few-shot mixed."""
-    from ..data.mix_recipe import recipe_from_dict
 
     arm_pool = pool.with_name(f"{pool.stem}-{len(families)}.jsonl")
     keep = set(families)
@@ -78,9 +82,6 @@ def arm_accuracy(by_family: dict[str, float], families: list[str]) -> float | No
 
 
 def run_flan(demo: DemoSettings, flan: FlanSettings) -> dict:
-    from ..data.loader import write_jsonl
-    from ..data.mixture import mix
-
     started = time.perf_counter()
     setup = experiment(demo)
     world, data, out = setup.world, setup.data, demo.out
@@ -168,8 +169,6 @@ def render_flan(report: dict) -> str:
 
 
 def plot_flan(report: dict, path: Path) -> None:
-    from .report import _pyplot
-
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.8))
     plain = [a for a in report["arms"] if not a["few_shot"]]

@@ -31,9 +31,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..curate.config import CurateSettings
+from ..curate.pipeline import Curator
 from .demo import DemoSettings, experiment
 from .noisy import NOISE_KINDS, noisy_pool
-from .report import SUMMARY_KEYS
+from .report import SUMMARY_KEYS, _pyplot
+from .tasks import eval_instances
+
 
 ARMS = ("curated", "curated_v1", "random", "all")
 
@@ -64,7 +68,6 @@ def families(records: list[dict]) -> dict[str, int]:
 def curation_settings(arm: str, budget: int, base: Path, seed: int) -> Any:
     """``tuneful curate`` settings of a curated arm: today's defaults with the base model as the reference
     model, or the first version's pipeline."""
-    from ..curate.config import CurateSettings
 
     if arm == "curated":
         return CurateSettings(budget=budget, reference_model=str(base), ifd_model=str(base), group_by="family",
@@ -77,8 +80,6 @@ def curation_settings(arm: str, budget: int, base: Path, seed: int) -> Any:
 
 def curate_pool(pool_path: Path, settings: Any) -> tuple[list[int], dict]:
     """Pool positions the curation pipeline keeps, and its rejection counts per stage."""
-    from ..curate.pipeline import Curator
-
     result = Curator(settings).run(str(pool_path))
     rejected = result.rejected_by_stage()
     if rejected.get("load"):  # kept indices are pool positions only if every record loaded
@@ -87,8 +88,6 @@ def curate_pool(pool_path: Path, settings: Any) -> tuple[list[int], dict]:
 
 
 def run_lima(demo: DemoSettings, lima: LimaSettings) -> dict:
-    from .tasks import eval_instances
-
     started = time.perf_counter()
     setup = experiment(demo)
     base, world, data, out = setup.base, setup.world, setup.data, demo.out
@@ -158,8 +157,6 @@ def render_lima(report: dict) -> str:
 
 
 def plot_lima(report: dict, path: Path) -> None:
-    from .report import _pyplot
-
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
     width = 0.8 / len(ARMS)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import random
 
-from .tasks import FAMILIES, HELDOUT_FAMILIES, TaskInstance, training_phrasings
+from .tasks import FAMILIES, HELDOUT_FAMILIES, TaskInstance, training_phrasings, verify
 from .world import Country
+
 
 NOISE_KINDS = ("clean", "wrong", "truncated", "near_duplicate")
 FILLER = ("Let me think about this carefully before I answer.", "That is an interesting question with a long history.",
@@ -27,8 +28,6 @@ def _instance(rng: random.Random, world: list[Country], family) -> TaskInstance:
 
 def wrong_answer(rng: random.Random, world: list[Country], inst: TaskInstance, family) -> str:
     """A fluent answer that fails the verifier: another instance's answer of the same family."""
-    from .tasks import verify
-
     for _ in range(20):
         other = _instance(rng, world, family).answer
         if not verify(inst, other):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .agent import MAX_ROUNDS
 from .tasks import FAMILIES, HELDOUT_FAMILIES
+
 
 SUMMARY_KEYS = (("heldout_phrasing_accuracy", "held-out phrasings"), ("heldout_family_accuracy", "held-out families"),
                 ("stop_rate", "answers that end their turn"))
@@ -98,8 +100,6 @@ def render_markdown(report: dict, answers: dict[str, list[dict]]) -> str:
 
 
 def tools_section(tools: dict) -> list[str]:
-    from .agent import MAX_ROUNDS
-
     by = tools["by_family"]
     recovery = (f" In {tools['missed_a_lookup']} tasks a lookup of the tuned model found no country (a misspelt "
                 f"name); {tools['recovered']} of them were still answered right." if "missed_a_lookup" in tools else "")

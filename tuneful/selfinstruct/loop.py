@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from .filters import clean_instances, instruction_problem
-from .prompts import (Task, alpaca_prompt, classification_prompt, instance_prompt, instruction_prompt,
-                      parse_alpaca, parse_instances, parse_instructions, parse_yes_no)
-from .rouge import THRESHOLD, RougeFilter
+from .prompts import (Task, alpaca_prompt, classification_prompt, instance_prompt, instruction_prompt, parse_alpaca,
+                      parse_instances, parse_instructions, parse_yes_no)
+from .rouge import RougeFilter, THRESHOLD
+from .seeds import load_seeds
 from .teacher import Teacher
+
 
 STYLES = ("self-instruct", "alpaca")
 
@@ -226,8 +228,6 @@ def root_verbs(instructions: list[str], top: int = 20) -> list[tuple[str, int]]:
 
 
 def run_generate(settings: GenerateSettings, teacher: Teacher) -> dict[str, Any]:
-    from .seeds import load_seeds
-
     started = time.perf_counter()
     settings.out.mkdir(parents=True, exist_ok=True)
     seeds = load_seeds(settings.seeds)

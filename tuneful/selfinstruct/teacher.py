@@ -17,6 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
+from ..infer.chat_model import load_chat_model
+from ..infer.generate import generate
+
 
 @dataclass
 class TeacherStats:
@@ -126,16 +129,12 @@ class LocalTeacher:
     """A local model (folder, hub id, adapter or 'sandbox') generating in batches with its own template."""
 
     def __init__(self, spec: str, *, batch_size: int = 16, trust_remote_code: bool = False, device: str = "auto"):
-        from ..infer.chat_model import load_chat_model
-
         self.chat = load_chat_model(spec, trust_remote_code=trust_remote_code, device=device)
         self.batch_size = batch_size
         self.stats = TeacherStats()
 
     def complete(self, prompts: Sequence[list[dict]], *, max_tokens: int, temperature: float,
                  seed: int | None = None) -> list[str | None]:
-        from ..infer.generate import generate
-
         ids = []
         for messages in prompts:
             prompt = self.chat.prompt_ids(messages)

@@ -7,11 +7,14 @@ Parameters the server cannot honour are refused by name instead of being silentl
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
+
+from ..data.messages import Conversion, openai_messages
+from ..data.tool_parsers import tool_call_body
+from ..data.types import RecordError, TemplateInputs, make_conversation, make_tools
+
 
 ROLES = ("system", "user", "assistant", "tool")
 # Accepted but with no effect on the answer (metadata in OpenAI's API).
@@ -48,8 +51,6 @@ class ChatRequest:
 def _messages(value: Any, tools: Any) -> tuple[list[dict], list[dict] | None]:
     """Messages and tools through the data layer's own conversion and rules (the code that reads
     training data), so a request is understood exactly as a training conversation would be."""
-    from ..data.messages import Conversion, openai_messages
-    from ..data.types import RecordError, TemplateInputs, make_conversation, make_tools
 
     if not isinstance(value, list) or not value:
         raise ApiError(400, "'messages' must be a non-empty list", param="messages")
@@ -178,20 +179,8 @@ def completion_body(rid: str, model: str, message: dict, finish_reason: str, pro
     }
 
 
-def call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
-
-
-def tool_call_body(call: Any, index: int | None = None) -> dict:
-    """A parsed call as OpenAI sends it: ``arguments`` as a JSON string, a fresh id (``index`` when streamed)."""
-    out = {"index": index} if index is not None else {}
-    out.update({"id": call_id(), "type": "function",
-                "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}})
-    return out
-
-
 def reply_message(reply: Any) -> dict:
-    """The assistant message of a parsed reply (tuneful.serve.tool_parsers.ParsedReply)."""
+    """The assistant message of a parsed reply (tuneful.data.tool_parsers.ParsedReply)."""
     message: dict = {"role": "assistant", "content": reply.content if (reply.content or not reply.tool_calls) else None}
     if reply.reasoning is not None:
         message["reasoning_content"] = reply.reasoning

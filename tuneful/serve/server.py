@@ -18,11 +18,14 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from ..data.tool_parsers import PARSERS, ParsedReply, ReplyStream, ToolParser, split_reasoning
 from ..infer.chat_model import ChatModel
-from .engine import EngineStopped, GenerationEngine, GenerationRequest, QueueFull, Sampling, TextDeltas, request_id
+from ..infer.constrain import CallConstraints, SYNTAXES
+from ..infer.engine import (EngineStopped, GenerationEngine, GenerationRequest, QueueFull, Sampling, TextDeltas,
+                            request_id)
 from .protocol import (ApiError, ChatRequest, StopStrings, chunk_body, completion_body, parse_chat_request,
                        reply_message, usage)
-from .tool_parsers import PARSERS, ParsedReply, ReplyStream, ToolParser, split_reasoning
+
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -62,7 +65,6 @@ class ChatServer(ThreadingHTTPServer):
         """The matcher a forced reply follows (tool_choice required / named), or None."""
         if request.forced_calls is None:
             return None
-        from .constrain import SYNTAXES, CallConstraints
 
         if self.tool_parser is None or self.tool_parser.name not in SYNTAXES:
             raise ApiError(400, f"tool_choice forces a call, but this model's template ({self.chat.template.origin}) "

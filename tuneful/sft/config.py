@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import setting
-from ..train.config import LoraSettings, ModelSettings, TrainSettings, fsdp_problems, source_problems
+from ..data.mixture import source_problems
+from ..train.config import TrainSettings, fsdp_problems
+from ..models.settings import LoraSettings, ModelSettings
 
 
 @dataclass

@@ -16,7 +16,7 @@ from ..data.types import Conversation
 from ..tokenization.masking import ConversationTokenizer
 from ..tokenization.preflight import PreflightReport
 from ..templates.registry import ChatTemplate, run_template
-from .batching import Example
+from ..tokenization.batching import Example
 from .config import DataSettings
 from .prepared import SFT_TAKES, preflight_report, prepare_conversations
 
@@ -78,3 +78,15 @@ def replay_examples(settings: DataSettings, tokenizer: Any, n_conversations: int
         ids = (ids + [tokenizer.eos_token_id])[: settings.max_length]
         out.append(Example(ids, list(ids)))
     return out
+
+
+def sft_summary(data: Any, recipe: dict) -> dict:
+    """What an SFT run records about its data in the output folder's ``tuneful.json``."""
+    return {
+        "recipe": recipe,
+        "template": data.template.origin,
+        "train_examples": len(data.train),
+        "eval_examples": len(data.eval),
+        "preflight_warnings": [str(f) for f in data.preflight_report.warnings],
+        "data": data.load_report.summary(),
+    }

@@ -1,7 +1,7 @@
 """Prepared SFT data: conversations → token ids + train masks in memory-mapped Arrow files, built once.
 
 Knows conversations, a :class:`~tuneful.tokenization.masking.ConversationTokenizer` and the preflight checks; no
-model, no batches. The files, fingerprint and cache folder are :mod:`tuneful.train.prepared`'s.
+model, no batches. The files, fingerprint and cache folder are :mod:`tuneful.tokenization.prepared`'s.
 
 1. The source's raw records stream into Arrow parts, so a source larger than memory never is in memory.
 2. ``datasets.Dataset.map`` converts, validates, renders, tokenizes and checks them in batches — one
@@ -34,9 +34,9 @@ from ..data.loader import LoadReport
 from ..data.types import Conversation, PreferencePair
 from ..tokenization.masking import ConversationTokenizer, labels_from_mask
 from ..tokenization.preflight import PreflightReport, PreflightTally, check_conversation, finish_report
-from ..train.prepared import (OtherItems, Takes, build_splits, cached, fingerprint as fingerprint_of, list_of,
+from ..tokenization.prepared import (OtherItems, Takes, build_splits, cached, fingerprint as fingerprint_of, list_of,
                               open_rows, source_key, tokenizer_fingerprint)
-from .batching import Example
+from ..tokenization.batching import Example
 from .config import DataSettings
 
 

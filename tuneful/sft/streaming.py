@@ -32,8 +32,8 @@ from ..data.sources import read_records
 from ..data.types import Conversation
 from ..tokenization.masking import ConversationTokenizer, labels_from_mask
 from ..tokenization.preflight import PreflightError, PreflightReport, PreflightTally, finish_report
-from ..train.prepared import BATCH
-from .batching import Example, best_fit_decreasing
+from ..tokenization.prepared import BATCH
+from ..tokenization.batching import Example, best_fit_decreasing
 from .config import DataSettings
 from .prepared import SFT_TAKES, tokenize_batch
 

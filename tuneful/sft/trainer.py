@@ -6,33 +6,27 @@ process) and the metrics. Everything else — loop, accumulation, checkpoints, r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from ..config import to_dict
-from ..templates.registry import run_template
-from ..tokenization.masking import add_template_tokens, labels_from_mask
-from ..train.loop import Trainer, run
+from ..data.loader import LoadReport
 from ..models.head import probe_head
 from ..models.layouts import BLOCK_MASK, probe_layouts
-from ..train.prepared import main_processes_first
-from .batching import Example, collate_packed, collate_padded, plan_rows
+from ..models.seq2seq import Seq2SeqTokenLoss, is_encoder_decoder, load_seq2seq_model
+from ..templates.registry import run_template
+from ..tokenization.batching import Example, collate_packed, collate_padded, plan_rows
+from ..tokenization.masking import ConversationTokenizer, add_template_tokens, labels_from_mask
+from ..tokenization.preflight import PreflightReport, finish_report, preflight
+from ..tokenization.prepared import main_processes_first
+from ..tokenization.seq2seq import collate_seq2seq
+from ..train.loop import RunResult, Trainer, run
 from .config import SFTConfig
-from .data import PreparedData, prepare_data
-from .model import SelectedTokenLoss
-
-
-@dataclass
-class TrainResult:
-    steps: int
-    final_loss: float | None
-    eval_loss: float | None
-    output_dir: Path
-    model_dir: Path | None = None
-    history: list[dict] = field(default_factory=list)
+from .data import PreparedData, _load_conversations, prepare_data, sft_summary
+from .losses import SelectedTokenLoss
+from .seq2seq import prepare_seq2seq
+from .streaming import StreamedRows, stream_conversations
 
 
 class SFTTrainer(Trainer):
@@ -82,9 +76,9 @@ class SFTTrainer(Trainer):
     def collate_rows(self, rows: list[list[Example]]) -> tuple[dict[str, torch.Tensor], int]:
         """A micro-batch of rows (each one example, or several packed) and its token count."""
         if self.packing:
-            batch = collate_packed(rows, self._pad_id(), block_mask=self.packing_mode == BLOCK_MASK)
+            batch = collate_packed(rows, self.pad_token_id, block_mask=self.packing_mode == BLOCK_MASK)
         else:
-            batch = collate_padded([row[0] for row in rows], self._pad_id())
+            batch = collate_padded([row[0] for row in rows], self.pad_token_id)
         return batch, sum(len(e) for row in rows for e in row)
 
     # --- loss and metrics -------------------------------------------------------------------------
@@ -99,18 +93,16 @@ class SFTTrainer(Trainer):
         inputs = {name: t.to(self.acc.device) for name, t in batch[0].items()}
         with self.acc.autocast():
             total, _ = self.module(**inputs)
-        # DDP averages gradients over processes; scaling by world size turns that into a sum.
-        scale = self.world / max(1, int(counts[0]))
-        return total * scale, total.detach().float()
+        return total * (1.0 / max(1, int(counts[0]))), {"nll_sum": total.detach().float()}
 
     def aux_weight(self, batch: tuple[dict[str, torch.Tensor], int], counts: torch.Tensor, micro_batches: int) -> float:
         """The micro-batch's share of the step's trained tokens: with one micro-batch the loss is the model's own
         (mean NLL + coefficient x aux); with accumulation each micro-batch's MoE loss weighs as its tokens do."""
         return int((batch[0]["labels"][:, 1:] != -100).sum()) / max(1, int(counts[0]))
 
-    def step_metrics(self, tally: torch.Tensor, counts: torch.Tensor, grad_norm: float) -> dict:
+    def step_metrics(self, sums: dict[str, float], counts: torch.Tensor, grad_norm: float) -> dict:
         trained, tokens = int(counts[0]), int(counts[1])
-        return {"loss": float(tally) / max(1, trained), "grad_norm": grad_norm, "trained_tokens": trained,
+        return {"loss": sums["nll_sum"] / max(1, trained), "grad_norm": grad_norm, "trained_tokens": trained,
                 "tokens": tokens}
 
     @torch.no_grad()
@@ -136,25 +128,19 @@ class SFTTrainer(Trainer):
         return float(total[0] / total[1].clamp(min=1))
 
     def eval_batch(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        return collate_padded(examples, self._pad_id())
+        return collate_padded(examples, self.pad_token_id)
 
     def eval_metrics(self) -> dict:
         return {"eval_loss": self.evaluate()}
 
     # --- output ---------------------------------------------------------------------------------
     def summary(self) -> dict:
-        from .output import sft_summary
-
         return {**sft_summary(self.data, to_dict(self.cfg)), "packing": getattr(self, "packing_note", None),
                 "head": self.head.describe() if getattr(self, "head", None) else None}
 
-    def result(self, steps, last_loss, eval_metrics, history, train_seconds) -> TrainResult:
-        return TrainResult(steps, last_loss, (eval_metrics or {}).get("eval_loss"), self.out, history=history)
-
-
 class Seq2SeqSFTTrainer(SFTTrainer):
     """SFT of an encoder-decoder model (T5, BART): the history is the encoder's input, the reply + EOS the
-    decoder's target (:mod:`tuneful.sft.seq2seq`). The same loop, normalisation, checkpoints and output;
+    decoder's target (:mod:`tuneful.sft.seq2seq`, :mod:`tuneful.tokenization.seq2seq`). The same loop, normalisation, checkpoints and output;
     its own data, batches (padded, never packed) and loss."""
 
     lora_task_type = "SEQ_2_SEQ_LM"
@@ -165,8 +151,6 @@ class Seq2SeqSFTTrainer(SFTTrainer):
         self.packing = False
 
     def prepare_data(self) -> None:
-        from .seq2seq import prepare_seq2seq
-
         if self.cfg.data.add_template_tokens:
             raise ValueError("data.add_template_tokens: an encoder-decoder model's targets end with EOS, not with "
                              "template tokens; set it to false")
@@ -176,28 +160,22 @@ class Seq2SeqSFTTrainer(SFTTrainer):
         self.row_lengths = [len(e) for e in self.data.train]
 
     def fit_model(self, model: Any) -> None:
-        """Encoder-decoder models run their own forward (:class:`tuneful.sft.seq2seq.Seq2SeqTokenLoss`): no probe."""
+        """Encoder-decoder models run their own forward (:class:`tuneful.models.seq2seq.Seq2SeqTokenLoss`): no probe."""
         self.head, self.packing_mode, self.packing_note = None, None, "off (encoder-decoder)"
 
     def item_lengths(self) -> list[int]:
         return self.row_lengths
 
     def load_base_model(self) -> Any:
-        from .seq2seq import load_seq2seq_model
-
         if self.cfg.lora.qlora:
             raise ValueError("lora.qlora: 4-bit loading is wired for causal LMs only; set lora.qlora=false")
         return load_seq2seq_model(self.cfg.model)
 
     def micro_batch(self, items: list[int]) -> tuple[dict[str, torch.Tensor], int]:
-        from .seq2seq import collate_seq2seq
-
-        return collate_seq2seq([self.data.train[i] for i in items], self._pad_id()), \
+        return collate_seq2seq([self.data.train[i] for i in items], self.pad_token_id), \
             sum(self.row_lengths[i] for i in items)
 
     def loss_module(self, model: Any) -> torch.nn.Module:
-        from .seq2seq import Seq2SeqTokenLoss
-
         return Seq2SeqTokenLoss(model)
 
     def step_counts(self, micro: Sequence[tuple[dict[str, torch.Tensor], int]]) -> torch.Tensor:
@@ -205,9 +183,7 @@ class Seq2SeqSFTTrainer(SFTTrainer):
         return torch.tensor([trained, sum(n for _, n in micro)], device=self.acc.device)
 
     def eval_batch(self, examples: list) -> dict[str, torch.Tensor]:
-        from .seq2seq import collate_seq2seq
-
-        return collate_seq2seq(examples, self._pad_id())
+        return collate_seq2seq(examples, self.pad_token_id)
 
     def summary(self) -> dict:
         return self.data.summary(to_dict(self.cfg))
@@ -219,12 +195,6 @@ class StreamingSFTTrainer(SFTTrainer):
 
     def prepare_data(self) -> None:
         from itertools import islice
-
-        from ..data.loader import LoadReport
-        from ..tokenization.masking import ConversationTokenizer
-        from ..tokenization.preflight import preflight
-        from .data import _load_conversations
-        from .streaming import stream_conversations
 
         settings = self.cfg.data
         template = run_template(settings, self.tokenizer)
@@ -257,8 +227,6 @@ class StreamingSFTTrainer(SFTTrainer):
 
     def micro_batches(self, step: int) -> list[Any]:
         """The step's rows, next in the stream: every process reads the same stream and takes its share."""
-        from .streaming import StreamedRows
-
         if self.stream is None:
             self.stream = StreamedRows(self.cfg.data, self.data.conversation_tokenizer, seed=self.cfg.train.seed,
                                        packing=self.packing, state=self._stream_state)
@@ -267,8 +235,6 @@ class StreamingSFTTrainer(SFTTrainer):
         return [self.collate_rows(rows) for rows in micro[self.acc.process_index :: self.world]]
 
     def summary(self) -> dict:
-        from ..tokenization.preflight import PreflightReport, finish_report
-
         streamed = finish_report(PreflightReport(), self.stream.tally, self.tokenizer, self.data.conversation_tokenizer,
                                  max_length=self.cfg.data.max_length, overlong=self.cfg.data.overlong,
                                  allow_template_change=True) if self.stream is not None else None
@@ -281,7 +247,6 @@ class StreamingSFTTrainer(SFTTrainer):
 def trainer_for(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None) -> SFTTrainer:
     """The SFT trainer for the model's architecture: encoder-decoder (detected from its config) or causal, and
     for streamed data."""
-    from .seq2seq import is_encoder_decoder
 
     seq2seq = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False)) if model is not None \
         else is_encoder_decoder(cfg.model.name_or_path, cfg.model.trust_remote_code)
@@ -293,6 +258,6 @@ def trainer_for(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None) -> 
     return (StreamingSFTTrainer if cfg.data.streaming else SFTTrainer)(cfg, model=model, tokenizer=tokenizer)
 
 
-def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None) -> TrainResult:
+def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None) -> RunResult:
     """setup → train → save."""
     return run(trainer_for(cfg, model=model, tokenizer=tokenizer))

@@ -1,3 +1,2 @@
-"""Stage two of the data pipeline: a validated conversation → token ids + train masks for one tokenizer and
-template (``masking``), every check before training (``preflight``), and what ``tuneful data inspect`` shows
-(``view``). Knows conversations, templates and tokenizers; no model."""
+"""Conversations → token ids and train masks, batches with the one padding rule, the prepared-data cache.
+Floor 2: may import data, templates, samples."""

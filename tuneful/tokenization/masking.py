@@ -17,13 +17,15 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..data.types import Conversation
-from ..templates.registry import ChatTemplate
+from ..data.types import Conversation, IGNORE_INDEX
+from ..samples import starter_path, train_tokenizer
+from ..templates.registry import ChatTemplate, builtin
+from ..templates.render import render
 from ..templates.skeleton import SkeletonRenderer
 from ..templates.spans import RenderedConversation, TurnSpan
 from .offsets import ByteLevelOffsets
 
-IGNORE_INDEX = -100
+
 _NOWHERE = np.iinfo(np.int64).min
 COMPUTED_OFFSETS_FROM = 8  # texts per tokenizer call from which offsets are computed from token lengths (.offsets)
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -33,12 +35,31 @@ def load_tokenizer(source: str | None, *, trust_remote_code: bool = False) -> An
     """A fast tokenizer from a folder or hub id (remote code only if allowed); ``None`` or ``"starter"``
     gives the tiny tokenizer trained on the sample shipped with tuneful."""
     if source in (None, "starter"):
-        from ..samples import starter_tokenizer
-
         return starter_tokenizer()
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=trust_remote_code)
+
+
+def starter_tokenizer() -> Any:
+    """A tiny ChatML tokenizer trained on the starter sample shipped with tuneful (with the built-in chatml
+    template)."""
+    import json
+
+    texts = []
+    for line in starter_path().read_text(encoding="utf-8").splitlines():
+        texts += [m["content"] for m in json.loads(line)["messages"]]
+    tokenizer = train_tokenizer(texts)
+    tokenizer.chat_template = builtin("chatml").source
+    return tokenizer
+
+
+def stop_token_ids(tokenizer: Any, end_of_turn_ids: list[int]) -> list[int]:
+    """The ids that end a reply at inference: the template's end-of-turn tokens and the tokenizer's EOS."""
+    ids = set(end_of_turn_ids)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
 
 
 def pad_id(tokenizer: Any, stop_ids: Sequence[int] = ()) -> int:
@@ -62,8 +83,6 @@ _MARKER_PROBE = [{"role": "system", "content": "s"}, {"role": "user", "content":
 
 def template_markers(tokenizer: Any, template: ChatTemplate) -> list[str]:
     """Markers the template prints around turns that the tokenizer does not have as tokens of their own."""
-    from ..templates.render import render
-
     text = render(_MARKER_PROBE, template.source, add_generation_prompt=True, special_tokens=special_tokens_of(tokenizer))
     vocab = tokenizer.get_vocab()
     return sorted({m for m in _MARKER.findall(text) if m not in vocab})

@@ -12,11 +12,13 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from ..data.loader import LoadReport, LoadResult
+from ..data.loader import LoadReport, LoadResult, load
 from ..data.types import Conversation
-from ..templates.registry import ChatTemplate
-from .masking import TokenizedConversation
-from .preflight import PreflightReport
+from ..samples import starter_path
+from ..templates.registry import ChatTemplate, resolve
+from .masking import ConversationTokenizer, TokenizedConversation, load_tokenizer
+from .preflight import PreflightReport, preflight
+
 
 # What a token of a rendered conversation is, as :func:`token_kinds` labels it (None: untrained context).
 TRAINED, TOOL_CALL, REASONING, TOOL_RESULT = "trained", "trained: tool call", "trained: reasoning", "tool result (not trained)"
@@ -172,11 +174,6 @@ def inspect_data(source: str | None = None, *, tokenizer: str | None = None, tem
                  on_error: str = "skip", last_turn_only: bool = False) -> DataInspection:
     """Load ``source`` (default: the starter sample), tokenize and check every conversation, and keep ``shown`` of
     them from index ``first`` for display. Raises ValueError / FileNotFoundError / RecordError with the cause."""
-    from ..data.loader import load
-    from ..samples import starter_path
-    from ..templates.registry import resolve
-    from .masking import ConversationTokenizer, load_tokenizer
-    from .preflight import preflight
 
     source = source or str(starter_path())
     loaded = load(source, format=format, on_error=on_error)

@@ -1,4 +1,2 @@
-"""The one training core every trainer runs on: settings shared by all (``config``), set-up pieces
-(``components``, ``model``), the epoch plan (``plan``), checkpoints, metrics and the output folder, and
-the loop (``loop.Trainer``: setup → train → save). A trainer (``tuneful.sft``, ``tuneful.dpo``) adds
-only its data preparation, its loss over a micro-batch and its metrics."""
+"""The one training loop every trainer runs on: set-up, steps, checkpoints, metrics, the output folder.
+Floor 3: may import tokenization, models, data, config; never a trainer."""

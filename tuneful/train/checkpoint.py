@@ -23,6 +23,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .sharding import full_model_state, full_optimizer_state, load_full_state
+from .zero import load_partitions, partition_state_globals
+
 PREFIX = "step-"
 PARTITION = "optimizer-rank-"
 
@@ -59,8 +62,6 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer: Any, s
         torch.save(optimizer.state_dict(), tmp / f"{PARTITION}{partitions.rank:05d}.pt")
         partitions.barrier()
     if sharded:
-        from .sharding import full_model_state, full_optimizer_state
-
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         weights = {n: t for n, t in full_model_state(model).items() if n in trainable}
         optimizer_state = full_optimizer_state(model, optimizer)
@@ -108,16 +109,12 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: Any, scheduler: Any
     saved_partitions = sorted(path.glob(f"{PARTITION}*.pt"))
     _check_partitions(path, len(saved_partitions), partitions)
     if sharded:
-        from .sharding import load_full_state
-
         load_full_state(model, weights, optimizer, torch.load(path / "optimizer.pt", weights_only=True))
     else:
         with torch.no_grad():
             for name, tensor in weights.items():
                 params[name].copy_(tensor.to(params[name].device, params[name].dtype))
         if partitions is not None:
-            from .zero import load_partitions, partition_state_globals
-
             with torch.serialization.safe_globals(partition_state_globals()):
                 load_partitions(optimizer, [torch.load(f, weights_only=True) for f in saved_partitions])
         else:

@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from .model import compute_dtype
+from ..models.loading import compute_dtype
+from .checkpoint import latest_checkpoint, load_checkpoint
 from .zero import deepspeed_launch
 
 
@@ -38,8 +39,6 @@ def make_accelerator(dtype_setting: str, seed: int, threads: int = 0) -> Any:
 def resume_step(acc: Any, out: Path, resume: bool, model: Any, optimizer: Any, scheduler: Any, *,
                 sharded: bool = False, partitions: Any = None) -> int:
     """Restore the latest checkpoint under ``out/checkpoints`` (when resuming); the step to continue from."""
-    from .checkpoint import latest_checkpoint, load_checkpoint
-
     ckpt = latest_checkpoint(out / "checkpoints") if resume else None
     if ckpt is None:
         return 0

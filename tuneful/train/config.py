@@ -3,59 +3,14 @@ cross-checked. A trainer's config combines these with its own data and objective
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..config import setting
+from ..models.settings import LoraSettings, ModelSettings
 from .trackers import TRACKERS
 
 SCHEDULES = ("cosine", "linear", "constant")
-LORA_INITS = ("default", "gaussian", "pissa", "olora")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-@dataclass
-class ModelSettings:
-    name_or_path: str = setting("", "Hugging Face model id or local folder of the base model.")
-    dtype: str = setting("auto", "auto (fp32 on CPU, bf16 on GPU), float32, bfloat16 or float16.")
-    trust_remote_code: bool = setting(False, "Run model code shipped with the checkpoint. Off unless you trust it.")
-    gradient_checkpointing: bool = setting(False, "Recompute activations in backward to save memory.")
-    attn_implementation: str = setting("auto", "Attention kernel: auto (the model's own default: sdpa where it "
-                                               "supports it, else eager — gpt-oss, Gemma 2), sdpa, eager, or "
-                                               "flash_attention_2 (GPU).")
-
-    def loading_kwargs(self) -> dict:
-        """``from_pretrained`` keywords for the kernel: none for ``auto`` (transformers picks the model's default)."""
-        return {} if self.attn_implementation == "auto" else {"attn_implementation": self.attn_implementation}
-
-    def check(self) -> list[str]:
-        problems = []
-        if not self.name_or_path:
-            problems.append("name_or_path: required; set model.name_or_path=<id or folder>")
-        if self.dtype not in DTYPES:
-            problems.append(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
-        return problems
-
-
-def source_problems(data: Any) -> list[str]:
-    """Checks every data section shares (SFT conversations, DPO pairs, prompts): source, held-out split, errors,
-    and the length limit where the section has ``max_length``."""
-    problems = []
-    if not data.train:
-        problems.append("train: required; set data.train=<file or dataset id>")
-    elif isinstance(data.train, list):
-        from ..data.mixture import training_sources_problems
-
-        problems += training_sources_problems(data.train, getattr(data, "format", "auto"))
-    if not 0.0 <= data.eval_fraction < 1.0:
-        problems.append(f"eval_fraction: {data.eval_fraction} must be in [0, 1)")
-    if data.eval and data.eval_fraction:
-        problems.append("eval_fraction: set either data.eval or data.eval_fraction, not both")
-    if data.on_error not in ("fail", "skip"):
-        problems.append(f"on_error: {data.on_error!r} is not fail or skip")
-    if hasattr(data, "max_length") and data.max_length < 8:
-        problems.append(f"max_length: {data.max_length} is too small (>= 8)")
-    return problems
 
 
 def fsdp_problems(lora: "LoraSettings", train: "TrainSettings") -> list[str]:
@@ -71,59 +26,39 @@ def fsdp_problems(lora: "LoraSettings", train: "TrainSettings") -> list[str]:
     return problems
 
 
-def after_sft_problems(method: str, model: "ModelSettings", lora: "LoraSettings", train: Any, *,
-                       reference: tuple[str, str] | None = None,
-                       shared_layout: tuple[str, bool] | None = None) -> list[str]:
-    """Cross-checks every trainer after SFT shares: NEFTune stays an SFT method, a reference with adapters
-    switched off needs adapters, and a layout that shares the prompt needs a kernel that takes a block mask.
-    ``reference``: (its setting's key, its value); ``shared_layout``: (its setting's key, whether it is on)."""
-    problems = []
-    if reference is not None and reference[1] == "adapters-off" and not lora.enabled:
-        problems.append(f"{reference[0]}: adapters-off needs lora.enabled=true (without adapters there is nothing "
-                        "to switch off); use frozen or precomputed")
-    if shared_layout is not None and shared_layout[1] and model.attn_implementation.startswith("flash"):
-        problems.append(f"{shared_layout[0]}: shared-prompt needs a custom attention mask, which "
-                        f"model.attn_implementation={model.attn_implementation} cannot take; use the row-per-reply "
-                        "layout (or auto), or attn_implementation=sdpa")
-    if train.neftune_alpha:
-        problems.append(f"train.neftune_alpha: NEFTune is an SFT method; with a reference policy on the same "
-                        f"embeddings it would also perturb the reference. Set it to 0 for {method}")
-    return problems
-
-
 @dataclass
-class LoraSettings:
-    enabled: bool = setting(False, "Train LoRA adapters instead of all weights.")
-    r: int = setting(16, "LoRA rank.")
-    alpha: int = setting(32, "LoRA scaling alpha (scale = alpha / r).")
-    dropout: float = setting(0.0, "Dropout on the LoRA branch.")
-    target_modules: list[str] = setting(["all-linear"], "Modules to adapt: names, or all-linear.")
-    qlora: bool = setting(False, "Load the base in 4-bit (needs bitsandbytes and a CUDA GPU).")
-    dora: bool = setting(False, "DoRA (Liu et al. 2024, arXiv:2402.09353): each adapted weight split into a trained "
-                                "magnitude and a LoRA-updated direction.")
-    rslora: bool = setting(False, "rsLoRA (Kalajdzievski 2023, arXiv:2312.03732): scale alpha / sqrt(r) instead of "
-                                  "alpha / r, so high ranks keep learning.")
-    init: str = setting("default", "Adapter initialisation: default (B = 0), gaussian, pissa (Meng et al. 2024, "
-                                   "arXiv:2404.02948: principal singular vectors, base keeps the residual) or olora "
-                                   "(Büyükakyüz 2024, arXiv:2406.01775: QR-orthonormal).")
-    plus_lr_ratio: float = setting(1.0, "LoRA+ (Hayou et al. 2024, arXiv:2402.12354): learning rate of the B "
-                                        "matrices = ratio x train.lr (the paper suggests 16); 1 = plain LoRA.")
+class AfterSFTConfig:
+    """The base of every config of a trainer after SFT (DPO, KTO, reward models, GRPO, online DPO): the model and
+    LoRA sections, and the cross-checks these trainers share — NEFTune stays an SFT method, a reference with adapters
+    switched off needs adapters, a layout that shares the prompt needs a kernel that takes a block mask. A subclass
+    adds its data, objective and train sections and names, below, the sections these checks read."""
+
+    model: ModelSettings = field(default_factory=ModelSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    method: ClassVar[str] = "this trainer"  # how the messages name the trainer
+    reference_section: ClassVar[str | None] = None  # the section whose ``reference`` picks the reference policy
+    layout_setting: ClassVar[str] = "train.pair_layout"  # the setting that may choose the shared-prompt layout
 
     def check(self) -> list[str]:
+        """Cross-section checks (each section checks itself first); a subclass adds its own to these."""
         problems = []
-        if self.enabled and self.r <= 0:
-            problems.append(f"r: {self.r} must be positive")
-        if self.qlora and not self.enabled:
-            problems.append("qlora: needs lora.enabled=true")
-        if self.init not in LORA_INITS:
-            problems.append(f"init: {self.init!r} is not one of {', '.join(LORA_INITS)}")
-        if self.plus_lr_ratio <= 0:
-            problems.append(f"plus_lr_ratio: {self.plus_lr_ratio} must be positive")
-        variants = [name for name, on in (("dora", self.dora), ("rslora", self.rslora),
-                                          ("init", self.init != "default"), ("plus_lr_ratio", self.plus_lr_ratio != 1.0))
-                    if on]
-        if variants and not self.enabled:
-            problems.append(f"{', '.join(variants)}: LoRA variants need lora.enabled=true")
+        if self.reference_section is not None:
+            objective = getattr(self, self.reference_section)
+            if objective.reference == "adapters-off" and not self.lora.enabled:
+                problems.append(f"{self.reference_section}.reference: adapters-off needs lora.enabled=true (without "
+                                "adapters there is nothing to switch off); use frozen or precomputed")
+            if objective.reference == "adapters-off" and getattr(objective, "reference_model", ""):
+                problems.append(f"{self.reference_section}.reference_model: with reference=adapters-off the reference "
+                                "is the policy's own base; remove reference_model or use reference=frozen/precomputed")
+        section, name = self.layout_setting.split(".")
+        kernel = self.model.attn_implementation
+        if getattr(getattr(self, section), name) == "shared-prompt" and kernel.startswith("flash"):
+            problems.append(f"{self.layout_setting}: shared-prompt needs a custom attention mask, which "
+                            f"model.attn_implementation={kernel} cannot take; use the row-per-reply layout (or auto), "
+                            "or attn_implementation=sdpa")
+        if getattr(self, "train").neftune_alpha:
+            problems.append(f"train.neftune_alpha: NEFTune is an SFT method; with a reference policy on the same "
+                            f"embeddings it would also perturb the reference. Set it to 0 for {self.method}")
         return problems
 
 

@@ -1,4 +1,4 @@
-"""The one training loop every trainer runs on (SFT, DPO, and those to come).
+"""The one training loop every trainer runs on (SFT, DPO, KTO, reward models, GRPO, online DPO).
 
 A trainer is its data preparation, its loss over a micro-batch and its metrics; this module owns the
 rest: accelerator and precision, model + LoRA set-up, optimizer and schedule, the step loop
@@ -22,20 +22,42 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from .checkpoint import OptimizerPartitions, save_checkpoint
-from ..tokenization.masking import load_tokenizer, pad_id
-from .components import lr_scheduler, make_accelerator, make_optimizer, resume_step, step_counts
 from ..config import to_dict
+from ..models.loading import add_neftune, add_token_rows, apply_lora, load_model, save_initial_adapter
+from ..tokenization.masking import load_tokenizer, pad_id
+from ..tokenization.plan import plan_epoch
+from .checkpoint import OptimizerPartitions, data_state_of, latest_checkpoint, save_checkpoint
+from .components import lr_scheduler, make_accelerator, make_optimizer, resume_step, step_counts
 from .metrics import MetricsLog, Progress
-from .model import add_neftune, add_token_rows, apply_lora, load_model, save_initial_adapter
-from .plan import plan_epoch
+from .output import save_final
+from .sharding import as_float, full_model_state, shard
 from .trackers import open_trackers
 from .zero import configure_zero, uses_deepspeed, zero_step
+
+
+@dataclass
+class RunResult:
+    """What every run returns: its steps, last and held-out metrics, where it wrote, and what the trainer adds
+    (``details``: e.g. the reference policy a preference run used)."""
+
+    steps: int
+    final_loss: float | None
+    eval_metrics: dict | None
+    output_dir: Path
+    train_seconds: float = 0.0
+    model_dir: Path | None = None
+    history: list[dict] = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+
+    @property
+    def eval_loss(self) -> float | None:
+        return (self.eval_metrics or {}).get("eval_loss")
 
 
 class Trainer(ABC):
@@ -54,6 +76,9 @@ class Trainer(ABC):
     sharded = False  # train.fsdp in effect (several processes)
     zero_stage = 0  # DeepSpeed ZeRO's stage when launched with DeepSpeed (1 or 2), else 0
     fillers = 0  # trailing micro-batches of this process's step that only keep the processes' collectives in step
+    # Shared pieces a trainer holds (a reference policy, ...): the loop calls each one's fit_model(trainer, model),
+    # before_lora(trainer, model) and after_prepare(trainer) right after the trainer's own hook of that name.
+    parts: Sequence[Any] = ()
 
     def __init__(self, cfg: Any, *, model: Any = None, tokenizer: Any = None):
         self.cfg = cfg
@@ -103,9 +128,10 @@ class Trainer(ABC):
         """This process's normalisers for the step (e.g. trained tokens); the loop sums them over processes."""
 
     @abstractmethod
-    def micro_loss(self, batch: Any, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the tensor to backward — normalised by the step's global ``counts``, scaled by the world size,
-        since DDP averages gradients over processes —, a tally of metrics to sum over the step)."""
+    def micro_loss(self, batch: Any, counts: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(the micro-batch's loss normalised by the step's global ``counts``, named sums — scalar tensors — that
+        the loop adds up over the step's micro-batches and processes for :meth:`step_metrics`). The loop scales
+        the loss by the world size (DDP averages gradients over processes; the step's loss is their sum)."""
 
     def aux_weight(self, batch: Any, counts: torch.Tensor, micro_batches: int) -> float:
         """This micro-batch's share of the step, for the model's own MoE load-balancing loss (added as the model's
@@ -114,8 +140,9 @@ class Trainer(ABC):
         return 1.0 / max(1, micro_batches)
 
     @abstractmethod
-    def step_metrics(self, tally: torch.Tensor, counts: torch.Tensor, grad_norm: float) -> dict:
-        """The step's metrics from the tally summed over micro-batches and processes; needs "loss" and "tokens"."""
+    def step_metrics(self, sums: dict[str, float], counts: torch.Tensor, grad_norm: float) -> dict:
+        """The step's metrics from :meth:`micro_loss`'s sums over every micro-batch and process; needs "loss" and
+        "tokens"."""
 
     @abstractmethod
     def eval_metrics(self) -> dict:
@@ -125,10 +152,9 @@ class Trainer(ABC):
     def summary(self) -> dict:
         """What ``tuneful.json`` in the output folder records besides the history."""
 
-    @abstractmethod
-    def result(self, steps: int, last_loss: float | None, eval_metrics: dict | None, history: list[dict],
-               train_seconds: float) -> Any:
-        """The run's result object."""
+    def result_details(self) -> dict:
+        """What the run's :class:`RunResult` records besides what every run has."""
+        return {}
 
     # --- setup ----------------------------------------------------------------------------------
     def setup(self) -> "Trainer":
@@ -141,7 +167,11 @@ class Trainer(ABC):
         if self.new_token_ids:
             add_token_rows(model, len(self.tokenizer), self.new_token_ids)
         self.fit_model(model)
+        for part in self.parts:
+            part.fit_model(self, model)
         self.before_lora(model)
+        for part in self.parts:
+            part.before_lora(self, model)
         self.initial_adapter: Path | None = None
         if cfg.lora.enabled:
             model = apply_lora(model, cfg.lora, self.new_token_ids, task_type=self.lora_task_type)
@@ -156,8 +186,6 @@ class Trainer(ABC):
         self.model = model
         module = self.loss_module(model)
         if self.sharded:
-            from .sharding import shard
-
             shard(module, self.acc.device)  # before the optimizer: it must hold the sharded parameters
         optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay,
                                    cfg.lora.plus_lr_ratio if cfg.lora.enabled else 1.0,
@@ -176,11 +204,11 @@ class Trainer(ABC):
         self.scheduler = lr_scheduler(optimizer, warmup_ratio=cfg.train.warmup_ratio, total=self.total_steps,
                                       kind=cfg.train.schedule)
         self.after_prepare()
+        for part in self.parts:
+            part.after_prepare(self)
         self.start_step = resume_step(self.acc, self.out, cfg.train.resume, self.model, self.optimizer, self.scheduler,
                                       sharded=self.sharded, partitions=self._partitions())
         if self.start_step:
-            from .checkpoint import data_state_of, latest_checkpoint
-
             self.restore_data_state(data_state_of(latest_checkpoint(self.out / "checkpoints")))
         return self
 
@@ -201,7 +229,9 @@ class Trainer(ABC):
             return None
         return OptimizerPartitions(self.acc.process_index, self.world, self.acc.wait_for_everyone)
 
-    def _pad_id(self) -> int:
+    @property
+    def pad_token_id(self) -> int:
+        """The padding id of every batch (the one padding rule: :func:`tuneful.tokenization.masking.pad_id`)."""
         return pad_id(self.tokenizer)
 
     # --- batches --------------------------------------------------------------------------------
@@ -261,7 +291,8 @@ class Trainer(ABC):
         if self.data.eval and (not cfg.eval_every or self.total_steps % cfg.eval_every):
             eval_metrics = self.eval_metrics()
             log.write({"step": self.total_steps, **eval_metrics})
-        return self.result(self.total_steps, last_loss, eval_metrics, log.rows, train_seconds)
+        return RunResult(self.total_steps, last_loss, eval_metrics, self.out, train_seconds, history=log.rows,
+                         details=self.result_details())
 
     def _optimizer_step(self, micro: Sequence[Any]) -> tuple[float, dict]:
         """One optimizer step over this process's micro-batches: (the step's loss, its metrics)."""
@@ -281,22 +312,23 @@ class Trainer(ABC):
                     loss, parts = self._with_aux(core, batch, counts, micro_batches, aux_sum if k < real else None)
                     self.acc.backward(loss if k < real else loss * 0.0)
             if k < real:
-                tally = parts if tally is None else tally + parts
-        if tally is None:  # a process with only fillers: its share of the tally is zero
-            tally = torch.zeros_like(parts)
+                parts = {name: value.detach().float().to(self.acc.device) for name, value in parts.items()}
+                tally = parts if tally is None else {name: tally[name] + value for name, value in parts.items()}
+        if tally is None:  # a process with only fillers: its share of the sums is zero
+            tally = {name: torch.zeros((), device=self.acc.device) for name in parts}
         max_norm = self.cfg.train.max_grad_norm
         if self.zero_stage:
             grad_norm = zero_step(self.module, max_norm)  # clip, step, zero the gradients
         else:
             grad_norm = 0.0
             if max_norm > 0:
-                from .sharding import as_float
-
                 grad_norm = as_float(self.acc.clip_grad_norm_(self.model.parameters(), max_norm))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        metrics = self.step_metrics(self.acc.reduce(tally, reduction="sum"), counts, grad_norm)
+        names = sorted(tally)  # one reduction for every sum, in the same order on every process
+        summed = self.acc.reduce(torch.stack([tally[name] for name in names]), reduction="sum")
+        metrics = self.step_metrics(dict(zip(names, summed.tolist())), counts, grad_norm)
         aux_sum = self.acc.reduce(aux_sum, reduction="sum")
         if float(aux_sum[1]):
             metrics["aux_loss"] = float(aux_sum[0] / aux_sum[1])  # coefficient x the model's aux, per micro-batch
@@ -304,14 +336,15 @@ class Trainer(ABC):
 
     def _with_aux(self, core: Any, batch: Any, counts: torch.Tensor, micro_batches: int, aux_sum: torch.Tensor | None):
         """The trainer's micro-batch loss plus the model's own MoE load-balancing loss of that forward (if any),
-        weighted by :meth:`aux_weight` and scaled like the main loss (DDP averages over processes)."""
+        weighted by :meth:`aux_weight`; scaled by the world size, once for every trainer: DDP averages gradients
+        over processes, and the step's loss is their sum."""
         loss, parts = self.micro_loss(batch, counts)
         aux = core.pop_aux() if hasattr(core, "pop_aux") else None
         if aux is not None:
-            loss = loss + aux * (self.aux_weight(batch, counts, micro_batches) * self.world)
+            loss = loss + aux * self.aux_weight(batch, counts, micro_batches)
             if aux_sum is not None:  # a filler's forward only keeps the collectives in step
                 aux_sum += torch.stack([aux.detach().float(), torch.ones((), device=aux.device)])
-        return loss, parts
+        return loss * self.world, parts
 
     # --- output ---------------------------------------------------------------------------------
     def final_model(self) -> tuple[Any, bool]:
@@ -320,13 +353,10 @@ class Trainer(ABC):
 
     def save(self, result: Any) -> Path:
         """The final model folder (model or adapter, tokenizer with the template, stop tokens, tuneful.json)."""
-        from .output import save_final
-
         self.acc.wait_for_everyone()
         target = self.out / "model"
         full_state = None
         if self.sharded:  # gathered to full tensors by every process, written by the main one
-            from .sharding import full_model_state
 
             full_state = full_model_state(self.final_model()[0])
         if self.acc.is_main_process:

@@ -52,7 +52,7 @@ def read_metrics(path: Path) -> list[dict]:
 class Progress:
     """tqdm bar with loss and tok/s (ETA from tqdm); silent when disabled."""
 
-    def __init__(self, total: int, start: int, enabled: bool, desc: str = "sft"):
+    def __init__(self, total: int, start: int, enabled: bool, desc: str):
         self.bar = None
         if enabled:
             from tqdm.auto import tqdm

@@ -14,15 +14,9 @@ from typing import Any
 
 from torch import nn
 
-from ..tokenization.masking import pad_id
-from ..serve.tool_parsers import parser_for_template
-
-
-def stop_token_ids(tokenizer: Any, end_of_turn_ids: list[int]) -> list[int]:
-    ids = set(end_of_turn_ids)
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return sorted(ids)
+from ..data.tool_parsers import parser_for_template
+from ..models.loading import merged_adapter
+from ..tokenization.masking import pad_id, stop_token_ids
 
 
 def save_final(folder: Path, model: nn.Module, tokenizer: Any, *, template_source: str, end_of_turn_ids: list[int],
@@ -86,8 +80,6 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, *, base: str | N
     import shutil
 
     from transformers import AutoTokenizer
-
-    from .model import merged_adapter
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     config = json.loads((adapter_dir / "adapter_config.json").read_text())

@@ -8,6 +8,10 @@ import json
 import threading
 from typing import Any
 
+from ..infer.chat_model import load_chat_model
+from ..infer.chat_repl import ChatSession
+from ..infer.engine import GenerationEngine
+
 
 class ChatModels:
     """Models loaded for the Chat page, by (spec, template), each with its generation engine; the oldest is
@@ -17,9 +21,6 @@ class ChatModels:
         self.keep, self.loaded, self.lock = keep, {}, threading.Lock()
 
     def get(self, spec: str, template: str | None) -> Any:
-        from ..infer.chat_model import load_chat_model
-        from ..serve.engine import GenerationEngine
-
         key = (spec, template)
         with self.lock:
             if key not in self.loaded:
@@ -64,8 +65,6 @@ class Side:
                              daemon=True).start()
 
     def _run(self, chats: ChatModels, spec: str, template: str | None, max_new_tokens: int, temperature: float) -> None:
-        from ..infer.chat_repl import ChatSession
-
         try:
             chat, engine = chats.get(spec, template)
             self.notes = list(chat.notes)

@@ -7,7 +7,6 @@ shows exactly the errors the command would print, all at once, each under the se
 
 from __future__ import annotations
 
-import importlib
 import re
 import types
 import typing
@@ -17,28 +16,6 @@ from typing import Any
 import yaml
 
 from ..config import ConfigError, build, problems_by_setting, settings_of
-
-
-@dataclass(frozen=True)
-class Trainer:
-    """A training command and its settings class."""
-
-    command: tuple[str, ...]  # the words after ``tuneful``
-    module: str
-    class_name: str
-
-    def settings_class(self) -> type:
-        return getattr(importlib.import_module(self.module), self.class_name)
-
-
-TRAINERS = {
-    "sft": Trainer(("sft",), "tuneful.sft.config", "SFTConfig"),
-    "dpo": Trainer(("dpo",), "tuneful.dpo.config", "DPOConfig"),
-    "kto": Trainer(("kto",), "tuneful.kto.config", "KTOConfig"),
-    "rm": Trainer(("rm", "train"), "tuneful.reward.config", "RewardConfig"),
-    "grpo": Trainer(("grpo",), "tuneful.rl.config", "GRPOConfig"),
-    "online-dpo": Trainer(("online-dpo",), "tuneful.rl.online_dpo", "OnlineDPOConfig"),
-}
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import psutil
 
+from ..train.metrics import read_metrics
+
 RUN_FILE, LOG_FILE, EXIT_FILE = "ui_run.json", "run.log", "exit_code"
 _SEARCH_DEPTH = 4  # how deep under the root the Runs page looks for run folders
 
@@ -156,8 +158,6 @@ def log_tail(folder: Path, lines: int = 40) -> str:
 
 def metrics(folder: Path) -> list[dict]:
     """The rows of the run's ``metrics.jsonl`` (a row being written is left out)."""
-    from ..train.metrics import read_metrics
-
     path = folder / "metrics.jsonl"
     return read_metrics(path) if path.exists() else []
 

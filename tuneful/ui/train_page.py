@@ -9,18 +9,20 @@ from typing import Any
 
 import gradio as gr
 
+from ..config import to_yaml
+from ..registry import TRAINERS
 from ..samples import sandbox_base_dir
+from ..sandbox.demo import DemoSettings, quick_sizes, write_sft_recipe
 from . import runs
-from .forms import TRAINERS, check_form, fields, load_recipe, unknown_settings
+from .forms import check_form, fields, load_recipe, unknown_settings
 from .page_parts import failed, latest_run
 from .paths import RootFolder
+
 
 FIELDS_PER_ROW = 3
 
 
 def recipe_yaml(settings: Any) -> str:
-    from ..config import to_yaml
-
     return to_yaml(settings) if settings is not None else ""
 
 
@@ -192,8 +194,6 @@ def train_page(app: gr.Blocks, root: RootFolder) -> None:
         return [values, text, trainer_name]
 
     def sandbox_recipe() -> list[Any]:
-        from ..sandbox.demo import DemoSettings, quick_sizes, write_sft_recipe
-
         settings = quick_sizes(DemoSettings(out=root.path("sandbox-sft"), progress=False), agent=True)
         try:
             path = write_sft_recipe(settings)

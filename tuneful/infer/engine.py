@@ -29,8 +29,9 @@ from transformers.generation.logits_process import LogitsProcessorList
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from ..infer.chat_model import ChatModel
-from ..infer.generate import left_padded
+from .chat_model import ChatModel
+from .constrain import ConstrainedRows, RowConstraint
+from .generate import left_padded
 
 
 class QueueFull(RuntimeError):
@@ -104,7 +105,6 @@ class _Row:
                 self.generator.seed()
         self.constraint = None
         if request.constraint is not None and constrained:  # static batches constrain inside generate()
-            from .constrain import RowConstraint
 
             self.constraint = RowConstraint(request.constraint, vocab_size, stop_ids)
 
@@ -393,8 +393,6 @@ class GenerationEngine:
             if batch[0].seed is not None:
                 torch.manual_seed(batch[0].seed)
         if any(r.constraint is not None for r in batch):
-            from .constrain import ConstrainedRows
-
             options["logits_processor"] = LogitsProcessorList(
                 [ConstrainedRows([r.constraint for r in batch], self._vocab, self._stop_ids)])
         try:

@@ -12,10 +12,10 @@ from typing import Sequence
 import torch
 
 from ..data.types import NO_TEMPLATE_INPUTS, Conversation, Message, PreferencePair, TemplateInputs
-from ..dpo.data import preference_tokenizer, reply_tokens
+from .pairs import preference_tokenizer, reply_tokens
 from ..tokenization.masking import load_tokenizer, pad_id
 from ..templates.registry import resolve
-from .model import RewardScores
+from .reward_model import RewardScores
 
 
 class RewardScorer:

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from ..models.head import SPLIT, unwrap_causal_lm
-from ..train.losses import fused_linear_nll_sum, selected_nll_sum
-from ..train.model import DecoderWithHead
+from ..models.losses import fused_linear_nll_sum, selected_nll_sum
+from ..models.loading import DecoderWithHead
 
 
 class SelectedTokenLoss(DecoderWithHead):

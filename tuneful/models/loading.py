@@ -8,9 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models.head import MODEL_FORWARD, REFUSED, HeadPlan, probe_head, unwrap_causal_lm
-from ..models.layouts import attention_mask_for
-from .config import LoraSettings, ModelSettings
+from .head import HeadPlan, MODEL_FORWARD, REFUSED, probe_head, unwrap_causal_lm
+from .layouts import attention_mask_for
+from .lora import resolve_lora_targets
+from .settings import LoraSettings, ModelSettings
 
 
 def compute_dtype(setting: str, device: torch.device) -> torch.dtype:
@@ -102,7 +103,6 @@ def apply_lora(model: nn.Module, settings: LoraSettings, new_token_ids: list[int
 
     if settings.qlora:
         model = prepare_model_for_kbit_training(model)
-    from ..models.lora import resolve_lora_targets
 
     targets, parameters = resolve_lora_targets(unwrap_causal_lm(model), list(settings.target_modules), task_type)
     tokens: Any = None

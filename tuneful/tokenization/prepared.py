@@ -2,7 +2,7 @@
 
 Knows the loader (records → items), ``datasets`` and the filesystem; no tokenizer logic (a trainer's data
 module supplies the item type it takes and its batch function: :mod:`tuneful.sft.prepared` for
-conversations, :mod:`tuneful.dpo.prepare` for preference pairs, :mod:`tuneful.kto.data` for labelled replies).
+conversations, :mod:`tuneful.preference.prepare` for preference pairs, :mod:`tuneful.kto.data` for labelled replies).
 
 - A source is written as Arrow parts of ``RECORDS_PER_PART`` raw records (pickled, with ``where`` and
   position), so the pages of it mapped into memory stay bounded; only reading and format detection run in
@@ -26,14 +26,16 @@ import shutil
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from ..data.loader import LoadReport
+from ..data.loader import LoadReport, items_of_slice, iter_items, peek_format
+from ..data.mixture import load_training
+from ..data.sources import read_records
+from .masking import special_tokens_of
+from .plan import hold_out
 
-from ..tokenization.masking import special_tokens_of
 
 PREPARED_VERSION = 4  # bump when rows or tallies change meaning: old caches are then never read
 BATCH = 256  # records per map batch: one tokenizer call and one tally row each
@@ -210,9 +212,6 @@ def write_source(source: Any, settings: Any, seed: int, folder: Path, prefix: st
     """``source`` (a file, folder or dataset id, or a list of them to mix) as parts. Only reading and format
     detection happen here: conversion and validation run in the map workers, unless the records must be seen
     together (a mixture samples across sources; OASST rows are assembled into trees)."""
-    from ..data.loader import LoadReport, iter_items, peek_format
-    from ..data.mixture import load_training
-    from ..data.sources import read_records
 
     if isinstance(source, list):
         result = load_training(source, format=settings.format, on_error=settings.on_error, seed=seed)
@@ -231,7 +230,6 @@ def prepare_batch(batch: dict, *, prepare: Callable, takes: Takes, source: Sourc
     """One map batch: its records converted and validated (unless the main process did), the items of the kind
     the trainer takes given to ``prepare(items, wheres, positions, **kwargs)`` — a row per example, then one tally
     row (length 0) — and the batch's load report and items of other kinds in that tally row's ``load``."""
-    from ..data.loader import LoadReport, items_of_slice
 
     report, others = LoadReport(), KindTally()
     values = [pickle.loads(v) for v in batch["record"]]
@@ -319,8 +317,6 @@ def build_splits(folder: Path, settings: Any, seed: int, takes: Takes, prepare: 
     by ``prepare`` (:func:`prepare_batch`) in ``data.num_proc`` processes. A source holding items of another kind
     than ``takes`` is refused by name, counted over the whole source. Returns the Arrow file names of each split
     and the load report's record."""
-    from ..data.loader import LoadReport
-    from .plan import hold_out
 
     train = write_source(settings.train, settings, seed, folder, "records-train")
     held = np.zeros(train.rows, dtype=bool)

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .tool_parsers import plain_string
+from ..data.tool_parsers import plain_string
 
 _COMPACT_JSON = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 

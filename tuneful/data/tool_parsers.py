@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..data.messages import opening_think
-from ..data.types import RecordError, ToolCall, make_tool_call
-from .protocol import tool_call_body
+from .messages import opening_think
+from .types import RecordError, ToolCall, make_tool_call
 
 
 @dataclass(frozen=True)
@@ -170,6 +170,18 @@ def _held_suffix(text: str, marker: str) -> int:
         if marker.startswith(text[-n:]):
             return n
     return 0
+
+
+def call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def tool_call_body(call: Any, index: int | None = None) -> dict:
+    """A parsed call as OpenAI sends it: ``arguments`` as a JSON string, a fresh id (``index`` when streamed)."""
+    out = {"index": index} if index is not None else {}
+    out.update({"id": call_id(), "type": "function",
+                "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}})
+    return out
 
 
 class ReplyStream:

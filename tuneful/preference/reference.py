@@ -21,9 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..train.losses import gathered_logps
-from ..train.model import DecoderWithHead
-from .data import COLLATORS, PairBatch, PreferenceExample
+from ..models.losses import gathered_logps
+from ..models.loading import DecoderWithHead
+from .pairs import COLLATORS, PairBatch, PreferenceExample
 
 
 class ResponseLogps(DecoderWithHead):

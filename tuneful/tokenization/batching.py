@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from ..tokenization.masking import IGNORE_INDEX
+from .masking import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

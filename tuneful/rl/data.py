@@ -14,6 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.sources import read_records
+from ..infer.chat_model import prompt_renderer, template_end_of_turn_ids
+from ..templates.registry import run_template
+from ..tokenization.masking import ConversationTokenizer
+from ..tokenization.plan import split_eval
+from ..tokenization.preflight import PreflightReport, check_template_choice, check_tokenizer
+
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -100,12 +106,6 @@ class PreparedPrompts:
 
 def prepare_prompts(settings: Any, tokenizer: Any, seed: int) -> PreparedPrompts:
     """Load → hold out → template checks → prompt ids as inference renders them → length policy."""
-    from ..infer.chat_model import prompt_renderer, template_end_of_turn_ids
-    from ..tokenization.masking import ConversationTokenizer
-    from ..tokenization.preflight import PreflightReport, check_template_choice, check_tokenizer
-    from ..templates.registry import run_template
-    from ..train.plan import split_eval
-
     template = run_template(settings, tokenizer)
     report = PreflightReport()
     report.findings += check_tokenizer(tokenizer)

@@ -14,10 +14,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..dpo.data import PreferenceExample
-from ..train.config import ModelSettings
+from .pairs import PreferenceExample
+from ..models.settings import ModelSettings
 from ..models.head import SPLIT, HeadPlan
-from ..train.model import DecoderWithHead, enable_activation_checkpointing, unwrap_causal_lm
+from ..models.loading import DecoderWithHead, enable_activation_checkpointing, unwrap_causal_lm
 
 
 def load_reward_model(settings: ModelSettings, pad_token_id: int) -> nn.Module:

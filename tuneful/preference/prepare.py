@@ -2,7 +2,7 @@
 
 The SFT preflight (double BOS, end-of-turn never trained, pad == eos, template drift...) runs on the
 conversations prompt + chosen, so every template check SFT makes is made here too, before training.
-Prepared once into Arrow by :mod:`tuneful.train.prepared` (``datasets.map`` in ``data.num_proc``
+Prepared once into Arrow by :mod:`tuneful.tokenization.prepared` (``datasets.map`` in ``data.num_proc``
 processes, cached under a fingerprint of data, tokenizer, template and settings) and read lazily.
 """
 
@@ -23,10 +23,10 @@ from ..data.types import Conversation, LabeledConversation, PreferencePair
 from ..templates.registry import ChatTemplate, run_template
 from ..tokenization.masking import ConversationTokenizer
 from ..tokenization.preflight import PreflightReport, PreflightTally, check_conversation, finish_report
-from ..train.prepared import (OtherItems, Takes, build_splits, cached, fingerprint, list_of, open_rows, source_key,
+from ..tokenization.prepared import (OtherItems, Takes, build_splits, cached, fingerprint, list_of, open_rows, source_key,
                               tokenizer_fingerprint)
 from .config import PreferenceDataSettings
-from .data import PreferenceDataError, PreferenceExample, preference_tokenizer, tokenize_pair
+from .pairs import PreferenceDataError, PreferenceExample, preference_tokenizer, tokenize_pair
 
 
 @dataclass
@@ -89,7 +89,7 @@ def overlong_error(dropped: int, split: str, longest: int, settings: Any, unit: 
                               f"{longest} tokens). Fix: raise data.max_length or set data.overlong=drop")
 
 
-# --- prepared once, cached (tuneful.train.prepared) --------------------------------------------------
+# --- prepared once, cached (tuneful.tokenization.prepared) --------------------------------------------------
 
 @dataclass
 class RecordProblems:
