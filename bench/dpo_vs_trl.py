@@ -135,7 +135,7 @@ def worker_tuneful(workdir: Path, steps: int, out: Path, reference: str, layout:
     tokens = sum(r["tokens"] for r in result.history if "tokens" in r)
     name = "tuneful" if reference == "precomputed" else f"tuneful-{reference}"
     return {"framework": name + ("" if layout == "auto" else f"-{layout}"), "step0_loss": step0,
-            "seconds": seconds, "setup_seconds": setup_seconds, "reference_seconds": trainer.precompute_seconds,
+            "seconds": seconds, "setup_seconds": setup_seconds, "reference_seconds": trainer.policy.precompute_seconds,
             "tokens": tokens, "padding_fraction": 1 - computed / padded, "computed_fraction": computed / tokens,
             "peak_rss_mb": peak_rss_mb(), "params": count_params(trainer.model), "final_loss": result.final_loss}
 

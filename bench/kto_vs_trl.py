@@ -87,7 +87,7 @@ def worker_tuneful(workdir: Path, steps: int, out: Path, layout: str = "auto") -
     (out / "items.json").write_text(json.dumps(items))
     return {"framework": "tuneful" + ("" if layout == "auto" else f"-{layout}"), "step0_loss": step0,
             "reference_point": reference_point,
-            "seconds": seconds, "setup_seconds": setup_seconds, "reference_seconds": trainer.precompute_seconds,
+            "seconds": seconds, "setup_seconds": setup_seconds, "reference_seconds": trainer.policy.precompute_seconds,
             "tokens": tokens, "peak_rss_mb": peak_rss_mb(), "params": count_params(trainer.model),
             "final_loss": result.final_loss}
 

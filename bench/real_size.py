@@ -132,7 +132,7 @@ def worker_tuneful(workdir: Path, steps: int, out: Path, lora: bool, gc: bool) -
 def worker_trl(workdir: Path, steps: int, out: Path, lora: bool, gc: bool) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     tok = AutoTokenizer.from_pretrained(workdir / "model")
