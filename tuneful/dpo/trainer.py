@@ -55,9 +55,6 @@ class DPOTrainer(Trainer):
     def item_lengths(self) -> list[int]:
         return self.policy.item_lengths(self.data.train)
 
-    def micro_batch(self, items: list[int]) -> list[int]:
-        return items
-
     def _terms(self, split: str, examples: Sequence[PreferenceExample], indices: Sequence[int]) -> tuple[PairTerms, int]:
         sums, counts, ref, tokens = self.policy.response_logps(self, split, examples, indices)
         return pair_terms(self.objective, self.settings, sums, counts, ref), tokens

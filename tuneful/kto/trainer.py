@@ -63,9 +63,6 @@ class KTOTrainer(Trainer):
     def item_lengths(self) -> list[int]:
         return self.policy.item_lengths(self.data.train)
 
-    def micro_batch(self, items: list[int]) -> list[int]:
-        return items
-
     def _labels(self, split: str, indices: Sequence[int]) -> torch.Tensor:
         labels = self.data.train_desirable if split == "train" else self.data.eval_desirable
         return torch.tensor([labels[i] for i in indices], dtype=torch.bool, device=self.acc.device)

@@ -54,9 +54,6 @@ class RewardTrainer(Trainer):
     def item_lengths(self) -> list[int]:
         return [pair_cost(e, self.layout) for e in self.data.train]
 
-    def micro_batch(self, items: list[int]) -> list[int]:
-        return items
-
     def _pair_loss(self, examples: Sequence[Any], indices: Sequence[int]):
         part = [examples[i] for i in indices]
         batch = self.collate(part, self.pad_token_id).to(self.acc.device)

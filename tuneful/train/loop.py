@@ -119,9 +119,10 @@ class Trainer(ABC):
     def item_lengths(self) -> list[int]:
         """One length per planned item (a row of examples, a pair): what batching balances."""
 
-    @abstractmethod
     def micro_batch(self, items: list[int]) -> Any:
-        """What :meth:`step_counts` and :meth:`micro_loss` receive for a micro-batch of item indices."""
+        """What :meth:`step_counts` and :meth:`micro_loss` receive for a micro-batch of item indices (by default
+        the indices themselves: the preference trainers collate inside their loss)."""
+        return items
 
     @abstractmethod
     def step_counts(self, micro: Sequence[Any]) -> torch.Tensor:
