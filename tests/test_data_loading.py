@@ -72,8 +72,9 @@ def test_csv_cell_holding_messages_json(tmp_path: Path):
     assert load(tmp_path / "m.csv").conversations[0].to_dicts() == msgs
 
 
-def test_dataset_folder_goes_through_datasets_load_dataset(tmp_path: Path):
-    """The Hugging Face path (datasets.load_dataset) tested with a local dataset folder."""
+def test_a_dataset_folder_is_read_file_by_file(tmp_path: Path):
+    """A local dataset folder (the layout of a Hugging Face dataset repository): its split's files, each read by
+    tuneful's own reader (tests/test_data_robustness.py has folders of mixed files)."""
     folder = tmp_path / "my_dataset"
     folder.mkdir()
     _jsonl(folder / "train.jsonl", [json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5"})])

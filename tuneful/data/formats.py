@@ -105,7 +105,10 @@ def convert_self_instruct(record: dict, conv: Conversion) -> list[Item]:
         raise RecordError("missing_field", "field 'instances' must be a non-empty list")
     meta = _meta(record, "id", "name", "is_classification")
     out: list[Item] = []
-    for inst in instances:
+    for k, inst in enumerate(instances):
+        if not isinstance(inst, dict):
+            raise RecordError("bad_instance", f"instances[{k}] is a JSON {type(inst).__name__}, not an object with "
+                                              "input and output")
         prompt = _prompt_with_input(instruction, _text(inst, "input", required=False))
         out.append(_conv([Message("user", prompt), make_message("assistant", inst.get("output"))], conv, meta))
     return out

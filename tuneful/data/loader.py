@@ -8,6 +8,7 @@ its location.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,7 +258,15 @@ def load(
 
 
 def write_jsonl(items: Iterable[Item], path: str | Path) -> None:
-    """Canonical JSONL: ``{"messages": [...]}`` or ``{"prompt", "chosen", "rejected"}`` per line."""
-    with Path(path).open("w", encoding="utf-8") as fh:
-        for item in items:
-            fh.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
+    """Canonical JSONL: ``{"messages": [...]}`` or ``{"prompt", "chosen", "rejected"}`` per line. Written to a
+    temporary file renamed into place at the end: an error or a kill midway leaves the old file (or none), never
+    half of a new one."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with temporary.open("w", encoding="utf-8") as fh:
+            for item in items:
+                fh.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
