@@ -102,8 +102,10 @@ def test_zero_refuses_stage_3_fsdp_and_a_checkpoint_split_another_way(workdir: P
     run = workdir / "split"
     (run / "checkpoints").mkdir(parents=True)
     shutil.copytree(src, run / "checkpoints" / "step-00000002")
-    with pytest.raises(RuntimeError, match="DeepSpeed ZeRO run .2 optimizer partitions"):
+    with pytest.raises(ValueError, match="train.grad_accum: 2 → 1"):  # written by two processes, with grad_accum 2
         run_sft(build(SFTConfig, None, _common(workdir, f"train.output_dir={run}")))
+    with pytest.raises(RuntimeError, match="DeepSpeed ZeRO run .2 optimizer partitions"):
+        run_sft(build(SFTConfig, None, _common(workdir, f"train.output_dir={run}", "train.resume_force=true")))
     with pytest.raises(RuntimeError, match="--num_processes 2"):
         load_checkpoint(src, AutoModelForCausalLM.from_pretrained(workdir / "model"), None, None,
                         partitions=OptimizerPartitions(0, 1, lambda: None))

@@ -169,3 +169,25 @@ def test_eval_refuses_a_judge_with_one_model(tmp_path: Path):
     result = CliRunner().invoke(app, ["eval", "--models", "sandbox", "--prompts", "sandbox", "--out", str(tmp_path),
                                       "--judge-model", "j"])
     assert result.exit_code == 2 and "at least two" in result.output
+
+
+def test_a_judge_failure_is_named_and_the_answers_are_kept(tmp_path: Path, monkeypatch):
+    """A wrong judge key used to end in a traceback with nothing saved (issue 46): the answers and metrics are
+    written first, then the failure is named with the fix."""
+    from tuneful.eval.runner import EvalSettings, JudgeError, run_eval
+    from tuneful.infer.judge import JudgeSettings
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in ("Say hi.", "Name a colour.")))
+    monkeypatch.setenv("TUNEFUL_TEST_JUDGE_KEY", "wrong-key")
+    unauthorised = (401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}})
+    with stub_endpoint(lambda body, headers: unauthorised) as url:
+        settings = EvalSettings(models=["sandbox", "sandbox"], names=["base", "again"], prompts=str(prompts),
+                                out=tmp_path / "out", max_new_tokens=4, progress=False, device="cpu",
+                                judge=JudgeSettings("judge-1", url, "TUNEFUL_TEST_JUDGE_KEY"))
+        with pytest.raises(JudgeError, match=r"judge-1 .* failed: AuthenticationError.*TUNEFUL_TEST_JUDGE_KEY"):
+            run_eval(settings)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["judge"]["error"].startswith("AuthenticationError") and set(report["models"]) == {"base", "again"}
+    assert len((tmp_path / "out" / "answers.jsonl").read_text().splitlines()) == 4
+    assert "The judge failed" in (tmp_path / "out" / "report.md").read_text()

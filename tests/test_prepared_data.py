@@ -371,3 +371,39 @@ def test_a_trainer_refuses_other_kinds_naming_the_first_with_counts_over_everyth
     assert (first.kind, first.count, first.undesirable, first.where) == ("LabeledConversation", 3, 2, "f:1")
     assert merged.found["PreferencePair"].count == 1
     assert [w for w, _ in SFT_TAKES.take(items[:1] + items[2:3], "data.jsonl")] == ["f:0", "f:2"]
+
+
+def test_a_source_rewritten_with_the_same_size_and_time_gets_another_key(tmp_path: Path):
+    """The cache key holds a sampled hash of the bytes: a stale cache is not reused for a file rewritten in place
+    with its size and modification time kept (issue 46)."""
+    from tuneful.tokenization.prepared import source_key
+
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"instruction": "Say hi.", "output": "Hi"}\n')
+    before = source_key(str(path))
+    stat = path.stat()
+    path.write_text('{"instruction": "Say yo.", "output": "Yo"}\n')
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert source_key(str(path)) != before
+    assert source_key(str(tmp_path)) == [source_key(str(path))]  # a folder: each of its files
+
+
+def test_a_build_left_by_a_killed_process_is_removed_at_the_next_start(tmp_path: Path):
+    import socket
+    import subprocess
+    import sys
+    from contextlib import nullcontext
+
+    from tuneful.tokenization.prepared import cached
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    abandoned = tmp_path / "prepared" / f"k1.building-{host}-{int(dead.stdout)}"
+    live = tmp_path / "prepared" / f"k2.building-{host}-{os.getpid()}"
+    elsewhere = tmp_path / "prepared" / f"k3.building-another-machine-{int(dead.stdout)}"
+    for folder in (abandoned, live, elsewhere):
+        (folder / "part").mkdir(parents=True)
+    folder, meta, hit = cached(tmp_path, "k4", lambda f: {"rows": 1}, nullcontext())
+    assert meta == {"rows": 1} and not hit
+    assert not abandoned.exists() and live.exists() and elsewhere.exists()

@@ -194,3 +194,20 @@ def test_endpoint_teacher_retries_only_transient_errors_and_counts_them(script, 
     assert reply == expected
     assert teacher.stats.retries == retries and teacher.stats.failed == failed
     assert len(waits) == retries and all(0.5 * 2 ** k <= w <= 2 ** k for k, w in enumerate(waits))
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_a_refused_key_or_model_stops_the_run_by_name(status):
+    """Every call of a teacher that refuses the key fails the same way: the run stops at the first, naming the fix
+    (it used to skip every request and exit 0)."""
+    from tuneful.selfinstruct.teacher import EndpointSettings, EndpointTeacher, TeacherRefused
+
+    with stub_endpoint(lambda body, headers: (status, {"error": {"message": "Incorrect API key provided"}})) as url:
+        teacher = EndpointTeacher(EndpointSettings("m", url, api_key_env="TUNEFUL_TEST_TEACHER_KEY", concurrency=2),
+                                  sleep=lambda s: None)
+        try:
+            with pytest.raises(TeacherRefused, match=r"refused the request: .*TUNEFUL_TEST_TEACHER_KEY"):
+                teacher.complete([[{"role": "user", "content": "hi"}]] * 4, max_tokens=4, temperature=0.0)
+        finally:
+            teacher.close()
+    assert teacher.stats.retries == 0

@@ -115,6 +115,26 @@ def test_resume_after_interruption_continues_exactly(workdir: Path, monkeypatch)
     assert [s for s, _ in straight] == [1, 2, 3, 4, 5, 6]
 
 
+def test_resume_with_other_settings_is_refused_by_name(workdir: Path, monkeypatch, capsys):
+    """A run folder resumed with another learning rate and data is refused, naming both (it used to continue the old
+    run silently); a longer run continues; train.resume_force=true continues with the new settings."""
+    common = ("train.max_steps=4", "train.save_every=2", "train.micro_batch_size=4", "train.lr=1e-3")
+    killed_at_step(monkeypatch, SFTTrainer, 3, lambda: run_sft(config(workdir, "changed", *common)))
+    other = workdir / "other.jsonl"
+    other.write_text((workdir / "train.jsonl").read_text())
+    with pytest.raises(ValueError) as err:
+        run_sft(config(workdir, "changed", *common, "train.lr=5e-2", f"data.train={other}"))
+    message = str(err.value)
+    assert "train.lr: 0.001 → 0.05" in message and f"data.train: '{workdir / 'train.jsonl'}' → '{other}'" in message
+    assert "train.resume_force=true" in message and "train.max_steps" not in message
+    capsys.readouterr()
+    run_sft(config(workdir, "changed", *common, "train.lr=5e-2", "train.resume_force=true"))
+    printed = capsys.readouterr().out
+    assert "continuing" in printed and "train.lr: 0.001 → 0.05" in printed and "step-00000002 at step 2" in printed
+    longer = run_sft(config(workdir, "changed", *common, "train.max_steps=6"))  # the checkpoint's settings, longer
+    assert longer.steps == 6
+
+
 def test_lora_merged_model_matches_adapter(workdir: Path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

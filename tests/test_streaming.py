@@ -70,7 +70,11 @@ def test_streaming_settings_are_checked_together(workdir: Path):
     assert "set train.max_steps" in str(caught.value) and "holds nothing out" in str(caught.value)
 
 
-def test_a_dataset_folder_streams_through_an_iterable_dataset(workdir: Path, tmp_path: Path, monkeypatch):
+def test_a_folder_streams_through_tunefuls_readers_and_other_sources_through_an_iterable_dataset(
+        workdir: Path, tmp_path: Path, monkeypatch):
+    """A folder of JSON Lines is read line by line by tuneful's own reader, streaming or not (every file, with
+    file:line); a source only ``datasets`` reads (here a folder of text files, as a hub id would be) streams through
+    an IterableDataset."""
     import datasets
 
     from tuneful.data.sources import read_records
@@ -87,5 +91,10 @@ def test_a_dataset_folder_streams_through_an_iterable_dataset(workdir: Path, tmp
 
     monkeypatch.setattr(datasets, "load_dataset", spy)
     streamed = [r.value for r in read_records(folder, streaming=True)]
-    whole = [r.value for r in read_records(folder)]
-    assert seen == [True, False] and streamed == whole and len(whole) == 24
+    whole = [r for r in read_records(folder)]
+    assert seen == [] and streamed == [r.value for r in whole] and len(whole) == 24
+    assert whole[0].where == f"{folder / 'part.jsonl'}:1"
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "lines.txt").write_text("one\ntwo\n")
+    assert [r.value["text"] for r in read_records(texts, streaming=True)] == ["one", "two"] and seen == [True]

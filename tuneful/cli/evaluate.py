@@ -62,7 +62,7 @@ def evaluate(
                                 lm_eval_include=str(lm_eval_include) if lm_eval_include else None,
                                 lm_eval_chat_template=lm_eval_chat_template, tasks=SandboxTasks())
         report = run_eval(settings)
-    except (PromptFileError, ValueError, OSError, RuntimeError) as exc:
+    except (PromptFileError, ValueError, OSError, RuntimeError) as exc:  # a judge failure too (JudgeError)
         fail(str(exc))
     _print_table(report, out)
     summary = {name: {k: m[k] for k in ("stop_rate",) if k in m} | _headline(m) for name, m in report["models"].items()}

@@ -62,7 +62,9 @@ def render_markdown(report: dict, prompts: list[EvalPrompt], answers: dict[str, 
         for f in families:
             lines.append(f"| {f} | " + " | ".join(format_cell(get_metric(report["models"][n], f"sandbox.by_family.{f}"), True)
                                                   for n in names) + " |")
-    if "judge" in report:
+    if "error" in report.get("judge", {}):
+        lines += ["", f"The judge failed: {report['judge']['error']}"]
+    elif "judge" in report:
         judge = report["judge"]
         lines += ["", f"Judge `{judge['judge_model']}`, each pair judged in both orders (a split verdict is a tie); "
                       f"baseline **{judge['baseline']}**.", "", "| model | wins | ties | losses | win rate | "

@@ -255,15 +255,29 @@ def run_eval(settings: EvalSettings) -> dict[str, Any]:
                        generated_tokens=generated, generated_tokens_per_second=generated / max(seconds, 1e-9))
         models[name], answers[name] = metrics, rows
         _free(chat)
-    report: dict[str, Any] = {"models": models, "prompts": {"source": settings.prompts, "count": len(prompts)}}
+    report: dict[str, Any] = {"models": models, "prompts": {"source": settings.prompts, "count": len(prompts)},
+                              "settings": _settings_record(settings)}
     if settings.judge is not None:
-        report["judge"] = judge_all(settings, prompts, answers)
+        report["seconds"] = time.perf_counter() - started
+        write_report(settings.out, report, prompts, answers)  # the answers are kept whatever the judge does
+        try:
+            report["judge"] = judge_all(settings, prompts, answers)
+        except Exception as exc:  # noqa: BLE001 - the client's own error (auth, connection, model) is named
+            report["judge"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            write_report(settings.out, report, prompts, answers)
+            raise JudgeError(f"the judge ({settings.judge.model} at {settings.judge.base_url}) failed: "
+                             f"{report['judge']['error']}. The answers and every other metric are saved in "
+                             f"{settings.out}; check --judge-base-url and the key in ${settings.judge.api_key_env}, "
+                             "or run without --judge-model") from exc
         for name, result in report["judge"]["pairs"].items():
             models[name]["judge_win_rate"] = result["win_rate"]
-    report["settings"] = _settings_record(settings)
     report["seconds"] = time.perf_counter() - started
     write_report(settings.out, report, prompts, answers)
     return report
+
+
+class JudgeError(RuntimeError):
+    """The judge could not be asked; the report without it is already written."""
 
 
 def judge_all(settings: EvalSettings, prompts: list[EvalPrompt], answers: dict[str, list[dict]]) -> dict[str, Any]:

@@ -80,6 +80,10 @@ def _retryable(exc: BaseException) -> str | None:
     return None
 
 
+class TeacherRefused(ValueError):
+    """The endpoint refused the key or the model: every later call would be refused too, so the run stops."""
+
+
 class EndpointTeacher:
     def __init__(self, settings: EndpointSettings, *, sleep: Callable[[float], None] = time.sleep):
         from openai import OpenAI
@@ -101,6 +105,12 @@ class EndpointTeacher:
                 reply = self.client.chat.completions.create(model=self.settings.model, messages=messages,
                                                             max_tokens=max_tokens, temperature=temperature, **options)
             except openai.OpenAIError as exc:
+                if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)):
+                    self.stats.error(type(exc).__name__)
+                    raise TeacherRefused(
+                        f"the teacher ({self.settings.model} at {self.settings.base_url}) refused the request: "
+                        f"{type(exc).__name__}: {exc}"[:400] + f". Check --teacher-model and the key in "
+                        f"${self.settings.api_key_env}; what was generated so far is kept (re-run to resume)") from exc
                 kind = _retryable(exc)
                 self.stats.error(kind or type(exc).__name__)
                 if kind is None or attempt == self.settings.max_retries:

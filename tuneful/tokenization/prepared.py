@@ -23,6 +23,7 @@ import json
 import os
 import pickle
 import shutil
+import socket
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,17 +50,33 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("TUNEFUL_CACHE_DIR") or Path.home() / ".cache" / "tuneful")
 
 
+SAMPLE_BYTES = 1 << 16  # a source's content hash reads its first, middle and last 64 KiB
+
+
+def _file_key(path: Path) -> list:
+    """A file's path, size, modification time and a hash of three 64 KiB samples of its bytes: a file rewritten in
+    place with the same size and time (a copy that kept them, a clock set back) still gets another key unless
+    its changes fall wholly between the samples."""
+    stat = path.stat()
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for offset in sorted({0, max(0, stat.st_size // 2 - SAMPLE_BYTES // 2), max(0, stat.st_size - SAMPLE_BYTES)}):
+            fh.seek(offset)
+            digest.update(fh.read(SAMPLE_BYTES))
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns, digest.hexdigest()[:16]]
+
+
 def source_key(source: Any) -> Any:
-    """What identifies a source's content without reading it: local files by path, size and modification time
-    (every file of a folder); anything else (a dataset id) by its name; a list of sources item by item."""
+    """What identifies a source's content without reading it whole: local files by path, size, modification time
+    and a sampled content hash (every file of a folder); anything else (a dataset id) by its name; a list of sources
+    item by item."""
     if isinstance(source, list):
         return [{k: source_key(v) if k == "path" else v for k, v in sorted(s.items())} for s in source]
     path = Path(str(source))
     if path.is_file():
-        stat = path.stat()
-        return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+        return _file_key(path)
     if path.is_dir():
-        return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(path.rglob("*")) if p.is_file()]
+        return [_file_key(p) for p in sorted(path.rglob("*")) if p.is_file()]
     return str(source)
 
 
@@ -350,7 +367,8 @@ def cached(root: str | Path, key: str, build: Callable[[Path], dict],
     with main_process_first:
         hit = (folder / "meta.json").exists()
         if not hit:
-            building = folder.with_name(f"{folder.name}.building-{os.getpid()}")
+            remove_abandoned_builds(folder.parent)
+            building = folder.with_name(f"{folder.name}.building-{socket.gethostname()}-{os.getpid()}")
             shutil.rmtree(building, ignore_errors=True)
             building.mkdir(parents=True)
             try:
@@ -364,6 +382,29 @@ def cached(root: str | Path, key: str, build: Callable[[Path], dict],
                 shutil.rmtree(building, ignore_errors=True)
                 raise
     return folder, json.loads((folder / "meta.json").read_text()), hit
+
+
+def remove_abandoned_builds(prepared: Path) -> list[Path]:
+    """Delete the build folders under ``prepared`` left by a process of this machine that no longer runs (a kill
+    during preparation): the folders removed. Another machine's builds, and live ones, are left alone."""
+    removed = []
+    host = socket.gethostname()
+    for building in prepared.glob(f"*.building-{host}-*"):
+        pid = building.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(building, ignore_errors=True)
+            removed.append(building)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def open_rows(folder: Path, names: Sequence[str]) -> tuple[Any, np.ndarray, list[dict]]:

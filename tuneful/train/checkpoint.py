@@ -47,11 +47,12 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer: Any, scheduler: Any, keep: int = 2, *,
                     sharded: bool = False, write: bool = True, data_state: dict | None = None,
-                    partitions: OptimizerPartitions | None = None) -> Path | None:
+                    partitions: OptimizerPartitions | None = None, recipe: dict | None = None) -> Path | None:
     """Write the checkpoint of ``step``. A sharded (FSDP) model is first gathered to full tensors, and a partitioned
     optimizer (ZeRO) writes one file per process: in both cases every process calls this, and only the one with
     ``write`` writes the rest. ``data_state``: where a trainer that streams its data stands in the stream (the
-    step alone fixes the order of data that is planned per epoch)."""
+    step alone fixes the order of data that is planned per epoch). ``recipe``: the run's settings, which a resume
+    is checked against (:func:`recipe_changes`)."""
     final = folder / f"{PREFIX}{step:08d}"
     tmp = folder / f".tmp-{PREFIX}{step:08d}"
     if partitions is not None:
@@ -80,7 +81,8 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer: Any, s
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(rng, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, **({"data": data_state} if data_state else {})}))
+    (tmp / "state.json").write_text(json.dumps({"step": step, **({"data": data_state} if data_state else {}),
+                                                **({"recipe": recipe} if recipe is not None else {})}))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in sorted(folder.glob(f"{PREFIX}*"))[:-keep]:
@@ -91,6 +93,33 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer: Any, s
 def latest_checkpoint(folder: Path) -> Path | None:
     found = sorted(p for p in folder.glob(f"{PREFIX}*") if (p / "state.json").exists())
     return found[-1] if found else None
+
+
+# settings a resumed run may change: where and how it reports, and how long it runs (a run may be extended)
+RESUMABLE_CHANGES = {"train.output_dir", "train.resume", "train.resume_force", "train.max_steps", "train.epochs",
+                     "train.progress", "train.report_to", "train.log_every", "train.save_every", "train.eval_every",
+                     "train.threads", "data.num_proc", "data.cache_dir"}
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def recipe_changes(path: Path, recipe: dict) -> list[str]:
+    """The settings of ``recipe`` that differ from those the checkpoint at ``path`` was written with (``key: saved →
+    now``), except those a resumed run may change; none for a checkpoint that recorded no recipe."""
+    saved = json.loads((path / "state.json").read_text()).get("recipe")
+    if saved is None:
+        return []
+    before, now = _flat(saved), _flat(recipe)
+    return [f"{key}: {before.get(key)!r} → {now.get(key)!r}" for key in sorted(set(before) | set(now))
+            if key not in RESUMABLE_CHANGES and before.get(key) != now.get(key)]
 
 
 def data_state_of(path: Path) -> dict | None:

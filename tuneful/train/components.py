@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..models.loading import compute_dtype
-from .checkpoint import latest_checkpoint, load_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, recipe_changes
 from .zero import deepspeed_launch
 
 
@@ -37,11 +37,19 @@ def make_accelerator(dtype_setting: str, seed: int, threads: int = 0) -> Any:
 
 
 def resume_step(acc: Any, out: Path, resume: bool, model: Any, optimizer: Any, scheduler: Any, *,
-                sharded: bool = False, partitions: Any = None) -> int:
-    """Restore the latest checkpoint under ``out/checkpoints`` (when resuming); the step to continue from."""
+                sharded: bool = False, partitions: Any = None, recipe: dict | None = None, force: bool = False) -> int:
+    """Restore the latest checkpoint under ``out/checkpoints`` (when resuming); the step to continue from. A
+    checkpoint written with other settings (``recipe``: this run's) is refused, naming them, unless ``force``."""
     ckpt = latest_checkpoint(out / "checkpoints") if resume else None
     if ckpt is None:
         return 0
+    changes = recipe_changes(ckpt, recipe) if recipe is not None else []
+    if changes and not force:
+        raise ValueError(f"{ckpt} was written with other settings than this run's: {'; '.join(changes[:8])}. Fix: "
+                         "another train.output_dir for a new run, train.resume=false to start this folder over, or "
+                         "train.resume_force=true to continue with the new settings")
+    if changes:
+        acc.print(f"train.resume_force: continuing {ckpt} with changed settings: {'; '.join(changes)}")
     step = load_checkpoint(ckpt, model, optimizer, scheduler, sharded=sharded, partitions=partitions)
     acc.print(f"resumed from {ckpt} at step {step}")
     return step

@@ -79,7 +79,9 @@ class TrainSettings:
     save_every: int = setting(0, "Checkpoint every N steps; 0 = only the final model.")
     log_every: int = setting(1, "Log metrics every N steps.")
     loss_chunk_size: int = setting(0, "Tokens per chunk for chunked cross-entropy; 0 = full logits at once.")
-    resume: bool = setting(True, "Resume from the latest checkpoint in output_dir when there is one.")
+    resume: bool = setting(True, "Resume from the latest checkpoint in output_dir when there is one (refused when it "
+                                 "was written with other settings, naming them).")
+    resume_force: bool = setting(False, "Resume even from a checkpoint written with other settings (they are printed).")
     threads: int = setting(0, "CPU threads for torch; 0 = torch's default.")
     neftune_alpha: float = setting(0.0, "NEFTune (Jain et al. 2023, arXiv:2310.05914): uniform noise of scale "
                                         "alpha / sqrt(length x width) on the input embeddings while training (the "

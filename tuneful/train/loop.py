@@ -208,7 +208,8 @@ class Trainer(ABC):
         for part in self.parts:
             part.after_prepare(self)
         self.start_step = resume_step(self.acc, self.out, cfg.train.resume, self.model, self.optimizer, self.scheduler,
-                                      sharded=self.sharded, partitions=self._partitions())
+                                      sharded=self.sharded, partitions=self._partitions(), recipe=to_dict(cfg),
+                                      force=cfg.train.resume_force)
         if self.start_step:
             self.restore_data_state(data_state_of(latest_checkpoint(self.out / "checkpoints")))
         return self
@@ -285,7 +286,8 @@ class Trainer(ABC):
                 if self.sharded or self.zero_stage or self.acc.is_main_process:
                     save_checkpoint(self.out / "checkpoints", step + 1, self.model, self.optimizer, self.scheduler,
                                     sharded=self.sharded, write=self.acc.is_main_process,
-                                    data_state=self.data_state(), partitions=self._partitions())
+                                    data_state=self.data_state(), partitions=self._partitions(),
+                                    recipe=to_dict(self.cfg))
                 self.acc.wait_for_everyone()
             bar.update(last_loss, row["tok_s"])
         bar.close()
