@@ -46,12 +46,39 @@ def test_root_folder_refuses_every_way_out(tmp_path: Path):
         root.path("missing.jsonl", must_exist=True)
 
 
+def test_a_source_is_never_read_from_the_ui_process_working_folder(tmp_path: Path, monkeypatch):
+    """issue 46: ``data/x.jsonl`` typed on the Data page was taken for a hub id, then read relative to the UI
+    process's working folder — outside the root."""
+    (tmp_path / "root").mkdir()
+    root = RootFolder(tmp_path / "root")
+    outside = tmp_path / "cwd"
+    (outside / "data").mkdir(parents=True)
+    (outside / "data" / "x.jsonl").write_text('{"instruction": "secret", "output": "s"}\n')
+    monkeypatch.chdir(outside)
+    with pytest.raises(FileNotFoundError):
+        root.source("data/x.jsonl")
+    with pytest.raises(OutsideRoot, match="working folder"):
+        root.source("hf:data/x.jsonl")
+
+
+def test_the_train_form_holds_every_path_setting_to_the_root(tmp_path: Path):
+    from tuneful.ui.train_page import path_problems
+
+    cfg = build(TRAINERS["dpo"].settings_class(), None, [
+        "model.name_or_path=m", "data.train=t.jsonl", "data.template=/etc/chat.jinja", "data.tokenizer=../tok",
+        "data.cache_dir=/tmp/elsewhere", "dpo.reference_model=/opt/ref"])
+    problems = path_problems(RootFolder(tmp_path), cfg)
+    assert set(problems) == {"data.template", "data.tokenizer", "data.cache_dir", "dpo.reference_model"}
+
+
 def test_root_folder_sources(tmp_path: Path):
     (tmp_path / "data.jsonl").write_text("{}\n")
     root = RootFolder(tmp_path)
     assert root.source("") is None  # the page's default
     assert root.source("data.jsonl") == str(tmp_path.resolve() / "data.jsonl")
-    assert root.source("tatsu-lab/alpaca") == "tatsu-lab/alpaca"  # a hub id passes as is
+    assert root.source("hf:tatsu-lab/alpaca") == "tatsu-lab/alpaca"  # a hub id only when typed as one
+    with pytest.raises(FileNotFoundError, match="hf:owner/name"):
+        root.source("tatsu-lab/alpaca")
     assert root.source("sandbox", names=("sandbox",)) == "sandbox"
     for refused in ("/etc/passwd", "../../etc/hosts", "sandbox"):
         with pytest.raises((OutsideRoot, FileNotFoundError)):

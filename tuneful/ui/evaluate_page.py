@@ -18,7 +18,7 @@ def evaluate_page(app: gr.Blocks, root: RootFolder) -> None:
     gr.Markdown("Run `tuneful eval` on the same prompts for several models (base, tuned, adapters): instruction "
                 "checks, sandbox accuracy, held-out loss, stop rate; answers side by side.")
     with gr.Row():
-        models = gr.Textbox(value=SANDBOX, label="Models (comma-separated: folders under the root, hub ids, adapters, "
+        models = gr.Textbox(value=SANDBOX, label="Models (comma-separated: folders under the root, hf:owner/name ids, adapters, "
                                                  "'sandbox')", elem_id="eval-models", scale=3)
         names = gr.Textbox(label="Names (comma-separated, optional)", elem_id="eval-names", scale=2)
     with gr.Row():

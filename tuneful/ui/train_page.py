@@ -40,6 +40,15 @@ def path_problems(root: RootFolder, settings: Any) -> dict[str, list[str]]:
         sources = [s.get("path") for s in value if isinstance(s, dict)] if isinstance(value, list) else [value]
         checks += [(f"data.{name}", source, "read") for source in sources]
     checks.append(("model.name_or_path", settings.model.name_or_path, "read"))
+    checks += [(f"data.{name}", getattr(settings.data, name, None), "read") for name in ("tokenizer",)]
+    template = getattr(settings.data, "template", "")
+    if isinstance(template, str) and template.endswith(".jinja"):
+        checks.append(("data.template", template, "read"))
+    if getattr(settings.data, "cache_dir", ""):
+        checks.append(("data.cache_dir", settings.data.cache_dir, "write"))
+    for section in ("dpo", "kto", "grpo", "online_dpo"):
+        reference = getattr(getattr(settings, section, None), "reference_model", "")
+        checks.append((f"{section}.reference_model", reference, "read"))
     for key, value, use in checks:
         if not isinstance(value, str) or not value or value == str(sandbox_base_dir()):
             continue
