@@ -45,9 +45,25 @@ def test_each_family_syntax_parses(parser, text, content, calls):
     ("tuneful", "<tool_call>get_weather\ndays: 3 days\n</tool_call>"),  # not a plain string, not JSON
     ("tuneful", "<tool_call>get weather\n</tool_call>"),
 ])
-def test_a_call_that_does_not_parse_is_text_and_flagged(parser, text):
-    reply = PARSERS[parser].parse(text)
-    assert reply.content == text and not reply.tool_calls and reply.failed
+def test_a_call_that_does_not_parse_is_flagged_and_its_syntax_kept_out_of_the_content(parser, text):
+    """Issue 43: the template's call syntax never reaches ``content`` (a bare JSON reply, which has no marker, is
+    kept as text)."""
+    reply = PARSERS[parser].parse("Let me check. " + text if parser != "llama3_json" else text)
+    assert reply.content == ("Let me check." if parser != "llama3_json" else text)
+    assert not reply.tool_calls and reply.failed
+
+
+@pytest.mark.parametrize("parser", ["hermes", "tuneful"])
+def test_the_calls_completed_before_the_length_limit_are_kept(parser):
+    """Issue 43: `tool_choice: required` with a small max_tokens cut a second call; the first, complete, was thrown
+    away and the raw syntax returned as content."""
+    first = ('<tool_call>\n{"name": "lookup_city", "arguments": {"city": "Fetd"}}\n</tool_call>' if parser == "hermes"
+             else "<tool_call>lookup_city\ncity: Fetd\n</tool_call>")
+    text = first + "\n<tool_call>lookup_c"
+    assert PARSERS[parser].parse(text).failed  # not cut by the limit: a broken reply
+    reply = PARSERS[parser].parse(text, truncated=True)
+    assert [(c.name, c.arguments) for c in reply.tool_calls] == [("lookup_city", {"city": "Fetd"})]
+    assert reply.content == "" and not reply.failed
 
 
 def test_reasoning_is_split_off():
@@ -116,10 +132,11 @@ def test_streamed_reasoning_text_and_call(size):
     assert json.loads(call["function"]["arguments"]) == {"city": "Oslo"} and reply.tool_calls == (WEATHER,)
 
 
-def test_streamed_broken_call_comes_out_as_text():
+def test_a_streamed_broken_call_is_flagged_and_its_syntax_withheld():
     text = 'Sure <tool_call>{"name": oops'
     deltas, reply = _stream("hermes", text, 2)
-    assert _joined(deltas, "content") == text and reply.failed
+    assert _joined(deltas, "content").strip() == "Sure" and "<tool_call>" not in _joined(deltas, "content")
+    assert reply.failed
 
 
 def test_llama_json_call_is_held_until_the_end():

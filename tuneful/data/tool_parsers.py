@@ -42,19 +42,32 @@ class ToolParser:
     start: str  # the text that opens a call: streaming holds text back from here on
     parse_calls: Callable[[str], tuple[str, list[Any]] | None] = field(repr=False)  # text -> (content, raw calls)
 
-    def parse(self, text: str) -> ParsedReply:
+    def parse(self, text: str, *, truncated: bool = False) -> ParsedReply:
+        """The reply's reasoning, text and calls. ``truncated``: the length limit cut the reply, so a last call may
+        be unfinished: the complete calls before it still stand. A reply whose calls do not parse is ``failed``,
+        and its content is the text before the first call marker: the template's call syntax never reaches it."""
         reasoning, text = split_reasoning(text)
         if self.start not in text and not (self.name == "llama3_json" and text.lstrip().startswith("{")):
             return ParsedReply(text, (), reasoning)
         found = self.parse_calls(text)
+        cut = text.rfind(self.start)
+        while found is None and truncated and cut > 0:  # drop the unfinished last call, then the one before ...
+            found = self.parse_calls(text[:cut].rstrip()) if self.start in text[:cut] else None
+            cut = text.rfind(self.start, 0, cut)
+        calls: tuple[ToolCall, ...] = ()
+        if found is not None:
+            try:
+                calls = tuple(make_tool_call(call) for call in found[1])
+            except RecordError:
+                found = None
         if found is None:
-            return ParsedReply(text, (), reasoning, failed=True)
-        content, raw = found
-        try:
-            calls = tuple(make_tool_call(call) for call in raw)
-        except RecordError:
-            return ParsedReply(text, (), reasoning, failed=True)
-        return ParsedReply(content, calls, reasoning, failed=not calls)
+            return ParsedReply(self._before_calls(text), (), reasoning, failed=True)
+        return ParsedReply(found[0], calls, reasoning, failed=not calls)
+
+    def _before_calls(self, text: str) -> str:
+        """The text before the first call marker (all of it where the syntax has none: a bare JSON reply)."""
+        at = text.find(self.start)
+        return text[:at].rstrip() if at >= 0 else text
 
 
 def split_reasoning(text: str) -> tuple[str | None, str]:
@@ -235,10 +248,11 @@ class ReplyStream:
             return max(self.released, at)
         return len(body) - _held_suffix(body, self.parser.start)
 
-    def finish(self) -> tuple[list[dict], ParsedReply]:
-        """The deltas still owed, and the reply as a whole (its ``tool_calls`` decide the finish reason)."""
+    def finish(self, *, truncated: bool = False) -> tuple[list[dict], ParsedReply]:
+        """The deltas still owed, and the reply as a whole (its ``tool_calls`` decide the finish reason);
+        ``truncated``: the length limit ended the reply (:meth:`ToolParser.parse`)."""
         if self.parser is not None:
-            reply = self.parser.parse(self.text)
+            reply = self.parser.parse(self.text, truncated=truncated)
         else:
             reasoning, content = split_reasoning(self.text)
             reply = ParsedReply(content, (), reasoning)
@@ -250,7 +264,7 @@ class ReplyStream:
         else:
             body = self.text[self.body_start:].lstrip() if self.body_start and not self.released else \
                 self.text[self.body_start:]
-        if reply.tool_calls:
+        if reply.tool_calls or reply.failed:  # the held call text becomes calls, or is not shown at all
             rest = reply.content[self.released:] if len(reply.content) > self.released else ""
             if rest.strip():
                 out.append({"content": rest})

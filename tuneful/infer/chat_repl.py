@@ -117,7 +117,7 @@ class ChatSession:
         stream = ReplyStream(parser)
         for token in request.tokens():
             self._show(stream.feed(deltas.add(token)), write)
-        rest, reply = stream.finish()
+        rest, reply = stream.finish(truncated=request.finish_reason == "length")
         self._show(rest, write)
         if request.finish_reason == "length":
             write("  [cut at the length limit]")

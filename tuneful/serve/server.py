@@ -181,9 +181,9 @@ class _Handler(BaseHTTPRequestHandler):
             return chat.encode_prompt(text)
         return chat.prompt_ids(request.messages)
 
-    def _reply(self, text: str, parser: ToolParser | None) -> ParsedReply:
+    def _reply(self, text: str, parser: ToolParser | None, truncated: bool) -> ParsedReply:
         if parser is not None:
-            reply = parser.parse(text)
+            reply = parser.parse(text, truncated=truncated)
         else:
             reasoning, content = split_reasoning(text)
             reply = ParsedReply(content, (), reasoning)
@@ -237,7 +237,7 @@ class _Handler(BaseHTTPRequestHandler):
         # a call marker may be a special token (Mistral's [TOOL_CALLS]): keep them when tools are offered
         text = stops.feed(self.server.chat.tokenizer.decode(ids, skip_special_tokens=parser is None))
         text += "" if stops.hit else stops.flush()
-        reply = self._reply(text, parser)
+        reply = self._reply(text, parser, truncated=not stops.hit and _finish(generation) == "length")
         reason = "tool_calls" if reply.tool_calls else "stop" if stops.hit else _finish(generation)
         body = completion_body(request_id(), self.server.chat.name, reply_message(reply), reason, prompt_tokens,
                                len(ids))
@@ -264,7 +264,7 @@ class _Handler(BaseHTTPRequestHandler):
                     generation.cancelled.set()
                     break
             owed = reply_stream.feed("" if stops.hit else stops.flush())
-            rest, reply = reply_stream.finish()
+            rest, reply = reply_stream.finish(truncated=not stops.hit and _finish(generation) == "length")
             for delta in owed + rest:
                 self._event(chunk_body(rid, model, delta))
             self.server.count(tool_calls=len(reply.tool_calls), tool_parse_failures=int(reply.failed))
