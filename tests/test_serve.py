@@ -192,3 +192,99 @@ def test_cli_serve_prints_the_contract_line_and_stops_cleanly_on_sigterm(tmp_pat
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _raw(srv: ChatServer, head: bytes, body: bytes = b"") -> bytes:
+    """One request written byte for byte on a fresh socket; what comes back before the server closes or 5 s pass."""
+    import socket
+
+    with socket.create_connection(srv.server_address[:2], timeout=5) as sock:
+        sock.sendall(head + body)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+                if b"\r\n\r\n" in b"".join(chunks) and b"Connection: close" in b"".join(chunks):
+                    break
+        except TimeoutError:
+            pass
+    return b"".join(chunks)
+
+
+def test_malformed_http_gets_a_4xx_and_a_keep_alive_connection_survives_a_refusal(server):
+    """Issue 46: these used to get no response at all (a bad Content-Length, JSON nested 100k deep), or left the
+    refused body on the connection for the next request to be read as its request line."""
+    post = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekrit\r\n"
+    assert _raw(server, post + b"Content-Length: abc\r\n\r\n").startswith(b"HTTP/1.1 400")
+    assert _raw(server, post + b"Content-Length: -1\r\n\r\n").startswith(b"HTTP/1.1 400")
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert _raw(server, post + f"Content-Length: {len(deep)}\r\n\r\n".encode(), deep).startswith(b"HTTP/1.1 400")
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    body = json.dumps({"model": "sandbox", "messages": QUESTION, "max_tokens": 2}).encode()
+    try:
+        conn.request("POST", "/v1/chat/completions", body, {"Authorization": "Bearer wrong"})
+        refused = conn.getresponse()
+        assert refused.status == 401 and b"API key" in refused.read()
+        conn.request("POST", "/v1/chat/completions", body, {"Authorization": "Bearer sekrit"})
+        answer = conn.getresponse()
+        assert answer.status == 200 and json.loads(answer.read())["choices"][0]["message"]["content"] is not None
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("change, param", [
+    ({"seed": 2**64}, "seed"),
+    ({"seed": -1}, "seed"),
+    ({"model": None}, "model"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": "a string"}}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+                                                                              "properties": ["city"]}}}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+                                                                              "properties": {"city": "string"}}}}]},
+     "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": "f"}},
+     "tool_choice"),
+])
+def test_bad_fields_are_a_400_naming_them(server, change, param):
+    body = {"model": "sandbox", "messages": QUESTION, "max_tokens": 2, **change}
+    status, reply = raw_post(server, json.dumps({k: v for k, v in body.items() if v is not None}).encode())
+    assert status == 400 and reply["error"]["param"] == param
+
+
+def test_a_request_with_an_extreme_temperature_does_not_disturb_its_batch(server, sandbox_chat):
+    """Issue 46: ``temperature: 1e-300`` overflowed the scores, and the other rows of its batch failed with it."""
+    api = client(server)
+    expected = greedy(sandbox_chat, QUESTION, 12)
+    streamed: list[str] = []
+
+    def stream() -> None:
+        for chunk in api.chat.completions.create(model="sandbox", messages=QUESTION, max_tokens=12, stream=True):
+            streamed.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    cold = api.chat.completions.create(model="sandbox", messages=QUESTION, max_tokens=12, temperature=1e-300, seed=3)
+    thread.join(60)
+    assert cold.choices[0].message.content == expected  # all but greedy
+    assert "".join(streamed) == expected
+
+
+def test_a_burst_of_64_clients_gets_answers_not_resets(server):
+    """Issue 46: a listen backlog of 5 reset 33-48 of 64 simultaneous clients; each now gets a 200 or a 503."""
+    statuses: list[int] = []
+    errors: list[str] = []
+    body = json.dumps({"model": "sandbox", "messages": QUESTION, "max_tokens": 2}).encode()
+
+    def ask() -> None:
+        try:
+            statuses.append(raw_post(server, body)[0])
+        except OSError as exc:
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=ask) for _ in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == [] and len(statuses) == 64 and set(statuses) <= {200, 503}

@@ -42,6 +42,10 @@ class EngineStopped(RuntimeError):
     """The engine is shutting down and takes no more work."""
 
 
+# Below this temperature sampling is all but greedy, and dividing logits by less overflows (inf, then NaN):
+# a request may ask for 1e-300, and the rows sharing its batch must not notice.
+MIN_TEMPERATURE = 1e-3
+
 @dataclass(frozen=True)
 class Sampling:
     temperature: float = 0.0  # 0 = greedy
@@ -115,7 +119,8 @@ class _Row:
         sampling = self.request.sampling
         if self.generator is None:
             return int(scores.argmax())
-        probs = torch.softmax(scores.float() / sampling.temperature, dim=-1).cpu()
+        scores = scores.float()
+        probs = torch.softmax((scores - scores.max()) / max(sampling.temperature, MIN_TEMPERATURE), dim=-1).cpu()
         if sampling.top_p < 1.0:
             ordered, order = probs.sort(descending=True)
             outside = ordered.cumsum(0) - ordered > sampling.top_p  # keep the smallest head reaching top_p
@@ -389,7 +394,8 @@ class GenerationEngine:
         sampling = batch[0].sampling
         options: dict[str, Any] = {"do_sample": False}
         if sampling.temperature > 0:
-            options = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
+            options = {"do_sample": True, "temperature": max(sampling.temperature, MIN_TEMPERATURE),
+                       "top_p": sampling.top_p}
             if batch[0].seed is not None:
                 torch.manual_seed(batch[0].seed)
         if any(r.constraint is not None for r in batch):

@@ -71,7 +71,29 @@ def _messages(value: Any, tools: Any) -> tuple[list[dict], list[dict] | None]:
         raise ApiError(400, f"{param}: {exc.rule}: {exc.detail}", param=param, code=exc.rule)
     if conversation.messages[-1].role not in ("user", "tool"):
         raise ApiError(400, "the last message must come from the user (or be a tool result)", param="messages")
+    for k, tool in enumerate(offered or ()):
+        problem = _schema_problem(tool["function"].get("parameters"))
+        if problem:
+            raise ApiError(400, f"tools[{k}] ({tool['function']['name']}): parameters {problem}", param="tools",
+                           code="bad_tools")
     return conversation.to_dicts(), (list(offered) if offered else None)
+
+
+def _schema_problem(schema: Any) -> str | None:
+    """Why a function's ``parameters`` is not the JSON schema of an object of arguments (None: it is, or absent)."""
+    if schema is None:
+        return None
+    if not isinstance(schema, dict):
+        return f"must be a JSON schema object, got {type(schema).__name__}"
+    if schema.get("type", "object") != "object":
+        return f"must describe an object (type 'object'), got type {schema.get('type')!r}"
+    properties = schema.get("properties", {})
+    if not isinstance(properties, dict) or not all(isinstance(v, dict) for v in properties.values()):
+        return "'properties' must map each argument's name to its schema (an object)"
+    required = schema.get("required", [])
+    if not isinstance(required, list) or not all(isinstance(r, str) and r in properties for r in required):
+        return "'required' must list names of its 'properties'"
+    return None
 
 
 def _tool_choice(body: dict, tools: list[dict] | None) -> tuple[str, list[dict] | None]:
@@ -84,7 +106,8 @@ def _tool_choice(body: dict, tools: list[dict] | None) -> tuple[str, list[dict] 
             raise ApiError(400, "tool_choice 'required' or a named function needs 'tools'", param="tool_choice")
         if choice == "required":
             return "required", tools
-        name = (choice.get("function") or {}).get("name") if choice.get("type") == "function" else None
+        function = choice.get("function") if choice.get("type") == "function" else None
+        name = function.get("name") if isinstance(function, dict) else None
         if not isinstance(name, str):
             raise ApiError(400, "a named tool_choice is {\"type\": \"function\", \"function\": {\"name\": NAME}}",
                            param="tool_choice")
@@ -128,7 +151,9 @@ def parse_chat_request(body: Any, served_model: str) -> ChatRequest:
     unknown = sorted(set(body) - _SUPPORTED)
     if unknown:
         raise ApiError(400, f"unsupported parameter(s): {', '.join(unknown)}", param=unknown[0])
-    if body.get("model") != served_model:
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise ApiError(400, f"'model' is required (this server serves {served_model!r})", param="model")
+    if body["model"] != served_model:
         raise ApiError(404, f"model {body.get('model')!r} is not served here; this server serves {served_model!r}",
                        param="model", code="model_not_found")
     n = body.get("n", 1)
@@ -153,8 +178,8 @@ def parse_chat_request(body: Any, served_model: str) -> ChatRequest:
                             "(decoding is then constrained to one call); with 'auto' the model may call several tools",
                        param="parallel_tool_calls")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ApiError(400, "'seed' must be an integer", param="seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise ApiError(400, "'seed' must be an integer in [0, 2^63)", param="seed")
     return ChatRequest(
         messages=messages,
         max_tokens=_positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens"),

@@ -28,6 +28,7 @@ from .protocol import (ApiError, ChatRequest, StopStrings, chunk_body, completio
 
 
 MAX_BODY_BYTES = 1 << 20
+IDLE_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -45,6 +46,7 @@ class ServeSettings:
 
 class ChatServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # the listen backlog: a burst of clients waits to be accepted instead of being reset
 
     def __init__(self, chat: ChatModel, settings: ServeSettings):
         self.chat = chat
@@ -113,6 +115,8 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body go out as separate writes; with Nagle's algorithm on, the second waits for
     # the client's delayed ACK (~40 ms per request on Linux).
     disable_nagle_algorithm = True
+    timeout = IDLE_TIMEOUT_S  # an idle keep-alive connection, or a body that stops coming, is closed after this
+    _body_read = False
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         if not self.server.settings.quiet:
@@ -126,13 +130,19 @@ class _Handler(BaseHTTPRequestHandler):
         self._guarded(self._post)
 
     def _guarded(self, handler: Any) -> None:
+        self._body_read = self.command != "POST"
         try:
             self._authorize()
             handler()
         except ApiError as error:
-            self._send_json(error.status, error.body())
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client went away
+            if not self._body_read:  # refused before its body was read: the connection cannot carry another request
+                self.close_connection = True
+            try:
+                self._send_json(error.status, error.body(), close=self.close_connection)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True  # the client went away, or stopped sending
 
     def _get(self) -> None:
         if self.path.rstrip("/") == "/metrics":
@@ -200,14 +210,22 @@ class _Handler(BaseHTTPRequestHandler):
                            kind="authentication_error", code="invalid_api_key")
 
     def _read_json(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
+        given = self.headers.get("Content-Length") or "0"
+        if not given.isdigit():
+            raise ApiError(400, f"Content-Length {given!r} is not a byte count")
+        length = int(given)
         if length > MAX_BODY_BYTES:
             raise ApiError(413, f"request body of {length} bytes is over the {MAX_BODY_BYTES}-byte limit")
         raw = self.rfile.read(length)
+        if len(raw) < length:
+            raise ApiError(400, f"the body ended after {len(raw)} of {length} bytes")
+        self._body_read = True
         try:
             return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"the request body is not valid JSON: {exc}")
+        except RecursionError:
+            raise ApiError(400, "the request body is nested too deeply")
 
     def _submit(self, request: ChatRequest, prompt_ids: list[int], constraint: Any = None) -> GenerationRequest:
         chat, settings = self.server.chat, self.server.settings
@@ -282,11 +300,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"data: " + json.dumps(body).encode() + b"\n\n")
         self.wfile.flush()
 
-    def _send_json(self, status: int, body: dict) -> None:
+    def _send_json(self, status: int, body: dict, *, close: bool = False) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if close:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
