@@ -288,3 +288,22 @@ def test_a_burst_of_64_clients_gets_answers_not_resets(server):
     for t in threads:
         t.join(120)
     assert errors == [] and len(statuses) == 64 and set(statuses) <= {200, 503}
+
+
+def test_a_request_that_fails_ends_alone(sandbox_chat):
+    """Isolation (issue 46): a row whose sampling cannot run (a seed its generator refuses; the server refuses it
+    first, the engine does not rely on that) gets its own error; the rows beside it answer as if it was never there."""
+    from tuneful.infer.engine import Sampling
+
+    engine = GenerationEngine(sandbox_chat, max_batch=8, batch_wait_s=0.05).start()
+    try:
+        prompt = sandbox_chat.prompt_ids(QUESTION)
+        good = engine.submit(GenerationRequest(prompt, 10))
+        bad = engine.submit(GenerationRequest(prompt, 10, Sampling(0.8, 1.0), seed=2**64))
+        with pytest.raises(RuntimeError, match="generation failed for this request"):
+            list(bad.tokens())
+        assert list(good.tokens()) == _greedy_ids(sandbox_chat, prompt, 10)
+        later = engine.submit(GenerationRequest(prompt, 10, Sampling(0.8, 1.0), seed=5))
+        assert len(list(later.tokens())) > 0  # the engine goes on
+    finally:
+        engine.stop()

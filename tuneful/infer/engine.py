@@ -302,6 +302,10 @@ class GenerationEngine:
         from transformers.cache_utils import DynamicCache
 
         model, device = self.chat.model, self.chat.device
+        rows = [row for row in map(self._row, requests) if row is not None]
+        if not rows:
+            return
+        requests = [row.request for row in rows]
         ids, mask = left_padded([r.prompt_ids for r in requests], self.chat.pad_id)
         ids, mask = ids.to(device), mask.to(device)
         cache = DynamicCache(config=model.config)
@@ -320,15 +324,30 @@ class GenerationEngine:
             self.continuous = False
             self._static_batch(requests)
             return
-        rows = [_Row(r, self._vocab, self._stop_ids) for r in requests]
         stop = set(self._stop_ids)
-        first = []
-        for row, scores in zip(rows, logits):
-            token = row.choose(scores)
-            row.take(token, stop)
-            first.append(token)
+        first = [self._advance(row, scores, stop) for row, scores in zip(rows, logits)]
         self.batches.append(len(rows))
         self._merge(rows, cache, mask, torch.tensor(first, device=device))
+
+    def _row(self, request: GenerationRequest) -> "_Row | None":
+        """The running state of ``request``, or None after telling it why it cannot run (its own error only)."""
+        try:
+            return _Row(request, self._vocab, self._stop_ids)
+        except Exception as exc:  # noqa: BLE001 - e.g. a seed its generator cannot take
+            request.events.put(("error", f"generation failed for this request: {exc}"))
+            return None
+
+    def _advance(self, row: "_Row", scores: torch.Tensor, stop: set[int]) -> int:
+        """Choose and hand over ``row``'s next token. A failure of this row (its sampling, its constraint) ends it
+        alone, with its own error: the other rows of the batch go on as if it had never been there."""
+        try:
+            token = row.choose(scores)
+            row.take(token, stop)
+            return token
+        except Exception as exc:  # noqa: BLE001
+            row.done = True
+            row.request.events.put(("error", f"generation failed for this request: {exc}"))
+            return self._stop_ids[0]
 
     def _merge(self, rows: list[_Row], cache: Any, mask: torch.Tensor, first: torch.Tensor) -> None:
         if not self._rows:
@@ -359,10 +378,7 @@ class GenerationEngine:
         for row, scores in zip(self._rows, logits):
             if row.request.cancelled.is_set() and not row.done:
                 row._end("cancelled")
-            token = row.choose(scores) if not row.done else self._stop_ids[0]
-            if not row.done:
-                row.take(token, stop)
-            chosen.append(token)
+            chosen.append(self._advance(row, scores, stop) if not row.done else self._stop_ids[0])
         self._next = torch.tensor(chosen, device=self._mask.device)
         self._drop_finished()
 
