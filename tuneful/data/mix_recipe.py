@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 
-
-
 class RecipeError(ValueError):
     """Every problem of a mixture recipe at once (what :class:`tuneful.config.ConfigError` is for settings; the data
     layer sits below the settings machinery, so it raises its own)."""

@@ -60,7 +60,6 @@ class ChatModel:
 
     def encode_prompt(self, text: str) -> list[int]:
         if self.encoder_decoder:  # the encoder's input, encoded as SFT encoded it
-
             return encode_source(self.tokenizer, text)
         # The template writes BOS itself when the model wants one; adding it again would double it.
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -109,7 +109,6 @@ class _Row:
                 self.generator.seed()
         self.constraint = None
         if request.constraint is not None and constrained:  # static batches constrain inside generate()
-
             self.constraint = RowConstraint(request.constraint, vocab_size, stop_ids)
 
     def choose(self, scores: torch.Tensor) -> int:

@@ -353,7 +353,6 @@ def run_demo(settings: DemoSettings) -> dict:
     dpo = None
     sft_full = result.model_dir
     if settings.lora and (settings.dpo or settings.rl):  # later stages start from the SFT weights: merge first
-
         sft_full = merge_adapter(result.model_dir, settings.out / "sft" / "merged", base=str(base))
     if settings.dpo:
         dpo = _dpo(settings, sft_full, world)

@@ -360,7 +360,6 @@ class Trainer(ABC):
         target = self.out / "model"
         full_state = None
         if self.sharded:  # gathered to full tensors by every process, written by the main one
-
             full_state = full_model_state(self.final_model()[0])
         if self.acc.is_main_process:
             model, lora = self.final_model()
