@@ -307,3 +307,35 @@ def test_a_request_that_fails_ends_alone(sandbox_chat):
         assert len(list(later.tokens())) > 0  # the engine goes on
     finally:
         engine.stop()
+
+
+def test_a_full_queue_answers_503_with_retry_after(sandbox_chat):
+    srv = ChatServer(sandbox_chat, ServeSettings(port=0, max_batch=1, max_queue=1, batch_wait_ms=0))
+    thread = srv.start_in_thread()
+    answers: list[tuple[int, str | None]] = []
+    body = json.dumps({"model": "sandbox", "messages": QUESTION, "max_tokens": 40, "temperature": 0.8,
+                       "seed": 1}).encode()
+
+    def ask() -> None:
+        host, port = srv.server_address[:2]
+        conn = http.client.HTTPConnection(host, port, timeout=60)
+        try:
+            conn.request("POST", "/v1/chat/completions", body)
+            response = conn.getresponse()
+            response.read()
+            answers.append((response.status, response.getheader("Retry-After")))
+        finally:
+            conn.close()
+
+    try:
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        srv.stop()
+        thread.join(10)
+    assert len(answers) == 8 and {status for status, _ in answers} <= {200, 503}
+    refused = [retry for status, retry in answers if status == 503]
+    assert refused and all(retry == "1" for retry in refused)

@@ -25,9 +25,10 @@ _SUPPORTED = {"model", "messages", "max_tokens", "max_completion_tokens", "tempe
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+                 param: str | None = None, code: str | None = None, retry_after: int | None = None):
         super().__init__(message)
         self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+        self.retry_after = retry_after  # seconds, sent as Retry-After (a 503 the client may retry)
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}

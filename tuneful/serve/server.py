@@ -138,7 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._body_read:  # refused before its body was read: the connection cannot carry another request
                 self.close_connection = True
             try:
-                self._send_json(error.status, error.body(), close=self.close_connection)
+                self._send_json(error.status, error.body(), close=self.close_connection, retry_after=error.retry_after)
             except (BrokenPipeError, ConnectionResetError):
                 pass
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
@@ -241,7 +241,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self.server.engine.submit(GenerationRequest(prompt_ids, wanted, sampling, request.seed,
                                                                stream=request.stream, constraint=constraint))
         except QueueFull as exc:
-            raise ApiError(503, f"server busy: {exc}; retry later", kind="server_error", code="overloaded")
+            raise ApiError(503, f"server busy: {exc}; retry later", kind="server_error", code="overloaded",
+                           retry_after=1)
         except EngineStopped as exc:
             raise ApiError(503, str(exc), kind="server_error", code="shutting_down")
 
@@ -300,11 +301,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"data: " + json.dumps(body).encode() + b"\n\n")
         self.wfile.flush()
 
-    def _send_json(self, status: int, body: dict, *, close: bool = False) -> None:
+    def _send_json(self, status: int, body: dict, *, close: bool = False, retry_after: int | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if retry_after is not None:
+            self.send_header("Retry-After", str(retry_after))
         if close:
             self.send_header("Connection", "close")
         self.end_headers()
