@@ -290,12 +290,16 @@ def test_a_burst_of_64_clients_gets_answers_not_resets(server):
     assert errors == [] and len(statuses) == 64 and set(statuses) <= {200, 503}
 
 
-def test_a_request_that_fails_ends_alone(sandbox_chat):
+@pytest.mark.parametrize("continuous", [True, False], ids=["continuous", "static"])
+def test_a_request_that_fails_ends_alone(sandbox_chat, continuous: bool):
     """Isolation (issue 46): a row whose sampling cannot run (a seed its generator refuses; the server refuses it
-    first, the engine does not rely on that) gets its own error; the rows beside it answer as if it was never there."""
+    first, the engine does not rely on that) gets its own error; the rows beside it answer as if it was never there,
+    in continuous batches and in the static ones of models whose cache cannot merge rows."""
     from tuneful.infer.engine import Sampling
 
-    engine = GenerationEngine(sandbox_chat, max_batch=8, batch_wait_s=0.05).start()
+    engine = GenerationEngine(sandbox_chat, max_batch=8, batch_wait_s=0.05)
+    engine.continuous = continuous
+    engine.start()
     try:
         prompt = sandbox_chat.prompt_ids(QUESTION)
         good = engine.submit(GenerationRequest(prompt, 10))

@@ -328,10 +328,10 @@ class GenerationEngine:
         self.batches.append(len(rows))
         self._merge(rows, cache, mask, torch.tensor(first, device=device))
 
-    def _row(self, request: GenerationRequest) -> "_Row | None":
+    def _row(self, request: GenerationRequest, *, constrained: bool = True) -> "_Row | None":
         """The running state of ``request``, or None after telling it why it cannot run (its own error only)."""
         try:
-            return _Row(request, self._vocab, self._stop_ids)
+            return _Row(request, self._vocab, self._stop_ids, constrained=constrained)
         except Exception as exc:  # noqa: BLE001 - e.g. a seed its generator cannot take
             request.events.put(("error", f"generation failed for this request: {exc}"))
             return None
@@ -401,11 +401,15 @@ class GenerationEngine:
     @torch.no_grad()
     def _static_batch(self, batch: list[GenerationRequest]) -> None:
         """One ``generate`` call for the batch (models whose cache cannot merge rows)."""
+        started = [row for row in (self._row(r, constrained=False) for r in batch) if row is not None]
+        if not started:
+            return
+        batch = [row.request for row in started]
         self.batches.append(len(batch))
         model = self.chat.model
         pad = self.chat.pad_id
         ids, mask = left_padded([r.prompt_ids for r in batch], pad)
-        rows = _StaticRows([_Row(r, self._vocab, self._stop_ids, constrained=False) for r in batch], set(self._stop_ids))
+        rows = _StaticRows(started, set(self._stop_ids))
         sampling = batch[0].sampling
         options: dict[str, Any] = {"do_sample": False}
         if sampling.temperature > 0:
