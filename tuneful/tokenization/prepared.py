@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+import psutil
 
 from ..data.loader import LoadReport, items_of_slice, iter_items, peek_format
 from ..data.mixture import load_training
@@ -398,13 +399,13 @@ def remove_abandoned_builds(prepared: Path) -> list[Path]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie has ended: its build is abandoned), as the UI tells of its runs."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # another user's process: alive
+    except psutil.AccessDenied:  # another user's process: alive
         return True
-    return True
 
 
 def open_rows(folder: Path, names: Sequence[str]) -> tuple[Any, np.ndarray, list[dict]]:
