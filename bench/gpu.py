@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from grpo_vs_trl import short_reply_batch  # noqa: E402  (GRPO's reward, the same for both frameworks)
 from sft_vs_trl import GENERATION_CHATML, WORDS, make_conversations, peak_rss_mb  # noqa: E402
 
 QWEN = {"intermediate_size": 4864, "hidden_size": 896, "num_attention_heads": 14, "num_key_value_heads": 2,
@@ -333,15 +334,6 @@ def dpo_trl(workdir: Path, plan: Plan, out: Path) -> dict:
             "steps": len(ends), "peak_gb": peak_gb()}
 
 
-def short_reply(prompt, completion, record):
-    """The GRPO reward of both frameworks: 1 for an empty reply, falling with its length."""
-    return 1.0 - min(len(completion), 200) / 200
-
-
-def short_reply_batch(completions, **kwargs):
-    return [short_reply(None, c[0]["content"] if isinstance(c, list) else c, None) for c in completions]
-
-
 def grpo_tuneful(workdir: Path, plan: Plan, out: Path) -> dict:
     from tuneful.config import build
     from tuneful.rl.config import GRPOConfig
@@ -350,7 +342,7 @@ def grpo_tuneful(workdir: Path, plan: Plan, out: Path) -> dict:
     cfg = build(GRPOConfig, None, [*tuneful_common(workdir, plan, out, plan.shape, plan.rl_steps),
                                    f"data.train={workdir / 'prompts.jsonl'}", "data.template=chatml",
                                    f"train.micro_batch_size={plan.prompts_per_step}", f"train.lr={LR}",
-                                   f"grpo.rewards=python:{Path(__file__).resolve()}:short_reply",
+                                   f"grpo.rewards=python:{REPO / 'bench' / 'grpo_vs_trl.py'}:short_reply",
                                    f"grpo.group_size={GROUP}", f"grpo.max_new_tokens={plan.max_new}", "grpo.loss=dapo"])
     result = run_grpo(cfg)
     rows = [r for r in result.history if "reward_mean" in r]
