@@ -343,3 +343,125 @@ def test_a_full_queue_answers_503_with_retry_after(sandbox_chat):
     assert len(answers) == 8 and {status for status, _ in answers} <= {200, 503}
     refused = [retry for status, retry in answers if status == 503]
     assert refused and all(retry == "1" for retry in refused)
+
+
+@pytest.fixture()
+def strict_server(sandbox_chat):
+    """A server whose deadlines are short enough to test (1 s for headers and for a body; 4 KiB bodies)."""
+    srv = ChatServer(sandbox_chat, ServeSettings(port=0, api_key="sekrit", max_body_bytes=4096, idle_timeout_s=1.0))
+    thread = srv.start_in_thread()
+    yield srv
+    srv.stop()
+    thread.join(10)
+
+
+def _closed_after(sock, seconds: float) -> tuple[bytes, float]:
+    """What the server sends until it closes the connection (or ``seconds`` pass), and when it closed."""
+    import time
+
+    sock.settimeout(seconds)
+    started, got = time.monotonic(), b""
+    try:
+        while chunk := sock.recv(65536):
+            got += chunk
+    except TimeoutError:
+        return got, float("inf")
+    except ConnectionResetError:  # closed with bytes of ours unread: a reset, after what it sent
+        pass
+    return got, time.monotonic() - started
+
+
+def test_slow_headers_and_idle_connections_are_closed_at_the_deadline(strict_server):
+    """Issue 46: a client that connected and sent nothing, or headers a byte at a time, held its connection (and,
+    on http.server, a thread) until it left. Each now has ``idle_timeout_s`` to finish a request's headers."""
+    import socket
+
+    with socket.create_connection(strict_server.server_address[:2]) as idle:
+        assert _closed_after(idle, 5)[1] < 3
+    with socket.create_connection(strict_server.server_address[:2]) as slow:
+        slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        assert _closed_after(slow, 5)[1] < 3
+    status, _ = raw_post(strict_server, json.dumps({"model": "sandbox", "messages": QUESTION, "max_tokens": 2}).encode())
+    assert status == 200  # the server still serves
+
+
+def test_a_body_that_stops_coming_is_a_408_and_one_over_the_limit_a_413_unread(strict_server):
+    import socket
+
+    post = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekrit\r\n"
+            b"Content-Type: application/json\r\n")
+    with socket.create_connection(strict_server.server_address[:2]) as sock:
+        sock.sendall(post + b"Content-Length: 100\r\n\r\n" + b'{"model": ')
+        got, closed = _closed_after(sock, 5)
+        assert got.startswith(b"HTTP/1.1 408") and b"did not arrive" in got and closed < 3
+    with socket.create_connection(strict_server.server_address[:2]) as sock:
+        sock.sendall(post + f"Content-Length: {50 << 20}\r\n\r\n".encode() + b"{" * 1000)  # 50 MB announced
+        got, closed = _closed_after(sock, 5)
+        assert got.startswith(b"HTTP/1.1 413") and b"connection: close" in got.lower() and closed < 1
+    with socket.create_connection(strict_server.server_address[:2]) as sock:  # no Content-Length: counted as read
+        sock.sendall(post + b"Transfer-Encoding: chunked\r\n\r\n" + b"".join(b"400\r\n" + b" " * 1024 + b"\r\n"
+                                                                            for _ in range(5)))
+        got, _ = _closed_after(sock, 5)
+        assert got.startswith(b"HTTP/1.1 413")
+
+
+def test_the_key_is_checked_before_the_body_is_read(strict_server):
+    """A wrong key is refused as soon as the headers are in: the body (announced, never sent) is not waited for."""
+    import socket
+    import time
+
+    with socket.create_connection(strict_server.server_address[:2]) as sock:
+        started = time.monotonic()
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n"
+                     b"Content-Length: 2000\r\n\r\n")
+        sock.settimeout(5)
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 401") and time.monotonic() - started < 0.5
+
+
+def test_a_streaming_client_that_leaves_frees_its_batch_row(tmp_path):
+    """A random tiny model does not end its turn within 400 tokens (checked first), so its row would decode them
+    all; closing the connection after the first tokens ends the row at its next token, and the server counts the
+    disconnect."""
+    import socket
+    import time
+
+    from tiny import save_tiny_model
+    from tuneful.infer.chat_model import load_chat_model
+
+    chat = load_chat_model(str(save_tiny_model(tmp_path / "model")), template="chatml", device="cpu")
+    [alone] = generate(chat.model, chat.tokenizer, [chat.prompt_ids(QUESTION)], stop_ids=chat.stop_ids,
+                       max_new_tokens=400)
+    assert len(alone.token_ids) == 400
+    srv = ChatServer(chat, ServeSettings(port=0))
+    thread = srv.start_in_thread()
+    try:
+        body = json.dumps({"model": chat.name, "messages": QUESTION, "max_tokens": 400, "stream": True}).encode()
+        with socket.create_connection(srv.server_address[:2]) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            got = b""
+            while got.count(b"data: ") < 4:
+                got += sock.recv(65536)
+        deadline = time.monotonic() + 20
+        while srv.metrics["client_disconnects"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        steps = len(srv.engine.batches)
+        time.sleep(0.5)
+        assert srv.metrics["client_disconnects"] == 1
+        assert len(srv.engine.batches) == steps and steps < 200  # the row left; it did not decode its 400 tokens
+    finally:
+        srv.stop()
+        thread.join(10)
+
+
+@pytest.mark.parametrize("parameters", [
+    {"type": "object", "properties": {"city": {"type": "strin"}}},
+    {"type": "object", "properties": {"city": {"type": "string", "minLength": -1}}},
+    {"type": "object", "properties": {"city": {"type": "string"}}, "additionalProperties": "no"},
+])
+def test_a_tool_schema_that_is_not_a_json_schema_is_a_400(server, parameters):
+    body = {"model": "sandbox", "messages": QUESTION, "max_tokens": 2,
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": parameters}}]}
+    status, reply = raw_post(server, json.dumps(body).encode())
+    assert status == 400 and reply["error"]["param"] == "tools" and "not a valid JSON schema" in reply["error"]["message"]

@@ -2,7 +2,8 @@
 
 Every rejection is an :class:`ApiError` carrying an HTTP status and an OpenAI-style error body, so
 clients (the official ``openai`` package included) raise a typed exception with a readable message.
-Parameters the server cannot honour are refused by name instead of being silently ignored.
+Parameters the server cannot honour are refused by name instead of being silently ignored; a tool's
+``parameters`` must be an object's JSON schema, checked against its metaschema with ``jsonschema``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any
+
+import jsonschema
 
 from ..data.messages import Conversion, openai_messages
 from ..data.tool_parsers import tool_call_body
@@ -94,6 +97,12 @@ def _schema_problem(schema: Any) -> str | None:
     required = schema.get("required", [])
     if not isinstance(required, list) or not all(isinstance(r, str) and r in properties for r in required):
         return "'required' must list names of its 'properties'"
+    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        validator.check_schema(schema)  # against its own metaschema ($schema, else draft 2020-12)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path)
+        return f"is not a valid JSON schema{f' at {where}' if where else ''}: {exc.message}"
     return None
 
 
