@@ -407,3 +407,49 @@ def test_a_build_left_by_a_killed_process_is_removed_at_the_next_start(tmp_path:
     folder, meta, hit = cached(tmp_path, "k4", lambda f: {"rows": 1}, nullcontext())
     assert meta == {"rows": 1} and not hit
     assert not abandoned.exists() and live.exists() and elsewhere.exists()
+
+
+@pytest.mark.slow
+def test_a_kill_9_during_preparation_takes_its_workers_with_it_and_the_rerun_cleans_up(tmp_path: Path):
+    """Issue 46: a SIGKILL of ``tuneful sft`` while its ``data.num_proc`` workers prepared the data left them alive
+    for 45 s and more (and the half-built folder for ever). Now they die with it; the rerun removes the folder."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    from tiny import save_tiny_model
+
+    save_tiny_model(tmp_path / "model")
+    rng = random.Random(0)
+    with (tmp_path / "big.jsonl").open("w") as f:
+        for k in range(60_000):  # ~10 s of preparation on 2 workers here: room to kill it midway
+            words = " ".join(rng.choice(["alpha", "beta", "gamma", "delta", "echo"]) for _ in range(12))
+            f.write(json.dumps({"instruction": f"Repeat {k}: {words}", "output": words}) + "\n")
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "tuneful.cli.main", "sft", f"model.name_or_path={tmp_path / 'model'}",
+           f"data.train={tmp_path / 'big.jsonl'}", f"train.output_dir={tmp_path / 'run'}", "train.max_steps=1",
+           "train.progress=false", "data.num_proc=2", f"data.cache_dir={cache}", "data.max_length=256"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent, workers = psutil.Process(proc.pid), []
+    deadline = time.time() + 120
+    while len(workers) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        try:
+            workers = [p for p in parent.children(recursive=True) if "resource_tracker" not in " ".join(p.cmdline())]
+        except psutil.Error:
+            workers = []
+    time.sleep(2)  # busy with their batches: an idle worker's wait would end with the pipe, a busy one's never does
+    workers = parent.children(recursive=True)
+    assert len(workers) >= 2 and proc.poll() is None, "the preparation ended before its workers could be caught"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    for process in alive:  # a failing run leaves nothing behind
+        process.kill()
+    assert not alive, f"{len(alive)} map workers outlived their killed parent"
+    assert list(cache.glob("prepared/*.building-*"))  # the kill left its half-built folder
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    assert not list(cache.glob("prepared/*.building-*"))

@@ -244,6 +244,37 @@ def test_resume_after_kill_9_matches_uninterrupted_run(workdir: Path):
     assert _losses(out) == _losses(workdir / "kill-straight")
 
 
+@pytest.mark.slow
+def test_a_kill_9_while_a_checkpoint_is_written_resumes_from_the_last_whole_one(workdir: Path):
+    """SIGKILL while a checkpoint's files are being written (its temporary folder exists): the rerun ignores the
+    partial folder, resumes from the last complete checkpoint and ends with the uninterrupted run's losses."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    common = [f"model.name_or_path={workdir / 'model'}", f"data.train={workdir / 'train.jsonl'}", "train.max_steps=30",
+              "train.save_every=1", "train.micro_batch_size=2", "train.progress=false", "data.max_length=256",
+              "data.packing=false", "train.lr=1e-3"]
+    run_sft(build(SFTConfig, None, common + [f"train.output_dir={workdir / 'ckpt-straight'}"]))
+    out = workdir / "ckpt-killed"
+    cmd = [sys.executable, "-m", "tuneful.cli.main", "sft", *common, f"train.output_dir={out}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints, partial = out / "checkpoints", []
+    deadline = time.time() + 180
+    while not partial and time.time() < deadline and proc.poll() is None:
+        if checkpoints.is_dir():  # no sleep: a tiny model's checkpoint takes milliseconds to write
+            partial = [p.name for p in os.scandir(checkpoints) if p.name.startswith(".tmp-")]
+    if partial:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert partial and proc.returncode == -signal.SIGKILL, "no checkpoint was caught half-written"
+    assert (checkpoints / partial[0]).exists()  # the kill left it half-written
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    assert _losses(out) == _losses(workdir / "ckpt-straight")
+
+
 def test_gradient_checkpointing_gives_the_same_loss(workdir: Path):
     plain = run_sft(config(workdir, "gc-off", "train.max_steps=2", "data.packing=false"))
     checkpointed = run_sft(config(workdir, "gc-on", "train.max_steps=2", "data.packing=false",

@@ -12,6 +12,8 @@ import re
 from functools import partial
 from typing import Sequence
 
+from ..data.workers import die_with_parent
+
 BOILERPLATE = re.compile(
     r"as an ai(?: language)? model|as a (?:large )?language model|i(?:'m| am) (?:just )?an ai\b|"
     r"i cannot (?:fulfil|fulfill|comply)|i(?:'m| am) sorry,? but (?:i|as an)|my knowledge cutoff|"
@@ -90,7 +92,7 @@ def quality_problems(pairs: Sequence[tuple[str, str]], *, min_chars: int, max_ch
         return [check(pair) for pair in pairs]
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(processes) as pool:
+    with ProcessPoolExecutor(processes, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         return list(pool.map(check, pairs, chunksize=max(1, min(500, len(pairs) // (4 * processes)))))
 
 

@@ -35,6 +35,7 @@ import psutil
 from ..data.loader import LoadReport, items_of_slice, iter_items, peek_format
 from ..data.mixture import load_training
 from ..data.sources import read_records
+from ..data.workers import die_with_parent, workers_die_with_parent
 from .masking import special_tokens_of
 from .plan import hold_out
 
@@ -244,10 +245,13 @@ def write_source(source: Any, settings: Any, seed: int, folder: Path, prefix: st
 
 
 def prepare_batch(batch: dict, *, prepare: Callable, takes: Takes, source: SourceParts, on_error: str, origin: str,
-                  **kwargs: Any) -> dict:
+                  parent_pid: int, **kwargs: Any) -> dict:
     """One map batch: its records converted and validated (unless the main process did), the items of the kind
     the trainer takes given to ``prepare(items, wheres, positions, **kwargs)`` — a row per example, then one tally
-    row (length 0) — and the batch's load report and items of other kinds in that tally row's ``load``."""
+    row (length 0) — and the batch's load report and items of other kinds in that tally row's ``load``. A map
+    worker (``parent_pid`` started it) ends with its parent, killed or not."""
+
+    die_with_parent(parent_pid)
 
     report, others = LoadReport(), KindTally()
     values = [pickle.loads(v) for v in batch["record"]]
@@ -288,13 +292,14 @@ def map_parts(train: SourceParts, held: np.ndarray, prepare: Callable, fn_kwargs
         if not len(table):
             return
         kwargs = {**fn_kwargs, **(eval_kwargs or {} if split == "eval" else {}), "prepare": prepare, "takes": takes,
-                  "source": source, "on_error": on_error, "origin": origin}
+                  "source": source, "on_error": on_error, "origin": origin, "parent_pid": os.getpid()}
         procs = max(1, min(processes, len(table) // BATCH or 1))
         cache_file = folder / f"{split}-{name}.arrow"
-        mapped = table.map(prepare_batch, batched=True, batch_size=BATCH, remove_columns=table.column_names,
-                           fn_kwargs=kwargs, features=features, num_proc=procs if procs > 1 else None,
-                           cache_file_name=str(cache_file), new_fingerprint=cache_file.stem,
-                           desc=f"tuneful: prepare {split}")
+        with workers_die_with_parent():
+            mapped = table.map(prepare_batch, batched=True, batch_size=BATCH, remove_columns=table.column_names,
+                               fn_kwargs=kwargs, features=features, num_proc=procs if procs > 1 else None,
+                               cache_file_name=str(cache_file), new_fingerprint=cache_file.stem,
+                               desc=f"tuneful: prepare {split}")
         files[split] += [f["filename"] for f in mapped.cache_files]
 
     offset = 0
