@@ -118,7 +118,7 @@ def worker_tuneful(workdir: Path, steps: int, out: Path, reference: str, layout:
     trainer = DPOTrainer(cfg).setup()
     setup_seconds = time.perf_counter() - started
     first = list(range(BATCH))
-    batch = trainer.policy.collate([trainer.data.train[i] for i in first], trainer.pad_token_id)
+    batch = trainer.policy.pairs.collate([trainer.data.train[i] for i in first], trainer.pad_token_id)
     with torch.no_grad():
         sums, counts = ResponseLogps(load_probe(workdir))(**batch.inputs())
         step0 = float(pair_terms(trainer.objective, cfg.dpo, sums, counts,
@@ -126,7 +126,7 @@ def worker_tuneful(workdir: Path, steps: int, out: Path, reference: str, layout:
     padded = computed = 0
     for step in range(steps):
         for indices in trainer.micro_batches(step):
-            b = trainer.policy.collate([trainer.data.train[i] for i in indices], trainer.pad_token_id)
+            b = trainer.policy.pairs.collate([trainer.data.train[i] for i in indices], trainer.pad_token_id)
             padded, computed = padded + b.input_ids.numel(), computed + b.computed
     started = time.perf_counter()
     result = trainer.train()

@@ -71,7 +71,7 @@ def worker_tuneful(workdir: Path, steps: int, out: Path, layout: str = "auto") -
     block = [trainer.data.train[i] for i in range(BATCH)]
     trl_batch = [replace(e, rejected_ids=block[k - 1].chosen_ids, rejected_mask=block[k - 1].chosen_mask)
                  for k, e in enumerate(block)]
-    batch = trainer.policy.collate(trl_batch, trainer.pad_token_id)
+    batch = trainer.policy.pairs.collate(trl_batch, trainer.pad_token_id)
     with torch.no_grad():
         sums, _ = ResponseLogps(load_probe(workdir))(**batch.inputs())
         reference, _ = ResponseLogps(trainer.model)(**batch.inputs())  # the starting weights (nothing trained yet)

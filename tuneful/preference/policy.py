@@ -49,6 +49,31 @@ def pair_cost(example: PreferenceExample, layout: str) -> int:
     return pair_length(example)
 
 
+class PairLayout:
+    """The batch layout of a run's pairs: ``train.pair_layout`` resolved for the model when the loop fits it
+    (``fit_model``, before any batch is planned). A loop part of every pair trainer — DPO and KTO hold it in
+    :class:`PairedPolicy`, the reward model alone — so the choice is made once, in one place."""
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+        self.name: str | None = None  # shared-prompt or two-rows, once fitted
+
+    def fit_model(self, trainer: Any, model: Any, *, aux_loss: bool = False) -> None:
+        self.name = resolve_pair_layout(self.cfg, probe_layouts(model), aux_loss=aux_loss)
+
+    def before_lora(self, trainer: Any, model: Any) -> None:  # the loop's other part hooks: nothing to do
+        pass
+
+    def after_prepare(self, trainer: Any) -> None:
+        pass
+
+    def collate(self, examples: Sequence[PreferenceExample], pad_id: int) -> Any:
+        return COLLATORS[self.name](examples, pad_id)
+
+    def costs(self, examples: Sequence[PreferenceExample]) -> list[int]:
+        return [pair_cost(e, self.name) for e in examples]
+
+
 def resolve_reference(settings: Any, *, needs_reference: bool, lora: bool) -> str:
     """The reference policy a run uses: ``settings`` is the objective section (reference, reference_model)."""
     if settings.reference != "auto":
@@ -68,8 +93,7 @@ class PairedPolicy:
     def __init__(self, cfg: Any, settings: Any, *, needs_reference: bool, reference_model: Any = None):
         self.cfg, self.settings = cfg, settings
         self.kind = resolve_reference(settings, needs_reference=needs_reference, lora=cfg.lora.enabled)
-        self.layout = resolve_pair_layout(cfg)
-        self.collate = COLLATORS[self.layout]
+        self.pairs = PairLayout(cfg)
         self.head: Any = None
         self.reference: Any = None
         self.cached, self.precompute_seconds = False, 0.0
@@ -78,8 +102,11 @@ class PairedPolicy:
     # --- the loop's part hooks ----------------------------------------------------------------------
     def fit_model(self, trainer: Any, model: Any) -> None:
         self.head = probe_head(model)
-        self.layout = resolve_pair_layout(self.cfg, probe_layouts(model), aux_loss=self.head.aux_coefficient is not None)
-        self.collate = COLLATORS[self.layout]
+        self.pairs.fit_model(trainer, model, aux_loss=self.head.aux_coefficient is not None)
+
+    @property
+    def layout(self) -> str | None:
+        return self.pairs.name
 
     def before_lora(self, trainer: Any, model: Any) -> None:
         if self.kind == "precomputed":  # from the starting weights, before LoRA and before any resume
@@ -100,13 +127,13 @@ class PairedPolicy:
         return ResponseLogps(model, self.cfg.train.loss_chunk_size, head=self.head)
 
     def item_lengths(self, examples: Sequence[PreferenceExample]) -> list[int]:
-        return [pair_cost(e, self.layout) for e in examples]
+        return self.pairs.costs(examples)
 
     def response_logps(self, trainer: Any, split: str, examples: Sequence[PreferenceExample],
                        indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
         """Policy log-prob sums and token counts of both replies of ``indices`` (first replies, then second
         replies: [2B]), the reference's sums (None without a reference), and the tokens the batch stands for."""
-        batch = self.collate([examples[i] for i in indices], trainer.pad_token_id).to(trainer.acc.device)
+        batch = self.pairs.collate([examples[i] for i in indices], trainer.pad_token_id).to(trainer.acc.device)
         ref = self.reference(split, indices, batch) if self.reference is not None else None
         with trainer.acc.autocast():
             sums, counts = trainer.module(**batch.inputs())

@@ -15,10 +15,8 @@ from typing import Any, Sequence
 import torch
 
 from ..config import to_dict
-from ..preference.pairs import COLLATORS
 from ..preference.prepare import PreparedPairs, prepare_pairs
-from ..preference.policy import pair_cost, resolve_pair_layout
-from ..models.layouts import probe_layouts
+from ..preference.policy import PairLayout
 from ..tokenization.prepared import main_processes_first
 from ..train.loop import RunResult, Trainer, run
 from .config import RewardConfig
@@ -34,16 +32,12 @@ class RewardTrainer(Trainer):
 
     def __init__(self, cfg: RewardConfig, *, model: Any = None, tokenizer: Any = None):
         super().__init__(cfg, model=model, tokenizer=tokenizer)
-        self.layout = resolve_pair_layout(cfg)
-        self.collate = COLLATORS[self.layout]
+        self.pairs = PairLayout(cfg)
+        self.parts = [self.pairs]
 
     def prepare_data(self) -> None:
         self.data: PreparedPairs = prepare_pairs(self.cfg.data, self.tokenizer, self.cfg.train.seed,
                                                  main_process_first=main_processes_first(self.acc))
-
-    def fit_model(self, model: Any) -> None:
-        self.layout = resolve_pair_layout(self.cfg, probe_layouts(model))
-        self.collate = COLLATORS[self.layout]
 
     def load_base_model(self) -> Any:
         return load_reward_model(self.cfg.model, self.pad_token_id)
@@ -52,13 +46,13 @@ class RewardTrainer(Trainer):
         return RewardScores(model)
 
     def item_lengths(self) -> list[int]:
-        return [pair_cost(e, self.layout) for e in self.data.train]
+        return self.pairs.costs(self.data.train)
 
     def _pair_loss(self, examples: Sequence[Any], indices: Sequence[int]):
         part = [examples[i] for i in indices]
-        batch = self.collate(part, self.pad_token_id).to(self.acc.device)
+        batch = self.pairs.collate(part, self.pad_token_id).to(self.acc.device)
         with self.acc.autocast():
-            rewards = self.module(**reward_inputs(batch, part, self.layout))
+            rewards = self.module(**reward_inputs(batch, part, self.pairs.name))
         chosen, rejected = rewards.chunk(2)
         margin = None
         if self.cfg.reward.use_margins and any(e.margin for e in part):
@@ -107,7 +101,7 @@ class RewardTrainer(Trainer):
         return model, False
 
     def summary(self) -> dict:
-        return {"recipe": to_dict(self.cfg), "task": "reward-model", "pair_layout": self.layout, **self.data.summary()}
+        return {"recipe": to_dict(self.cfg), "task": "reward-model", "pair_layout": self.pairs.name, **self.data.summary()}
 
 def run_reward(cfg: RewardConfig, *, model: Any = None, tokenizer: Any = None) -> RunResult:
     """setup → train → save."""
