@@ -184,7 +184,7 @@ def test_full_and_lora_steps_and_checkpointing(model_type: str):
 def test_the_matrix_builds_the_families_people_fine_tune():
     wanted = ["llama", "qwen2", "qwen3", "qwen3_moe", "gpt_oss", "gemma2", "gemma3_text", "mistral", "mixtral", "phi3",
               "granite", "granitemoe", "cohere", "cohere2", "olmo2", "smollm3", "glm4", "qwen3_next", "jamba", "lfm2",
-              "falcon_h1"]
+              "falcon_h1", "deepseek_v2", "deepseek_v3", "gpt_neo", "gemma3", "gemma4"]  # MLA, GPT-Neo, multimodal
     missing = {name: _built(name).skipped for name in wanted if build(name).model is None}
     assert not missing, missing
 

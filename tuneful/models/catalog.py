@@ -6,8 +6,9 @@ Boundary: transformers' auto mappings in, small configs and models out; nothing 
 
 Each config is the architecture's own default shrunk by one generic rule (hidden 32, 2 layers, 4 heads, 4 experts,
 a 256-token vocabulary, an 8-token sliding window so windows bind in short tests) plus the few fields some
-families need to stay consistent (MLA ranks, Mamba state sizes, hybrid layer patterns). What cannot be built on a
-CPU in a few seconds this way is skipped with the reason.
+families need to stay consistent (MLA ranks and head widths, Mamba state sizes, hybrid and per-layer patterns,
+GPT-Neo's attention pattern); a multimodal wrapper's sub-configs (text, vision, audio) are shrunk the same way.
+What cannot be built on a CPU in a few seconds this way is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ SIZES = {
     "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "moe_num_experts": 4,
     "num_experts_per_tok": 2, "moe_topk": 2, "top_k": 2, "moe_k": 2, "n_group": 1, "topk_group": 1,
     "vocab_size": VOCAB, "max_position_embeddings": 256, "n_positions": 256,
+    "vocab_size_per_layer_input": VOCAB, "hidden_size_per_layer_input": 8,  # Gemma 3n / 4: per-layer embeddings
     "sliding_window": 8, "attention_window_size": 8,
     # multi-head latent attention (DeepSeek-V2/V3 style)
     "q_lora_rank": 16, "kv_lora_rank": 16, "qk_rope_head_dim": 4, "qk_nope_head_dim": 4, "v_head_dim": 8,
@@ -68,9 +70,12 @@ def _set(config: Any, name: str, value: Any) -> None:
 
 def _shrink(config: Any) -> Any:
     values = config.to_dict()
+    routed = any(isinstance(values.get(name), int) for name in ("num_experts", "num_local_experts", "n_routed_experts"))
     for name, value in SIZES.items():
         if name in values and isinstance(values[name], int) and not isinstance(values[name], bool):
             _set(config, name, value)
+        elif name == "num_experts_per_tok" and routed and name in values and values[name] is None:
+            _set(config, name, value)  # DeepSeek-V2 leaves it unset (None) by default: its router needs a number
     for name, value in values.items():  # no dropout: tests compare forwards exactly, in train mode too
         if isinstance(value, float) and ("dropout" in name or "pdrop" in name):
             _set(config, name, 0.0)
@@ -85,11 +90,28 @@ def _shrink(config: Any) -> Any:
             _set(config, name, [v if v < VOCAB else 1 for v in value])
     if "kv_lora_rank" in values and "num_key_value_heads" in values:  # latent attention: one KV head per query head
         _set(config, "num_key_value_heads", SIZES["num_attention_heads"])
+    if "qk_rope_head_dim" in values:  # latent attention derives these at init: the rotary part and the query's width
+        if "head_dim" in values:
+            _set(config, "head_dim", SIZES["qk_rope_head_dim"])
+        if "qk_head_dim" in values:
+            _set(config, "qk_head_dim", SIZES["qk_rope_head_dim"] + SIZES["qk_nope_head_dim"])
+    if isinstance(values.get("attention_types"), list) and isinstance(values.get("attention_layers"), list):
+        kinds = list(dict.fromkeys(values["attention_layers"]))  # GPT-Neo: [[kinds, repeats]] must add up to layers
+        _set(config, "attention_types", [[kinds, 1]])
+        _set(config, "attention_layers", kinds)
+        _set(config, "num_layers", len(kinds))
     layer_types = getattr(config, "layer_types", None)
     if isinstance(layer_types, list) and layer_types:
         kinds = list(dict.fromkeys(layer_types))  # keep one layer of each kind the model mixes, at least two layers
         _set(config, "layer_types", (kinds * 2)[: max(2, len(kinds))])
         _set(config, "num_hidden_layers", len(getattr(config, "layer_types")))
+        overrides = values.get("per_layer_config")
+        if isinstance(overrides, dict) and overrides:  # Gemma 4: wider heads on its full-attention layers
+            kind_of = {layer_types[int(k)]: v for k, v in overrides.items() if int(k) < len(layer_types)}
+            _set(config, "per_layer_config", {
+                f"{i:02d}": {name: 2 * SIZES[name] if name in SIZES and isinstance(v, int) else v
+                             for name, v in kind_of[kind].items()}
+                for i, kind in enumerate(getattr(config, "layer_types")) if kind in kind_of})
     if isinstance(getattr(config, "full_attn_idxs", None), list):  # LFM2: a convolution layer, then attention
         _set(config, "full_attn_idxs", [1])
         _set(config, "layer_types", ["conv", "full_attention"])
@@ -108,7 +130,11 @@ def _shrink(config: Any) -> Any:
 def tiny_config(model_type: str) -> Any:
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    return _shrink(CONFIG_MAPPING[model_type]())
+    config = CONFIG_MAPPING[model_type]()
+    for name in getattr(config, "sub_configs", None) or {}:  # a multimodal wrapper: its text, vision and audio parts
+        if getattr(config, name, None) is not None:
+            _shrink(getattr(config, name))
+    return _shrink(config)
 
 
 def build(model_type: str, *, aux_loss: bool = True, seed: int = 0) -> Built:
@@ -132,6 +158,13 @@ def build(model_type: str, *, aux_loss: bool = True, seed: int = 0) -> Built:
                 return Built(model_type, skipped=f"the generic shrink leaves {size / 1e6:.0f}M parameters "
                                                  "(a sub-config it does not reach: vision, audio or a fixed size)")
             type(config).from_dict(config.to_dict())  # a saved folder must load again (tuneful model check)
+            if type(meta.config) is not type(config):  # a wrapper whose causal LM keeps only a part of its config
+                try:
+                    with torch.device("meta"):
+                        AutoModelForCausalLM.from_config(type(meta.config).from_dict(meta.config.to_dict()))
+                except ValueError:
+                    return Built(model_type, skipped=f"its causal LM saves a {type(meta.config).__name__}, which "
+                                                     "AutoModelForCausalLM does not load back (tuneful model check)")
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
             ids = torch.randint(3, VOCAB, (1, 12))
