@@ -151,7 +151,9 @@ def test_loss_on_a_fixed_batch_equals_trl(loss_type: str, beta: float, temperatu
 
 
 def test_training_raises_the_reward_and_saves_a_chat_model(workdir: Path):
-    result = run_grpo(config(workdir, "learn", "train.max_steps=25", "data.eval_fraction=0.2"))
+    # the engine samples from the whole distribution (no top-k), so a random model's end of turn is rarer to draw
+    # than under transformers' default top-k 50, and learning to stop takes more steps
+    result = run_grpo(config(workdir, "learn", "train.max_steps=40", "train.lr=1e-2", "data.eval_fraction=0.2"))
     rows = [r for r in result.history if "reward_mean" in r]
     first, last = sum(r["reward_mean"] for r in rows[:5]) / 5, sum(r["reward_mean"] for r in rows[-5:]) / 5
     assert last > first + 0.15, (first, last)
@@ -228,18 +230,23 @@ def test_online_dpo_pairs_and_a_run_that_raises_the_reward(workdir: Path):
 
     assert best_and_worst([0.1, 0.9, 0.5, 0.5, 1.0, 0.0, 0.3, 1.0], 2) == [(1, 0), (4, 5), (7, 6)]
     assert best_and_worst([0.2, 0.7, 0.7, 0.1], 4) == [(1, 3)]
-    cfg = build(OnlineDPOConfig, None, [
-        f"model.name_or_path={workdir / 'model'}", f"data.train={workdir / 'prompts.jsonl'}", "data.template=chatml",
-        "data.allow_template_change=true", f"train.output_dir={workdir / 'online'}", "train.progress=false",
-        f"online_dpo.rewards=python:{workdir / 'rewards.py'}:short", "online_dpo.group_size=4",
-        "online_dpo.max_new_tokens=12", "train.micro_batch_size=2", "train.lr=2e-3", "train.max_steps=25",
-        "train.resume=false", "lora.enabled=true", "lora.r=8", "train.lr=1e-2"])
-    result = run_online_dpo(cfg)
+    common = [f"model.name_or_path={workdir / 'model'}", f"data.train={workdir / 'prompts.jsonl'}",
+              "data.template=chatml", "data.allow_template_change=true", "train.progress=false",
+              f"online_dpo.rewards=python:{workdir / 'rewards.py'}:short", "online_dpo.group_size=4",
+              "online_dpo.max_new_tokens=12", "train.micro_batch_size=2", "train.resume=false", "train.lr=1e-2"]
+    # full fine-tuning against a frozen copy: with the whole distribution sampled (no top-k), a random model's end
+    # of turn is rare to draw, and LoRA r 8 does not learn to stop within a test's budget
+    result = run_online_dpo(build(OnlineDPOConfig, None, common + [f"train.output_dir={workdir / 'online'}",
+                                                                   "train.max_steps=40"]))
     rows = [r for r in result.history if "reward_mean" in r]
-    assert abs(rows[0]["loss"] - 0.6931) < 1e-3  # step 1: the policy is its reference (adapters off)
+    assert abs(rows[0]["loss"] - 0.6931) < 1e-3  # step 1: the policy is its reference
     first, last = sum(r["reward_mean"] for r in rows[:5]) / 5, sum(r["reward_mean"] for r in rows[-5:]) / 5
     assert last > first + 0.15, (first, last)
-    assert json.loads((result.model_dir / "tuneful.json").read_text())["reference"] == "adapters-off"
+    assert json.loads((result.model_dir / "tuneful.json").read_text())["reference"] == "frozen"
+    lora = run_online_dpo(build(OnlineDPOConfig, None, common + [
+        f"train.output_dir={workdir / 'online-lora'}", "train.max_steps=2", "lora.enabled=true", "lora.r=8"]))
+    assert abs([r for r in lora.history if "loss" in r][0]["loss"] - 0.6931) < 1e-3  # adapters off: the reference
+    assert json.loads((lora.model_dir / "tuneful.json").read_text())["reference"] == "adapters-off"
 
 
 def test_reward_sources_judge_and_rm_and_their_weighted_sum(workdir: Path, tmp_path: Path, monkeypatch):

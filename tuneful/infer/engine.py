@@ -12,10 +12,16 @@ makes 16 concurrent clients cheaper than 16 sequential generations.
 Rows are merged and dropped in transformers' ``DynamicCache`` (full-attention layers); for a model
 whose cache has other layer kinds (sliding-window, static) the worker falls back to static batches:
 one ``generate`` call per batch, rows ending at their own stop token.
+
+Boundary: the engine knows token ids, a model and its stop ids (:class:`Decoding`; a ``ChatModel`` is
+one), never text or HTTP. It runs either as a worker thread fed by ``submit`` (the server, the REPL,
+the UI) or in the calling thread over a list of requests, ``run`` (``infer.generate``: evaluation,
+RL rollouts, Self-Instruct's local teacher, the demo) — one decoding path for all of them.
 """
 
 from __future__ import annotations
 
+import inspect
 import queue
 import threading
 import time
@@ -29,9 +35,7 @@ from transformers.generation.logits_process import LogitsProcessorList
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from .chat_model import ChatModel
 from .constrain import ConstrainedRows, RowConstraint
-from .generate import left_padded
 
 
 class QueueFull(RuntimeError):
@@ -45,6 +49,31 @@ class EngineStopped(RuntimeError):
 # Below this temperature sampling is all but greedy, and dividing logits by less overflows (inf, then NaN):
 # a request may ask for 1e-300, and the rows sharing its batch must not notice.
 MIN_TEMPERATURE = 1e-3
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """What the engine needs of a model (``infer.chat_model.ChatModel`` has the same attributes)."""
+
+    model: Any
+    stop_ids: list[int]
+    pad_id: int  # masked out by attention: any id works
+
+    @property
+    def device(self) -> Any:
+        return next(self.model.parameters()).device
+
+
+def left_padded(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) with left padding: every prompt ends where generation starts."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
+    return ids, mask
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -60,24 +89,29 @@ class GenerationRequest:
     seed: int | None = None
     stream: bool = True  # False: tokens are collected and handed over once, at the end (fewer thread wake-ups)
     constraint: Any = None  # an llguidance matcher the reply must follow (tool_choice required / named), see constrain.py
-    events: "queue.Queue[tuple[str, Any]]" = field(default_factory=queue.Queue)
+    # where the worker puts the request's events (anything with ``put``: the server's queue awaits on its loop)
+    events: Any = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def tokens(self) -> Iterator[int]:
         """Yields new token ids until the request ends; then ``finish_reason`` is set."""
-        while True:
-            kind, value = self.events.get()
-            if kind == "token":
-                yield value
-            elif kind == "tokens":
-                yield from value
-            elif kind == "done":
-                self.finish_reason = value
-                return
-            else:
-                raise RuntimeError(value)
+        while (ids := self.unpack(*self.events.get())) is not None:
+            yield from ids
+
+    def unpack(self, kind: str, value: Any) -> list[int] | None:
+        """The token ids one event carries; None for the event that ends the request (``finish_reason`` is then
+        set). The worker's error for this request is raised here, as a RuntimeError."""
+        if kind == "token":
+            return [value]
+        if kind == "tokens":
+            return value
+        if kind == "done":
+            self.finish_reason = value
+            return None
+        raise RuntimeError(value)
 
     finish_reason: str | None = None  # "stop" (end of turn), "length" or "cancelled"
+    stop_token: int | None = None  # the stop id that ended it (finish_reason "stop"); never emitted as a token
     collected: list[int] = field(default_factory=list)  # tokens not yet handed over (stream=False)
 
     def emit(self, token: int) -> None:
@@ -131,6 +165,7 @@ class _Row:
         """Hand ``token`` to the request, or end it (stop token, length limit, client gone)."""
         request = self.request
         if token in stop_ids:
+            request.stop_token = token
             return self._end("stop")
         if self.constraint is not None:
             self.constraint.advance(token)
@@ -144,6 +179,14 @@ class _Row:
     def _end(self, reason: str) -> None:
         self.done = True
         self.request.finish(reason)
+
+
+def _takes_logits_to_keep(model: Any) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model passes it on
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -170,7 +213,8 @@ def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
 
 
 class GenerationEngine:
-    def __init__(self, chat: ChatModel, *, max_batch: int = 16, max_queue: int = 64, batch_wait_s: float = 0.01):
+    def __init__(self, chat: Any, *, max_batch: int = 16, max_queue: int = 64, batch_wait_s: float = 0.01):
+        """``chat``: a :class:`Decoding` or a ``ChatModel`` (its ``model``, ``stop_ids``, ``pad_id``, ``device``)."""
         self.chat = chat
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -188,16 +232,34 @@ class GenerationEngine:
         # inference never needs router logits; a model saved with output_router_logits=true would compute its
         # load-balancing loss from a mask that does not match one decoded token
         self._extra = {"output_router_logits": False} if hasattr(chat.model.config, "output_router_logits") else {}
+        # a prefill needs the last position's logits only: a long prompt's full logits (x a 150k vocabulary) is GBs
+        self._last_only = {"logits_to_keep": 1} if _takes_logits_to_keep(chat.model) else {}
         self._rows: list[_Row] = []
         self._cache: Any = None
         self._mask: torch.Tensor | None = None  # (rows, cached length): 1 where a row has a token
         self._next: torch.Tensor | None = None  # (rows,): each row's last chosen token, not yet in the cache
+        self._probed = False
 
     def start(self) -> "GenerationEngine":
-        if self.continuous:
-            self.continuous = self._rows_can_merge()
+        self._probe()
         self._thread.start()
         return self
+
+    def run(self, requests: list[GenerationRequest], on_finished: Any = None) -> None:
+        """Decode ``requests`` in the calling thread (no worker, no queue limit) until every one has ended; they
+        join the running batch in the order given, as rows free up. ``on_finished(n)``: called after each step
+        with how many requests have ended so far (a progress bar). A failed step raises here."""
+        self._probe()
+        self._waiting.extend(requests)
+        while self._waiting or self._rows:
+            self._cycle(self._take_waiting(self.max_batch - len(self._rows), block=False) or [])
+            if on_finished is not None:
+                on_finished(len(requests) - len(self._waiting) - len(self._rows))
+
+    def _probe(self) -> None:
+        if not self._probed:
+            self._probed = True
+            self.continuous = self.continuous and self._rows_can_merge()
 
     @torch.no_grad()
     def _rows_can_merge(self) -> bool:
@@ -274,18 +336,8 @@ class GenerationEngine:
                 if not self._rows:
                     break
                 new = []
-            for request in [r for r in new if r.cancelled.is_set()]:
-                request.finish("cancelled")
-            new = [r for r in new if not r.cancelled.is_set()]
             try:
-                if not self.continuous:
-                    if new:
-                        self._static_batch(new)
-                    continue
-                if new:
-                    self._join(new)
-                if self._rows:
-                    self._step()
+                self._cycle(new)
             except Exception as exc:  # a failed step must not kill the server; its clients get the error
                 for row in self._rows:
                     if not row.done:
@@ -294,6 +346,20 @@ class GenerationEngine:
                     if not any(row.request is request for row in self._rows):
                         request.events.put(("error", f"generation failed: {exc}"))
                 self._rows, self._cache, self._mask, self._next = [], None, None, None
+
+    def _cycle(self, new: list[GenerationRequest]) -> None:
+        """``new`` requests join, then one token for every running row (or one static batch)."""
+        for request in [r for r in new if r.cancelled.is_set()]:
+            request.finish("cancelled")
+        new = [r for r in new if not r.cancelled.is_set()]
+        if not self.continuous:
+            if new:
+                self._static_batch(new)
+            return
+        if new:
+            self._join(new)
+        if self._rows:
+            self._step()
 
     @torch.no_grad()
     def _join(self, requests: list[GenerationRequest]) -> None:
@@ -314,7 +380,7 @@ class GenerationEngine:
             return
         try:
             logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), past_key_values=cache,
-                           use_cache=True, **self._extra).logits[:, -1, :]
+                           use_cache=True, **self._extra, **self._last_only).logits[:, -1, :]
         except Exception:  # a model that keeps a cache of its own (MiniMax, RWKV, ...): its own generate, always
             self.continuous = False
             self._static_batch(requests)

@@ -1,9 +1,14 @@
-"""Batched local generation with the KV cache (transformers ``generate``), greedy by default.
+"""Batched local generation over a list of prompts, greedy by default: the serving engine, run in the caller's thread.
 
 Prompts are rendered with the model's chat template by the caller; here they are token ids (for an
-encoder-decoder model, the encoder's input).
-Batches are formed from prompts of similar length (left padding), and each answer is cut at the
-first stop token. ``stopped`` tells whether the model ended its turn before the length limit.
+encoder-decoder model, the encoder's input). They go through :class:`tuneful.infer.engine.GenerationEngine`
+— the same continuous batching, KV cache handling and per-row sampling ``tuneful serve`` uses — in order of
+length (neighbours in a batch need little padding), at most ``batch_size`` decoded together; a row that ends
+leaves the batch and the next prompt takes its place. Each answer is cut at the first stop token; ``stopped``
+tells whether the model ended its turn before the length limit.
+
+Sampling draws from the whole distribution at ``temperature`` (no top-k), each prompt with its own generator
+seeded from ``seed`` and its position, so a prompt's sample does not depend on which prompts share its batch.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ from typing import Any, Sequence
 import torch
 
 from ..tokenization.masking import pad_id
+from .engine import Decoding, GenerationEngine, GenerationRequest, Sampling, left_padded
+
+__all__ = ["Generation", "generate", "left_padded"]
 
 
 @dataclass(frozen=True)
@@ -24,46 +32,35 @@ class Generation:
     stop_token: int | None = None  # which stop token ended it
 
 
-def left_padded(prompts: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) with left padding: every prompt ends where generation starts."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        mask[row, width - len(prompt) :] = 1
-    return ids, mask
+def row_seed(seed: int, index: int) -> int:
+    """The sampling seed of the ``index``-th prompt of a call seeded ``seed``."""
+    return (seed * 1_000_003 + index) % 2**63
 
 
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, stop_ids: Sequence[int],
              max_new_tokens: int = 64, batch_size: int = 16, do_sample: bool = False,
              temperature: float = 1.0, seed: int = 0, progress: str | None = None) -> list[Generation]:
-    """``progress``: a label for a progress bar over batches (none when None)."""
+    """``progress``: a label for a progress bar over prompts (none when None). Leaves ``model`` in eval mode."""
     model.eval()
-    pad = pad_id(tokenizer, stop_ids)
+    stops = list(stop_ids)
+    engine = GenerationEngine(Decoding(model, stops, pad_id(tokenizer, stops)), max_batch=batch_size)
+    sampling = Sampling(temperature, 1.0) if do_sample else Sampling()
+    requests = [GenerationRequest(list(p), max_new_tokens, sampling, row_seed(seed, i) if do_sample else None,
+                                  stream=False) for i, p in enumerate(prompts)]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    results: list[Generation | None] = [None] * len(prompts)
-    torch.manual_seed(seed)
-    device = next(model.parameters()).device
-    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
-    starts = range(0, len(order), batch_size)
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc=progress, unit="batch", leave=False)
-    for start in starts:
-        chunk = order[start : start + batch_size]
-        ids, mask = left_padded([prompts[i] for i in chunk], pad)
-        width = ids.shape[1]
-        sampling = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                             eos_token_id=list(stop_ids), pad_token_id=pad, **sampling)
-        for row, i in enumerate(chunk):
-            # a causal LM's output continues its prompt; an encoder-decoder's starts at the decoder's start token
-            new = out[row, 1:].tolist() if encoder_decoder else out[row, width:].tolist()
-            cut = next((k for k, t in enumerate(new) if t in stop_ids), None)
-            kept = new if cut is None else new[:cut]
-            stop = new[cut] if cut is not None else None
-            results[i] = Generation(tokenizer.decode(kept, skip_special_tokens=True), kept, cut is not None, stop)
-    return results  # type: ignore[return-value]
+        bar = tqdm(total=len(prompts), desc=progress, unit="prompt", leave=False)
+    engine.run([requests[i] for i in order], on_finished=None if bar is None else lambda n: bar.update(n - bar.n))
+    if bar is not None:
+        bar.close()
+    results = []
+    for request in requests:
+        ids = list(request.tokens())
+        stopped = request.finish_reason == "stop"
+        results.append(Generation(tokenizer.decode(ids, skip_special_tokens=True), ids, stopped,
+                                  request.stop_token if stopped else None))
+    return results
