@@ -66,6 +66,15 @@ def sandbox_chat():
     return load_chat_model("sandbox", device="cpu")
 
 
+@pytest.fixture(scope="session")
+def agent_model(tmp_path_factory) -> Path:
+    """A tiny Llama overfitted on tests/test_serve_tools.py's agent traces (chatml, Hermes-style calls of
+    ``get_weather``): it calls the tool, reads the result and answers."""
+    from test_serve_tools import train_agent_model
+
+    return train_agent_model(tmp_path_factory.mktemp("agent"))
+
+
 @pytest.fixture(scope="module")
 def word_tok():
     """Word-level tokenizer: one token per space-separated word, so masks can be written by hand (one per module:

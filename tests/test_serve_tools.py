@@ -57,16 +57,15 @@ TRACES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def agent_model(tmp_path_factory) -> Path:
-    """SFT of a tiny random Llama on the traces until it reproduces them (~15 s on 2 cores)."""
+def train_agent_model(root: Path) -> Path:
+    """SFT of a tiny random Llama on the traces until it reproduces them (~15 s on 2 cores; the session's
+    ``agent_model`` fixture, tests/conftest.py)."""
     from tuneful.config import build
     from tuneful.samples import train_tokenizer
     from tuneful.sft.config import SFTConfig
     from tuneful.sft.trainer import run_sft
     from tuneful.templates.registry import builtin
 
-    root = tmp_path_factory.mktemp("agent")
     (root / "train.jsonl").write_text("".join(json.dumps(t) + "\n" for t in TRACES * 16))
     tok = train_tokenizer([json.dumps(t) for t in TRACES] * 4 + ["<tool_call>", "</tool_call>"], vocab_size=400)
     tok.chat_template = builtin("chatml").source
@@ -296,7 +295,8 @@ def test_eval_scores_tool_use_base_vs_tuned(agent_model: Path, tmp_path: Path):
 
 def test_chat_runs_the_tools_of_a_file_and_shows_the_calls(agent_model: Path, tmp_path: Path):
     from tuneful.infer.chat_model import load_chat_model
-    from tuneful.infer.chat_repl import ChatSession, load_tools, run_chat
+    from tuneful.infer.chat_repl import ChatSession, run_chat
+    from tuneful.infer.tools import load_tools
 
     tools_file = tmp_path / "weather.py"
     tools_file.write_text("import json\n\nASKED = []\n\n" + WEATHER_TOOL_SOURCE + "\n\ndef _helper():\n    return None\n")
@@ -319,7 +319,7 @@ def test_chat_runs_the_tools_of_a_file_and_shows_the_calls(agent_model: Path, tm
 
 
 def test_chat_refuses_a_tools_file_it_cannot_describe(tmp_path: Path):
-    from tuneful.infer.chat_repl import load_tools
+    from tuneful.infer.tools import load_tools
 
     bad = tmp_path / "bad.py"
     bad.write_text("def f(x):\n    return x\n")

@@ -71,6 +71,21 @@ def test_the_train_form_holds_every_path_setting_to_the_root(tmp_path: Path):
     assert set(problems) == {"data.template", "data.tokenizer", "data.cache_dir", "dpo.reference_model"}
 
 
+def test_the_train_form_holds_the_python_files_a_run_executes_to_the_root(tmp_path: Path):
+    """GRPO's tools file and a reward function given as FILE.py:FUNCTION are code the run executes."""
+    from tuneful.ui.train_page import path_problems
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "tools.py").write_text("def f(x: int):\n    return x\n")
+    cfg = build(TRAINERS["grpo"].settings_class(), None, [
+        "model.name_or_path=m", "data.train=t.jsonl", f"grpo.tools={outside / 'tools.py'}",
+        f"grpo.rewards=python:{outside / 'rewards.py'}:score,python:tuneful.sandbox.agent:agent_reward"])
+    (tmp_path / "root").mkdir()
+    problems = path_problems(RootFolder(tmp_path / "root"), cfg)
+    assert set(problems) == {"grpo.tools", "grpo.rewards"}
+
+
 def test_root_folder_sources(tmp_path: Path):
     (tmp_path / "data.jsonl").write_text("{}\n")
     root = RootFolder(tmp_path)

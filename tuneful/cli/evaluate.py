@@ -43,10 +43,15 @@ def evaluate(
     lm_eval_chat_template: bool = typer.Option(True, "--lm-eval-chat-template/--lm-eval-raw",
                                                help="lm-eval prompts through the model's chat template (default), "
                                                     "or raw text (for base models)."),
+    tools: Optional[Path] = typer.Option(None, "--tools", help="A Python file whose public functions (type hints, "
+                                         "docstring with Args:) are the tools: every prompt becomes an episode whose "
+                                         "calls are run until the model answers (task success needs an 'answer' field)."),
+    max_turns: int = typer.Option(5, "--max-turns", min=1, help="Model turns in an episode (with --tools)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
-    """Evaluate models on the same prompts: IFEval checks, sandbox accuracy, held-out loss, stop rate, judge."""
+    """Evaluate models on the same prompts: IFEval checks, sandbox accuracy, held-out loss, stop rate, judge, and
+    with --tools end-to-end tool-use episodes."""
     from ..infer.judge import JudgeSettings
     from ..eval.prompts import PromptFileError
     from ..eval.runner import EvalSettings, run_eval
@@ -60,7 +65,8 @@ def evaluate(
                                 trust_remote_code=trust_remote_code, device=device,
                                 names=_split(names) if names else [], lm_eval_tasks=_split(lm_eval or ""),
                                 lm_eval_include=str(lm_eval_include) if lm_eval_include else None,
-                                lm_eval_chat_template=lm_eval_chat_template, tasks=SandboxTasks())
+                                lm_eval_chat_template=lm_eval_chat_template, tasks=SandboxTasks(), tools=tools,
+                                max_turns=max_turns)
         report = run_eval(settings)
     except (PromptFileError, ValueError, OSError, RuntimeError) as exc:  # a judge failure too (JudgeError)
         fail(str(exc))
@@ -81,6 +87,9 @@ def _headline(metrics: dict) -> dict:
         out["judge_win_rate"] = metrics["judge_win_rate"]
     if "lm_eval" in metrics:
         out["lm_eval"] = metrics["lm_eval"]
+    if "episodes" in metrics:
+        out["task_success"] = metrics["episodes"]["task_success"]
+        out["valid_call_rate"] = metrics["episodes"]["valid_call_rate"]
     return out
 
 

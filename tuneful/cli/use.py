@@ -48,7 +48,8 @@ def chat(
     yes: bool = typer.Option(False, "--yes", help="Run tool calls without asking first."),
 ) -> None:
     """Multi-turn chat in the terminal with the model's own template; /help lists commands."""
-    from ..infer.chat_repl import HELP, ChatSession, ask, load_tools, run_chat
+    from ..infer.chat_repl import HELP, ChatSession, ask, run_chat
+    from ..infer.tools import load_tools
 
     try:
         functions = load_tools(tools) if tools else {}

@@ -8,6 +8,8 @@ and optionally:
 - ``reference``: a reference reply: scored by held-out loss (NLL per reference token);
 - ``tools`` + ``expected_calls`` (``[{"name", "arguments"}]``; ``[]``: no call is expected): scored by
   tool-use accuracy; ``messages`` may then hold earlier calls and results (read by the data layer);
+- ``answer``: a word or phrase the final answer must contain: task success of an episode with tools
+  (``tuneful eval --tools FILE.py``: the model's calls are run until it answers);
 - ``id`` or ``key``: a name for the prompt in answers and reports.
 
 A task suite's name as the file name (``sandbox``) gives its held-out prompt set (for the sandbox: phrasings and
@@ -35,6 +37,7 @@ class EvalPrompt:
     reference: str | None = None
     tools: list[dict] | None = None  # offered to the model (the template's ``tools``)
     expected_calls: list[dict] | None = None  # [{"name", "arguments"}]; [] = no call expected
+    answer: str | None = None  # what a final answer must contain (episodes with tools: task success)
 
 
 class PromptFileError(ValueError):
@@ -69,8 +72,11 @@ def _parse(record: object, where: str, index: int) -> EvalPrompt:
     reference = record.get("reference")
     if reference is not None and not isinstance(reference, str):
         raise PromptFileError(f"{where}: 'reference' must be a string")
+    answer = record.get("answer")
+    if answer is not None and not (isinstance(answer, str) and answer.strip()):
+        raise PromptFileError(f"{where}: 'answer' must be a non-empty string (what the final answer must contain)")
     name = record.get("id", record.get("key", index))
-    return EvalPrompt(str(name), messages, ifeval, sandbox, reference)
+    return EvalPrompt(str(name), messages, ifeval, sandbox, reference, answer=answer)
 
 
 def _tool_prompt(record: dict, where: str, index: int) -> EvalPrompt:

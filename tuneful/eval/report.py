@@ -21,6 +21,12 @@ def metric_rows(report: dict) -> dict[str, list[tuple[str, str, bool]]]:
         "Tool use": [("call accuracy (name and arguments)", "tools.call_accuracy", True),
                      ("no-call accuracy (no tool needed)", "tools.no_call_accuracy", True),
                      ("calls that do not parse", "tools.parse_failure_rate", True)],
+        "Episodes with tools (calls run until the answer)": [
+            ("task success (the answer holds the expected word)", "episodes.task_success", True),
+            ("valid calls (parsed, tool answered without error)", "episodes.valid_call_rate", True),
+            ("calls per task", "episodes.calls_per_task", False), ("model turns per task", "episodes.turns_per_task", False),
+            ("answered within the turn cap", "episodes.answered", True),
+            ("solved after a failed call", "episodes.recovered_after_a_failed_call", True)],
         "Held-out loss on reference replies": [("loss (nats/token)", "heldout_loss.loss", False),
                                                ("perplexity", "heldout_loss.perplexity", False)],
         "Judge": [("win rate vs the first model", "judge_win_rate", True)],

@@ -3,8 +3,10 @@
 Every model answers the same prompts (batched generation with the KV cache, each model with its
 own saved template unless told otherwise), then each metric that the prompts support is computed:
 IFEval instruction checks, sandbox task verifiers, held-out loss on reference replies, stop rate,
-and, with a judge, pairwise win rate against the first model. ``ablate_template`` evaluates each
-model a second time with another template, to show what a template mismatch costs.
+and, with a judge, pairwise win rate against the first model. With ``tools`` every prompt is a
+multi-turn episode whose calls are run (end-to-end task success, valid calls, calls per task,
+recovery after a failed call). ``ablate_template`` evaluates each model a second time with another
+template, to show what a template mismatch costs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from typing import Any
 
 from ..data.tool_parsers import PARSERS, ParsedReply
 from ..infer.chat_model import ChatModel, load_chat_model
+from ..infer.episodes import run_episodes
 from ..infer.generate import generate
+from ..infer.tools import Tools, load_tools
 from ..infer.judge import JudgeSettings, OpenAIJudge, pairwise
 from ..models.losses import token_nll_sum
 from ..models.seq2seq import Seq2SeqTokenLoss
@@ -52,6 +56,8 @@ class EvalSettings:
     lm_eval_include: str | None = None  # a folder of lm-eval task YAML files (local tasks)
     lm_eval_chat_template: bool = True  # lm-eval prompts go through the model's chat template
     tasks: TaskSuite | None = None  # verifies prompts with a ``sandbox`` check; its name as --prompts: its held-out set
+    tools: Path | None = None  # a Python file of tools: every prompt is an episode whose calls are run until it answers
+    max_turns: int = 5  # model turns in an episode (with tools)
 
     def __post_init__(self) -> None:
         errors = []
@@ -65,6 +71,10 @@ class EvalSettings:
             errors.append("--max-new-tokens and --batch-size must be at least 1")
         if self.temperature < 0:
             errors.append("--temperature must be >= 0")
+        if self.tools is not None and not Path(self.tools).is_file():
+            errors.append(f"--tools {self.tools}: no such file")
+        if self.max_turns < 1:
+            errors.append("--max-turns must be at least 1")
         if self.judge is not None and len(self.models) < 2:
             errors.append("--judge-model compares models pairwise; name at least two in --models")
         if errors:
@@ -93,6 +103,40 @@ def answer_all(chat: ChatModel, prompts: list[EvalPrompt], settings: EvalSetting
         if p.expected_calls is not None:  # a call marker may be a special token: parse the text with them kept
             row["raw"] = chat.tokenizer.decode(out.token_ids, skip_special_tokens=False)
     return rows
+
+
+def answer_episodes(chat: ChatModel, prompts: list[EvalPrompt], settings: EvalSettings, tools: Tools) -> list[dict]:
+    """Every prompt as an episode (:mod:`tuneful.infer.episodes`): the model's calls are run with ``tools`` (their
+    schemas offered unless the prompt brings its own) until it answers; the answer is the final turn's text."""
+    parser = PARSERS.get(chat.tool_parser or "")
+    if parser is None:
+        raise ValueError(f"--tools: the template {chat.template.origin} prints no tool calls tuneful can parse; "
+                         "evaluate with a tool-capable template (--template chatml, or the model's own)")
+    episodes = run_episodes(chat.model, chat.tokenizer, chat, prompts, range(len(prompts)), tools, parser,
+                            max_turns=settings.max_turns, max_new_tokens=settings.max_new_tokens,
+                            batch_size=settings.batch_size, do_sample=settings.temperature > 0,
+                            temperature=settings.temperature or 1.0, seed=settings.seed)
+    return [{"id": p.id, "answer": e.final, "tokens": sum(len(t.ids) for t in e.turns),
+             "stopped": e.answered and e.turns[-1].stopped, "raw": e.turns[0].text, "turns": len(e.turns),
+             "calls": e.calls, "failed_calls": e.failed_calls, "transcript": e.messages}
+            for p, e in zip(prompts, episodes)]
+
+
+def score_episodes(prompts: list[EvalPrompt], rows: list[dict]) -> dict[str, Any]:
+    """BFCL-style end-to-end numbers: task success (the final answer holds the prompt's ``answer``), valid calls,
+    calls per task, and how often a task whose call failed (it did not parse, or its tool answered an error) was
+    still solved."""
+    judged = [(p, r) for p, r in zip(prompts, rows) if p.answer is not None]
+    for p, r in judged:
+        r["correct"] = p.answer.lower() in r["answer"].lower()
+    calls = sum(r["calls"] for r in rows)
+    failed = [r for _, r in judged if r["failed_calls"]]
+    return {"tasks": len(rows), "task_success": sum(r["correct"] for _, r in judged) / len(judged) if judged else None,
+            "valid_call_rate": 1 - sum(r["failed_calls"] for r in rows) / calls if calls else None,
+            "calls_per_task": calls / len(rows), "turns_per_task": sum(r["turns"] for r in rows) / len(rows),
+            "answered": sum(r["stopped"] for r in rows) / len(rows),
+            "tasks_with_a_failed_call": len(failed),
+            "recovered_after_a_failed_call": sum(r["correct"] for r in failed) / len(failed) if failed else None}
 
 
 def heldout_loss(chat: ChatModel, prompts: list[EvalPrompt], batch_size: int) -> dict | None:
@@ -234,14 +278,19 @@ def _runs(settings: EvalSettings) -> list[tuple[str, str, str | None]]:
 def run_eval(settings: EvalSettings) -> dict[str, Any]:
     started = time.perf_counter()
     prompts = load_prompts(settings.prompts, limit=settings.limit, seed=settings.seed, tasks=settings.tasks)
+    tools = load_tools(settings.tools) if settings.tools is not None else None
     models: dict[str, Any] = {}
     answers: dict[str, list[dict]] = {}
     for name, spec, template in _runs(settings):
         t0 = time.perf_counter()
         chat = load_chat_model(spec, template=template, trust_remote_code=settings.trust_remote_code,
                                device=settings.device)
-        rows = answer_all(chat, prompts, settings, name)
-        metrics = score(chat, prompts, rows, settings.tasks)
+        if tools:
+            rows = answer_episodes(chat, prompts, settings, tools)
+            metrics = score(chat, prompts, rows, settings.tasks) | {"episodes": score_episodes(prompts, rows)}
+        else:
+            rows = answer_all(chat, prompts, settings, name)
+            metrics = score(chat, prompts, rows, settings.tasks)
         loss = heldout_loss(chat, prompts, settings.batch_size)
         if loss is not None:
             metrics["heldout_loss"] = loss

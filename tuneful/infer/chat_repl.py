@@ -10,8 +10,6 @@ from their signatures and docstrings); a call the model makes is shown, run afte
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,40 +17,10 @@ from typing import Any, Callable, Iterable
 
 from .chat_model import ChatModel
 from .engine import GenerationEngine, GenerationRequest, Sampling, TextDeltas
+from .tools import call_tool, tool_schemas
 from ..data.tool_parsers import PARSERS, ReplyStream
 
 MAX_TOOL_ROUNDS = 8  # calls and results handed back before the model must answer
-
-
-def load_tools(path: Path) -> dict[str, Callable[..., Any]]:
-    """The public plain functions defined in a Python file (not those it imports), by name.
-
-    Running the file is running your code: only pass files you wrote or trust.
-    """
-    from transformers.utils import get_json_schema
-
-    spec = importlib.util.spec_from_file_location(f"tuneful_tools_{Path(path).stem}", path)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"--tools {path}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    functions = {name: fn for name, fn in inspect.getmembers(module, inspect.isfunction)
-                 if not name.startswith("_") and fn.__module__ == module.__name__}
-    if not functions:
-        raise ValueError(f"--tools {path}: defines no public function")
-    for name, fn in functions.items():
-        try:
-            get_json_schema(fn)
-        except Exception as exc:  # transformers says what is missing (docstring, Args section, type hints)
-            raise ValueError(f"--tools {path}: {name} cannot be described to the model: {exc}. Fix: type hints on "
-                             "every argument and a docstring with an Args: section") from None
-    return functions
-
-
-def tool_schemas(tools: dict[str, Callable[..., Any]]) -> list[dict]:
-    from transformers.utils import get_json_schema
-
-    return [get_json_schema(fn) for fn in tools.values()]
 
 
 def ask(question: str) -> bool:
@@ -148,11 +116,7 @@ class ChatSession:
         elif not self.confirm(f"\nrun {name}({json.dumps(arguments)})? [y/N] "):
             result = "error: the user declined to run this tool"
         else:
-            try:
-                value = fn(**arguments)
-                result = value if isinstance(value, str) else json.dumps(value)
-            except Exception as exc:  # the tool's failure is the model's to read, not the chat's to crash on
-                result = f"error: {type(exc).__name__}: {exc}"
+            result = call_tool(self.tools, name, arguments)
         write(f"\n[{name} returned {result}]")
         return {"role": "tool", "tool_call_id": call["id"], "name": name, "content": result}
 

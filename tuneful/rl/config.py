@@ -8,6 +8,7 @@ micro_batch_size x grad_accum x processes prompts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 from ..config import setting
@@ -65,6 +66,11 @@ class GRPOSettings:
     layout: str = setting("auto", "How a group meets the model in training: shared-prompt (one row, the prompt "
                                   "encoded once), rows (a row per completion), auto (shared-prompt unless "
                                   "flash-attention, which takes no block mask).")
+    tools: str = setting("", "A Python file whose public functions are tools (the chat --tools convention): each "
+                             "sample is then a multi-turn episode — the calls the policy makes are run and their "
+                             "results handed back until it answers — rewarded on its final answer.")
+    max_turns: int = setting(4, "Policy turns in an episode (with tools); a turn that still calls a tool at the cap "
+                                "ends the episode unanswered.")
 
     def check(self) -> list[str]:
         problems = []
@@ -88,6 +94,10 @@ class GRPOSettings:
             problems.append(f"beta: {self.beta} must be >= 0")
         if self.layout not in LAYOUTS:
             problems.append(f"layout: {self.layout!r} is not one of {', '.join(LAYOUTS)}")
+        if self.max_turns < 1:
+            problems.append(f"max_turns: {self.max_turns} must be >= 1")
+        if self.tools and not Path(self.tools).is_file():
+            problems.append(f"tools: {self.tools} is not a file; give a Python file defining the tools")
         if self.reference not in GRPO_REFERENCES:
             problems.append(f"reference: {self.reference!r} is not one of {', '.join(GRPO_REFERENCES)}")
         return problems

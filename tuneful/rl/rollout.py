@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..infer.episodes import run_episodes
 from ..infer.generate import generate
 from ..models.loading import DecoderWithHead
 from ..models.losses import token_logps
@@ -28,6 +29,7 @@ class Completion:
     stopped: bool
     reward: float
     advantage: float
+    turn: int = 0  # its place in a multi-turn episode (0: the first policy turn, or a single-turn completion)
 
 
 @dataclass
@@ -36,6 +38,8 @@ class RolloutBatch:
 
     completions: list[Completion]
     old_logps: torch.Tensor | None = None
+    groups: int = 0  # prompts sampled for it
+    groups_with_signal: int = 0  # of them, those whose rewards were not all equal (the others teach nothing)
 
     @property
     def tokens(self) -> int:
@@ -73,7 +77,7 @@ def completion_inputs(completions: Sequence[Completion], pad_id: int, *, shared_
     """
     rows: list[tuple[list[int], list[int]]] = []  # (prompt ids, completion indices)
     for index, c in enumerate(completions):
-        if shared_prompt and rows and completions[rows[-1][1][-1]].prompt == c.prompt:
+        if shared_prompt and rows and rows[-1][0] == c.prompt_ids:  # a group's completions (or turns) of one context
             rows[-1][1].append(index)
         else:
             rows.append((c.prompt_ids, [index]))
@@ -156,5 +160,41 @@ def sample_groups(policy: Any, tokenizer: Any, prompt_groups: Sequence[Sequence[
     for group in prompt_groups:
         size = len(group) * settings.group_size
         out.append(completions[start : start + size])
+        start += size
+    return out
+
+
+def with_signal(rewards: Sequence[float], group_size: int) -> int:
+    """How many groups (contiguous runs of ``group_size``) hold rewards that are not all equal."""
+    return sum(len(set(rewards[k : k + group_size])) > 1 for k in range(0, len(rewards), group_size))
+
+
+def sample_episode_groups(policy: Any, tokenizer: Any, renderer: Any, prompt_groups: Sequence[Sequence[int]],
+                          records: Sequence[Any], reward: Callable[..., list[float]], tools: Any, parser: Any,
+                          settings: SamplingSettings, max_turns: int, seed: int) -> list[RolloutBatch]:
+    """``sample_groups`` for multi-turn episodes (:mod:`tuneful.infer.episodes`): ``group_size`` episodes per prompt,
+    each rewarded as a whole — ``reward(prompt=the conversation before the final answer, completion=the final
+    answer, record=...)`` — and every policy turn of an episode a completion carrying the episode's reward and
+    advantage, trained in the context it was sampled in (its ``prompt_ids``; tool results lie there, masked)."""
+    flat = [i for group in prompt_groups for i in group]
+    repeated = [i for i in flat for _ in range(settings.group_size)]
+    episodes = run_episodes(policy, tokenizer, renderer, records, repeated, tools, parser, max_turns=max_turns,
+                            max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
+                            temperature=settings.temperature, seed=seed)
+    rewards = reward([e.transcript() for e in episodes], [e.final for e in episodes],
+                     [records[e.record].fields for e in episodes])
+    advantages = group_advantages(torch.tensor(rewards, dtype=torch.float32), settings.group_size,
+                                  scale=settings.scale_rewards).tolist()
+    out, start = [], 0
+    for group in prompt_groups:
+        size = len(group) * settings.group_size
+        members = range(start, start + size)
+        # first turns together (a group's first turns share their context), then the later turns
+        order = sorted(((t, k) for k in members for t in range(len(episodes[k].turns))))
+        completions = [Completion(episodes[k].record, turn.context, turn.ids, turn.text, turn.stopped, rewards[k],
+                                  advantages[k], t)
+                       for t, k in order for turn in [episodes[k].turns[t]]]
+        out.append(RolloutBatch(completions, groups=len(group),
+                                groups_with_signal=with_signal(rewards[start : start + size], settings.group_size)))
         start += size
     return out

@@ -5,20 +5,28 @@ group of completions (batched generation with the KV cache, the template's stop 
 tokens), the reward sources score them, and advantages are relative within each group. The loss is
 the clipped surrogate (with an optional KL to a reference), aggregated with the normaliser the loss
 type names over the *whole step* on every process — never per micro-batch. With ``iterations`` μ > 1
-a sampled batch serves μ optimizer steps, the sampling policy's log-probs kept for the ratio. The
-loop, checkpoints, resume and output are :mod:`tuneful.train.loop`'s.
+a sampled batch serves μ optimizer steps, the sampling policy's log-probs kept for the ratio. With
+tools (``grpo.tools``) a sample is a multi-turn episode whose calls are run (:mod:`tuneful.infer.episodes`),
+rewarded on its final answer, every policy turn trained in its own context. ``signal_share`` reports
+the share of groups whose rewards differ (an all-equal group has zero advantage: it teaches nothing).
+The loop, checkpoints, resume and output are :mod:`tuneful.train.loop`'s.
 """
 
 from __future__ import annotations
 
 import copy
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from ..config import to_dict
+from ..data.tool_parsers import PARSERS, parser_for_template
+from ..infer.chat_model import prompt_renderer
+from ..infer.episodes import run_episodes
 from ..infer.generate import generate
+from ..infer.tools import Tools, load_tools
 from ..models.head import probe_head
 from ..models.layouts import probe_layouts
 from ..train.loop import RunResult, Trainer, run
@@ -27,7 +35,7 @@ from .losses import clipped_policy_gradient
 from .data import PreparedPrompts, prepare_prompts
 from .rewards import CombinedReward
 from .rollout import (CompletionInputs, CompletionLogps, RolloutBatch, SamplingSettings, completion_inputs,
-                      sample_groups)
+                      sample_episode_groups, sample_groups, with_signal)
 
 
 def aggregate_token_losses(token_losses: torch.Tensor, sequence: torch.Tensor, lengths: torch.Tensor, *, loss: str,
@@ -51,11 +59,14 @@ class GRPOTrainer(Trainer):
 
     name = "grpo"
 
-    def __init__(self, cfg: GRPOConfig, *, model: Any = None, tokenizer: Any = None, reward: Any = None):
+    def __init__(self, cfg: GRPOConfig, *, model: Any = None, tokenizer: Any = None, reward: Any = None,
+                 tools: Tools | None = None):
+        """``tools``: Python functions by name for multi-turn episodes (instead of ``grpo.tools``' file)."""
         super().__init__(cfg, model=model, tokenizer=tokenizer)
         self.settings = self.section()
         self.updates_per_batch = self.settings.iterations
         self._reward_in = reward
+        self._tools_in = tools
         self._rollout: tuple[int, list[RolloutBatch]] | None = None
         self.reference_module: Any = None
         self.reference_kind = self._reference_kind()
@@ -78,6 +89,18 @@ class GRPOTrainer(Trainer):
         self.sampling = SamplingSettings(self.settings.group_size, self.settings.max_new_tokens,
                                          self.settings.temperature, self.settings.generation_batch_size,
                                          self.settings.scale_rewards)
+        self.tools: Tools = dict(self._tools_in or {})
+        if getattr(self.settings, "tools", ""):
+            self.tools.update(load_tools(Path(self.settings.tools)))
+        self.renderer = prompt_renderer(self.tokenizer, self.data.template, "policy")
+        self.parser = None
+        if self.tools:
+            syntax = parser_for_template(self.data.template.source)
+            if syntax is None:
+                raise ValueError(f"{self.name}.tools: the template {self.data.template.origin} prints no tool calls "
+                                 "tuneful can parse, so the policy's calls could not be run. Fix: a tool-capable "
+                                 "template (data.template=chatml, a model's own with tool calls) or no tools")
+            self.parser = PARSERS[syntax]
 
     def before_lora(self, model: Any) -> None:
         if self.reference_kind == "frozen":
@@ -118,10 +141,16 @@ class GRPOTrainer(Trainer):
             prompt_groups = super().micro_batches(step)
             seed = (self.cfg.train.seed * 1_000_003 + cycle) * 101 + self.acc.process_index
             with self.acc.autocast():
-                groups = sample_groups(self._policy(), self.tokenizer, prompt_groups, self.data.train_ids,
-                                       self.data.train, self.reward, self.data.stop_ids, self.sampling, seed)
+                if self.tools:
+                    batches = sample_episode_groups(self._policy(), self.tokenizer, self.renderer, prompt_groups,
+                                                    self.data.train, self.reward, self.tools, self.parser,
+                                                    self.sampling, self.settings.max_turns, seed)
+                else:
+                    groups = sample_groups(self._policy(), self.tokenizer, prompt_groups, self.data.train_ids,
+                                           self.data.train, self.reward, self.data.stop_ids, self.sampling, seed)
+                    batches = [RolloutBatch(g, groups=len(p), groups_with_signal=with_signal(
+                        [c.reward for c in g], self.sampling.group_size)) for g, p in zip(groups, prompt_groups)]
             self.module.train()  # generation switched the model to eval mode
-            batches = [RolloutBatch(g) for g in groups]
             if self.updates_per_batch > 1:  # the ratio's denominator: the sampling policy's log-probs
                 for batch in batches:
                     batch.old_logps = self._logps(batch, self.module)
@@ -164,19 +193,28 @@ class GRPOTrainer(Trainer):
         loss = aggregate_token_losses(terms.token_losses, inputs.sequence, inputs.lengths, loss=self.settings.loss,
                                       step_completions=int(counts[0]), step_tokens=int(counts[1]),
                                       max_new_tokens=self.settings.max_new_tokens)
-        rewards = torch.tensor([c.reward for c in batch.completions], device=self.acc.device)
+        # rewards once per sample: an episode's later turns carry the reward of its first
+        rewards = torch.tensor([c.reward for c in batch.completions if c.turn == 0], device=self.acc.device)
         return loss, {"loss": loss.detach(), "reward": rewards.sum(), "reward_squared": (rewards ** 2).sum(),
+                      "samples": torch.tensor(float(len(rewards))),
                       "stopped": torch.tensor(float(sum(c.stopped for c in batch.completions))),
                       "kl": terms.kl.sum(), "clipped": terms.clipped.float().sum(),
+                      "groups": torch.tensor(float(batch.groups)),
+                      "groups_with_signal": torch.tensor(float(batch.groups_with_signal)),
                       "positions": torch.tensor(float(inputs.attention_mask.sum()))}
 
     def step_metrics(self, sums: dict[str, float], counts: torch.Tensor, grad_norm: float) -> dict:
-        n, tokens = max(1, int(counts[0])), max(1, int(counts[1]))
-        mean = sums["reward"] / n
-        return {"loss": sums["loss"], "reward_mean": mean,
-                "reward_std": max(0.0, sums["reward_squared"] / n - mean ** 2) ** 0.5, "completion_length": tokens / n,
-                "stop_rate": sums["stopped"] / n, "kl": sums["kl"] / tokens, "clip_fraction": sums["clipped"] / tokens,
-                "grad_norm": grad_norm, "completions": int(counts[0]), "tokens": int(sums["positions"])}
+        n, tokens, samples = max(1, int(counts[0])), max(1, int(counts[1])), max(1.0, sums["samples"])
+        mean = sums["reward"] / samples
+        metrics = {"loss": sums["loss"], "reward_mean": mean,
+                   "reward_std": max(0.0, sums["reward_squared"] / samples - mean ** 2) ** 0.5,
+                   "completion_length": tokens / n, "stop_rate": sums["stopped"] / n, "kl": sums["kl"] / tokens,
+                   "clip_fraction": sums["clipped"] / tokens, "signal_share": sums["groups_with_signal"] /
+                   max(1.0, sums["groups"]), "grad_norm": grad_norm, "completions": int(counts[0]),
+                   "tokens": int(sums["positions"])}
+        if self.tools:
+            metrics["turns_per_episode"] = n / samples
+        return metrics
 
     @torch.no_grad()
     def eval_metrics(self) -> dict:
@@ -185,12 +223,22 @@ class GRPOTrainer(Trainer):
         total = torch.zeros(3, device=self.acc.device)
         if mine:
             with self.acc.autocast():
-                replies = generate(self._policy(), self.tokenizer, [self.data.eval_ids[i] for i in mine],
-                                   stop_ids=self.data.stop_ids, max_new_tokens=self.settings.max_new_tokens,
-                                   batch_size=self.settings.generation_batch_size)
-            rewards = self.reward([self.data.eval[i].messages for i in mine], [r.text for r in replies],
-                                  [self.data.eval[i].fields for i in mine])
-            total += torch.tensor([sum(rewards), sum(r.stopped for r in replies), len(mine)], device=self.acc.device)
+                if self.tools:
+                    episodes = run_episodes(self._policy(), self.tokenizer, self.renderer, self.data.eval, mine,
+                                            self.tools, self.parser, max_turns=self.settings.max_turns,
+                                            max_new_tokens=self.settings.max_new_tokens,
+                                            batch_size=self.settings.generation_batch_size, do_sample=False)
+                    rewards = self.reward([e.transcript() for e in episodes], [e.final for e in episodes],
+                                          [self.data.eval[i].fields for i in mine])
+                    ended = [e.answered for e in episodes]
+                else:
+                    replies = generate(self._policy(), self.tokenizer, [self.data.eval_ids[i] for i in mine],
+                                       stop_ids=self.data.stop_ids, max_new_tokens=self.settings.max_new_tokens,
+                                       batch_size=self.settings.generation_batch_size)
+                    rewards = self.reward([self.data.eval[i].messages for i in mine], [r.text for r in replies],
+                                          [self.data.eval[i].fields for i in mine])
+                    ended = [r.stopped for r in replies]
+            total += torch.tensor([sum(rewards), sum(ended), len(mine)], device=self.acc.device)
         self.module.train()
         total = self.acc.reduce(total, reduction="sum")
         prompts = max(1.0, float(total[2]))
@@ -201,6 +249,7 @@ class GRPOTrainer(Trainer):
         return {"recipe": to_dict(self.cfg), "rewards": [s.name for s in getattr(self.reward, "sources", [])],
                 "reference": self.reference_kind, **self.data.summary()}
 
-def run_grpo(cfg: GRPOConfig, *, model: Any = None, tokenizer: Any = None, reward: Any = None) -> RunResult:
+def run_grpo(cfg: GRPOConfig, *, model: Any = None, tokenizer: Any = None, reward: Any = None,
+             tools: Tools | None = None) -> RunResult:
     """setup → train → save."""
-    return run(GRPOTrainer(cfg, model=model, tokenizer=tokenizer, reward=reward))
+    return run(GRPOTrainer(cfg, model=model, tokenizer=tokenizer, reward=reward, tools=tools))

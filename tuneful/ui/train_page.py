@@ -49,6 +49,12 @@ def path_problems(root: RootFolder, settings: Any) -> dict[str, list[str]]:
     for section in ("dpo", "kto", "grpo", "online_dpo"):
         reference = getattr(getattr(settings, section, None), "reference_model", "")
         checks.append((f"{section}.reference_model", reference, "read"))
+        # Python files a run executes: its tools, and its reward functions given as FILE.py:FUNCTION
+        checks.append((f"{section}.tools", getattr(getattr(settings, section, None), "tools", ""), "read"))
+        for spec in getattr(getattr(settings, section, None), "rewards", None) or []:
+            target = spec.partition(":")[2].rpartition(":")[0] if spec.startswith("python:") else ""
+            if target.endswith(".py"):
+                checks.append((f"{section}.rewards", target, "read"))
     for key, value, use in checks:
         if not isinstance(value, str) or not value or value == str(sandbox_base_dir()):
             continue
