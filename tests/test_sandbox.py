@@ -237,6 +237,11 @@ def test_demo_quick_writes_the_contract(tmp_path: Path):
     assert "## The sandbox agent: tools" in (tmp_path / "report.md").read_text()
     assert tools["coverage"] and "training-only countries" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "agent_transcripts.jsonl").stat().st_size > 100
+    after_rl = tools["after_rl"]  # agentic GRPO (issue 43): episodes whose calls ran, evaluated as the agent is
+    assert set(after_rl) >= {"tuned_with_tools", "by_family", "valid_call_rate", "recovered", "missed_a_lookup"}
+    assert 0.0 <= after_rl["tuned_with_tools"] <= 1.0 and after_rl["turns_per_episode"] >= 1.0
+    assert set(after["signal_share"]) == {"grpo", "grpo_rm", "agent_grpo"}
+    assert all(0.0 <= v <= 1.0 for v in after["signal_share"].values())
 
 
 @pytest.mark.slow

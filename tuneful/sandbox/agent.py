@@ -382,6 +382,35 @@ def training_traces(world: list[Country], n: int, seed: int, recovering: float =
     return records
 
 
+def rl_prompts(world: list[Country], n: int, seed: int) -> list[dict]:
+    """Prompt records for agentic RL (``tuneful demo --rl``): training phrasings (varied as the traces' are) about
+    the world's training countries, fresh draws (their own seed), the tools offered and the answer word kept for
+    the reward. Held-out phrasings and held-out countries are never among them."""
+    train, _ = split_countries(world)
+    rng = random.Random(seed + 4_241)
+    records = []
+    for k in range(n):
+        family = TRACE_FAMILIES[k % len(TRACE_FAMILIES)]
+        phrasing: int | str = rng.randrange(len(FACT_PHRASINGS[family]) - HELDOUT)
+        if rng.random() < COMPOSED_SHARE:
+            phrasing = composed_phrasing(rng, family)
+        task = make_task(rng, family, phrasing, train, lambda template: surface_variation(vary_words(template, rng), rng))
+        records.append({"messages": [{"role": "user", "content": task.question}], "tools": TOOLS,
+                        "answer": task.answer_word, "family": family})
+    return records
+
+
+def agent_reward(prompt: list[dict], completion: str, record: dict) -> float:
+    """The evaluation's verifier as a reward: 1 when the final answer holds the task's answer word."""
+    return float(str(record["answer"]).lower() in completion.lower())
+
+
+def sandbox_tools(world: list[Country]) -> dict[str, Callable[..., str]]:
+    """The agent's tools as Python functions (GRPO's episodes run them): exactly :func:`run_tool`'s answers."""
+    return {name: (lambda name: lambda **arguments: run_tool(world, name, arguments))(name)
+            for name in (t["function"]["name"] for t in TOOLS)}
+
+
 def eval_tasks(world: list[Country], per_family: int, seed: int) -> list[AgentTask]:
     """Held-out phrasings about held-out countries."""
     _, held = split_countries(world)

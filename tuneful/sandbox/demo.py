@@ -208,23 +208,24 @@ def _renderer(tokenizer: Any) -> Any:
     return prompt_renderer(tokenizer, builtin(TEMPLATE))
 
 
+def _agent_texts(model: Any, tokenizer: Any, stop_ids: list[int]) -> Any:
+    def texts(conversations: list[list[dict]], tools: list[dict] | None) -> list[str]:
+        prompts = [_prompt_ids(tokenizer, c, tools) for c in conversations]
+        return [g.text for g in generate(model, tokenizer, prompts, stop_ids=stop_ids, max_new_tokens=128)]  # two calls ~110
+    return texts
+
+
 def evaluate_agents(models: dict[str, Any], tokenizer: Any, tool_world: list, settings: DemoSettings,
                     stop_ids: list[int]) -> tuple[dict, list[dict]]:
     """The agent loop on held-out phrasings about held-out countries of the second world: tuned and base
     with the tools, tuned without them (report.json ``tools``)."""
-
-    def texts_of(model: Any) -> Any:
-        def texts(conversations: list[list[dict]], tools: list[dict] | None) -> list[str]:
-            prompts = [_prompt_ids(tokenizer, c, tools) for c in conversations]
-            return [g.text for g in generate(model, tokenizer, prompts, stop_ids=stop_ids, max_new_tokens=128)]  # two calls ~110
-        return texts
-
     tasks = eval_tasks(tool_world, settings.agent_eval_per_family, settings.seed)
     runs, rows = {}, []
     parser = parser_for_template(builtin(TEMPLATE).source)
     for name, model, tools in (("tuned_with_tools", models["tuned"], True), ("tuned_without_tools", models["tuned"], False),
                                ("base_with_tools", models["base"], True)):
-        runs[name], transcripts = run_agents(texts_of(model), tasks, tool_world, tools=tools, parser=parser)
+        runs[name], transcripts = run_agents(_agent_texts(model, tokenizer, stop_ids), tasks, tool_world, tools=tools,
+                                             parser=parser)
         rows += [{"run": name, **row} for row in transcripts]
     report = {name: run["accuracy"] for name, run in runs.items()}
     report.update(valid_call_rate=runs["tuned_with_tools"]["valid_call_rate"],
@@ -236,6 +237,17 @@ def evaluate_agents(models: dict[str, Any], tokenizer: Any, tool_world: list, se
                   tasks=len(tasks), traces=settings.agent_traces, recovering=settings.agent_recovering,
                   announce=settings.agent_announce, coverage=settings.agent_coverage)
     return report, rows
+
+
+def evaluate_agent_model(model_dir: Path, tokenizer: Any, tool_world: list, settings: DemoSettings,
+                         stop_ids: list[int]) -> dict:
+    """The agent evaluation of ``evaluate_agents`` (the same held-out tasks) for one model with the tools."""
+    tasks = eval_tasks(tool_world, settings.agent_eval_per_family, settings.seed)
+    run, _ = run_agents(_agent_texts(_load(model_dir), tokenizer, stop_ids), tasks, tool_world, tools=True,
+                        parser=parser_for_template(builtin(TEMPLATE).source))
+    return {"tuned_with_tools": run["accuracy"], "by_family": run["by_family"],
+            "valid_call_rate": run["valid_call_rate"], "calls": run["calls"], "recovered": run["recovered"],
+            "missed_a_lookup": run["missed_a_lookup"]}
 
 
 def evaluate_model(model: Any, tokenizer: Any, sets: dict[str, list[TaskInstance]], stop_ids: list[int],
@@ -275,7 +287,8 @@ def quick_sizes(settings: DemoSettings, agent: bool) -> DemoSettings:
     """The demo's ``--quick`` sizes (a smoke run of about a minute on a CPU), set on ``settings``."""
     settings.sft_per_family, settings.eval_per_family, settings.epochs, settings.dpo_pairs = 20, 4, 1.0, 100
     settings.agent_traces, settings.agent_eval_per_family = (30, 4) if agent else (0, 4)
-    settings.online = OnlineSettings(prompts=32, steps=2, prompts_per_step=2, group_size=4, rm_epochs=1.0)
+    settings.online = OnlineSettings(prompts=32, steps=2, prompts_per_step=2, group_size=4, rm_epochs=1.0,
+                                     agent_prompts=16, agent_steps=2, agent_prompts_per_step=2, agent_group_size=4)
     return settings
 
 
@@ -380,8 +393,14 @@ def run_demo(settings: DemoSettings) -> dict:
             return evaluate_model(_load(model_dir), tokenizer, sets, stop_ids,
                                   settings.max_new_tokens, end_of_turn)[0]
 
+        agent = None
+        if settings.agent_traces:
+            agent = (tool_world, lambda model_dir: evaluate_agent_model(model_dir, tokenizer, tool_world, settings,
+                                                                        stop_ids))
         report["after_sft"] = after_sft(settings, sft_full, world, heldout_pairs(world, sets, settings.seed),
-                                        evaluate, report, settings.online)
+                                        evaluate, report, settings.online, agent)
+        if agent is not None:
+            report["tools"]["after_rl"] = report["after_sft"].pop("agent")
     report["seed_example"] = _seed_example(base_model, tuned, tokenizer, stop_ids)
     report["sft"] = {"steps": result.steps, "final_loss": result.final_loss, "eval_loss": result.eval_loss,
                      "kind": "lora" if settings.lora else "full", "train_conversations": settings.sft_per_family

@@ -125,6 +125,19 @@ def tools_section(tools: dict) -> list[str]:
     lines.append(f"| **all** | **{tools['tuned_with_tools']:.1%}** | {tools['tuned_without_tools']:.1%} | "
                  f"{tools['base_with_tools']:.1%} |")
     lines += ["", "Every transcript is in `agent_transcripts.jsonl`."]
+    rl = tools.get("after_rl")
+    if rl:
+        lines += ["", "### After agentic GRPO (`--rl`)", "",
+                  "GRPO over agent episodes from the SFT model: training phrasings about training countries, every "
+                  f"call run by the sandbox's tools, reward 1 when the final answer holds the answer word "
+                  f"({rl['turns_per_episode']:.2f} policy turns per episode). The same held-out tasks:", "",
+                  "| family | SFT, with tools | + agentic GRPO |", "|---|---:|---:|"]
+        for family in by["tuned_with_tools"]:
+            lines.append(f"| {family} | {by['tuned_with_tools'][family]:.0%} | {rl['by_family'][family]:.0%} |")
+        lines += [f"| **all** | {tools['tuned_with_tools']:.1%} | **{rl['tuned_with_tools']:.1%}** |",
+                  f"| valid calls | {tools['valid_call_rate']:.1%} | {rl['valid_call_rate']:.1%} |",
+                  f"| recovered after a missed lookup | {tools.get('recovered', 0)} of {tools.get('missed_a_lookup', 0)} "
+                  f"| {rl['recovered']} of {rl['missed_a_lookup']} |"]
     return lines
 
 
@@ -166,4 +179,9 @@ def after_sft_section(after: dict) -> list[str]:
              "| metric | " + " | ".join(label for _, label in arms) + " |", "|---|" + "---:|" * len(arms)]
     for key, label in SUMMARY_KEYS:
         lines.append(f"| {label} | " + " | ".join(f"{after[arm][key]:.1%}" for arm, _ in arms) + " |")
+    shares = {k: v for k, v in after.get("signal_share", {}).items() if v is not None}
+    if shares:
+        lines += ["", "Groups with signal (rewards not all equal; a group whose completions all scored the same has "
+                      "zero advantage and teaches nothing), mean over steps: "
+                  + ", ".join(f"{name} {share:.0%}" for name, share in shares.items()) + "."]
     return lines
