@@ -217,31 +217,39 @@ def test_two_process_ddp_matches_one_process(workdir: Path):
         assert abs(a - b) < 1e-5
 
 
-@pytest.mark.slow
-def test_resume_after_kill_9_matches_uninterrupted_run(workdir: Path):
-    """A real SIGKILL of the CLI process between checkpoints, then a rerun of the same command."""
+def _kill_9_and_rerun(workdir: Path, name: str, max_steps: int, save_every: int, caught) -> Path:
+    """Run ``tuneful sft`` in a process, SIGKILL it as soon as ``caught(output_dir)`` holds (polled without a
+    pause), then rerun the same command to its end. Returns the run folder; its losses must equal those of the
+    same settings run without a kill (``<name>-straight``)."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    common = [f"model.name_or_path={workdir / 'model'}", f"data.train={workdir / 'train.jsonl'}", "train.max_steps=40",
-              "train.save_every=3", "train.micro_batch_size=2", "train.progress=false", "data.max_length=256",
-              "data.packing=false", "train.lr=1e-3"]
-    run_sft(build(SFTConfig, None, common + [f"train.output_dir={workdir / 'kill-straight'}"]))
-    out = workdir / "kill-resumed"
+    common = [f"model.name_or_path={workdir / 'model'}", f"data.train={workdir / 'train.jsonl'}",
+              f"train.max_steps={max_steps}", f"train.save_every={save_every}", "train.micro_batch_size=2",
+              "train.progress=false", "data.max_length=256", "data.packing=false", "train.lr=1e-3"]
+    run_sft(build(SFTConfig, None, common + [f"train.output_dir={workdir / (name + '-straight')}"]))
+    out = workdir / name
     cmd = [sys.executable, "-m", "tuneful.cli.main", "sft", *common, f"train.output_dir={out}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (out / "checkpoints" / "step-00000006").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
+    deadline, hit = time.time() + 180, False
+    while not hit and time.time() < deadline and proc.poll() is None:
+        hit = caught(out)
+    if hit:
+        os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    assert hit and proc.returncode == -signal.SIGKILL, "the run was not caught in the state to kill it in"
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
-    assert _losses(out) == _losses(workdir / "kill-straight")
+    assert _losses(out) == _losses(workdir / (name + "-straight"))
+    return out
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_matches_uninterrupted_run(workdir: Path):
+    """A real SIGKILL of the CLI process between checkpoints, then a rerun of the same command."""
+    _kill_9_and_rerun(workdir, "kill", 40, 3, lambda out: (out / "checkpoints" / "step-00000006").exists())
 
 
 @pytest.mark.slow
@@ -249,30 +257,16 @@ def test_a_kill_9_while_a_checkpoint_is_written_resumes_from_the_last_whole_one(
     """SIGKILL while a checkpoint's files are being written (its temporary folder exists): the rerun ignores the
     partial folder, resumes from the last complete checkpoint and ends with the uninterrupted run's losses."""
     import os
-    import signal
-    import subprocess
-    import sys
-    import time
 
-    common = [f"model.name_or_path={workdir / 'model'}", f"data.train={workdir / 'train.jsonl'}", "train.max_steps=30",
-              "train.save_every=1", "train.micro_batch_size=2", "train.progress=false", "data.max_length=256",
-              "data.packing=false", "train.lr=1e-3"]
-    run_sft(build(SFTConfig, None, common + [f"train.output_dir={workdir / 'ckpt-straight'}"]))
-    out = workdir / "ckpt-killed"
-    cmd = [sys.executable, "-m", "tuneful.cli.main", "sft", *common, f"train.output_dir={out}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoints, partial = out / "checkpoints", []
-    deadline = time.time() + 180
-    while not partial and time.time() < deadline and proc.poll() is None:
-        if checkpoints.is_dir():  # no sleep: a tiny model's checkpoint takes milliseconds to write
-            partial = [p.name for p in os.scandir(checkpoints) if p.name.startswith(".tmp-")]
-    if partial:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert partial and proc.returncode == -signal.SIGKILL, "no checkpoint was caught half-written"
-    assert (checkpoints / partial[0]).exists()  # the kill left it half-written
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
-    assert _losses(out) == _losses(workdir / "ckpt-straight")
+    partial: list[str] = []
+
+    def writing(out: Path) -> bool:  # a tiny model's checkpoint takes milliseconds to write: look without pausing
+        folder = out / "checkpoints"
+        partial[:] = [p.name for p in os.scandir(folder) if p.name.startswith(".tmp-")] if folder.is_dir() else []
+        return bool(partial)
+
+    _kill_9_and_rerun(workdir, "ckpt", 30, 1, writing)
+    assert partial  # the kill came while that folder was being written
 
 
 def test_gradient_checkpointing_gives_the_same_loss(workdir: Path):

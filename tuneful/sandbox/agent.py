@@ -365,13 +365,7 @@ def training_traces(world: list[Country], n: int, seed: int, recovering: float =
     slips = random.Random(seed + 37)  # its own stream: the tasks are the same whatever the share
     records = []
     for k in range(n):
-        family = TRACE_FAMILIES[k % len(TRACE_FAMILIES)]
-        phrasing: int | str = rng.randrange(len(FACT_PHRASINGS[family]) - HELDOUT)
-        if rng.random() < COMPOSED_SHARE:
-            phrasing = composed_phrasing(rng, family)
-        # no phrasing opens with a slot, so the surface variation's lower-cased first letter never touches a name
-        task = make_task(rng, family, phrasing, train,
-                         lambda template: surface_variation(vary_words(template, rng), rng), coverage)
+        task = training_task(rng, TRACE_FAMILIES[k % len(TRACE_FAMILIES)], train, coverage)
         slip = None
         if slips.random() < recovering:
             which = slips.randrange(len(task.countries))
@@ -382,6 +376,18 @@ def training_traces(world: list[Country], n: int, seed: int, recovering: float =
     return records
 
 
+def training_task(rng: random.Random, family: str, countries: list[Country],
+                  coverage: OpeningCoverage | None = None) -> AgentTask:
+    """A task of ``family`` in a training phrasing (a fixed one, or half the time a composed one), its words varied,
+    about ``countries`` (or chosen by ``coverage``)."""
+    phrasing: int | str = rng.randrange(len(FACT_PHRASINGS[family]) - HELDOUT)
+    if rng.random() < COMPOSED_SHARE:
+        phrasing = composed_phrasing(rng, family)
+    # no phrasing opens with a slot, so the surface variation's lower-cased first letter never touches a name
+    return make_task(rng, family, phrasing, countries, lambda template: surface_variation(vary_words(template, rng), rng),
+                     coverage)
+
+
 def rl_prompts(world: list[Country], n: int, seed: int) -> list[dict]:
     """Prompt records for agentic RL (``tuneful demo --rl``): training phrasings (varied as the traces' are) about
     the world's training countries, fresh draws (their own seed), the tools offered and the answer word kept for
@@ -390,13 +396,9 @@ def rl_prompts(world: list[Country], n: int, seed: int) -> list[dict]:
     rng = random.Random(seed + 4_241)
     records = []
     for k in range(n):
-        family = TRACE_FAMILIES[k % len(TRACE_FAMILIES)]
-        phrasing: int | str = rng.randrange(len(FACT_PHRASINGS[family]) - HELDOUT)
-        if rng.random() < COMPOSED_SHARE:
-            phrasing = composed_phrasing(rng, family)
-        task = make_task(rng, family, phrasing, train, lambda template: surface_variation(vary_words(template, rng), rng))
+        task = training_task(rng, TRACE_FAMILIES[k % len(TRACE_FAMILIES)], train)
         records.append({"messages": [{"role": "user", "content": task.question}], "tools": TOOLS,
-                        "answer": task.answer_word, "family": family})
+                        "answer": task.answer_word, "family": task.family})
     return records
 
 
