@@ -144,3 +144,27 @@ def test_malformed_requests_each_get_a_4xx_while_a_stream_finishes(loaded_server
     wrong = {name: status for name, status in statuses.items() if not 400 <= status < 500}
     assert wrong == {}
     assert "".join(streamed) == expected
+
+
+@pytest.mark.slow
+def test_300_idle_connections_hold_no_threads_and_the_server_still_answers(loaded_server):
+    """Issue 46: on http.server 300 idle connections held 309 threads. On the event loop they hold sockets only,
+    a request beside them is answered at once, and each is closed at the header deadline (see test_serve.py)."""
+    import psutil
+
+    process = psutil.Process()
+    before = process.num_threads()
+    host, port = loaded_server.server_address[:2]
+    idle = [socket.create_connection((host, port), timeout=10) for _ in range(300)]
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        body = json.dumps({"model": "sandbox", "messages": QUESTIONS[0], "max_tokens": 2})
+        conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        assert conn.getresponse().status == 200 and time.monotonic() - started < 10
+        conn.close()
+        assert process.num_threads() - before < 20  # not a thread per connection
+    finally:
+        for sock in idle:
+            sock.close()
