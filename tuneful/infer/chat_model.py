@@ -175,3 +175,21 @@ def load_chat_model(spec: str, *, template: str | None = None, trust_remote_code
     config = getattr(model, "generation_config", None)
     temperature = float(config.temperature or 1.0) if config is not None and config.do_sample else 0.0
     return ChatModel(spec, model, tokenizer, chosen, eot, sorted(stops), context, temperature, notes, tool_parser)
+
+
+class TextDeltas:
+    """Turns a stream of token ids into text pieces, never splitting a multi-byte character."""
+
+    def __init__(self, tokenizer: Any, *, skip_special_tokens: bool = True):
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens  # False where a call marker may be a special token
+        self.ids: list[int] = []
+        self.sent = ""
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=self.skip_special_tokens)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+            return ""
+        delta, self.sent = text[len(self.sent):], text
+        return delta

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .chat_model import ChatModel
-from .engine import GenerationEngine, GenerationRequest, Sampling, TextDeltas
+from .chat_model import ChatModel, TextDeltas
+from .engine import GenerationEngine, GenerationRequest, Sampling
 from .tools import call_tool, tool_schemas
 from ..data.tool_parsers import PARSERS, ReplyStream
 

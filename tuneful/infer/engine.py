@@ -25,7 +25,6 @@ import inspect
 import queue
 import threading
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -526,25 +525,3 @@ class _StaticRows(StoppingCriteria, BaseStreamer):
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         return torch.tensor([row.done for row in self.rows], device=input_ids.device)
-
-
-class TextDeltas:
-    """Turns a stream of token ids into text pieces, never splitting a multi-byte character."""
-
-    def __init__(self, tokenizer: Any, *, skip_special_tokens: bool = True):
-        self.tokenizer = tokenizer
-        self.skip_special_tokens = skip_special_tokens  # False where a call marker may be a special token
-        self.ids: list[int] = []
-        self.sent = ""
-
-    def add(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=self.skip_special_tokens)
-        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
-            return ""
-        delta, self.sent = text[len(self.sent):], text
-        return delta
-
-
-def request_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex[:24]}"

@@ -97,6 +97,7 @@ class PreparedPrompts:
     stop_ids: list[int]
     dropped_overlong: int
     skipped: list[str]
+    renderer: Any = None  # the ChatModel that rendered the prompts (episodes render their later turns with it)
 
     def summary(self) -> dict:
         return {"train_prompts": len(self.train), "eval_prompts": len(self.eval),
@@ -131,4 +132,4 @@ def prepare_prompts(settings: Any, tokenizer: Any, seed: int) -> PreparedPrompts
     if not splits[0][0]:
         raise ValueError(f"data.train={settings.train}: no prompt fits data.max_prompt_length="
                          f"{settings.max_prompt_length}")
-    return PreparedPrompts(*splits[0], *splits[1], template, eot, stops, dropped, skipped)
+    return PreparedPrompts(*splits[0], *splits[1], template, eot, stops, dropped, skipped, renderer)

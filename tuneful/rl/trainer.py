@@ -23,7 +23,6 @@ import torch
 
 from ..config import to_dict
 from ..data.tool_parsers import PARSERS, parser_for_template
-from ..infer.chat_model import prompt_renderer
 from ..infer.episodes import run_episodes
 from ..infer.generate import generate
 from ..infer.tools import Tools, load_tools
@@ -92,7 +91,6 @@ class GRPOTrainer(Trainer):
         self.tools: Tools = dict(self._tools_in or {})
         if getattr(self.settings, "tools", ""):
             self.tools.update(load_tools(Path(self.settings.tools)))
-        self.renderer = prompt_renderer(self.tokenizer, self.data.template, "policy")
         self.parser = None
         if self.tools:
             syntax = parser_for_template(self.data.template.source)
@@ -142,7 +140,7 @@ class GRPOTrainer(Trainer):
             seed = (self.cfg.train.seed * 1_000_003 + cycle) * 101 + self.acc.process_index
             with self.acc.autocast():
                 if self.tools:
-                    batches = sample_episode_groups(self._policy(), self.tokenizer, self.renderer, prompt_groups,
+                    batches = sample_episode_groups(self._policy(), self.tokenizer, self.data.renderer, prompt_groups,
                                                     self.data.train, self.reward, self.tools, self.parser,
                                                     self.sampling, self.settings.max_turns, seed)
                 else:
@@ -224,7 +222,7 @@ class GRPOTrainer(Trainer):
         if mine:
             with self.acc.autocast():
                 if self.tools:
-                    episodes = run_episodes(self._policy(), self.tokenizer, self.renderer, self.data.eval, mine,
+                    episodes = run_episodes(self._policy(), self.tokenizer, self.data.renderer, self.data.eval, mine,
                                             self.tools, self.parser, max_turns=self.settings.max_turns,
                                             max_new_tokens=self.settings.max_new_tokens,
                                             batch_size=self.settings.generation_batch_size, do_sample=False)

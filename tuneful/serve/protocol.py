@@ -9,6 +9,7 @@ Parameters the server cannot honour are refused by name instead of being silentl
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,6 +204,10 @@ def parse_chat_request(body: Any, served_model: str) -> ChatRequest:
         forced_calls=forced,
         parallel_tool_calls=parallel,
     )
+
+
+def request_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
 
 def completion_body(rid: str, model: str, message: dict, finish_reason: str, prompt_tokens: int,

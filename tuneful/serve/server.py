@@ -35,12 +35,11 @@ from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..data.tool_parsers import PARSERS, ParsedReply, ReplyStream, ToolParser, split_reasoning
-from ..infer.chat_model import ChatModel
+from ..infer.chat_model import ChatModel, TextDeltas
 from ..infer.constrain import CallConstraints, SYNTAXES
-from ..infer.engine import (EngineStopped, GenerationEngine, GenerationRequest, QueueFull, Sampling, TextDeltas,
-                            request_id)
+from ..infer.engine import EngineStopped, GenerationEngine, GenerationRequest, QueueFull, Sampling
 from .protocol import (ApiError, ChatRequest, StopStrings, chunk_body, completion_body, parse_chat_request,
-                       reply_message, usage)
+                       reply_message, request_id, usage)
 
 
 BACKLOG = 256  # a burst of clients waits to be accepted instead of being reset
