@@ -53,6 +53,10 @@ def demo(
                               "steps over 4, 8, 12 and all 17 single-turn training families, plus all families with "
                               "half the prompts few-shot; held-out families and phrasings, 2 seeds "
                               "(OUT/flan.md, ~7.5 min)."),
+    self_instruct: bool = typer.Option(False, "--self-instruct", help="Instead: the Self-Instruct experiment — 175 "
+                                       "seed tasks, a teacher trained in the run, tuneful generate (5,000 tasks), "
+                                       "tuneful curate, and students on generated / human / curated 1k / random 1k "
+                                       "data, same SFT steps (OUT/selfinstruct.md)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the training data, its order, the eval prompts and the "
                              "pool; run two to see how much a result moves from seed to seed."),
     rl: bool = typer.Option(False, "--rl", help="After SFT also GRPO (verifier reward), online DPO, a reward model "
@@ -69,7 +73,7 @@ def demo(
     from ..sandbox.agent import DEMO_TRACES
     from ..sandbox.demo import DemoSettings, quick_sizes, run_demo
 
-    agent = agent and not (lima or flan)  # the experiments compare SFT sets; tool use is not part of them
+    agent = agent and not (lima or flan or self_instruct)  # the experiments compare SFT sets; no tool use
     settings = DemoSettings(out=out, base_dir=base_dir, lora=lora, dpo=dpo, seed=seed, rl=rl,
                             agent_traces=DEMO_TRACES if agent else 0)
     if quick:
@@ -79,6 +83,9 @@ def demo(
         return
     if flan:
         _flan(settings, quick)
+        return
+    if self_instruct:
+        _self_instruct(settings, quick)
         return
     report = run_demo(settings)
     table = Table(title=f"tuneful demo — {report['seconds']:.0f} s — report: {out / 'report.md'}")
@@ -143,7 +150,7 @@ def _lima(settings, quick: bool) -> None:
     from ..sandbox.lima import ARMS, LimaSettings, run_lima
     from ..sandbox.report import SUMMARY_KEYS
 
-    lima = LimaSettings(pool=600, budget=100, steps=30) if quick else LimaSettings()
+    lima = LimaSettings(pool=600, budget=100, steps=30, eval_per_family=4) if quick else LimaSettings()
     report = run_lima(settings, lima)
     table = Table(title=f"LIMA in the sandbox — same {lima.steps} steps — {report['seconds']:.0f} s — "
                         f"report: {settings.out / 'lima.md'}")
@@ -154,3 +161,29 @@ def _lima(settings, quick: bool) -> None:
         table.add_row(label, *(f"{report['arms'][a][key]:.1%}" for a in ARMS))
     Console().print(table)
     typer.echo(json.dumps({arm: {key: report["arms"][arm][key] for key, _ in SUMMARY_KEYS} for arm in ARMS}))
+
+
+def _self_instruct(settings, quick: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..sandbox.report import SUMMARY_KEYS
+    from ..sandbox.selfinstruct import ARMS, SelfInstructSettings, run_selfinstruct
+
+    experiment = SelfInstructSettings(seeds=24, seed_families=6, teacher_per_family=20, teacher_list_prompts=60,
+                                      teacher_classification_prompts=30, teacher_instance_prompts=60,
+                                      teacher_steps=20, tasks=40, requests_per_round=16, budget=20, steps=10,
+                                      eval_per_family=3) if quick else SelfInstructSettings()
+    report = run_selfinstruct(settings, experiment)
+    table = Table(title=f"Self-Instruct in the sandbox — {report['generated_kept']:,} generated tasks, same "
+                        f"{experiment.steps} steps per student — {report['seconds']:.0f} s — "
+                        f"report: {settings.out / 'selfinstruct.md'}")
+    table.add_column("metric")
+    for arm in ARMS:
+        table.add_column(arm, justify="right")
+    for key, label in SUMMARY_KEYS:
+        table.add_row(label, *(f"{report['arms'][a][key]:.1%}" for a in ARMS))
+    Console().print(table)
+    typer.echo(json.dumps({"selfinstruct": str(settings.out / "selfinstruct.json"),
+                           "inherited_correlation": report["inherited_correlation"],
+                           "arms": {arm: {key: report["arms"][arm][key] for key, _ in SUMMARY_KEYS} for arm in ARMS}}))

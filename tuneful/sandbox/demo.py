@@ -125,8 +125,9 @@ def sft_overrides(settings: DemoSettings, base: Path, train: Path, replay: Path,
 
 
 def _sft(settings: DemoSettings, base: Path, train: Path, replay: Path, *, out: Path | None = None,
-         max_steps: int = 0) -> Any:
-    return run_sft(build(SFTConfig, None, sft_overrides(settings, base, train, replay, out=out, max_steps=max_steps)))
+         max_steps: int = 0, overrides: tuple[str, ...] = ()) -> Any:
+    return run_sft(build(SFTConfig, None, sft_overrides(settings, base, train, replay, out=out, max_steps=max_steps)
+                         + list(overrides)))
 
 
 def write_sft_recipe(settings: DemoSettings) -> Path:
@@ -327,10 +328,15 @@ class Experiment:
     end_of_turn: int
     stop_ids: list[int]
 
+    def train(self, train: Path, out: Path, steps: int, overrides: tuple[str, ...] = ()) -> Any:
+        """The demo's SFT recipe on ``train`` for ``steps`` optimizer steps, from the base model (``overrides``:
+        ``key=value`` settings on top)."""
+        return _sft(self.demo, self.base, train, self.replay, out=out, max_steps=steps, overrides=overrides)
+
     def train_and_evaluate(self, train: Path, out: Path, steps: int,
                            sets: dict[str, list[TaskInstance]]) -> tuple[Any, dict]:
         """SFT on ``train`` for ``steps`` optimizer steps, then the verifier-checked evaluation on ``sets``."""
-        result = _sft(self.demo, self.base, train, self.replay, out=out, max_steps=steps)
+        result = self.train(train, out, steps)
         summary, _ = evaluate_model(_load(result.model_dir), self.tokenizer, sets,
                                     self.stop_ids, self.demo.max_new_tokens, self.end_of_turn)
         return result, summary

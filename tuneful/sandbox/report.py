@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 from .agent import MAX_ROUNDS
@@ -10,6 +12,11 @@ from .tasks import FAMILIES, HELDOUT_FAMILIES
 
 SUMMARY_KEYS = (("heldout_phrasing_accuracy", "held-out phrasings"), ("heldout_family_accuracy", "held-out families"),
                 ("stop_rate", "answers that end their turn"))
+
+
+def stderr_points(accuracy: float, n: int) -> float:
+    """The standard error of a mean of ``n`` right/wrong answers, in percentage points: ``100 √(p(1-p)/n)``."""
+    return 100 * math.sqrt(accuracy * (1 - accuracy) / n) if n else float("nan")
 
 
 def _pyplot():
