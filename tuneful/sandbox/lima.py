@@ -35,7 +35,7 @@ from ..curate.config import CurateSettings
 from ..curate.pipeline import Curator
 from .demo import DemoSettings, experiment
 from .noisy import NOISE_KINDS, noisy_pool
-from .report import SUMMARY_KEYS, _pyplot, stderr_points
+from .report import SUMMARY_KEYS, _pyplot, arm_bars, stderr_points, write_experiment
 from .tasks import eval_instances
 
 
@@ -47,8 +47,8 @@ class LimaSettings:
     pool: int = 10_000  # noisy pool size
     budget: int = 1_000  # records in the curated and the random set
     steps: int = 600  # SFT optimizer steps, the same for every set
-    eval_per_family: int = 64  # 1,088 held-out-phrasing prompts: a standard error of at most 1.5 points (20 until
-    # session 27: 340 prompts, up to 2.7 points, too coarse to tell a 5-point gain)
+    eval_per_family: int = 64  # 1,216 held-out-phrasing prompts (19 families): a standard error of at most 1.5
+    # points (20 until session 27: 380 prompts, up to 2.6 points, too coarse to tell a 5-point gain)
 
 
 def composition(records: list[dict], overrepresented: str = "capital") -> dict[str, float]:
@@ -166,13 +166,7 @@ def render_lima(report: dict) -> str:
 def plot_lima(report: dict, path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    width = 0.8 / len(ARMS)
-    for k, arm in enumerate(ARMS):
-        xs = [i + (k - (len(ARMS) - 1) / 2) * width for i in range(len(SUMMARY_KEYS))]
-        ax.bar(xs, [report["arms"][arm][key] for key, _ in SUMMARY_KEYS], width=width,
-               label=f"{arm} ({report['arms'][arm]['records']:,})")
-    ax.set_xticks(range(len(SUMMARY_KEYS)), [label for _, label in SUMMARY_KEYS])
-    ax.set_ylim(0, 1)
+    arm_bars(ax, report["arms"], ARMS, lambda arm: f"{arm} ({report['arms'][arm]['records']:,})")
     ax.set_title(f"Same {report['settings']['steps']} SFT steps: curated vs random vs all")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -181,6 +175,4 @@ def plot_lima(report: dict, path: Path) -> None:
 
 
 def write_lima_report(out: Path, report: dict) -> None:
-    (out / "lima.json").write_text(json.dumps(report, indent=2))
-    (out / "lima.md").write_text(render_lima(report))
-    plot_lima(report, out / "lima.png")
+    write_experiment(out, "lima", report, render_lima(report), plot_lima)

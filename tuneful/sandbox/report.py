@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
-
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from .agent import MAX_ROUNDS
 from .tasks import FAMILIES, HELDOUT_FAMILIES
@@ -26,6 +27,24 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def arm_bars(ax: Any, arms: dict[str, dict], names: Sequence[str],
+             label: Callable[[str], str] = lambda name: name) -> None:
+    """Grouped bars on ``ax``: every summary metric (``SUMMARY_KEYS``) of every arm named, in order."""
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        xs = [i + (k - (len(names) - 1) / 2) * width for i in range(len(SUMMARY_KEYS))]
+        ax.bar(xs, [arms[name][key] for key, _ in SUMMARY_KEYS], width=width, label=label(name))
+    ax.set_xticks(range(len(SUMMARY_KEYS)), [text for _, text in SUMMARY_KEYS], fontsize=8)
+    ax.set_ylim(0, 1)
+
+
+def write_experiment(out: Path, name: str, report: dict, markdown: str, plot: Callable[[dict, Path], None]) -> None:
+    """An experiment's three outputs: ``OUT/NAME.json`` (the report), ``NAME.md`` and the plot ``NAME.png``."""
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2))
+    (out / f"{name}.md").write_text(markdown)
+    plot(report, out / f"{name}.png")
 
 
 def plot_families(report: dict, path: Path) -> None:
