@@ -84,6 +84,27 @@ def test_family_of_names_every_single_turn_request_and_nothing_else():
     assert family_of("Where is it?") == "clarify" and family_of("Where is Dovaiia?") == "region"
 
 
+def test_fact_answers_of_generated_records_are_checked_against_the_world():
+    from tuneful.sandbox.selfinstruct import fact_answer_accuracy
+
+    land = WORLD[0]
+    other = next(c for c in WORLD if c.capital != land.capital and c.region != land.region)
+
+    def record(request: str, answer: str) -> dict:
+        return {"messages": [{"role": "user", "content": request}, {"role": "assistant", "content": answer}],
+                "meta": {"source": "self-instruct", "is_classification": False}}
+
+    records = [record(f"What is the capital of {land.name}?", f"The capital of {land.name} is {land.capital}."),
+               record(f"Capital of {land.name}?", f"The capital of {land.name} is {other.capital}."),
+               record(f"In which region is {land.name}?", f"{land.name} lies in the {land.region}."),
+               record(f"Where is {land.name}?", f"The capital of {land.name} is {land.capital}."),  # another family's
+               record("What is the capital of Nowhereland?", "The capital of Nowhereland is X."),  # not in the world
+               record("Reverse this list: a, b, c", "c, b, a")]
+    counts = fact_answer_accuracy(records, WORLD)
+    assert counts["capital"] == {"checked": 2, "correct": 1} and counts["region"] == {"checked": 2, "correct": 1}
+    assert counts["colour"] == counts["animal"] == counts["population"] == {"checked": 0, "correct": 0}
+
+
 def test_statistics_on_literal_numbers():
     assert pearson([0.1, 0.5, 0.9], [0.2, 0.6, 1.0]) == pytest.approx(1.0)
     assert pearson([0.1, 0.5, 0.9], [0.9, 0.5, 0.1]) == pytest.approx(-1.0)

@@ -45,7 +45,7 @@ from ..selfinstruct.teacher import LocalTeacher
 from .demo import DemoSettings, _load, evaluate_model, experiment
 from .lima import curate_pool
 from .report import SUMMARY_KEYS, _pyplot, arm_bars, stderr_points, write_experiment
-from .tasks import (FAMILIES, HELDOUT_FAMILIES, Family, TaskInstance, eval_instances,
+from .tasks import (FAMILIES, FAMILY_BY_NAME, HELDOUT_FAMILIES, Family, TaskInstance, eval_instances,
                     sft_instances, to_conversation, training_phrasings)
 
 ARMS = ("base", "teacher", "generated", "human", "curated", "random")
@@ -187,6 +187,30 @@ def family_of(request: str) -> str:
     return best
 
 
+FACT_FAMILIES = ("capital", "region", "colour", "animal", "population")  # one slot, {name}; the family names the fact
+
+
+def fact_answer_accuracy(records: list[dict], world: list) -> dict[str, dict[str, int]]:
+    """For the generated records whose request fills a phrasing of a fact family: how many name a country of the
+    world (``checked``) and how many of those answers the family's verifier accepts (``correct``) — the teacher's
+    mistakes as the students read them. For the report only."""
+    countries = {c.name.lower(): c for c in world}
+    out = {family: {"checked": 0, "correct": 0} for family in FACT_FAMILIES}
+    for record in records:
+        request = record["messages"][0]["content"].strip()
+        for name, pattern, _ in _PATTERNS:
+            if pattern.search(request) is None:
+                continue
+            named = [countries[w] for w in re.findall(r"\w+", request.lower()) if w in countries]
+            country = named[0] if name in FACT_FAMILIES and len(named) == 1 else None
+            if country is not None:
+                out[name]["checked"] += 1
+                out[name]["correct"] += FAMILY_BY_NAME[name].verify(record["messages"][-1]["content"],
+                                                                    {"word": str(getattr(country, name))})
+            break
+    return out
+
+
 # --- the experiment ------------------------------------------------------------------------------
 
 def pearson(xs: list[float], ys: list[float]) -> float | None:
@@ -290,6 +314,7 @@ def run_selfinstruct(demo: DemoSettings, settings: SelfInstructSettings) -> dict
     report["generated_kept"] = generation["accepted"]
     report["generated_instances"] = len(generated)
     report["generated_families"] = generated_families
+    report["generated_fact_accuracy"] = fact_answer_accuracy(generated, world)
     report["outside_seed_families"] = sum(n for f, n in generated_families.items() if f not in seed_families)
     report["seed_families"] = seed_families
     report["filtered_by_reason"] = {**generation["rejected_by_reason"],
@@ -347,6 +372,9 @@ def render_selfinstruct(report: dict) -> str:
     for family, count in report["generated_families"].items():
         lines.append(f"| {family} | {count:,} | {arms['curated']['families'].get(family, 0):,} | "
                      f"{arms['random']['families'].get(family, 0):,} |")
+    facts = report["generated_fact_accuracy"]
+    lines += ["", "Generated answers to fact requests about a country of the world, verifier-checked: "
+              + ", ".join(f"{f} {v['correct']:,} of {v['checked']:,}" for f, v in facts.items()) + "."]
     lines += ["", "| removed because | count |", "|---|---:|"]
     lines += [f"| {reason} | {count:,} |" for reason, count in report["filtered_by_reason"].items()]
     stages = ", ".join(f"{k} {v:,}" for k, v in report["curation"]["rejected_by_stage"].items())
