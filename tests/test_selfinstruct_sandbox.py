@@ -155,6 +155,10 @@ def test_self_instruct_quick_contract(tmp_path: Path):
     assert len(pool) == generated
     assert all(set(r) == {"messages", "meta"} and set(r["meta"]) == {"source", "is_classification"} for r in pool)
     assert sum(report["generated_families"].values()) == generated
+    checked = sum(v["checked"] for v in report["generated_fact_accuracy"].values())
+    assert report["arms"]["generated"]["fact_answers_checked"] == checked
+    assert all(0 <= report["arms"][s]["fact_answers_right"] <= report["arms"][s]["fact_answers_checked"]
+               for s in STUDENTS)
     assert "| held-out phrasings |" in (tmp_path / "selfinstruct.md").read_text()
     assert (tmp_path / "selfinstruct.png").stat().st_size > 100
     assert set(json.loads(res.output.strip().splitlines()[-1])["arms"]) == set(ARMS)

@@ -56,7 +56,7 @@ def demo(
     self_instruct: bool = typer.Option(False, "--self-instruct", help="Instead: the Self-Instruct experiment — 175 "
                                        "seed tasks, a teacher trained in the run, tuneful generate (5,000 tasks), "
                                        "tuneful curate, and students on generated / human / curated 1k / random 1k "
-                                       "data, same SFT steps (OUT/selfinstruct.md)."),
+                                       "data, same SFT steps (OUT/selfinstruct.md, ~30 min)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the training data, its order, the eval prompts and the "
                              "pool; run two to see how much a result moves from seed to seed."),
     rl: bool = typer.Option(False, "--rl", help="After SFT also GRPO (verifier reward), online DPO, a reward model "

@@ -301,8 +301,11 @@ def run_selfinstruct(demo: DemoSettings, settings: SelfInstructSettings) -> dict
         t = time.perf_counter()
         result = setup.train(_write(data / f"{name}.jsonl", sets_by_arm[name]), out / f"sft-{name}", settings.steps)
         timings[f"sft_{name}"] = time.perf_counter() - t
+        facts = fact_answer_accuracy(sets_by_arm[name], world)
         measure(name, result.model_dir, {"records": len(sets_by_arm[name]), "families": _families(sets_by_arm[name]),
-                                         "steps": result.steps, "final_loss": result.final_loss})
+                                         "steps": result.steps, "final_loss": result.final_loss,
+                                         "fact_answers_right": sum(v["correct"] for v in facts.values()),
+                                         "fact_answers_checked": sum(v["checked"] for v in facts.values())})
 
     teacher_by, student_by = report["arms"]["teacher"]["by_family"], report["arms"]["generated"]["by_family"]
     families = [f.name for f in FAMILIES]
@@ -374,7 +377,9 @@ def render_selfinstruct(report: dict) -> str:
                      f"{arms['random']['families'].get(family, 0):,} |")
     facts = report["generated_fact_accuracy"]
     lines += ["", "Generated answers to fact requests about a country of the world, verifier-checked: "
-              + ", ".join(f"{f} {v['correct']:,} of {v['checked']:,}" for f, v in facts.items()) + "."]
+              + ", ".join(f"{f} {v['correct']:,} of {v['checked']:,}" for f, v in facts.items()) + ". Right ones in "
+              "each training set: " + ", ".join(f"{a} {arms[a]['fact_answers_right']:,} of "
+                                                  f"{arms[a]['fact_answers_checked']:,}" for a in STUDENTS) + "."]
     lines += ["", "| removed because | count |", "|---|---:|"]
     lines += [f"| {reason} | {count:,} |" for reason, count in report["filtered_by_reason"].items()]
     stages = ", ".join(f"{k} {v:,}" for k, v in report["curation"]["rejected_by_stage"].items())
