@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from tuneful.sandbox.selfinstruct import (SelfInstructSettings, classification_example, copied_errors, family_of,
-                                          instance_example, list_example, pearson, seed_tasks, single_turn_families,
+                                          instance_example, list_example, pearson, seed_tasks,
                                           stderr_points)
-from tuneful.sandbox.tasks import FAMILIES, HELDOUT_FAMILIES, heldout_phrasings, sft_instances
+from tuneful.sandbox.tasks import (FAMILIES, HELDOUT_FAMILIES, SINGLE_TURN_TRAINING_FAMILIES, heldout_phrasings,
+                                   sft_instances)
 from tuneful.sandbox.world import make_world
 from tuneful.selfinstruct.prompts import parse_instances, parse_instructions, parse_yes_no
 
@@ -22,7 +23,7 @@ WORLD = make_world(0, 120)
 def test_the_teachers_examples_parse_back_with_the_generators_own_parsers():
     """The teacher learns replies in exactly the shape `tuneful generate` parses: a list continued from item 9, a
     Yes/No, an instance with no input (label first for a classification task)."""
-    rng, families = random.Random(3), single_turn_families()
+    rng, families = random.Random(3), SINGLE_TURN_TRAINING_FAMILIES
     for _ in range(50):
         record = list_example(rng, WORLD, families)
         assert record["messages"][0]["content"].endswith("\n9.")
@@ -44,8 +45,8 @@ def test_the_teacher_and_the_seeds_never_hold_a_held_out_family_or_phrasing():
 
     from tuneful.sandbox.selfinstruct import _pattern
 
-    held = [_pattern(f.phrasings[k]) for f in single_turn_families() for k in heldout_phrasings(f)]
-    rng, families = random.Random(5), single_turn_families()
+    held = [_pattern(f.phrasings[k]) for f in SINGLE_TURN_TRAINING_FAMILIES for k in heldout_phrasings(f)]
+    rng, families = random.Random(5), SINGLE_TURN_TRAINING_FAMILIES
     requests = [s["instruction"] for s in seed_tasks(WORLD, SelfInstructSettings(), 0)[0]]
     for _ in range(200):
         record = list_example(rng, WORLD, families)
@@ -73,11 +74,11 @@ def test_seed_tasks_are_175_distinct_training_phrasings_of_12_families(tmp_path:
 
 def test_family_of_names_every_single_turn_request_and_nothing_else():
     rng = random.Random(0)
-    for family in single_turn_families():
+    for family in SINGLE_TURN_TRAINING_FAMILIES:
         for phrasing in range(len(family.phrasings)):
             for _ in range(3):
                 assert family_of(family.instance(rng, WORLD, phrasing).messages[-1]["content"]) == family.name
-    augmented = [i for i in sft_instances(WORLD, 40, 0) if i.family in {f.name for f in single_turn_families()}]
+    augmented = [i for i in sft_instances(WORLD, 40, 0) if i.family in {f.name for f in SINGLE_TURN_TRAINING_FAMILIES}]
     right = sum(family_of(i.messages[-1]["content"]) == i.family for i in augmented)
     assert right / len(augmented) > 0.97  # greetings, closings, a dropped word (9 of 680 missed when written)
     assert family_of("Summarise the plot of a film you like.") == "other"

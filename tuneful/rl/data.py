@@ -94,10 +94,14 @@ class PreparedPrompts:
     eval_ids: list[list[int]]
     template: Any
     end_of_turn_ids: list[int]
-    stop_ids: list[int]
     dropped_overlong: int
     skipped: list[str]
-    renderer: Any = None  # the ChatModel that rendered the prompts (episodes render their later turns with it)
+    renderer: Any  # the ChatModel that rendered the prompts (episodes render their later turns with it)
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Every id that ends a sampled completion: the renderer's."""
+        return self.renderer.stop_ids
 
     def summary(self) -> dict:
         return {"train_prompts": len(self.train), "eval_prompts": len(self.eval),
@@ -118,7 +122,6 @@ def prepare_prompts(settings: Any, tokenizer: Any, seed: int) -> PreparedPrompts
         raise ValueError(f"template {template.origin} closes assistant turns with no single special token: sampled "
                          "completions could never end their turn. Use a template with an end-of-turn token")
     renderer = prompt_renderer(tokenizer, template, "policy")
-    stops = renderer.stop_ids
     loaded = load_prompts(settings.train, on_error=settings.on_error)
     skipped = list(loaded.skipped)
     train, held = split_eval(loaded.records, settings, seed,
@@ -132,4 +135,4 @@ def prepare_prompts(settings: Any, tokenizer: Any, seed: int) -> PreparedPrompts
     if not splits[0][0]:
         raise ValueError(f"data.train={settings.train}: no prompt fits data.max_prompt_length="
                          f"{settings.max_prompt_length}")
-    return PreparedPrompts(*splits[0], *splits[1], template, eot, stops, dropped, skipped, renderer)
+    return PreparedPrompts(*splits[0], *splits[1], template, eot, dropped, skipped, renderer)

@@ -31,10 +31,10 @@ from ..data.mix_recipe import recipe_from_dict
 from ..data.mixture import mix
 from .demo import DemoSettings, experiment
 from .report import _pyplot
-from .tasks import FAMILIES, HELDOUT_FAMILIES, eval_instances, sft_instances
+from .tasks import HELDOUT_FAMILIES, SINGLE_TURN_TRAINING_FAMILIES, eval_instances, sft_instances
 
 
-SINGLE_TURN_FAMILIES = tuple(f.name for f in FAMILIES if f.name not in HELDOUT_FAMILIES and not f.follow_ups)
+SINGLE_TURN_FAMILIES = tuple(f.name for f in SINGLE_TURN_TRAINING_FAMILIES)
 
 
 @dataclass

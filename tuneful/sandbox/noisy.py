@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from .tasks import FAMILIES, HELDOUT_FAMILIES, TaskInstance, training_phrasings, verify
+from .tasks import TRAINING_FAMILIES, TaskInstance, training_instance, verify
 from .world import Country
 
 
@@ -18,18 +18,10 @@ FILLER = ("Let me think about this carefully before I answer.", "That is an inte
           "I will explain it step by step so that nothing is missed.")
 
 
-def _train_families() -> list:
-    return [f for f in FAMILIES if f.name not in HELDOUT_FAMILIES]
-
-
-def _instance(rng: random.Random, world: list[Country], family) -> TaskInstance:
-    return family.instance(rng, world, rng.choice(list(training_phrasings(family))))
-
-
 def wrong_answer(rng: random.Random, world: list[Country], inst: TaskInstance, family) -> str:
     """A fluent answer that fails the verifier: another instance's answer of the same family."""
     for _ in range(20):
-        other = _instance(rng, world, family).answer
+        other = training_instance(rng, world, family).answer
         if not verify(inst, other):
             return other
     return "I am not sure."
@@ -51,12 +43,12 @@ def noisy_pool(world: list[Country], n: int, seed: int, *, overrepresented: str 
     """``n`` conversations: clean ones plus wrong, truncated and near-duplicate ones; one family over-represented."""
     rng = random.Random(seed + 101)
     share = share or {"wrong": 0.2, "truncated": 0.15, "near_duplicate": 0.15}
-    families = _train_families()
+    families = TRAINING_FAMILIES
     weights = [5.0 if f.name == overrepresented else 1.0 for f in families]
     out = []
     while len(out) < n:
         family = rng.choices(families, weights)[0]
-        inst = _instance(rng, world, family)
+        inst = training_instance(rng, world, family)
         roll, kind, acc = rng.random(), "clean", 0.0
         for name, p in share.items():
             acc += p
@@ -84,8 +76,8 @@ def noisy_pool(world: list[Country], n: int, seed: int, *, overrepresented: str 
 def preference_pairs(world: list[Country], n: int, seed: int) -> list[dict]:
     """Chosen = correct and concise; rejected = wrong (half) or correct but rambling (half). Training phrasings."""
     rng = random.Random(seed + 202)
-    families = _train_families()
-    return [pair_for(rng, world, _instance(rng, world, family), family, "wrong" if k % 2 == 0 else "rambling")
+    families = TRAINING_FAMILIES
+    return [pair_for(rng, world, training_instance(rng, world, family), family, "wrong" if k % 2 == 0 else "rambling")
             for k, family in enumerate(rng.choice(families) for _ in range(n))]
 
 

@@ -4,7 +4,7 @@ seeds → teacher → ``tuneful generate`` → ``tuneful curate`` → students, 
 user runs (``selfinstruct.loop.run_generate`` with a ``LocalTeacher``, ``curate.pipeline.Curator``, the SFT
 trainer); the sandbox's verifiers only score.
 
-- **Seeds**: 175 tasks in the paper's format (instruction, instances, is_classification) from 12 of the 15
+- **Seeds**: 175 tasks in the paper's format (instruction, instances, is_classification) from 12 of the 17
   single-turn training families (training phrasings only), drawn per seed.
 - **Teacher**: the base model fine-tuned on the task bank (every training family, the human-written data) and on
   the paper's three prompts, built from the bank: continue a numbered list of 8 requests (the next requests come
@@ -45,8 +45,8 @@ from ..selfinstruct.teacher import LocalTeacher
 from .demo import DemoSettings, _load, evaluate_model, experiment
 from .lima import curate_pool
 from .report import SUMMARY_KEYS, _pyplot, arm_bars, stderr_points, write_experiment
-from .tasks import (FAMILIES, FAMILY_BY_NAME, HELDOUT_FAMILIES, Family, TaskInstance, eval_instances,
-                    sft_instances, to_conversation, training_phrasings)
+from .tasks import (FAMILIES, FAMILY_BY_NAME, SINGLE_TURN_TRAINING_FAMILIES, TRAINING_FAMILIES, Family, TaskInstance,
+                    eval_instances, sft_instances, to_conversation, training_instance)
 
 ARMS = ("base", "teacher", "generated", "human", "curated", "random")
 STUDENTS = ("generated", "human", "curated", "random")
@@ -55,7 +55,7 @@ STUDENTS = ("generated", "human", "curated", "random")
 @dataclass
 class SelfInstructSettings:
     seeds: int = 175  # seed tasks, the paper's number
-    seed_families: int = 12  # single-turn training families the seeds cover (of 15)
+    seed_families: int = 12  # single-turn training families the seeds cover (of 17)
     teacher_per_family: int = 200  # task-bank conversations per training family in the teacher's data
     teacher_list_prompts: int = 1500  # "continue the list" examples in the teacher's data
     teacher_classification_prompts: int = 600
@@ -71,14 +71,6 @@ class SelfInstructSettings:
     # points (100 √(0.25 / 1,216) = 1.43 at 50 %)
 
 
-def single_turn_families() -> list[Family]:
-    return [f for f in FAMILIES if f.name not in HELDOUT_FAMILIES and not f.follow_ups]
-
-
-def _instance(rng: random.Random, world: list, family: Family) -> TaskInstance:
-    return family.instance(rng, world, rng.choice(list(training_phrasings(family))))
-
-
 def _request(instance: TaskInstance) -> str:
     return instance.messages[-1]["content"]
 
@@ -86,13 +78,13 @@ def _request(instance: TaskInstance) -> str:
 def seed_tasks(world: list, settings: SelfInstructSettings, seed: int) -> tuple[list[dict], list[str]]:
     """The seed tasks (Self-Instruct's format) and the families they cover."""
     rng = random.Random(seed + 401)
-    families = rng.sample(single_turn_families(), settings.seed_families)
+    families = rng.sample(list(SINGLE_TURN_TRAINING_FAMILIES), settings.seed_families)
     seeds, seen = [], set()
     k = 0
     while len(seeds) < settings.seeds:
         family = families[k % len(families)]
         k += 1
-        inst = _instance(rng, world, family)
+        inst = training_instance(rng, world, family)
         if _request(inst) in seen:
             continue
         seen.add(_request(inst))
@@ -107,8 +99,8 @@ def seed_tasks(world: list, settings: SelfInstructSettings, seed: int) -> tuple[
 def list_example(rng: random.Random, world: list, families: list[Family], stay: float = 0.75) -> dict:
     """8 requests from 2–4 families → 3 more, each from one of those families with probability ``stay``."""
     chosen = rng.sample(families, rng.randint(2, 4))
-    shown = [_request(_instance(rng, world, rng.choice(chosen))) for _ in range(8)]
-    more = [_request(_instance(rng, world, rng.choice(chosen if rng.random() < stay else families)))
+    shown = [_request(training_instance(rng, world, rng.choice(chosen))) for _ in range(8)]
+    more = [_request(training_instance(rng, world, rng.choice(chosen if rng.random() < stay else families)))
             for _ in range(3)]
     reply = more[0] + "".join(f"\n{k}. {text}" for k, text in enumerate(more[1:], start=len(shown) + 2))
     return {"messages": instruction_prompt(shown) + [{"role": "assistant", "content": reply}]}
@@ -117,11 +109,11 @@ def list_example(rng: random.Random, world: list, families: list[Family], stay: 
 def classification_example(rng: random.Random, world: list, families: list[Family]) -> dict:
     clf = [f for f in families if f.kind == "classification"]
     other = [f for f in families if f.kind != "classification"]
-    shots = [(_request(_instance(rng, world, rng.choice(pool))), pool is clf)
+    shots = [(_request(training_instance(rng, world, rng.choice(pool))), pool is clf)
              for _ in range(3) for pool in (other, clf)]
     family = rng.choice(clf if rng.random() < 0.3 else other)
     answer = "Yes" if family.kind == "classification" else "No"
-    return {"messages": classification_prompt(_request(_instance(rng, world, family)), shots)
+    return {"messages": classification_prompt(_request(training_instance(rng, world, family)), shots)
             + [{"role": "assistant", "content": answer}]}
 
 
@@ -131,9 +123,9 @@ def instance_example(rng: random.Random, world: list, families: list[Family]) ->
     same = [f for f in families if (f.kind == "classification") == clf]
     shots = []
     for _ in range(2):
-        shot = _instance(rng, world, rng.choice(same))
+        shot = training_instance(rng, world, rng.choice(same))
         shots.append(Task(_request(shot), (Instance("", shot.answer),), clf))
-    inst = _instance(rng, world, family)
+    inst = training_instance(rng, world, family)
     reply = (f"Example 1\nClass label: {inst.answer}\nInput: {NO_INPUT}" if clf
              else f"Example 1\nInput: {NO_INPUT}\nOutput: {inst.answer}")
     return {"messages": instance_prompt(_request(inst), shots, output_first=clf)
@@ -142,7 +134,7 @@ def instance_example(rng: random.Random, world: list, families: list[Family]) ->
 
 def teacher_records(world: list, settings: SelfInstructSettings, seed: int) -> list[dict]:
     rng = random.Random(seed + 402)
-    families = single_turn_families()
+    families = list(SINGLE_TURN_TRAINING_FAMILIES)
     records = [to_conversation(i) for i in sft_instances(world, settings.teacher_per_family, seed + 403)]
     records += [list_example(rng, world, families) for _ in range(settings.teacher_list_prompts)]
     records += [classification_example(rng, world, families) for _ in range(settings.teacher_classification_prompts)]
@@ -170,13 +162,22 @@ _PHRASINGS = sorted(((f.name, p) for f in FAMILIES if not f.follow_ups for p in 
 _PATTERNS = [(name, _pattern(p), _literal_words(p)) for name, p in _PHRASINGS]
 
 
-def family_of(request: str) -> str:
-    """The single-turn task-bank family whose phrasing the request fills (any phrasing, with a greeting or a closing
-    around it), else the family whose phrasing's own words the request holds most of, in order (over 70 %: a
-    word dropped or changed), else ``"other"``. For the report only: the curation never sees it."""
+def phrasing_family(request: str) -> str | None:
+    """The single-turn task-bank family one of whose phrasings the request fills (a greeting or a closing around it
+    allowed), or None."""
     for name, pattern, _ in _PATTERNS:
         if pattern.search(request.strip()):
             return name
+    return None
+
+
+def family_of(request: str) -> str:
+    """The family whose phrasing the request fills (``phrasing_family``), else the family whose phrasing's own
+    words the request holds most of, in order (over 70 %: a word dropped or changed), else ``"other"``. For the
+    report only: the curation never sees it."""
+    exact = phrasing_family(request)
+    if exact is not None:
+        return exact
     words = re.findall(r"[a-z0-9]+", request.lower())
     best, score = "other", 0.7
     for name, _, literal in _PATTERNS:
@@ -197,17 +198,13 @@ def fact_answer_accuracy(records: list[dict], world: list) -> dict[str, dict[str
     countries = {c.name.lower(): c for c in world}
     out = {family: {"checked": 0, "correct": 0} for family in FACT_FAMILIES}
     for record in records:
-        request = record["messages"][0]["content"].strip()
-        for name, pattern, _ in _PATTERNS:
-            if pattern.search(request) is None:
-                continue
-            named = [countries[w] for w in re.findall(r"\w+", request.lower()) if w in countries]
-            country = named[0] if name in FACT_FAMILIES and len(named) == 1 else None
-            if country is not None:
-                out[name]["checked"] += 1
-                out[name]["correct"] += FAMILY_BY_NAME[name].verify(record["messages"][-1]["content"],
-                                                                    {"word": str(getattr(country, name))})
-            break
+        request = record["messages"][0]["content"]
+        name = phrasing_family(request)
+        named = [countries[w] for w in re.findall(r"\w+", request.lower()) if w in countries]
+        if name in FACT_FAMILIES and len(named) == 1:
+            out[name]["checked"] += 1
+            out[name]["correct"] += FAMILY_BY_NAME[name].verify(record["messages"][-1]["content"],
+                                                                {"word": str(getattr(named[0], name))})
     return out
 
 
@@ -255,7 +252,8 @@ def run_selfinstruct(demo: DemoSettings, settings: SelfInstructSettings) -> dict
     seeds_path = _write(data / "seed_tasks.jsonl", seeds)
 
     t = time.perf_counter()
-    teacher_train = _write(data / "teacher.jsonl", teacher_records(world, settings, demo.seed))
+    teacher_data = teacher_records(world, settings, demo.seed)
+    teacher_train = _write(data / "teacher.jsonl", teacher_data)
     teacher = setup.train(teacher_train, out / "teacher", settings.teacher_steps,
                           ("data.max_length=384",))  # the list and instance prompts reach ~350 tokens
     timings["teacher"] = time.perf_counter() - t
@@ -276,7 +274,7 @@ def run_selfinstruct(demo: DemoSettings, settings: SelfInstructSettings) -> dict
     kept, rejected = curate_pool(pool_path, CurateSettings(budget=settings.budget, reference_model=str(base),
                                                            ifd_model=str(base), seed=demo.seed))
     timings["curate"] = time.perf_counter() - t
-    per_family = math.ceil(len(generated) / (len(FAMILIES) - len(HELDOUT_FAMILIES)))
+    per_family = math.ceil(len(generated) / len(TRAINING_FAMILIES))
     human = [to_conversation(i) for i in sft_instances(world, per_family, demo.seed + 404)][: len(generated)]
     sets_by_arm = {"generated": generated, "human": human, "curated": [generated[i] for i in kept],
                    "random": random.Random(demo.seed + 405).sample(generated, min(settings.budget, len(generated)))}
@@ -295,17 +293,18 @@ def run_selfinstruct(demo: DemoSettings, settings: SelfInstructSettings) -> dict
                                 "stderr_points": stderr_points(summary["heldout_phrasing_accuracy"], n_phrasing)}
 
     measure("base", base, {})
-    measure("teacher", teacher.model_dir, {"records": _count(teacher_train), "steps": teacher.steps,
+    measure("teacher", teacher.model_dir, {"records": len(teacher_data), "steps": teacher.steps,
                                            "final_loss": teacher.final_loss})
+    facts: dict[str, dict] = {}
     for name in STUDENTS:
         t = time.perf_counter()
         result = setup.train(_write(data / f"{name}.jsonl", sets_by_arm[name]), out / f"sft-{name}", settings.steps)
         timings[f"sft_{name}"] = time.perf_counter() - t
-        facts = fact_answer_accuracy(sets_by_arm[name], world)
+        facts[name] = fact_answer_accuracy(sets_by_arm[name], world)
         measure(name, result.model_dir, {"records": len(sets_by_arm[name]), "families": _families(sets_by_arm[name]),
                                          "steps": result.steps, "final_loss": result.final_loss,
-                                         "fact_answers_right": sum(v["correct"] for v in facts.values()),
-                                         "fact_answers_checked": sum(v["checked"] for v in facts.values())})
+                                         "fact_answers_right": sum(v["correct"] for v in facts[name].values()),
+                                         "fact_answers_checked": sum(v["checked"] for v in facts[name].values())})
 
     teacher_by, student_by = report["arms"]["teacher"]["by_family"], report["arms"]["generated"]["by_family"]
     families = [f.name for f in FAMILIES]
@@ -313,11 +312,11 @@ def run_selfinstruct(demo: DemoSettings, settings: SelfInstructSettings) -> dict
     report["teacher_weak_families"] = {f: {"teacher": teacher_by[f], "generated": student_by[f]}
                                        for f in families if teacher_by[f] < 0.3}
     report["copied_errors"] = copied_errors(rows["teacher"], rows["generated"])
-    generated_families = _families(generated)
+    generated_families = report["arms"]["generated"]["families"]
     report["generated_kept"] = generation["accepted"]
     report["generated_instances"] = len(generated)
     report["generated_families"] = generated_families
-    report["generated_fact_accuracy"] = fact_answer_accuracy(generated, world)
+    report["generated_fact_accuracy"] = facts["generated"]
     report["outside_seed_families"] = sum(n for f, n in generated_families.items() if f not in seed_families)
     report["seed_families"] = seed_families
     report["filtered_by_reason"] = {**generation["rejected_by_reason"],
@@ -333,10 +332,6 @@ def run_selfinstruct(demo: DemoSettings, settings: SelfInstructSettings) -> dict
     report["seconds"] = time.perf_counter() - started
     write_selfinstruct_report(out, report)
     return report
-
-
-def _count(path: Path) -> int:
-    return sum(1 for line in path.read_text().splitlines() if line.strip())
 
 
 # --- the report ----------------------------------------------------------------------------------

@@ -326,6 +326,15 @@ def heldout_phrasings(family: Family) -> range:
     return range(len(family.phrasings) - HELDOUT_PHRASINGS, len(family.phrasings))
 
 
+TRAINING_FAMILIES = tuple(f for f in FAMILIES if f.name not in HELDOUT_FAMILIES)
+SINGLE_TURN_TRAINING_FAMILIES = tuple(f for f in TRAINING_FAMILIES if not f.follow_ups)
+
+
+def training_instance(rng: random.Random, world: list[Country], family: Family) -> TaskInstance:
+    """One task of ``family`` in one of its training phrasings (drawn with ``rng``), without augmentation."""
+    return family.instance(rng, world, rng.choice(list(training_phrasings(family))))
+
+
 _PREFIXES = ("", "", "", "Please: ", "Quick question. ", "Hi! ", "I have a question. ", "Could you help? ",
              "Hello. ", "One more thing. ")
 _SUFFIXES = ("", "", "", " Thanks.", " Please answer briefly.", " Thank you!", " I need to know.")
