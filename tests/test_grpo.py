@@ -24,6 +24,13 @@ def short(prompt, completion, record):
 
 def has_reference(prompt, completion, record):
     return float(record.get("reference", "") in completion)
+
+
+def half_flat(prompt, completion, record):
+    """0 on every reply to the first six prompts (no signal there); elsewhere the parity of the reply's characters."""
+    if record["answer"] in ("cats", "rivers", "taxes", "poems", "planets", "markets"):
+        return 0.0
+    return float(sum(map(ord, completion)) % 2)
 '''
 
 
@@ -54,6 +61,68 @@ def test_group_advantages_literal():
     assert torch.allclose(adv[:4], torch.tensor([0.5, -0.5, -0.5, 0.5]) / (std + 1e-4))
     assert torch.equal(adv[4:], torch.zeros(4))  # a group that all scored the same teaches nothing
     assert torch.allclose(group_advantages(rewards, 4, scale="none")[:4], torch.tensor([0.5, -0.5, -0.5, 0.5]))
+
+
+def test_dynamic_sampling_swaps_prompts_without_signal_literal():
+    import random
+
+    from tuneful.rl.selection import WINDOW, SignalHistory
+
+    history = SignalHistory([f"#{i}" for i in range(6)], revisit=0.0)
+    history.record([(0, [1.0, 1.0]), (1, [0.0, 0.0]), (2, [0.0, 1.0])])  # 0 all passed, 1 all failed, 2 signal
+    assert [history.rate(f"#{i}") for i in range(4)] == [0.0, 0.0, 1.0, 1.0]  # 3 not sampled yet: 1
+    chosen, swapped = history.choose([[0, 2], [1, 3]], random.Random(0))
+    assert swapped == [1, 1] and chosen[0][1] == 2 and chosen[1][1] == 3
+    assert {chosen[0][0], chosen[1][0]} == {4, 5}  # unseen, not already in the step, never a repeat
+    full = SignalHistory(["#0", "#1", "#2"], revisit=0.0)
+    full.record([(0, [1.0, 1.0]), (1, [2.0, 2.0]), (2, [0.0, 1.0])])
+    assert full.choose([[0, 2]], random.Random(0)) == ([[0, 2]], [0])  # nothing to accept: the plan stands
+    always = SignalHistory(["#0", "#1"], revisit=1.0)
+    always.record([(0, [1.0, 1.0])])
+    assert always.choose([[0]], random.Random(0)) == ([[0]], [0])  # revisit 1: never swapped
+    families = SignalHistory(["capital", "capital", "sort", "sort"], revisit=0.0)
+    families.record([(0, [1.0, 1.0])] * (WINDOW - 1) + [(1, [0.0, 1.0])])  # capital: 1 group in WINDOW had signal
+    assert families.rate("capital") == 1 / WINDOW
+    families.record([(0, [1.0, 1.0])])  # the window slides: the signal is still in it
+    assert families.rate("capital") == 1 / WINDOW
+    draws = [families.choose([[1]], random.Random(seed))[0][0][0] for seed in range(400)]
+    assert 0.80 < sum(d in (2, 3) for d in draws) / 400 < 0.94  # capital kept with p 1/8, else a sort prompt
+    restored = SignalHistory(families.keys, revisit=0.0)
+    restored.restore(families.state())
+    assert restored.state() == families.state() and restored.rate("capital") == 1 / WINDOW
+
+
+def test_dynamic_sampling_in_a_run_and_its_resume(workdir: Path, monkeypatch):
+    """Prompts whose groups all scored the same are swapped out once seen (revisit 0; the second epoch plans every
+    prompt again), the share is reported, and a resumed run restores each prompt's history and chooses exactly as
+    the straight run."""
+    reward = f"grpo.rewards=python:{workdir / 'rewards.py'}:half_flat"
+    common = ("train.max_steps=12", "train.save_every=8", "train.resume=true", reward, "grpo.dynamic_sampling=true",
+              "grpo.revisit=0")
+    plain = run_grpo(config(workdir, "plain", "train.max_steps=12", reward))
+    straight = run_grpo(config(workdir, "dynamic", *common))
+    killed_at_step(monkeypatch, GRPOTrainer, 10, lambda: run_grpo(config(workdir, "dynamic-resumed", *common)))
+    resumed = run_grpo(config(workdir, "dynamic-resumed", *common))
+    rows = lambda result: [r for r in result.history if "loss" in r]  # noqa: E731
+    assert sum(r["swapped_share"] for r in rows(straight)) > 0 == sum(r["swapped_share"] for r in rows(plain))
+    mean = lambda result: sum(r["signal_share"] for r in rows(result)) / len(rows(result))  # noqa: E731
+    assert mean(straight) > mean(plain), (mean(straight), mean(plain))
+    same = lambda r: (r["step"], round(r["loss"], 6), r["reward_mean"], r["swapped_share"])  # noqa: E731
+    assert [same(r) for r in rows(resumed)] == [same(r) for r in rows(straight)]
+    with pytest.raises(ConfigError, match="revisit"):
+        config(workdir, "bad", "grpo.revisit=2")
+    # keyed by a field that groups prompts, the first epoch (no prompt met twice) is steered too
+    flat = ("cats", "rivers", "taxes", "poems", "planets", "markets")
+    keyed = workdir / "keyed.jsonl"
+    keyed.write_text("".join(json.dumps({"prompt": json.loads(line)["prompt"], "answer": json.loads(line)["answer"],
+                                         "kind": "flat" if json.loads(line)["answer"] in flat else "varied"}) + "\n"
+                             for line in (workdir / "prompts.jsonl").read_text().splitlines()))
+    by_kind = run_grpo(config(workdir, "dynamic-keyed", "train.max_steps=6", reward, "grpo.dynamic_sampling=true",
+                              "grpo.revisit=0", "grpo.signal_key=kind", f"data.train={keyed}"))
+    assert sum(r["swapped_share"] for r in rows(by_kind)) > 0
+    with pytest.raises(ValueError, match="signal_key=family: 12 of 12 prompt records have no field 'family'"):
+        run_grpo(config(workdir, "dynamic-no-key", "train.max_steps=1", reward, "grpo.dynamic_sampling=true",
+                        "grpo.signal_key=family"))
 
 
 def test_clipped_surrogate_literal():
@@ -244,8 +313,10 @@ def test_online_dpo_pairs_and_a_run_that_raises_the_reward(workdir: Path):
     assert last > first + 0.15, (first, last)
     assert json.loads((result.model_dir / "tuneful.json").read_text())["reference"] == "frozen"
     lora = run_online_dpo(build(OnlineDPOConfig, None, common + [
-        f"train.output_dir={workdir / 'online-lora'}", "train.max_steps=2", "lora.enabled=true", "lora.r=8"]))
+        f"train.output_dir={workdir / 'online-lora'}", "train.max_steps=2", "lora.enabled=true", "lora.r=8",
+        "online_dpo.dynamic_sampling=true"]))
     assert abs([r for r in lora.history if "loss" in r][0]["loss"] - 0.6931) < 1e-3  # adapters off: the reference
+    assert "swapped_share" in [r for r in lora.history if "loss" in r][0]
     assert json.loads((lora.model_dir / "tuneful.json").read_text())["reference"] == "adapters-off"
 
 

@@ -242,6 +242,8 @@ def test_demo_quick_writes_the_contract(tmp_path: Path):
     assert 0.0 <= after_rl["tuned_with_tools"] <= 1.0 and after_rl["turns_per_episode"] >= 1.0
     assert set(after["signal_share"]) == {"grpo", "grpo_rm", "agent_grpo"}
     assert all(0.0 <= v <= 1.0 for v in after["signal_share"].values())
+    assert set(after["swapped_share"]) == {"grpo", "grpo_rm", "agent_grpo", "online_dpo"}
+    assert all(0.0 <= v <= 1.0 for v in after["swapped_share"].values()) and after["settings"]["dynamic_sampling"]
 
 
 @pytest.mark.slow

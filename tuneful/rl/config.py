@@ -42,7 +42,25 @@ class PromptDataSettings:
 
 
 @dataclass
-class GRPOSettings:
+class PromptSelectionSettings:
+    """Which prompts an online step samples (:mod:`tuneful.rl.selection`); shared by GRPO and online DPO."""
+
+    dynamic_sampling: bool = setting(False, "Swap a planned prompt whose last group's rewards were all equal (all "
+                                            "passed or all failed: no gradient) for one whose recent groups differed, "
+                                            "drawn by that signal rate (DAPO's dynamic sampling, without extra "
+                                            "generation).")
+    signal_key: str = setting("", "With dynamic_sampling: a prompt-record field whose value groups prompts (e.g. a "
+                                  "task family); the group's recent signal steers, so a run shorter than an epoch "
+                                  "(no prompt met twice) still steers. Empty = each prompt on its own history.")
+    revisit: float = setting(0.1, "With dynamic_sampling: the least chance a prompt is kept or drawn, however rarely its "
+                                  "groups had signal (the policy moves).")
+
+    def selection_problems(self) -> list[str]:
+        return [] if 0 <= self.revisit <= 1 else [f"revisit: {self.revisit} must be in [0, 1]"]
+
+
+@dataclass
+class GRPOSettings(PromptSelectionSettings):
     rewards: list[str] = setting([], "Reward sources: python:MODULE:FUNCTION (or FILE.py:FUNCTION), rm:FOLDER "
                                      "(tuneful rm train), judge:MODEL@BASE_URL (OpenAI-compatible).")
     reward_weights: list[float] = setting([], "One weight per reward source; empty = 1 each.")
@@ -73,7 +91,7 @@ class GRPOSettings:
                                 "ends the episode unanswered.")
 
     def check(self) -> list[str]:
-        problems = []
+        problems = self.selection_problems()
         if not self.rewards:
             problems.append("rewards: required; e.g. grpo.rewards=python:my_rewards.py:correct")
         if self.reward_weights and len(self.reward_weights) != len(self.rewards):

@@ -17,7 +17,7 @@ from ..config import setting
 from ..preference.losses import dpo_sigmoid, ipo
 from ..train.config import AfterSFTConfig
 from ..train.loop import RunResult, run
-from .config import GRPO_REFERENCES, LAYOUTS, GRPOTrainSettings, PromptDataSettings
+from .config import GRPO_REFERENCES, LAYOUTS, GRPOTrainSettings, PromptDataSettings, PromptSelectionSettings
 from .rollout import RolloutBatch
 from .trainer import GRPOTrainer
 
@@ -25,7 +25,7 @@ ONLINE_DPO_LOSSES = ("sigmoid", "ipo")
 
 
 @dataclass
-class OnlineDPOSettings:
+class OnlineDPOSettings(PromptSelectionSettings):
     rewards: list[str] = setting([], "Reward sources that rank the sampled replies (as grpo.rewards).")
     reward_weights: list[float] = setting([], "One weight per reward source; empty = 1 each.")
     group_size: int = setting(2, "Replies sampled per prompt; the best and the worst form the pair.")
@@ -50,7 +50,7 @@ class OnlineDPOSettings:
         return 1
 
     def check(self) -> list[str]:
-        problems = []
+        problems = self.selection_problems()
         if not self.rewards:
             problems.append("rewards: required; e.g. online_dpo.rewards=python:my_rewards.py:correct")
         if self.reward_weights and len(self.reward_weights) != len(self.rewards):
@@ -130,6 +130,7 @@ class OnlineDPOTrainer(GRPOTrainer):
         rewards = torch.tensor([c.reward for c in batch.completions], device=self.acc.device)
         zero = torch.zeros(())
         counted = {"reward": rewards.sum(), "completions": torch.tensor(float(n)),
+                   "swapped": torch.tensor(float(batch.swapped)),
                    "positions": torch.tensor(float(inputs.attention_mask.sum()))}
         if not pairs:  # no preference in this micro-batch: a zero loss that still reaches every parameter
             return sums.sum() * 0.0, {"loss": zero, "reward_gap": zero, "margin": zero, "correct": zero,
@@ -156,11 +157,12 @@ class OnlineDPOTrainer(GRPOTrainer):
 
     def step_metrics(self, sums: dict[str, float], counts: torch.Tensor, grad_norm: float) -> dict:
         pairs, completions = max(1.0, sums["pairs"]), max(1.0, sums["completions"])
+        groups = int(completions) // self.settings.group_size
         return {"loss": sums["loss"], "reward_mean": sums["reward"] / completions,
                 "pair_reward_gap": sums["reward_gap"] / pairs, "margin": sums["margin"] / pairs,
                 "accuracy": sums["correct"] / pairs, "pairs": int(sums["pairs"]), "tied_groups":
-                int(completions) // self.settings.group_size - int(sums["pairs"]), "grad_norm": grad_norm,
-                "tokens": int(sums["positions"])}
+                groups - int(sums["pairs"]), "swapped_share": sums["swapped"] / max(1, groups),
+                "grad_norm": grad_norm, "tokens": int(sums["positions"])}
 
 
 def run_online_dpo(cfg: OnlineDPOConfig, *, model: Any = None, tokenizer: Any = None, reward: Any = None) -> RunResult:

@@ -40,10 +40,19 @@ class RolloutBatch:
     old_logps: torch.Tensor | None = None
     groups: int = 0  # prompts sampled for it
     groups_with_signal: int = 0  # of them, those whose rewards were not all equal (the others teach nothing)
+    swapped: int = 0  # of them, those dynamic sampling drew instead of the plan's (:mod:`tuneful.rl.selection`)
 
     @property
     def tokens(self) -> int:
         return sum(len(c.ids) for c in self.completions)
+
+    def group_rewards(self) -> list[tuple[int, list[float]]]:
+        """(prompt index, its samples' rewards) per group; an episode counted once (its first turn)."""
+        by_prompt: dict[int, list[float]] = {}
+        for c in self.completions:
+            if c.turn == 0:
+                by_prompt.setdefault(c.prompt, []).append(c.reward)
+        return list(by_prompt.items())
 
 
 @dataclass(frozen=True)

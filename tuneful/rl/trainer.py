@@ -15,11 +15,13 @@ The loop, checkpoints, resume and output are :mod:`tuneful.train.loop`'s.
 from __future__ import annotations
 
 import copy
+import random
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from accelerate.utils import gather_object
 
 from ..config import to_dict
 from ..data.tool_parsers import PARSERS, parser_for_template
@@ -33,6 +35,7 @@ from .config import GRPOConfig
 from .losses import clipped_policy_gradient
 from .data import PreparedPrompts, prepare_prompts
 from .rewards import CombinedReward
+from .selection import SignalHistory
 from .rollout import (CompletionInputs, CompletionLogps, RolloutBatch, SamplingSettings, completion_inputs,
                       sample_episode_groups, sample_groups, with_signal)
 
@@ -88,6 +91,7 @@ class GRPOTrainer(Trainer):
         self.sampling = SamplingSettings(self.settings.group_size, self.settings.max_new_tokens,
                                          self.settings.temperature, self.settings.generation_batch_size,
                                          self.settings.scale_rewards)
+        self.history = SignalHistory(self._signal_keys(), self.settings.revisit)
         self.tools: Tools = dict(self._tools_in or {})
         if getattr(self.settings, "tools", ""):
             self.tools.update(load_tools(Path(self.settings.tools)))
@@ -99,6 +103,18 @@ class GRPOTrainer(Trainer):
                                  "tuneful can parse, so the policy's calls could not be run. Fix: a tool-capable "
                                  "template (data.template=chatml, a model's own with tool calls) or no tools")
             self.parser = PARSERS[syntax]
+
+    def _signal_keys(self) -> list[str]:
+        """Each training prompt's key for dynamic sampling: its index, or the value of ``signal_key`` in its record."""
+        name = self.settings.signal_key
+        if not name:
+            return [f"#{i}" for i in range(len(self.data.train))]
+        missing = [i for i, record in enumerate(self.data.train) if name not in record.fields]
+        if missing:
+            raise ValueError(f"{self.name.replace('-', '_')}.signal_key={name}: {len(missing)} of "
+                             f"{len(self.data.train)} prompt records have no field {name!r} (the first: record "
+                             f"{missing[0]}). Fix: add it to every record, or signal_key= (each prompt on its own)")
+        return [str(record.fields[name]) for record in self.data.train]
 
     def before_lora(self, model: Any) -> None:
         if self.reference_kind == "frozen":
@@ -129,6 +145,13 @@ class GRPOTrainer(Trainer):
     def micro_batch(self, items: list[int]) -> list[int]:
         return items
 
+    def data_state(self) -> dict | None:
+        """Each prompt's last signal (``dynamic_sampling``), so a resumed run chooses as the straight one."""
+        return {"signal": self.history.state()} if self.settings.dynamic_sampling else None
+
+    def restore_data_state(self, state: dict | None) -> None:
+        self.history.restore((state or {}).get("signal"))
+
     # --- sampling ---------------------------------------------------------------------------------
     def _policy(self) -> Any:
         return self.acc.unwrap_model(self.module).model
@@ -138,6 +161,9 @@ class GRPOTrainer(Trainer):
         if self._rollout is None or self._rollout[0] != cycle:
             prompt_groups = super().micro_batches(step)
             seed = (self.cfg.train.seed * 1_000_003 + cycle) * 101 + self.acc.process_index
+            swapped = [0] * len(prompt_groups)
+            if self.settings.dynamic_sampling:
+                prompt_groups, swapped = self.history.choose(prompt_groups, random.Random(seed))
             with self.acc.autocast():
                 if self.tools:
                     batches = sample_episode_groups(self._policy(), self.tokenizer, self.data.renderer, prompt_groups,
@@ -149,6 +175,10 @@ class GRPOTrainer(Trainer):
                     batches = [RolloutBatch(g, groups=len(p), groups_with_signal=with_signal(
                         [c.reward for c in g], self.sampling.group_size)) for g, p in zip(groups, prompt_groups)]
             self.module.train()  # generation switched the model to eval mode
+            for batch, count in zip(batches, swapped):
+                batch.swapped = count
+            if self.settings.dynamic_sampling:  # every process remembers every process's groups
+                self.history.record(gather_object([group for batch in batches for group in batch.group_rewards()]))
             if self.updates_per_batch > 1:  # the ratio's denominator: the sampling policy's log-probs
                 for batch in batches:
                     batch.old_logps = self._logps(batch, self.module)
@@ -199,6 +229,7 @@ class GRPOTrainer(Trainer):
                       "kl": terms.kl.sum(), "clipped": terms.clipped.float().sum(),
                       "groups": torch.tensor(float(batch.groups)),
                       "groups_with_signal": torch.tensor(float(batch.groups_with_signal)),
+                      "swapped": torch.tensor(float(batch.swapped)),
                       "positions": torch.tensor(float(inputs.attention_mask.sum()))}
 
     def step_metrics(self, sums: dict[str, float], counts: torch.Tensor, grad_norm: float) -> dict:
@@ -208,8 +239,8 @@ class GRPOTrainer(Trainer):
                    "reward_std": max(0.0, sums["reward_squared"] / samples - mean ** 2) ** 0.5,
                    "completion_length": tokens / n, "stop_rate": sums["stopped"] / n, "kl": sums["kl"] / tokens,
                    "clip_fraction": sums["clipped"] / tokens, "signal_share": sums["groups_with_signal"] /
-                   max(1.0, sums["groups"]), "grad_norm": grad_norm, "completions": int(counts[0]),
-                   "tokens": int(sums["positions"])}
+                   max(1.0, sums["groups"]), "swapped_share": sums["swapped"] / max(1.0, sums["groups"]),
+                   "grad_norm": grad_norm, "completions": int(counts[0]), "tokens": int(sums["positions"])}
         if self.tools:
             metrics["turns_per_episode"] = n / samples
         return metrics

@@ -53,6 +53,8 @@ class OnlineSettings:
     agent_max_new_tokens: int = 128  # per turn (the agent evaluation's cap)
     agent_max_turns: int = 5  # the agent evaluation's rounds
     agent_lr: float = 2e-5
+    # prompts steered towards families whose recent groups had signal (tuneful.rl.selection), every online method
+    dynamic_sampling: bool = True
 
 
 def write_prompts(folder: Path, world: list, n: int, seed: int) -> Path:
@@ -71,8 +73,14 @@ def _common(settings: Any, online: OnlineSettings, model: Path, prompts: Path, o
             "train.log_every=5", f"lora.enabled={settings.lora}", "lora.r=32", "lora.alpha=64"]
 
 
+def _selection(online: OnlineSettings, section: str) -> list[str]:
+    """Dynamic sampling keyed by the task family every prompt record carries."""
+    return [f"{section}.dynamic_sampling={online.dynamic_sampling}", f"{section}.signal_key=family"]
+
+
 def run_grpo_arm(settings: Any, online: OnlineSettings, model: Path, prompts: Path, out: Path, reward: str) -> Any:
-    return run_grpo(build(GRPOConfig, None, _common(settings, online, model, prompts, out) + [
+    return run_grpo(build(GRPOConfig, None, _common(settings, online, model, prompts, out) +
+                          _selection(online, "grpo") + [
         f"grpo.rewards={reward}", f"grpo.group_size={online.group_size}",
         f"grpo.max_new_tokens={online.max_new_tokens}", f"train.lr={online.grpo_lr}", "grpo.loss=dapo"]))
 
@@ -85,7 +93,8 @@ def run_agent_grpo_arm(settings: Any, online: OnlineSettings, model: Path, tool_
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rl_prompts(tool_world, online.agent_prompts,
                                                                            settings.seed)))
     steps = replace(online, steps=online.agent_steps, prompts_per_step=online.agent_prompts_per_step)
-    return run_grpo(build(GRPOConfig, None, _common(settings, steps, model, prompts, out) + [
+    return run_grpo(build(GRPOConfig, None, _common(settings, steps, model, prompts, out) +
+                          _selection(online, "grpo") + [
         f"grpo.rewards={AGENT_REWARD}", f"grpo.group_size={online.agent_group_size}",
         f"grpo.max_new_tokens={online.agent_max_new_tokens}", f"grpo.max_turns={online.agent_max_turns}",
         f"train.lr={online.agent_lr}", "grpo.loss=dapo", "data.max_prompt_length=448"]),
@@ -93,7 +102,8 @@ def run_agent_grpo_arm(settings: Any, online: OnlineSettings, model: Path, tool_
 
 
 def run_online_dpo_arm(settings: Any, online: OnlineSettings, model: Path, prompts: Path, out: Path) -> Any:
-    return run_online_dpo(build(OnlineDPOConfig, None, _common(settings, online, model, prompts, out) + [
+    return run_online_dpo(build(OnlineDPOConfig, None, _common(settings, online, model, prompts, out) +
+                                _selection(online, "online_dpo") + [
         f"online_dpo.rewards={VERIFIER}", f"online_dpo.group_size={online.online_dpo_group}",
         f"online_dpo.max_new_tokens={online.max_new_tokens}", f"train.lr={online.online_dpo_lr}"]))
 
@@ -160,6 +170,8 @@ def after_sft(settings: Any, sft_model: Path, world: list, heldout_pairs: list[d
                        "seconds": timings}
     runs = {"grpo": grpo, "grpo_rm": grpo_rm} | ({"agent_grpo": agent_grpo} if agent_grpo is not None else {})
     out["signal_share"] = {name: _mean_of(result.history, "signal_share") for name, result in runs.items()}
+    out["swapped_share"] = {name: _mean_of(result.history, "swapped_share")
+                            for name, result in (runs | {"online_dpo": online_dpo}).items()}
     if agent_grpo is not None:
         out["agent"] = evaluate_agent(agent_grpo.model_dir) | {
             "reward_last": last(agent_grpo).get("reward_mean"),

@@ -210,4 +210,9 @@ def after_sft_section(after: dict) -> list[str]:
         lines += ["", "Groups with signal (rewards not all equal; a group whose completions all scored the same has "
                       "zero advantage and teaches nothing), mean over steps: "
                   + ", ".join(f"{name} {share:.0%}" for name, share in shares.items()) + "."]
+    swapped = {k: v for k, v in after.get("swapped_share", {}).items() if v is not None}
+    if online.get("dynamic_sampling") and swapped:
+        lines += ["", "Dynamic sampling (prompts drawn by their family's recent signal rate) swapped, of the prompts "
+                      "the plan drew, mean over steps: "
+                  + ", ".join(f"{name} {share:.0%}" for name, share in swapped.items()) + "."]
     return lines
