@@ -20,7 +20,7 @@ the model wrote it, and a turn is never trained in a context inference would not
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..data.tool_parsers import ToolParser
 from .generate import generate
@@ -44,6 +44,7 @@ class Episode:
     answered: bool = False  # ended with a turn that made no call (not cut by max_turns, not a call that failed to parse)
     calls: int = 0  # tool calls made
     failed_calls: int = 0  # calls that did not parse, or whose tool answered with an error
+    unparsed: int = 0  # of them, turns whose calls did not parse
     done: bool = False
 
     def transcript(self) -> list[dict]:
@@ -52,34 +53,48 @@ class Episode:
         return self.messages[:-1] if last["role"] == "assistant" and not last.get("tool_calls") else list(self.messages)
 
 
-def run_episodes(policy: Any, tokenizer: Any, renderer: Any, records: Sequence[Any], indices: Sequence[int],
-                 tools: Tools, parser: ToolParser, *, max_turns: int, max_new_tokens: int, batch_size: int,
-                 do_sample: bool = True, temperature: float = 1.0, seed: int = 0) -> list[Episode]:
-    """One episode per entry of ``indices`` (an index into ``records``: PromptRecords with ``messages`` and
-    ``tools``; a record without tools is offered ``tools``' schemas)."""
-    offered = tool_schemas(tools) if tools and any(not records[i].tools for i in indices) else None
-    episodes = [Episode(i, [dict(m) for m in records[i].messages]) for i in indices]
+def play_episodes(episodes: list[Episode], next_turns: Callable[[list[Episode], int], list[Turn]], tools: Tools,
+                  parser: ToolParser, *, max_turns: int) -> list[Episode]:
+    """The episode loop, whatever writes the turns: each round ``next_turns(live episodes, round)`` gives one turn
+    per unfinished episode (the engine on token ids in :func:`run_episodes`; a text-level policy elsewhere), its
+    calls are parsed and run, until every episode has answered or ``max_turns``."""
     for round_ in range(max_turns):
         live = [e for e in episodes if not e.done]
         if not live:
             break
+        for episode, turn in zip(live, next_turns(live, round_), strict=True):
+            episode.turns.append(turn)
+            _take_turn(episode, parser.parse(turn.text, truncated=not turn.stopped), tools,
+                       last=round_ == max_turns - 1)
+    return episodes
+
+
+def run_episodes(policy: Any, tokenizer: Any, renderer: Any, records: Sequence[Any], indices: Sequence[int],
+                 tools: Tools, parser: ToolParser, *, max_turns: int, max_new_tokens: int, batch_size: int,
+                 do_sample: bool = True, temperature: float = 1.0, seed: int = 0) -> list[Episode]:
+    """One episode per entry of ``indices`` (an index into ``records``: PromptRecords with ``messages`` and
+    ``tools``; a record without tools is offered ``tools``' schemas), its turns written by the engine."""
+    offered = tool_schemas(tools) if tools and any(not records[i].tools for i in indices) else None
+
+    def next_turns(live: list[Episode], round_: int) -> list[Turn]:
         contexts = [renderer.prompt_ids(e.messages, records[e.record].tools or offered) for e in live]
         replies = generate(policy, tokenizer, contexts, stop_ids=renderer.stop_ids, max_new_tokens=max_new_tokens,
                            batch_size=batch_size, do_sample=do_sample, temperature=temperature,
                            seed=seed * 1_000_003 + round_)
-        for episode, context, reply in zip(live, contexts, replies):
-            text = tokenizer.decode(reply.token_ids, skip_special_tokens=False)  # a call marker may be special
-            ids = reply.token_ids + ([reply.stop_token] if reply.stopped else [])
-            episode.turns.append(Turn(context, ids, text, reply.stopped))
-            _take_turn(episode, parser.parse(text, truncated=not reply.stopped), tools,
-                       last=round_ == max_turns - 1)
-    return episodes
+        return [Turn(context, reply.token_ids + ([reply.stop_token] if reply.stopped else []),
+                     tokenizer.decode(reply.token_ids, skip_special_tokens=False),  # a call marker may be special
+                     reply.stopped)
+                for context, reply in zip(contexts, replies)]
+
+    return play_episodes([Episode(i, [dict(m) for m in records[i].messages]) for i in indices], next_turns, tools,
+                         parser, max_turns=max_turns)
 
 
 def _take_turn(episode: Episode, reply: Any, tools: Tools, *, last: bool) -> None:
     if reply.failed:
         episode.failed_calls += 1
         episode.calls += 1
+        episode.unparsed += 1
     if not reply.tool_calls or reply.failed or last:
         episode.messages.append({"role": "assistant", "content": reply.content})
         episode.final, episode.done = reply.content, True

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from ..data.tool_parsers import PARSERS
+from ..infer.episodes import Episode, Turn, play_episodes
 from .tasks import surface_variation, vary_words
 from .world import Country, make_world, world_names
 
@@ -426,43 +427,31 @@ def eval_tasks(world: list[Country], per_family: int, seed: int) -> list[AgentTa
 
 def run_agents(generate_texts: Callable[[list[list[dict]], list[dict] | None], list[str]], tasks: list[AgentTask],
                world: list[Country], *, tools: bool, parser: str) -> tuple[dict, list[dict]]:
-    """The agent loop for every task at once (a round = one batched generation for all unfinished ones):
-    parse the reply; calls → run them, hand the results back; text → the final answer. Returns the
-    accuracy, the valid-call rate and every transcript. ``parser``: the call syntax the model's template writes
-    (``tool_parsers.PARSERS``)."""
+    """The agent loop for every task at once — :func:`tuneful.infer.episodes.play_episodes`, the loop GRPO's
+    episodes and ``tuneful eval --tools`` run, with the sandbox's tools: a round is one batched
+    ``generate_texts(conversations, offered tools)`` for the unfinished tasks; calls are parsed (``parser``: the
+    call syntax the model's template writes, ``tool_parsers.PARSERS``) and run, their results handed back; the final
+    answer is the text, before any call, of the last turn (a reply without calls, one whose calls do not parse, or
+    the turn at the cap). Without tools, the first reply is. Returns the accuracy, the valid-call rate
+    (the sandbox's own: an offered tool with exactly its arguments, of their types) and every transcript."""
 
-    reading = PARSERS[parser]
-    conversations = [[{"role": "user", "content": t.question}] for t in tasks]
-    finals: list[str | None] = [None] * len(tasks)
-    attempts = valid = 0
-    for _ in range(MAX_ROUNDS):
-        pending = [i for i, final in enumerate(finals) if final is None]
-        if not pending:
-            break
-        replies = generate_texts([conversations[i] for i in pending], TOOLS if tools else None)
-        for i, text in zip(pending, replies):
-            reply = reading.parse(text) if tools else None
-            if reply is None or (not reply.tool_calls and not reply.failed):
-                finals[i] = text
-                conversations[i].append({"role": "assistant", "content": text})
-                continue
-            attempts += max(1, len(reply.tool_calls))
-            if reply.failed:
-                finals[i] = text
-                conversations[i].append({"role": "assistant", "content": text})
-                continue
-            calls = [_call(f"call_{len(conversations[i])}_{k}", c.name, dict(c.arguments)) for k, c in enumerate(reply.tool_calls)]
-            conversations[i].append({"role": "assistant", "content": reply.content, "tool_calls": calls})
-            for call in calls:
-                name, arguments = call["function"]["name"], call["function"]["arguments"]
-                valid += valid_call(name, arguments)
-                conversations[i].append({"role": "tool", "tool_call_id": call["id"], "content": run_tool(world, name, arguments)})
+    def next_turns(live: list[Episode], round_: int) -> list[Turn]:
+        texts = generate_texts([e.messages for e in live], TOOLS if tools else None)
+        return [Turn([], [], text, True) for text in texts]  # a text-level policy: no ids, never cut
+
+    episodes = play_episodes([Episode(k, [{"role": "user", "content": t.question}]) for k, t in enumerate(tasks)],
+                             next_turns, sandbox_tools(world) if tools else {}, PARSERS[parser],
+                             max_turns=MAX_ROUNDS if tools else 1)
+    calls = [call["function"] for e in episodes for m in e.messages for call in m.get("tool_calls") or []]
+    attempts = len(calls) + sum(e.unparsed for e in episodes)
+    valid = sum(valid_call(call["name"], call["arguments"]) for call in calls)
     rows = []
-    for task, final, conversation in zip(tasks, finals, conversations):
-        correct = final is not None and task.answer_word.lower() in final.lower()
-        missed = any(m["role"] == "tool" and "did_you_mean" in result_fields(m["content"]) for m in conversation)
-        rows.append({"family": task.family, "question": task.question, "final": final, "correct": correct,
-                     "reference": task.answer_word, "missed_a_lookup": missed, "transcript": conversation})
+    for task, episode in zip(tasks, episodes):
+        correct = task.answer_word.lower() in episode.final.lower()  # as tuneful eval --tools scores
+        missed = any(m["role"] == "tool" and "did_you_mean" in result_fields(m["content"]) for m in episode.messages)
+        rows.append({"family": task.family, "question": task.question, "final": episode.final, "correct": correct,
+                     "answered": episode.answered, "reference": task.answer_word, "missed_a_lookup": missed,
+                     "transcript": episode.messages})
     by_family = {f: _share([r["correct"] for r in rows if r["family"] == f]) for f in FACT_PHRASINGS}
     summary = {"accuracy": _share([r["correct"] for r in rows]), "by_family": by_family,
                "valid_call_rate": valid / attempts if attempts else 0.0, "calls": attempts,
