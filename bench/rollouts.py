@@ -41,7 +41,7 @@ QUESTIONS = ["What is the capital of {}?", "Tell me about {}.", "Which animal li
 
 def static_batches(model, tokenizer, prompts: list[list[int]], stop_ids: list[int], pad: int, seed: int) -> list[int]:
     """The previous ``tuneful.infer.generate`` with do_sample: length-sorted static batches of ``BATCH``."""
-    from tuneful.infer.engine import left_padded
+    from tuneful.infer.batch_rows import left_padded
 
     torch.manual_seed(seed)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))

@@ -21,7 +21,6 @@ RL rollouts, Self-Instruct's local teacher, the demo) — one decoding path for 
 
 from __future__ import annotations
 
-import inspect
 import queue
 import threading
 import time
@@ -34,6 +33,7 @@ from transformers.generation.logits_process import LogitsProcessorList
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from .batch_rows import left_padded, mergeable_layers, pad_left, positions_of, takes_logits_to_keep
 from .constrain import ConstrainedRows, RowConstraint
 
 
@@ -61,17 +61,6 @@ class Decoding:
     @property
     def device(self) -> Any:
         return next(self.model.parameters()).device
-
-
-def left_padded(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) with left padding: every prompt ends where generation starts."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        mask[row, width - len(prompt) :] = 1
-    return ids, mask
 
 
 @dataclass(frozen=True)
@@ -180,37 +169,6 @@ class _Row:
         self.request.finish(reason)
 
 
-def _takes_logits_to_keep(model: Any) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model passes it on
-    try:
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def _cache_layers(cache: Any) -> list[Any] | None:
-    """The cache's layers when each holds plain (batch, heads, length, dim) keys/values that rows can be
-    padded, merged and dropped in; None otherwise."""
-    from transformers.cache_utils import DynamicLayer
-
-    layers = getattr(cache, "layers", None)
-    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
-        return None
-    return list(layers)
-
-
-def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    if width == 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = width
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
-
-
 class GenerationEngine:
     def __init__(self, chat: Any, *, max_batch: int = 16, max_queue: int = 64, batch_wait_s: float = 0.01):
         """``chat``: a :class:`Decoding` or a ``ChatModel`` (its ``model``, ``stop_ids``, ``pad_id``, ``device``)."""
@@ -232,7 +190,7 @@ class GenerationEngine:
         # load-balancing loss from a mask that does not match one decoded token
         self._extra = {"output_router_logits": False} if hasattr(chat.model.config, "output_router_logits") else {}
         # a prefill needs the last position's logits only: a long prompt's full logits (x a 150k vocabulary) is GBs
-        self._last_only = {"logits_to_keep": 1} if _takes_logits_to_keep(chat.model) else {}
+        self._last_only = {"logits_to_keep": 1} if takes_logits_to_keep(chat.model) else {}
         self._rows: list[_Row] = []
         self._cache: Any = None
         self._mask: torch.Tensor | None = None  # (rows, cached length): 1 where a row has a token
@@ -271,18 +229,18 @@ class GenerationEngine:
         model, device = self.chat.model, self.chat.device
         try:
             cache = DynamicCache(config=model.config)
-            if _cache_layers(cache) is None:
+            if mergeable_layers(cache) is None:
                 return False
             ids, mask = left_padded([[3, 4, 5], [6]], self.chat.pad_id)
             ids, mask = ids.to(device), mask.to(device)
-            model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), past_key_values=cache,
+            model(input_ids=ids, attention_mask=mask, position_ids=positions_of(mask), past_key_values=cache,
                   use_cache=True, **self._extra)
-            if _cache_layers(cache) is None:
+            if mergeable_layers(cache) is None:
                 return False
             mask = torch.cat([mask, mask.new_ones((2, 1))], dim=1)
             model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
                   past_key_values=cache, use_cache=True, **self._extra)
-            return _cache_layers(cache) is not None
+            return mergeable_layers(cache) is not None
         except Exception:
             return False
 
@@ -373,18 +331,18 @@ class GenerationEngine:
         ids, mask = left_padded([r.prompt_ids for r in requests], self.chat.pad_id)
         ids, mask = ids.to(device), mask.to(device)
         cache = DynamicCache(config=model.config)
-        if _cache_layers(cache) is None:  # sliding-window, recurrent or linear-attention layers: static batches
+        if mergeable_layers(cache) is None:  # sliding-window, recurrent or linear-attention layers: static batches
             self.continuous = False
             self._static_batch(requests)
             return
         try:
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), past_key_values=cache,
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_of(mask), past_key_values=cache,
                            use_cache=True, **self._extra, **self._last_only).logits[:, -1, :]
         except Exception:  # a model that keeps a cache of its own (MiniMax, RWKV, ...): its own generate, always
             self.continuous = False
             self._static_batch(requests)
             return
-        if _cache_layers(cache) is None:  # this model's cache cannot merge rows: static batches from now on
+        if mergeable_layers(cache) is None:  # this model's cache cannot merge rows: static batches from now on
             self.continuous = False
             self._static_batch(requests)
             return
@@ -418,13 +376,13 @@ class GenerationEngine:
             self._rows, self._cache, self._mask, self._next = rows, cache, mask, first
         else:
             width = max(self._mask.shape[1], mask.shape[1])
-            for old, new in zip(_cache_layers(self._cache), _cache_layers(cache)):
-                old.keys = torch.cat([_pad_left(old.keys, width - old.keys.shape[-2], -2),
-                                      _pad_left(new.keys, width - new.keys.shape[-2], -2)], dim=0)
-                old.values = torch.cat([_pad_left(old.values, width - old.values.shape[-2], -2),
-                                        _pad_left(new.values, width - new.values.shape[-2], -2)], dim=0)
-            self._mask = torch.cat([_pad_left(self._mask, width - self._mask.shape[1], 1),
-                                    _pad_left(mask, width - mask.shape[1], 1)], dim=0)
+            for old, new in zip(mergeable_layers(self._cache), mergeable_layers(cache)):
+                old.keys = torch.cat([pad_left(old.keys, width - old.keys.shape[-2], -2),
+                                      pad_left(new.keys, width - new.keys.shape[-2], -2)], dim=0)
+                old.values = torch.cat([pad_left(old.values, width - old.values.shape[-2], -2),
+                                        pad_left(new.values, width - new.values.shape[-2], -2)], dim=0)
+            self._mask = torch.cat([pad_left(self._mask, width - self._mask.shape[1], 1),
+                                    pad_left(mask, width - mask.shape[1], 1)], dim=0)
             self._rows = self._rows + rows
             self._next = torch.cat([self._next, first])
         self._drop_finished()
@@ -459,7 +417,7 @@ class GenerationEngine:
         self._mask, self._next = self._mask[index], self._next[index]
         empty = int((self._mask.sum(0) == 0).cumprod(0).sum())  # leading columns no remaining row uses
         if empty:
-            for layer in _cache_layers(self._cache):
+            for layer in mergeable_layers(self._cache):
                 layer.keys, layer.values = layer.keys[..., empty:, :], layer.values[..., empty:, :]
             self._mask = self._mask[:, empty:]
 

@@ -19,7 +19,8 @@ from typing import Any, Sequence
 import torch
 
 from ..tokenization.masking import pad_id
-from .engine import Decoding, GenerationEngine, GenerationRequest, Sampling, left_padded
+from .batch_rows import left_padded
+from .engine import Decoding, GenerationEngine, GenerationRequest, Sampling
 
 __all__ = ["Generation", "generate", "left_padded"]
 
