@@ -109,8 +109,9 @@ def test_dynamic_sampling_in_a_run_and_its_resume(workdir: Path, monkeypatch):
     assert mean(straight) > mean(plain), (mean(straight), mean(plain))
     same = lambda r: (r["step"], round(r["loss"], 6), r["reward_mean"], r["swapped_share"])  # noqa: E731
     assert [same(r) for r in rows(resumed)] == [same(r) for r in rows(straight)]
-    with pytest.raises(ConfigError, match="revisit"):
-        config(workdir, "bad", "grpo.revisit=2")
+    with pytest.raises(ConfigError, match="revisit") as caught:
+        config(workdir, "bad", "grpo.revisit=2", "grpo.signal_key=kind")
+    assert "read only with dynamic_sampling=true" in str(caught.value)  # both problems, collected at once
     # keyed by a field that groups prompts, the first epoch (no prompt met twice) is steered too
     flat = ("cats", "rivers", "taxes", "poems", "planets", "markets")
     keyed = workdir / "keyed.jsonl"

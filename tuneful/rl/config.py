@@ -56,7 +56,11 @@ class PromptSelectionSettings:
                                   "groups had signal (the policy moves).")
 
     def selection_problems(self) -> list[str]:
-        return [] if 0 <= self.revisit <= 1 else [f"revisit: {self.revisit} must be in [0, 1]"]
+        problems = [] if 0 <= self.revisit <= 1 else [f"revisit: {self.revisit} must be in [0, 1]"]
+        if self.signal_key and not self.dynamic_sampling:
+            problems.append(f"signal_key={self.signal_key} is read only with dynamic_sampling=true: set both, or "
+                            "neither")
+        return problems
 
 
 @dataclass

@@ -8,7 +8,9 @@ type names over the *whole step* on every process — never per micro-batch. Wit
 a sampled batch serves μ optimizer steps, the sampling policy's log-probs kept for the ratio. With
 tools (``grpo.tools``) a sample is a multi-turn episode whose calls are run (:mod:`tuneful.infer.episodes`),
 rewarded on its final answer, every policy turn trained in its own context. ``signal_share`` reports
-the share of groups whose rewards differ (an all-equal group has zero advantage: it teaches nothing).
+the share of groups whose rewards differ (an all-equal group has zero advantage: it teaches nothing);
+``dynamic_sampling`` steers the planned prompts towards those whose recent groups had signal
+(:mod:`tuneful.rl.selection`).
 The loop, checkpoints, resume and output are :mod:`tuneful.train.loop`'s.
 """
 
@@ -146,7 +148,7 @@ class GRPOTrainer(Trainer):
         return items
 
     def data_state(self) -> dict | None:
-        """Each prompt's last signal (``dynamic_sampling``), so a resumed run chooses as the straight one."""
+        """Each prompt key's recent signal (``dynamic_sampling``), so a resumed run chooses as the straight one."""
         return {"signal": self.history.state()} if self.settings.dynamic_sampling else None
 
     def restore_data_state(self, state: dict | None) -> None:

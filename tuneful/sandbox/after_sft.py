@@ -75,7 +75,7 @@ def _common(settings: Any, online: OnlineSettings, model: Path, prompts: Path, o
 
 def _selection(online: OnlineSettings, section: str) -> list[str]:
     """Dynamic sampling keyed by the task family every prompt record carries."""
-    return [f"{section}.dynamic_sampling={online.dynamic_sampling}", f"{section}.signal_key=family"]
+    return [f"{section}.dynamic_sampling=true", f"{section}.signal_key=family"] if online.dynamic_sampling else []
 
 
 def run_grpo_arm(settings: Any, online: OnlineSettings, model: Path, prompts: Path, out: Path, reward: str) -> Any:
