@@ -115,9 +115,9 @@ def test_dynamic_sampling_in_a_run_and_its_resume(workdir: Path, monkeypatch):
     # keyed by a field that groups prompts, the first epoch (no prompt met twice) is steered too
     flat = ("cats", "rivers", "taxes", "poems", "planets", "markets")
     keyed = workdir / "keyed.jsonl"
-    keyed.write_text("".join(json.dumps({"prompt": json.loads(line)["prompt"], "answer": json.loads(line)["answer"],
-                                         "kind": "flat" if json.loads(line)["answer"] in flat else "varied"}) + "\n"
-                             for line in (workdir / "prompts.jsonl").read_text().splitlines()))
+    records = [json.loads(line) for line in (workdir / "prompts.jsonl").read_text().splitlines()]
+    keyed.write_text("".join(json.dumps(r | {"kind": "flat" if r["answer"] in flat else "varied"}) + "\n"
+                             for r in records))
     by_kind = run_grpo(config(workdir, "dynamic-keyed", "train.max_steps=6", reward, "grpo.dynamic_sampling=true",
                               "grpo.revisit=0", "grpo.signal_key=kind", f"data.train={keyed}"))
     assert sum(r["swapped_share"] for r in rows(by_kind)) > 0

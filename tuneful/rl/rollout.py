@@ -18,6 +18,7 @@ from ..infer.generate import generate
 from ..models.loading import DecoderWithHead
 from ..models.losses import token_logps
 from .losses import group_advantages
+from .selection import has_signal
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ def sample_groups(policy: Any, tokenizer: Any, prompt_groups: Sequence[Sequence[
 
 def with_signal(rewards: Sequence[float], group_size: int) -> int:
     """How many groups (contiguous runs of ``group_size``) hold rewards that are not all equal."""
-    return sum(len(set(rewards[k : k + group_size])) > 1 for k in range(0, len(rewards), group_size))
+    return sum(has_signal(rewards[k : k + group_size]) for k in range(0, len(rewards), group_size))
 
 
 def sample_episode_groups(policy: Any, tokenizer: Any, renderer: Any, prompt_groups: Sequence[Sequence[int]],

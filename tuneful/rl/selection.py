@@ -28,6 +28,11 @@ WINDOW = 8  # groups per key that make its recent signal rate
 MAX_DRAWS = 1_000  # rejection-sampling draws per swap before the planned prompt stays
 
 
+def has_signal(rewards: Sequence[float]) -> bool:
+    """Whether a group's rewards differ: only then do its advantages (or its best-vs-worst pair) teach anything."""
+    return len(set(rewards)) > 1
+
+
 @dataclass
 class SignalHistory:
     """The recent signal of every prompt key; ``keys[i]`` is prompt i's."""
@@ -69,7 +74,7 @@ class SignalHistory:
     def record(self, groups: Iterable[tuple[int, Sequence[float]]]) -> None:
         """Remember sampled groups: (prompt index, the rewards of its samples), in sampling order."""
         for prompt, rewards in groups:
-            self.recent.setdefault(self.keys[prompt], deque(maxlen=WINDOW)).append(int(len(set(rewards)) > 1))
+            self.recent.setdefault(self.keys[prompt], deque(maxlen=WINDOW)).append(int(has_signal(rewards)))
 
     def state(self) -> dict:
         """For a checkpoint: each key's recent signals, oldest first."""
