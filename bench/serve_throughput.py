@@ -8,7 +8,7 @@ previous answer arrives; every request asks for the same number of tokens from a
 ends its turn early, so tokens/s compares like with like. Measured in one run:
 
 - sequential ``model.generate`` in-process (no HTTP), for scale;
-- ``tuneful serve`` at 1, 4 and 16 clients;
+- ``tuneful serve`` at 1, 4 and 16 clients (``--prefix-cache-mb 0``: the levels repeat the same prompts);
 - ``transformers serve`` at 1 and 16 clients, as it starts by default (``ratio_vs_transformers_serve``)
   and with its ``--continuous-batching`` option (``ratio_vs_transformers_serve_cb``);
 - tool requests: ``tuneful serve`` at 16 clients, the same prompts with three tools offered (the sandbox
@@ -108,9 +108,11 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def tuneful_server(folder: Path, env: dict, *extra: str) -> tuple[subprocess.Popen, str]:
+    """Its prefix cache off: every level sends the same prompts, which the cache would answer from the level before
+    (the peer keeps nothing between requests)."""
     port = _free_port()
     return start([sys.executable, "-m", "tuneful.cli.main", "serve", str(folder), "--port", str(port), "--device", "cpu",
-                  *extra], "Serving on", port, env)
+                  "--prefix-cache-mb", "0", *extra], "Serving on", port, env)
 
 
 def transformers_server(folder: Path, env: dict, cache: Path, *extra: str) -> tuple[subprocess.Popen, str]:

@@ -167,3 +167,35 @@ def test_eval_with_tools_runs_episodes_and_scores_them(agent_model: Path, tmp_pa
     assert episodes["calls_per_task"] == 0.5 and episodes["turns_per_task"] == 1.5  # Oslo: call, answer; hi: answer
     assert (tmp_path / "tools.py.calls").read_text().split() == ["Oslo"]
     assert "Episodes with tools" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_a_turn_reuses_its_episodes_earlier_context_and_writes_the_same(agent_model: Path, monkeypatch):
+    """Each policy turn prefills only what its episode's previous turn did not hold (``infer.prefix_cache``), and the
+    episodes are those of a run that prefills every context whole (greedy, the agent model calling its tool)."""
+    import tuneful.infer.episodes as episodes
+    from tuneful.infer.chat_model import load_chat_model
+    from tuneful.infer.prefix_cache import PrefixCache
+
+    def get_weather(city: str):  # the schema the agent model was trained with (tests/test_serve_tools.py)
+        """Weather in a city.
+
+        Args:
+            city: The city name.
+        """
+        return "4C"
+
+    chat = load_chat_model(str(agent_model), device="cpu")
+    records = [PromptRecord([{"role": "user", "content": q}]) for q in ("Weather in Oslo?", "Weather in Rome?", "Say hi.")]
+    made: list[PrefixCache] = []
+
+    def run(max_bytes: int) -> list:
+        monkeypatch.setattr(episodes, "PrefixCache", lambda: made.append(PrefixCache(max_bytes)) or made[-1])
+        return episodes.run_episodes(chat.model, chat.tokenizer, chat, records, [0, 1, 2, 0], {"get_weather": get_weather},
+                                     PARSERS[chat.tool_parser], max_turns=3, max_new_tokens=40, batch_size=2, do_sample=False)
+
+    kept, whole = run(1 << 30), run(0)
+    assert [e.messages for e in kept] == [e.messages for e in whole]
+    assert [[t.ids for t in e.turns] for e in kept] == [[t.ids for t in e.turns] for e in whole]
+    assert max(len(e.turns) for e in kept) > 1  # a call, then an answer after its result
+    later_turns = sum(len(t.context) for e in kept for t in e.turns[1:])
+    assert made[0].reused_tokens >= 0.5 * later_turns and made[1].reused_tokens == 0

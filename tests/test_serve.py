@@ -75,6 +75,35 @@ def test_plain_and_streaming_replies_match_local_generation(server, sandbox_chat
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == reply.choices[0].finish_reason
 
 
+def test_a_chats_next_turn_prefills_only_what_is_new(server, sandbox_chat):
+    """The client resends the whole conversation each turn; the server reuses the keys and values of the turn before
+    (``--prefix-cache-mb``, on by default) and answers as the model does on the whole prompt."""
+    api = client(server)
+    system = {"role": "system", "content": "You answer questions about the sandbox world, briefly and plainly."}
+    conversation = [system, *QUESTION]
+    before = _metrics(server)
+    for follow_up in ("And its largest city?", "Thanks. Which animal lives there?"):
+        reply = api.chat.completions.create(model="sandbox", messages=conversation, max_tokens=12)
+        assert reply.choices[0].message.content == greedy(sandbox_chat, conversation, 12)
+        conversation += [{"role": "assistant", "content": reply.choices[0].message.content},
+                         {"role": "user", "content": follow_up}]
+    last = api.chat.completions.create(model="sandbox", messages=conversation, max_tokens=12)
+    assert last.choices[0].message.content == greedy(sandbox_chat, conversation, 12)
+    after = _metrics(server)
+    prompts = sum(len(sandbox_chat.prompt_ids(conversation[:n])) for n in (2, 4, 6))
+    assert after["prefilled_tokens"] - before["prefilled_tokens"] < prompts / 2
+    assert after["prefix_reused_tokens"] - before["prefix_reused_tokens"] > prompts / 2
+
+
+def _metrics(srv: ChatServer) -> dict:
+    conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=30)
+    conn.request("GET", "/metrics", headers={"Authorization": "Bearer sekrit"})
+    try:
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
 def test_stop_strings_cut_the_reply(server, sandbox_chat):
     prompt = [{"role": "user", "content": "Tell me about Norland."}]  # the base continues it with a sentence
     full = greedy(sandbox_chat, prompt, 12)

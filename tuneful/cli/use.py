@@ -83,6 +83,9 @@ def serve(
     batch_wait_ms: float = typer.Option(10.0, "--batch-wait-ms", min=0.0,
                                         help="How long a request waits for others to share its batch."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Default max_tokens when a request names none."),
+    prefix_cache_mb: int = typer.Option(512, "--prefix-cache-mb", min=0,
+                                        help="Keys and values of finished requests kept (MiB) so that a request starting "
+                                        "the same way, a chat's next turn, prefills only what is new; 0: off."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code from the hub (off by default)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request line."),
@@ -100,7 +103,7 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         typer.echo(f"warning: binding {host} without an API key exposes the model to the network", err=True)
     settings = ServeSettings(host, port, api_key, max_batch, max_queue, batch_wait_ms, max_tokens,
-                             quiet=not access_log, tool_parser=tool_parser)
+                             quiet=not access_log, tool_parser=tool_parser, prefix_cache_mb=prefix_cache_mb)
     chat_model = _load(model, template, trust_remote_code, device)
     try:
         server = ChatServer(chat_model, settings)

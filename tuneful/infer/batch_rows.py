@@ -1,5 +1,5 @@
 """Batch rows for continuous batching: left-padded prompts, their positions, and the KV cache layers whose rows
-can be padded, merged and dropped.
+can be padded, merged and dropped — grown in place with room to spare (:class:`GrowingLayer`).
 
 Knows tensors and transformers' cache classes only; :mod:`tuneful.infer.engine` decides when rows join and leave.
 """
@@ -10,6 +10,7 @@ import inspect
 from typing import Any
 
 import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 
 def left_padded(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,15 +38,115 @@ def positions_of(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def mergeable_layers(cache: Any) -> list[Any] | None:
-    """The cache's layers when each holds plain (batch, heads, length, dim) keys/values that rows can be
-    padded, merged and dropped in; None otherwise."""
-    from transformers.cache_utils import DynamicLayer
-
+def mergeable_layers(cache: Any) -> list["GrowingLayer"] | None:
+    """The cache's layers when each is a :class:`GrowingLayer` (plain (batch, heads, length, dim) keys/values that
+    rows can be padded, merged and dropped in); None otherwise."""
     layers = getattr(cache, "layers", None)
-    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+    if not layers or any(type(layer) is not GrowingLayer for layer in layers):
         return None
     return list(layers)
+
+
+def growing_cache(config: Any) -> Any:
+    """transformers' ``DynamicCache`` for ``config``, its full-attention layers :class:`GrowingLayer` (other layer
+    kinds are left as they are: :func:`mergeable_layers` then refuses the cache)."""
+    cache = DynamicCache(config=config)
+    if all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", None) or [None]):
+        cache.layers = [GrowingLayer() for _ in cache.layers]
+    return cache
+
+
+def _spare(length: int) -> int:
+    """The positions a buffer holding ``length`` gets: a quarter more, at least 32 (a buffer is copied whole when
+    rows leave, so more room costs as much as it saves on short replies)."""
+    return length + max(32, length // 4)
+
+
+class _Grown:
+    """A layer attribute (``keys`` or ``values``): the first ``length`` positions (dim -2) of a buffer that may be
+    longer. A tensor assigned from outside (transformers' own ``crop``, ``offload``, ...) becomes the buffer with
+    no room to spare, so that it is never written into."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.buffer, self.length = f"_{name}_buffer", f"_{name}_length"
+
+    def __get__(self, layer: Any, owner: type | None = None) -> Any:
+        if layer is None:
+            return self
+        buffer = layer.__dict__.get(self.buffer)
+        if buffer is None or buffer.dim() < 2:
+            return buffer
+        return buffer[..., : layer.__dict__[self.length], :]
+
+    def __set__(self, layer: Any, value: torch.Tensor | None) -> None:
+        self.hold(layer, value, value.shape[-2] if value is not None and value.dim() >= 2 else 0)
+
+    def hold(self, layer: Any, buffer: torch.Tensor | None, length: int) -> None:
+        layer.__dict__[self.buffer], layer.__dict__[self.length] = buffer, length
+
+    def append(self, layer: Any, states: torch.Tensor) -> torch.Tensor:
+        """Write ``states`` after the held positions (into a longer buffer when they do not fit)."""
+        buffer, length = layer.__dict__[self.buffer], layer.__dict__[self.length]
+        needed = length + states.shape[-2]
+        if needed > buffer.shape[-2]:
+            grown = states.new_empty((*states.shape[:-2], _spare(needed), states.shape[-1]))
+            grown[..., :length, :] = buffer[..., :length, :]
+            buffer = grown
+        buffer[..., length:needed, :] = states
+        self.hold(layer, buffer, needed)
+        return buffer[..., :needed, :]
+
+    def select(self, layer: Any, indices: torch.Tensor) -> None:
+        """Keep the rows ``indices`` (their buffers' room to spare too)."""
+        self.hold(layer, layer.__dict__[self.buffer].index_select(0, indices), layer.__dict__[self.length])
+
+    def merge(self, layer: Any, other: Any, width: int) -> None:
+        """``layer``'s rows, then ``other``'s, each ending at position ``width`` (left-padded with zeros)."""
+        mine, theirs = self.__get__(layer), self.__get__(other)
+        merged = mine.new_zeros((mine.shape[0] + theirs.shape[0], *mine.shape[1:-2], _spare(width), mine.shape[-1]))
+        merged[: mine.shape[0], ..., width - mine.shape[-2] : width, :] = mine
+        merged[mine.shape[0] :, ..., width - theirs.shape[-2] : width, :] = theirs
+        self.hold(layer, merged, width)
+
+    def drop_leading(self, layer: Any, count: int) -> None:
+        """Forget the first ``count`` positions (no copy: the buffer is viewed from there on)."""
+        self.hold(layer, layer.__dict__[self.buffer][..., count:, :], layer.__dict__[self.length] - count)
+
+
+class GrowingLayer(DynamicLayer):
+    """A full-attention ``DynamicLayer`` whose keys and values grow in place. ``DynamicLayer`` concatenates every
+    step, a copy of the whole cache per decoded token (and the engine's merges and row drops copied it again);
+    here a decoded token is one position written, and a buffer is copied only when full or when rows join or
+    leave (see :func:`_spare` for the room it keeps)."""
+
+    keys = _Grown()
+    values = _Grown()
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        self.keys, self.values = key_states[..., :0, :], value_states[..., :0, :]
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        return GrowingLayer.keys.append(self, key_states), GrowingLayer.values.append(self, value_states)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.get_seq_length() > 0:
+            GrowingLayer.keys.select(self, indices)
+            GrowingLayer.values.select(self, indices)
+
+    def merge_rows(self, other: "GrowingLayer", width: int) -> None:
+        """This layer's rows, then ``other``'s, all ending at position ``width``."""
+        GrowingLayer.keys.merge(self, other, width)
+        GrowingLayer.values.merge(self, other, width)
+
+    def drop_leading(self, count: int) -> None:
+        """Forget the first ``count`` positions of every row (columns no row uses any more)."""
+        GrowingLayer.keys.drop_leading(self, count)
+        GrowingLayer.values.drop_leading(self, count)
 
 
 def pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:

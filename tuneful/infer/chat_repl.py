@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 
 from .chat_model import ChatModel, TextDeltas
 from .engine import GenerationEngine, GenerationRequest, Sampling
+from .prefix_cache import PrefixCache
 from .tools import call_tool, tool_schemas
 from ..data.tool_parsers import PARSERS, ReplyStream
 
@@ -129,7 +130,8 @@ class ChatSession:
 
 def run_chat(session: ChatSession, lines: Iterable[str], write: Callable[[str], None]) -> None:
     """Drive a session from input lines (a terminal, or a test's list) until /exit or end of input."""
-    engine = GenerationEngine(session.chat, max_batch=1, max_queue=1).start()
+    # each turn resends the conversation: it prefills only what the turn before did not hold
+    engine = GenerationEngine(session.chat, max_batch=1, max_queue=1, prefix_cache=PrefixCache(256 << 20)).start()
     try:
         for raw in lines:
             line = raw.rstrip("\n")

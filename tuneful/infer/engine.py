@@ -9,9 +9,13 @@ Each row keeps its own sampling settings, seed and (for forced tool calls) gramm
 requests can share a step. A decoding step costs little more for 16 rows than for one, which is what
 makes 16 concurrent clients cheaper than 16 sequential generations.
 
-Rows are merged and dropped in transformers' ``DynamicCache`` (full-attention layers); for a model
-whose cache has other layer kinds (sliding-window, static) the worker falls back to static batches:
-one ``generate`` call per batch, rows ending at their own stop token.
+With a :class:`~tuneful.infer.prefix_cache.PrefixCache`, a finished row's keys and values are kept under its token
+ids, and a request that starts the same way (an agent's next turn: its last context, reply and tool results)
+prefills only what follows the longest stored prefix.
+
+Rows are merged and dropped in transformers' ``DynamicCache`` (full-attention layers, grown in place:
+``batch_rows.GrowingLayer``); for a model whose cache has other layer kinds (sliding-window, static) the worker
+falls back to static batches: one ``generate`` call per batch, rows ending at their own stop token.
 
 Boundary: the engine knows token ids, a model and its stop ids (:class:`Decoding`; a ``ChatModel`` is
 one), never text or HTTP. It runs either as a worker thread fed by ``submit`` (the server, the REPL,
@@ -33,8 +37,9 @@ from transformers.generation.logits_process import LogitsProcessorList
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from .batch_rows import left_padded, mergeable_layers, pad_left, positions_of, takes_logits_to_keep
+from .batch_rows import growing_cache, left_padded, mergeable_layers, pad_left, positions_of, takes_logits_to_keep
 from .constrain import ConstrainedRows, RowConstraint
+from .prefix_cache import PrefixCache, Reused
 
 
 class QueueFull(RuntimeError):
@@ -121,6 +126,7 @@ class _Row:
     def __init__(self, request: GenerationRequest, vocab_size: int, stop_ids: list[int], *, constrained: bool = True):
         self.request = request
         self.produced = 0
+        self.emitted: list[int] = []  # the tokens handed over: with the prompt, what its cache row holds
         self.done = False
         self.generator = None
         if request.sampling.temperature > 0:
@@ -158,6 +164,7 @@ class _Row:
         if self.constraint is not None:
             self.constraint.advance(token)
         request.emit(token)
+        self.emitted.append(token)
         self.produced += 1
         if self.produced >= request.max_new_tokens:
             self._end("length")
@@ -170,9 +177,14 @@ class _Row:
 
 
 class GenerationEngine:
-    def __init__(self, chat: Any, *, max_batch: int = 16, max_queue: int = 64, batch_wait_s: float = 0.01):
-        """``chat``: a :class:`Decoding` or a ``ChatModel`` (its ``model``, ``stop_ids``, ``pad_id``, ``device``)."""
+    def __init__(self, chat: Any, *, max_batch: int = 16, max_queue: int = 64, batch_wait_s: float = 0.01,
+                 prefix_cache: PrefixCache | None = None):
+        """``chat``: a :class:`Decoding` or a ``ChatModel`` (its ``model``, ``stop_ids``, ``pad_id``, ``device``).
+        ``prefix_cache``: where finished rows are kept and new requests look for their prefix (continuous batches
+        only); None: every prompt is prefilled whole."""
         self.chat = chat
+        self.prefix_cache = prefix_cache
+        self.prefilled_tokens = 0  # prompt tokens run through the model (not those a stored prefix covered)
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_s  # how long an idle worker waits for company before starting
@@ -224,11 +236,9 @@ class GenerationEngine:
         ``DynamicCache`` and one step decoded (three forwards over a few tokens). A model whose cache has other
         layer kinds, or whose forward keeps a cache of its own (RWKV, MiniMax), gets static batches: its own
         ``generate``. The architecture matrix checks that either way the tokens are the model's own greedy ones."""
-        from transformers.cache_utils import DynamicCache
-
         model, device = self.chat.model, self.chat.device
         try:
-            cache = DynamicCache(config=model.config)
+            cache = growing_cache(model.config)
             if mergeable_layers(cache) is None:
                 return False
             ids, mask = left_padded([[3, 4, 5], [6]], self.chat.pad_id)
@@ -318,27 +328,54 @@ class GenerationEngine:
         if self._rows:
             self._step()
 
-    @torch.no_grad()
     def _join(self, requests: list[GenerationRequest]) -> None:
-        """Prefill ``requests`` together, choose their first tokens, and merge their cache rows in."""
-        from transformers.cache_utils import DynamicCache
-
-        model, device = self.chat.model, self.chat.device
+        """Prefill ``requests`` (those with a stored prefix apart from the rest: their prompts are short), choose
+        their first tokens, and merge their cache rows in."""
         rows = [row for row in map(self._row, requests) if row is not None]
+        if self.prefix_cache is None or not self.continuous:
+            self._prefill(rows, [None] * len(rows))
+            return
+        reused = [self.prefix_cache.take(row.request.prompt_ids) for row in rows]
+        for found in (False, True):
+            group = [(row, r) for row, r in zip(rows, reused) if (r is not None) == found]
+            if group:
+                self._prefill([row for row, _ in group], [r for _, r in group])
+
+    @torch.no_grad()
+    def _prefill(self, rows: list[_Row], reused: list[Reused | None]) -> None:
+        """One forward over the rows' prompts — after the stored prefix where a row has one (its keys and values
+        put in the new cache first, left-padded like the prompts), and once for rows with the same prompt (a
+        GRPO group: each row then samples its own first token) — then merge."""
         if not rows:
             return
+        model, device = self.chat.model, self.chat.device
         requests = [row.request for row in rows]
-        ids, mask = left_padded([r.prompt_ids for r in requests], self.chat.pad_id)
-        ids, mask = ids.to(device), mask.to(device)
-        cache = DynamicCache(config=model.config)
-        if mergeable_layers(cache) is None:  # sliding-window, recurrent or linear-attention layers: static batches
+        cache = growing_cache(model.config)
+        layers = mergeable_layers(cache)
+        if layers is None:  # sliding-window, recurrent or linear-attention layers: static batches
             self.continuous = False
             self._static_batch(requests)
             return
+        past = max((r.length for r in reused if r is not None), default=0)
+        tails = [r.prompt_ids[found.length if found else 0:] for r, found in zip(requests, reused)]
+        copies = None  # for each row, the distinct prompt it is a copy of
+        if not past:
+            distinct: dict[tuple[int, ...], int] = {}
+            copies = [distinct.setdefault(tuple(tail), len(distinct)) for tail in tails]
+            tails = [list(tail) for tail in distinct] if len(distinct) < len(tails) else tails
+        ids, mask = left_padded(tails, self.chat.pad_id)
+        if past:
+            _seed_cache(layers, reused, past)
+            lengths = torch.tensor([found.length if found else 0 for found in reused])
+            mask = torch.cat([(torch.arange(past) >= past - lengths[:, None]).long(), mask], dim=1)
+        ids, mask = ids.to(device), mask.to(device)
+        self.prefilled_tokens += sum(map(len, tails))
         try:
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_of(mask), past_key_values=cache,
-                           use_cache=True, **self._extra, **self._last_only).logits[:, -1, :]
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_of(mask)[:, past:],
+                           past_key_values=cache, use_cache=True, **self._extra, **self._last_only).logits[:, -1, :]
         except Exception:  # a model that keeps a cache of its own (MiniMax, RWKV, ...): its own generate, always
+            if past:
+                raise
             self.continuous = False
             self._static_batch(requests)
             return
@@ -346,6 +383,10 @@ class GenerationEngine:
             self.continuous = False
             self._static_batch(requests)
             return
+        if len(tails) < len(rows):
+            index = torch.tensor(copies, device=device)
+            cache.batch_select_indices(index)
+            logits, mask = logits[index], mask[index]
         stop = set(self._stop_ids)
         first = [self._advance(row, scores, stop) for row, scores in zip(rows, logits)]
         self.batches.append(len(rows))
@@ -377,10 +418,7 @@ class GenerationEngine:
         else:
             width = max(self._mask.shape[1], mask.shape[1])
             for old, new in zip(mergeable_layers(self._cache), mergeable_layers(cache)):
-                old.keys = torch.cat([pad_left(old.keys, width - old.keys.shape[-2], -2),
-                                      pad_left(new.keys, width - new.keys.shape[-2], -2)], dim=0)
-                old.values = torch.cat([pad_left(old.values, width - old.values.shape[-2], -2),
-                                        pad_left(new.values, width - new.values.shape[-2], -2)], dim=0)
+                old.merge_rows(new, width)
             self._mask = torch.cat([pad_left(self._mask, width - self._mask.shape[1], 1),
                                     pad_left(mask, width - mask.shape[1], 1)], dim=0)
             self._rows = self._rows + rows
@@ -408,6 +446,8 @@ class GenerationEngine:
         keep = [i for i, row in enumerate(self._rows) if not row.done]
         if len(keep) == len(self._rows):
             return
+        if self.prefix_cache is not None:
+            self._keep_finished([i for i, row in enumerate(self._rows) if row.done])
         if not keep:
             self._rows, self._cache, self._mask, self._next = [], None, None, None
             return
@@ -418,8 +458,18 @@ class GenerationEngine:
         empty = int((self._mask.sum(0) == 0).cumprod(0).sum())  # leading columns no remaining row uses
         if empty:
             for layer in mergeable_layers(self._cache):
-                layer.keys, layer.values = layer.keys[..., empty:, :], layer.values[..., empty:, :]
+                layer.drop_leading(empty)
             self._mask = self._mask[:, empty:]
+
+    def _keep_finished(self, finished: list[int]) -> None:
+        """Store each finished row's cached keys and values under the ids they hold: its prompt, then the tokens it
+        emitted that were fed back (the last chosen token never is)."""
+        layers = mergeable_layers(self._cache)
+        for i in finished:
+            held = self._mask[i].bool()
+            request = self._rows[i].request
+            ids = (request.prompt_ids + self._rows[i].emitted)[: int(held.sum())]
+            self.prefix_cache.put(ids, [(layer.keys[i][:, held], layer.values[i][:, held]) for layer in layers])
 
     @torch.no_grad()
     def _static_batch(self, batch: list[GenerationRequest]) -> None:
@@ -458,6 +508,18 @@ class GenerationEngine:
                 self._static_batch([request])
             return
         rows.end()
+
+
+def _seed_cache(layers: list[Any], reused: list[Reused | None], width: int) -> None:
+    """Fill empty cache ``layers`` with each row's reused keys and values, left-padded to ``width`` (a row without
+    a reused prefix: all padding)."""
+    template = next(r for r in reused if r is not None).layers
+    for index, layer in enumerate(layers):
+        keys, values = template[index]
+        blank = keys.new_zeros((keys.shape[0], 0, keys.shape[2]))
+        stacked = [(found.layers[index] if found else (blank, blank)) for found in reused]
+        layer.update(torch.stack([pad_left(k, width - k.shape[-2], -2) for k, _ in stacked]),
+                     torch.stack([pad_left(v, width - v.shape[-2], -2) for _, v in stacked]))
 
 
 class _StaticRows(StoppingCriteria, BaseStreamer):

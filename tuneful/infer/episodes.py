@@ -6,10 +6,11 @@ rewards or training: GRPO (``rl``) samples episodes here and ``tuneful eval --to
 
 Each round, every unfinished episode gets one policy turn (one engine call for all of them). The turn's
 context is the conversation so far rendered by ``ChatModel.prompt_ids`` — the code the server, ``tuneful
-chat`` and evaluation use, history re-rendered by the template each turn. A reply holding tool calls (the
-template's syntax, ``data.tool_parsers``) has them run and their results appended as ``tool`` messages; a
-reply without calls, one whose calls do not parse, or the turn at ``max_turns`` ends the episode: its
-text before any call is the final answer.
+chat`` and evaluation use, history re-rendered by the template each turn — and the engine prefills only what
+the episode's previous turn did not already hold (``infer.prefix_cache``, matched by token ids). A reply
+holding tool calls (the template's syntax, ``data.tool_parsers``) has them run and their results appended as
+``tool`` messages; a reply without calls, one whose calls do not parse, or the turn at ``max_turns`` ends the
+episode: its text before any call is the final answer.
 
 What a trainer trains (``rl.rollout.sample_episode_groups``): every policy turn in the context it was sampled in. The
 context — prompt, earlier turns as the template re-renders them, tool results — is masked; the sampled
@@ -24,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 from ..data.tool_parsers import ToolParser
 from .generate import generate
+from .prefix_cache import PrefixCache
 from .tools import Tools, call_tool, tool_schemas
 
 
@@ -75,12 +77,13 @@ def run_episodes(policy: Any, tokenizer: Any, renderer: Any, records: Sequence[A
     """One episode per entry of ``indices`` (an index into ``records``: PromptRecords with ``messages`` and
     ``tools``; a record without tools is offered ``tools``' schemas), its turns written by the engine."""
     offered = tool_schemas(tools) if tools and any(not records[i].tools for i in indices) else None
+    kept = PrefixCache()  # each turn starts from the keys and values of the episode's previous one
 
     def next_turns(live: list[Episode], round_: int) -> list[Turn]:
         contexts = [renderer.prompt_ids(e.messages, records[e.record].tools or offered) for e in live]
         replies = generate(policy, tokenizer, contexts, stop_ids=renderer.stop_ids, max_new_tokens=max_new_tokens,
                            batch_size=batch_size, do_sample=do_sample, temperature=temperature,
-                           seed=seed * 1_000_003 + round_)
+                           seed=seed * 1_000_003 + round_, prefix_cache=kept)
         return [Turn(context, reply.token_ids + ([reply.stop_token] if reply.stopped else []),
                      tokenizer.decode(reply.token_ids, skip_special_tokens=False),  # a call marker may be special
                      reply.stopped)

@@ -21,6 +21,7 @@ import torch
 from ..tokenization.masking import pad_id
 from .batch_rows import left_padded
 from .engine import Decoding, GenerationEngine, GenerationRequest, Sampling
+from .prefix_cache import PrefixCache
 
 __all__ = ["Generation", "generate", "left_padded"]
 
@@ -41,11 +42,15 @@ def row_seed(seed: int, index: int) -> int:
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, stop_ids: Sequence[int],
              max_new_tokens: int = 64, batch_size: int = 16, do_sample: bool = False,
-             temperature: float = 1.0, seed: int = 0, progress: str | None = None) -> list[Generation]:
-    """``progress``: a label for a progress bar over prompts (none when None). Leaves ``model`` in eval mode."""
+             temperature: float = 1.0, seed: int = 0, progress: str | None = None,
+             prefix_cache: PrefixCache | None = None) -> list[Generation]:
+    """``progress``: a label for a progress bar over prompts (none when None). ``prefix_cache``: keys and values of
+    earlier calls' finished sequences to start from, and where this call's are kept (an episode's turns share one).
+    Leaves ``model`` in eval mode."""
     model.eval()
     stops = list(stop_ids)
-    engine = GenerationEngine(Decoding(model, stops, pad_id(tokenizer, stops)), max_batch=batch_size)
+    engine = GenerationEngine(Decoding(model, stops, pad_id(tokenizer, stops)), max_batch=batch_size,
+                              prefix_cache=prefix_cache)
     sampling = Sampling(temperature, 1.0) if do_sample else Sampling()
     requests = [GenerationRequest(list(p), max_new_tokens, sampling, row_seed(seed, i) if do_sample else None,
                                   stream=False) for i, p in enumerate(prompts)]

@@ -22,6 +22,7 @@ from ..dpo.config import DPOConfig
 from ..dpo.trainer import run_dpo
 from ..infer.chat_model import load_chat_model, prompt_renderer
 from ..infer.generate import generate
+from ..infer.prefix_cache import PrefixCache
 from ..preference.pairs import collate_shared_prompt, preference_tokenizer, tokenize_pairs
 from ..preference.reference import ResponseLogps
 from ..sft.config import SFTConfig
@@ -210,9 +211,12 @@ def _renderer(tokenizer: Any) -> Any:
 
 
 def _agent_texts(model: Any, tokenizer: Any, stop_ids: list[int]) -> Any:
+    kept = PrefixCache()  # a task's next turn starts from the keys and values of its last one
+
     def texts(conversations: list[list[dict]], tools: list[dict] | None) -> list[str]:
         prompts = [_prompt_ids(tokenizer, c, tools) for c in conversations]
-        return [g.text for g in generate(model, tokenizer, prompts, stop_ids=stop_ids, max_new_tokens=128)]  # two calls ~110
+        return [g.text for g in generate(model, tokenizer, prompts, stop_ids=stop_ids, max_new_tokens=128,  # two calls ~110
+                                         prefix_cache=kept)]
     return texts
 
 

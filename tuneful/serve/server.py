@@ -38,6 +38,7 @@ from ..data.tool_parsers import PARSERS, ParsedReply, ReplyStream, ToolParser, s
 from ..infer.chat_model import ChatModel, TextDeltas
 from ..infer.constrain import CallConstraints, SYNTAXES
 from ..infer.engine import EngineStopped, GenerationEngine, GenerationRequest, QueueFull, Sampling
+from ..infer.prefix_cache import PrefixCache
 from .protocol import (ApiError, ChatRequest, StopStrings, chunk_body, completion_body, parse_chat_request,
                        reply_message, request_id, usage)
 
@@ -58,6 +59,9 @@ class ServeSettings:
     tool_parser: str | None = None  # the model's call syntax; None: the one its template prints
     max_body_bytes: int = 1 << 20  # a larger request body is a 413, and is not read
     idle_timeout_s: float = 30.0  # for a request's headers (from connect or the last response) and for its body
+    # finished requests' keys and values kept (MiB, on the model's device) for a request that starts the same way —
+    # a chat's next turn resends the whole conversation — which then prefills only what is new; 0: off
+    prefix_cache_mb: int = 512
 
 
 class ChatServer:
@@ -71,8 +75,9 @@ class ChatServer:
         if name is not None and name not in PARSERS:
             raise ValueError(f"--tool-parser {name!r} is not one of {', '.join(PARSERS)}")
         self.tool_parser: ToolParser | None = PARSERS[name] if name else None
+        kept = PrefixCache(settings.prefix_cache_mb << 20) if settings.prefix_cache_mb > 0 else None
         self.engine = GenerationEngine(chat, max_batch=settings.max_batch, max_queue=settings.max_queue,
-                                       batch_wait_s=settings.batch_wait_ms / 1000)
+                                       batch_wait_s=settings.batch_wait_ms / 1000, prefix_cache=kept)
         self.metrics: dict[str, int] = {"requests": 0, "tool_requests": 0, "tool_calls": 0, "tool_parse_failures": 0,
                                         "constrained_requests": 0, "client_disconnects": 0}
         self._constraints: Any = None  # CallConstraints, built on the first forced tool_choice
@@ -134,7 +139,9 @@ class ChatServer:
             self._authorize(request)
             if route == ("GET", "/metrics"):
                 with self._lock:
-                    return JSONResponse(dict(self.metrics))
+                    kept = self.engine.prefix_cache
+                    return JSONResponse({**self.metrics, "prefilled_tokens": self.engine.prefilled_tokens,
+                                         "prefix_reused_tokens": kept.reused_tokens if kept else 0})
             if route == ("GET", "/v1/models"):
                 model = {"id": self.chat.name, "object": "model", "created": 0, "owned_by": "tuneful"}
                 return JSONResponse({"object": "list", "data": [model]})

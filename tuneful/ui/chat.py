@@ -11,6 +11,7 @@ from typing import Any
 from ..infer.chat_model import load_chat_model
 from ..infer.chat_repl import ChatSession
 from ..infer.engine import GenerationEngine
+from ..infer.prefix_cache import PrefixCache
 
 
 class ChatModels:
@@ -25,7 +26,8 @@ class ChatModels:
         with self.lock:
             if key not in self.loaded:
                 chat = load_chat_model(spec, template=template)
-                self.loaded[key] = (chat, GenerationEngine(chat, max_batch=1, max_queue=4).start())
+                engine = GenerationEngine(chat, max_batch=1, max_queue=4, prefix_cache=PrefixCache(256 << 20))
+                self.loaded[key] = (chat, engine.start())  # a conversation's next turn prefills only what is new
                 while len(self.loaded) > self.keep:
                     _, engine = self.loaded.pop(next(iter(self.loaded)))
                     engine.stop()

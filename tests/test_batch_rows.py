@@ -1,0 +1,65 @@
+"""``tuneful.infer.batch_rows``: left-padded rows, their positions, and the cache layer that grows in place.
+
+Literal tensors: each key is its (row, position) written as row * 100 + position, values its negation, so every
+operation's result can be read off.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tuneful.infer.batch_rows import GrowingLayer, left_padded, positions_of
+
+
+def _states(rows: int, start: int, count: int) -> torch.Tensor:
+    """(rows, heads 1, count, dim 1): row r, position p holds r * 100 + p."""
+    positions = torch.arange(start, start + count, dtype=torch.float32)
+    return (torch.arange(rows, dtype=torch.float32)[:, None] * 100 + positions).view(rows, 1, count, 1)
+
+
+def _read(tensor: torch.Tensor) -> list[list[float]]:
+    return tensor[:, 0, :, 0].tolist()
+
+
+def test_left_padding_and_positions():
+    ids, mask = left_padded([[5, 6, 7], [8]], pad=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    holes = torch.tensor([[0, 1, 1, 0, 0, 1, 1]])  # a reused prefix, then a left-padded suffix
+    assert positions_of(holes).tolist() == [[0, 0, 1, 1, 1, 2, 3]]
+
+
+def test_a_growing_layer_writes_in_place_and_copies_only_when_full():
+    layer = GrowingLayer()
+    keys, values = layer.update(_states(2, 0, 5), -_states(2, 0, 5))
+    assert _read(keys) == [[0, 1, 2, 3, 4], [100, 101, 102, 103, 104]] and _read(values)[1][0] == -100
+    buffer = layer._keys_buffer
+    assert buffer.shape[-2] == 5 + 32 and layer.get_seq_length() == 5  # room to spare
+    for position in range(5, 37):  # one token per step: the same buffer until it is full
+        keys, _ = layer.update(_states(2, position, 1), -_states(2, position, 1))
+    assert layer._keys_buffer is buffer and _read(keys)[0] == list(range(37))
+    keys, _ = layer.update(_states(2, 37, 1), -_states(2, 37, 1))
+    assert layer._keys_buffer is not buffer and _read(keys)[1] == [100 + p for p in range(38)]
+    assert layer._keys_buffer.shape[-2] == 38 + 32
+
+    layer.batch_select_indices(torch.tensor([1]))  # a row leaves: the other keeps its room
+    assert _read(layer.keys) == [[100 + p for p in range(38)]] and layer._keys_buffer.shape[-2] == 70
+    layer.drop_leading(30)  # columns no row uses: forgotten without a copy
+    assert _read(layer.keys) == [[100 + p for p in range(30, 38)]] and layer.get_seq_length() == 8
+    keys, values = layer.update(_states(2, 38, 1)[1:], -_states(2, 38, 1)[1:])
+    assert _read(keys) == [[100 + p for p in range(30, 39)]] and _read(values)[0][-1] == -138
+
+
+def test_rows_merge_right_aligned_and_a_tensor_set_from_outside_is_never_written_into():
+    old, new = GrowingLayer(), GrowingLayer()
+    old.update(_states(1, 0, 3), -_states(1, 0, 3))
+    new.update(_states(2, 0, 5), -_states(2, 0, 5))
+    old.merge_rows(new, width=6)
+    assert _read(old.keys) == [[0, 0, 0, 0, 1, 2], [0, 0, 1, 2, 3, 4], [0, 100, 101, 102, 103, 104]]
+    assert _read(old.values)[2] == [0, -100, -101, -102, -103, -104]
+
+    outside = _states(1, 0, 4)
+    layer = GrowingLayer()
+    layer.update(_states(1, 0, 1), -_states(1, 0, 1))
+    layer.keys, layer.values = outside[..., :2, :], -outside[..., :2, :]  # transformers' crop assigns a view
+    layer.update(_states(1, 7, 1), -_states(1, 7, 1))
+    assert _read(layer.keys) == [[0, 1, 7]] and _read(outside) == [[0, 1, 2, 3]]  # written elsewhere
