@@ -1,7 +1,8 @@
 """Key/value states of finished sequences, kept for the next request that starts the same way.
 
-An agent's next turn is its last context, the reply it wrote and the tool results: re-prefilling the whole
-conversation every turn costs more than decoding the turn (measured in docs/benchmarks.md). The engine stores a
+An agent's next turn is its last context, the reply it wrote and the tool results: prefilling the whole
+conversation again every turn was a third of the sandbox agent's evaluation time (docs/benchmarks.md, session 29),
+and a chat client resends its whole conversation every request. The engine stores a
 finished row's keys and values here under its token ids; a new request takes the stored sequence sharing its
 longest prefix and prefills only what follows. Reuse is by exact token ids: a template that re-renders an
 earlier turn differently (dropped reasoning, another tokenization of the reply) matches up to the first
@@ -13,7 +14,8 @@ belongs to. Lookup is by hashes of 16-token blocks (the longest block-aligned hi
 least recently used sequences go first when ``max_bytes`` is exceeded.
 
 Boundary: token ids and per-layer ``(heads, length, dim)`` key/value tensors; the engine decides when to store
-and take. One cache serves one model and one caller's run (``infer.episodes`` keeps one per call).
+and take. One cache serves one model: ``infer.episodes`` keeps one per call, the server, the REPL and the UI one
+per engine.
 """
 
 from __future__ import annotations
