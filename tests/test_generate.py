@@ -27,13 +27,18 @@ def test_greedy_replies_equal_the_models_own_generate_alone(sandbox_chat):
     prompts = _prompts(chat)
     ours = generate(chat.model, chat.tokenizer, prompts, stop_ids=chat.stop_ids, max_new_tokens=24, batch_size=2)
     for prompt, reply in zip(prompts, ours):
-        ids = torch.tensor([prompt])
-        out = chat.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=24,
-                                  do_sample=False, eos_token_id=chat.stop_ids, pad_token_id=chat.pad_id)
-        own = out[0, len(prompt):].tolist()
-        stop = next((k for k, t in enumerate(own) if t in chat.stop_ids), None)
+        own, stop = _models_own_greedy(chat, prompt, 24)
         assert reply.token_ids == (own if stop is None else own[:stop])
         assert reply.stopped == (stop is not None) and reply.stop_token == (own[stop] if stop is not None else None)
+
+
+def _models_own_greedy(chat, prompt: list[int], max_new_tokens: int) -> tuple[list[int], int | None]:
+    """The model's own ``generate`` on ``prompt`` alone: its new tokens and where the first stop token is (None)."""
+    ids = torch.tensor([prompt])
+    out = chat.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                              do_sample=False, eos_token_id=chat.stop_ids, pad_token_id=chat.pad_id)
+    own = out[0, len(prompt):].tolist()
+    return own, next((k for k, t in enumerate(own) if t in chat.stop_ids), None)
 
 
 def test_a_sample_depends_on_its_seed_and_place_not_on_its_batch(sandbox_chat):
@@ -67,11 +72,7 @@ def test_a_next_turn_prefills_only_what_the_kept_turn_did_not_hold_and_replies_t
     assert kept.taken >= len(QUESTIONS)  # each first turn, and rows of this call for a sibling follow-up
     assert kept.reused_tokens > 0.6 * sum(map(len, second))
     for prompt, reply in zip(second, ours):
-        ids = torch.tensor([prompt])
-        out = chat.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=20,
-                                  do_sample=False, eos_token_id=chat.stop_ids, pad_token_id=chat.pad_id)
-        own = out[0, len(prompt):].tolist()
-        stop = next((k for k, t in enumerate(own) if t in chat.stop_ids), None)
+        own, stop = _models_own_greedy(chat, prompt, 20)
         assert reply.token_ids == (own if stop is None else own[:stop])
 
 
