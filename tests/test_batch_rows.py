@@ -63,3 +63,12 @@ def test_rows_merge_right_aligned_and_a_tensor_set_from_outside_is_never_written
     layer.keys, layer.values = outside[..., :2, :], -outside[..., :2, :]  # transformers' crop assigns a view
     layer.update(_states(1, 7, 1), -_states(1, 7, 1))
     assert _read(layer.keys) == [[0, 1, 7]] and _read(outside) == [[0, 1, 2, 3]]  # written elsewhere
+
+
+def test_reused_rows_fill_an_empty_layer_right_aligned():
+    layer = GrowingLayer()
+    rows = [(_states(1, 0, 2)[0], -_states(1, 0, 2)[0]), (_states(2, 0, 4)[1], -_states(2, 0, 4)[1])]
+    layer.fill_rows(rows, width=4)
+    assert _read(layer.keys) == [[0, 0, 0, 1], [100, 101, 102, 103]] and _read(layer.values)[0] == [0, 0, 0, -1]
+    keys, _ = layer.update(_states(2, 4, 1), -_states(2, 4, 1))  # the prompts that follow go after them
+    assert _read(keys) == [[0, 0, 0, 1, 4], [100, 101, 102, 103, 104]] and layer.get_seq_length() == 5

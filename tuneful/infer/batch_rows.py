@@ -100,13 +100,16 @@ class _Grown:
         """Keep the rows ``indices`` (their buffers' room to spare too)."""
         self.hold(layer, layer.__dict__[self.buffer].index_select(0, indices), layer.__dict__[self.length])
 
-    def merge(self, layer: Any, other: Any, width: int) -> None:
-        """``layer``'s rows, then ``other``'s, each ending at position ``width`` (left-padded with zeros)."""
-        mine, theirs = self.__get__(layer), self.__get__(other)
-        merged = mine.new_zeros((mine.shape[0] + theirs.shape[0], *mine.shape[1:-2], _spare(width), mine.shape[-1]))
-        merged[: mine.shape[0], ..., width - mine.shape[-2] : width, :] = mine
-        merged[mine.shape[0] :, ..., width - theirs.shape[-2] : width, :] = theirs
-        self.hold(layer, merged, width)
+    def right_aligned(self, layer: Any, blocks: list[torch.Tensor], width: int) -> None:
+        """Hold ``blocks`` (each (rows, heads, length, dim)) one under the other, each block's positions ending at
+        ``width`` (left-padded with zeros), in a new buffer with room to spare."""
+        first = blocks[0]
+        held = first.new_zeros((sum(b.shape[0] for b in blocks), *first.shape[1:-2], _spare(width), first.shape[-1]))
+        row = 0
+        for block in blocks:
+            held[row : row + block.shape[0], ..., width - block.shape[-2] : width, :] = block
+            row += block.shape[0]
+        self.hold(layer, held, width)
 
     def drop_leading(self, layer: Any, count: int) -> None:
         """Forget the first ``count`` positions (no copy: the buffer is viewed from there on)."""
@@ -140,8 +143,15 @@ class GrowingLayer(DynamicLayer):
 
     def merge_rows(self, other: "GrowingLayer", width: int) -> None:
         """This layer's rows, then ``other``'s, all ending at position ``width``."""
-        GrowingLayer.keys.merge(self, other, width)
-        GrowingLayer.values.merge(self, other, width)
+        GrowingLayer.keys.right_aligned(self, [self.keys, other.keys], width)
+        GrowingLayer.values.right_aligned(self, [self.values, other.values], width)
+
+    def fill_rows(self, rows: list[tuple[torch.Tensor, torch.Tensor]], width: int) -> None:
+        """An empty layer given one row per ``(keys, values)`` pair (each (heads, length, dim)), all ending at
+        position ``width`` (a prefix cache's reused sequences, before the prompts that follow them)."""
+        GrowingLayer.keys.right_aligned(self, [k[None] for k, _ in rows], width)
+        GrowingLayer.values.right_aligned(self, [v[None] for _, v in rows], width)
+        self.device, self.is_initialized = rows[0][0].device, True
 
     def drop_leading(self, count: int) -> None:
         """Forget the first ``count`` positions of every row (columns no row uses any more)."""

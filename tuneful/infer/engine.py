@@ -25,12 +25,10 @@ RL rollouts, Self-Instruct's local teacher, the demo) — one decoding path for 
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from transformers.generation.logits_process import LogitsProcessorList
@@ -38,8 +36,12 @@ from transformers.generation.stopping_criteria import StoppingCriteria, Stopping
 from transformers.generation.streamers import BaseStreamer
 
 from .batch_rows import growing_cache, left_padded, mergeable_layers, pad_left, positions_of, takes_logits_to_keep
-from .constrain import ConstrainedRows, RowConstraint
+from .constrain import ConstrainedRows
 from .prefix_cache import PrefixCache, Reused
+from .requests import MIN_TEMPERATURE, Decoding, GenerationRequest, RunningRow, Sampling
+
+__all__ = ["Decoding", "EngineStopped", "GenerationEngine", "GenerationRequest", "MIN_TEMPERATURE", "QueueFull",
+           "Sampling"]
 
 
 class QueueFull(RuntimeError):
@@ -48,132 +50,6 @@ class QueueFull(RuntimeError):
 
 class EngineStopped(RuntimeError):
     """The engine is shutting down and takes no more work."""
-
-
-# Below this temperature sampling is all but greedy, and dividing logits by less overflows (inf, then NaN):
-# a request may ask for 1e-300, and the rows sharing its batch must not notice.
-MIN_TEMPERATURE = 1e-3
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """What the engine needs of a model (``infer.chat_model.ChatModel`` has the same attributes)."""
-
-    model: Any
-    stop_ids: list[int]
-    pad_id: int  # masked out by attention: any id works
-
-    @property
-    def device(self) -> Any:
-        return next(self.model.parameters()).device
-
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-
-
-@dataclass
-class GenerationRequest:
-    prompt_ids: list[int]
-    max_new_tokens: int
-    sampling: Sampling = Sampling()
-    seed: int | None = None
-    stream: bool = True  # False: tokens are collected and handed over once, at the end (fewer thread wake-ups)
-    constraint: Any = None  # an llguidance matcher the reply must follow (tool_choice required / named), see constrain.py
-    # where the worker puts the request's events (anything with ``put``: the server's queue awaits on its loop)
-    events: Any = field(default_factory=queue.Queue)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-    def tokens(self) -> Iterator[int]:
-        """Yields new token ids until the request ends; then ``finish_reason`` is set."""
-        while (ids := self.unpack(*self.events.get())) is not None:
-            yield from ids
-
-    def unpack(self, kind: str, value: Any) -> list[int] | None:
-        """The token ids one event carries; None for the event that ends the request (``finish_reason`` is then
-        set). The worker's error for this request is raised here, as a RuntimeError."""
-        if kind == "token":
-            return [value]
-        if kind == "tokens":
-            return value
-        if kind == "done":
-            self.finish_reason = value
-            return None
-        raise RuntimeError(value)
-
-    finish_reason: str | None = None  # "stop" (end of turn), "length" or "cancelled"
-    stop_token: int | None = None  # the stop id that ended it (finish_reason "stop"); never emitted as a token
-    collected: list[int] = field(default_factory=list)  # tokens not yet handed over (stream=False)
-
-    def emit(self, token: int) -> None:
-        if self.stream:
-            self.events.put(("token", token))
-        else:
-            self.collected.append(token)
-
-    def finish(self, reason: str) -> None:
-        if self.collected:
-            self.events.put(("tokens", self.collected))
-            self.collected = []
-        self.events.put(("done", reason))
-
-
-class _Row:
-    """A running request: what it has produced, its sampler and its constraint."""
-
-    def __init__(self, request: GenerationRequest, vocab_size: int, stop_ids: list[int], *, constrained: bool = True):
-        self.request = request
-        self.produced = 0
-        self.emitted: list[int] = []  # the tokens handed over: with the prompt, what its cache row holds
-        self.done = False
-        self.generator = None
-        if request.sampling.temperature > 0:
-            self.generator = torch.Generator()
-            if request.seed is not None:
-                self.generator.manual_seed(request.seed)
-            else:
-                self.generator.seed()
-        self.constraint = None
-        if request.constraint is not None and constrained:  # static batches constrain inside generate()
-            self.constraint = RowConstraint(request.constraint, vocab_size, stop_ids)
-
-    def choose(self, scores: torch.Tensor) -> int:
-        """The next token from this row's last-position scores (greedy, or sampled with its settings)."""
-        if self.constraint is not None:
-            scores = self.constraint.restrict(scores)
-        sampling = self.request.sampling
-        if self.generator is None:
-            return int(scores.argmax())
-        scores = scores.float()
-        probs = torch.softmax((scores - scores.max()) / max(sampling.temperature, MIN_TEMPERATURE), dim=-1).cpu()
-        if sampling.top_p < 1.0:
-            ordered, order = probs.sort(descending=True)
-            outside = ordered.cumsum(0) - ordered > sampling.top_p  # keep the smallest head reaching top_p
-            ordered[outside] = 0.0
-            probs = torch.zeros_like(probs).scatter_(0, order, ordered)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
-
-    def take(self, token: int, stop_ids: set[int]) -> None:
-        """Hand ``token`` to the request, or end it (stop token, length limit, client gone)."""
-        request = self.request
-        if token in stop_ids:
-            request.stop_token = token
-            return self._end("stop")
-        if self.constraint is not None:
-            self.constraint.advance(token)
-        request.emit(token)
-        self.emitted.append(token)
-        self.produced += 1
-        if self.produced >= request.max_new_tokens:
-            self._end("length")
-        elif request.cancelled.is_set():
-            self._end("cancelled")
-
-    def _end(self, reason: str) -> None:
-        self.done = True
-        self.request.finish(reason)
 
 
 class GenerationEngine:
@@ -203,7 +79,7 @@ class GenerationEngine:
         self._extra = {"output_router_logits": False} if hasattr(chat.model.config, "output_router_logits") else {}
         # a prefill needs the last position's logits only: a long prompt's full logits (x a 150k vocabulary) is GBs
         self._last_only = {"logits_to_keep": 1} if takes_logits_to_keep(chat.model) else {}
-        self._rows: list[_Row] = []
+        self._rows: list[RunningRow] = []
         self._cache: Any = None
         self._mask: torch.Tensor | None = None  # (rows, cached length): 1 where a row has a token
         self._next: torch.Tensor | None = None  # (rows,): each row's last chosen token, not yet in the cache
@@ -342,10 +218,10 @@ class GenerationEngine:
                 self._prefill([row for row, _ in group], [r for _, r in group])
 
     @torch.no_grad()
-    def _prefill(self, rows: list[_Row], reused: list[Reused | None]) -> None:
-        """One forward over the rows' prompts — after the stored prefix where a row has one (its keys and values
-        put in the new cache first, left-padded like the prompts), and once for rows with the same prompt (a
-        GRPO group: each row then samples its own first token) — then merge."""
+    def _prefill(self, rows: list[RunningRow], reused: list[Reused | None]) -> None:
+        """One forward over the rows' prompts — after their stored prefixes when they reuse one (every row or none:
+        the prefixes' keys and values put in the new cache first, left-padded like the prompts), and once for rows
+        with the same prompt (a GRPO group: each row then samples its own first token) — then merge."""
         if not rows:
             return
         model, device = self.chat.model, self.chat.device
@@ -356,18 +232,19 @@ class GenerationEngine:
             self.continuous = False
             self._static_batch(requests)
             return
-        past = max((r.length for r in reused if r is not None), default=0)
-        tails = [r.prompt_ids[found.length if found else 0:] for r, found in zip(requests, reused)]
+        starts = [found.length if found else 0 for found in reused]  # where each prompt's unseen part starts
+        past = max(starts)
+        tails = [r.prompt_ids[start:] for r, start in zip(requests, starts)]
         copies = None  # for each row, the distinct prompt it is a copy of
         if not past:
             distinct: dict[tuple[int, ...], int] = {}
             copies = [distinct.setdefault(tuple(tail), len(distinct)) for tail in tails]
             tails = [list(tail) for tail in distinct] if len(distinct) < len(tails) else tails
         ids, mask = left_padded(tails, self.chat.pad_id)
-        if past:
-            _seed_cache(layers, reused, past)
-            lengths = torch.tensor([found.length if found else 0 for found in reused])
-            mask = torch.cat([(torch.arange(past) >= past - lengths[:, None]).long(), mask], dim=1)
+        if past:  # every row reuses a prefix (``_join`` prefills those apart)
+            for index, layer in enumerate(layers):
+                layer.fill_rows([found.layers[index] for found in reused], past)
+            mask = torch.cat([(torch.arange(past) >= past - torch.tensor(starts)[:, None]).long(), mask], dim=1)
         ids, mask = ids.to(device), mask.to(device)
         self.prefilled_tokens += sum(map(len, tails))
         try:
@@ -392,15 +269,15 @@ class GenerationEngine:
         self.batches.append(len(rows))
         self._merge(rows, cache, mask, torch.tensor(first, device=device))
 
-    def _row(self, request: GenerationRequest, *, constrained: bool = True) -> "_Row | None":
+    def _row(self, request: GenerationRequest, *, constrained: bool = True) -> "RunningRow | None":
         """The running state of ``request``, or None after telling it why it cannot run (its own error only)."""
         try:
-            return _Row(request, self._vocab, self._stop_ids, constrained=constrained)
+            return RunningRow(request, self._vocab, self._stop_ids, constrained=constrained)
         except Exception as exc:  # noqa: BLE001 - e.g. a seed its generator cannot take
             request.events.put(("error", f"generation failed for this request: {exc}"))
             return None
 
-    def _advance(self, row: "_Row", scores: torch.Tensor, stop: set[int]) -> int:
+    def _advance(self, row: "RunningRow", scores: torch.Tensor, stop: set[int]) -> int:
         """Choose and hand over ``row``'s next token. A failure of this row (its sampling, its constraint) ends it
         alone, with its own error: the other rows of the batch go on as if it had never been there."""
         try:
@@ -412,7 +289,7 @@ class GenerationEngine:
             row.request.events.put(("error", f"generation failed for this request: {exc}"))
             return self._stop_ids[0]
 
-    def _merge(self, rows: list[_Row], cache: Any, mask: torch.Tensor, first: torch.Tensor) -> None:
+    def _merge(self, rows: list[RunningRow], cache: Any, mask: torch.Tensor, first: torch.Tensor) -> None:
         if not self._rows:
             self._rows, self._cache, self._mask, self._next = rows, cache, mask, first
         else:
@@ -510,22 +387,10 @@ class GenerationEngine:
         rows.end()
 
 
-def _seed_cache(layers: list[Any], reused: list[Reused | None], width: int) -> None:
-    """Fill empty cache ``layers`` with each row's reused keys and values, left-padded to ``width`` (a row without
-    a reused prefix: all padding)."""
-    template = next(r for r in reused if r is not None).layers
-    for index, layer in enumerate(layers):
-        keys, values = template[index]
-        blank = keys.new_zeros((keys.shape[0], 0, keys.shape[2]))
-        stacked = [(found.layers[index] if found else (blank, blank)) for found in reused]
-        layer.update(torch.stack([pad_left(k, width - k.shape[-2], -2) for k, _ in stacked]),
-                     torch.stack([pad_left(v, width - v.shape[-2], -2) for _, v in stacked]))
-
-
 class _StaticRows(StoppingCriteria, BaseStreamer):
     """Per-row bookkeeping during one batched ``generate`` call (static batches): routes tokens, ends rows."""
 
-    def __init__(self, rows: list[_Row], stop_ids: set[int]):
+    def __init__(self, rows: list[RunningRow], stop_ids: set[int]):
         self.rows = rows
         self.stop_ids = stop_ids
         self.prompt_seen = False
