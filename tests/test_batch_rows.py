@@ -72,3 +72,34 @@ def test_reused_rows_fill_an_empty_layer_right_aligned():
     assert _read(layer.keys) == [[0, 0, 0, 1], [100, 101, 102, 103]] and _read(layer.values)[0] == [0, 0, 0, -1]
     keys, _ = layer.update(_states(2, 4, 1), -_states(2, 4, 1))  # the prompts that follow go after them
     assert _read(keys) == [[0, 0, 0, 1, 4], [100, 101, 102, 103, 104]] and layer.get_seq_length() == 5
+
+
+def test_rows_join_into_spare_rows_and_leaving_rows_are_overwritten_by_the_last():
+    """After a merge the buffer has spare rows: a later row that fits the held width is written there (the rows
+    already held are not copied), and a row that ends is overwritten by the last running row (only it is copied)."""
+    layer, first = GrowingLayer(), GrowingLayer()
+    layer.update(_states(1, 0, 3), -_states(1, 0, 3))
+    first.update(_states(2, 0, 2), -_states(2, 0, 2))
+    layer.merge_rows(first, width=4)  # a new buffer: 3 rows held, a quarter more (at least 4) spare
+    buffer = layer._keys_buffer
+    assert buffer.shape[0] == 3 + 4 and _read(layer.keys) == [[0, 0, 1, 2], [0, 0, 0, 1], [0, 0, 100, 101]]
+    buffer[3:, 0, :, 0] = 7.0  # what an earlier row left in the spare rows: overwritten or zeroed
+
+    late = GrowingLayer()
+    late.update(_states(2, 10, 3), -_states(2, 10, 3))
+    layer.merge_rows(late, width=4)
+    assert layer._keys_buffer is buffer  # in place
+    assert _read(layer.keys)[3:] == [[0, 10, 11, 12], [0, 110, 111, 112]] and _read(layer.values)[4][0] == 0
+
+    layer.keep_rows([4], [1], rows=4)  # row 1 ended (and row 3 stays): the last row takes its place
+    assert layer._keys_buffer is buffer
+    assert _read(layer.keys) == [[0, 0, 1, 2], [0, 110, 111, 112], [0, 0, 100, 101], [0, 10, 11, 12]]
+    assert _read(layer.values)[1] == [0, -110, -111, -112]
+    keys, _ = layer.update(_states(4, 20, 1), -_states(4, 20, 1))  # decoding goes on in the same buffer
+    assert layer._keys_buffer is buffer and [row[-1] for row in _read(keys)] == [20, 120, 220, 320]
+
+    wide = GrowingLayer()
+    wide.update(_states(1, 50, 7), -_states(1, 50, 7))
+    layer.merge_rows(wide, width=7)  # wider than what is held: every row into a new buffer
+    assert layer._keys_buffer is not buffer
+    assert _read(layer.keys)[0] == [0, 0, 0, 0, 1, 2, 20] and _read(layer.keys)[4] == list(range(50, 57))

@@ -90,3 +90,23 @@ def test_a_group_of_one_prompt_is_prefilled_once_and_each_row_samples_its_own(sa
     engine = GenerationEngine(Decoding(chat.model, chat.stop_ids, chat.pad_id), max_batch=12)
     engine.run([GenerationRequest(p, 4, Sampling(1.0), seed=k, stream=False) for k, p in enumerate(prompts)])
     assert engine.prefilled_tokens == sum(map(len, _prompts(chat)[:3]))
+
+
+def test_a_prefix_every_prompt_shares_is_run_once(sandbox_chat):
+    """Prompts behind one long system prompt (tool definitions, a Self-Instruct prompt's fixed examples), two of
+    them identical: the shared prefix runs through the model once, each distinct rest once, and every reply is the
+    model's own greedy one on its whole prompt."""
+    chat = sandbox_chat
+    system = {"role": "system", "content": "You answer questions about the sandbox world. Keep every answer to one "
+                                           "short sentence, name the country you speak of, and never guess a "
+                                           "number: say that you do not know it instead. " * 2}
+    prompts = [chat.prompt_ids([system, {"role": "user", "content": q}]) for q in QUESTIONS + QUESTIONS[:1]]
+    shared = next(i for i in range(len(prompts[0])) if len({p[i] for p in prompts}) > 1)
+    assert shared >= 64
+    engine = GenerationEngine(Decoding(chat.model, chat.stop_ids, chat.pad_id), max_batch=8)
+    requests = [GenerationRequest(p, 12, stream=False) for p in prompts]
+    engine.run(requests)
+    assert engine.prefilled_tokens == shared + sum(len(p) - shared for p in prompts[:-1])
+    for prompt, request in zip(prompts, requests):
+        own, stop = _models_own_greedy(chat, prompt, 12)
+        assert list(request.tokens()) == (own if stop is None else own[:stop])

@@ -58,17 +58,23 @@ def growing_cache(config: Any) -> Any:
 
 def _spare(length: int) -> int:
     """The positions a buffer holding ``length`` gets: a quarter more, at least 32 (a buffer is copied whole when
-    rows leave, so more room costs as much as it saves on short replies)."""
+    it grows, so more room costs as much as it saves on short replies)."""
     return length + max(32, length // 4)
 
 
+def _spare_rows(rows: int) -> int:
+    """The rows a new buffer holding ``rows`` gets: a quarter more, at least 4 (rows that join later are written
+    there instead of copying every row into a new buffer)."""
+    return rows + max(4, rows // 4)
+
+
 class _Grown:
-    """A layer attribute (``keys`` or ``values``): the first ``length`` positions (dim -2) of a buffer that may be
-    longer. A tensor assigned from outside (transformers' own ``crop``, ``offload``, ...) becomes the buffer with
-    no room to spare, so that it is never written into."""
+    """A layer attribute (``keys`` or ``values``): the first ``rows`` rows (dim 0) and ``length`` positions (dim -2)
+    of a buffer that may have more of both. A tensor assigned from outside (transformers' own ``crop``,
+    ``offload``, ...) becomes the buffer with no room to spare, so that it is never written into."""
 
     def __set_name__(self, owner: type, name: str) -> None:
-        self.buffer, self.length = f"_{name}_buffer", f"_{name}_length"
+        self.buffer, self.length, self.rows = f"_{name}_buffer", f"_{name}_length", f"_{name}_rows"
 
     def __get__(self, layer: Any, owner: type | None = None) -> Any:
         if layer is None:
@@ -76,51 +82,81 @@ class _Grown:
         buffer = layer.__dict__.get(self.buffer)
         if buffer is None or buffer.dim() < 2:
             return buffer
-        return buffer[..., : layer.__dict__[self.length], :]
+        return buffer[: layer.__dict__[self.rows], ..., : layer.__dict__[self.length], :]
 
     def __set__(self, layer: Any, value: torch.Tensor | None) -> None:
-        self.hold(layer, value, value.shape[-2] if value is not None and value.dim() >= 2 else 0)
+        held = value is not None and value.dim() >= 2
+        self.hold(layer, value, value.shape[-2] if held else 0, value.shape[0] if held else 0)
 
-    def hold(self, layer: Any, buffer: torch.Tensor | None, length: int) -> None:
-        layer.__dict__[self.buffer], layer.__dict__[self.length] = buffer, length
+    def hold(self, layer: Any, buffer: torch.Tensor | None, length: int, rows: int) -> None:
+        layer.__dict__[self.buffer], layer.__dict__[self.length], layer.__dict__[self.rows] = buffer, length, rows
+
+    def _held(self, layer: Any) -> tuple[torch.Tensor, int, int]:
+        return layer.__dict__[self.buffer], layer.__dict__[self.length], layer.__dict__[self.rows]
 
     def append(self, layer: Any, states: torch.Tensor) -> torch.Tensor:
-        """Write ``states`` after the held positions (into a longer buffer when they do not fit)."""
-        buffer, length = layer.__dict__[self.buffer], layer.__dict__[self.length]
+        """Write ``states`` (one per held row) after the held positions (into a longer buffer when they do not
+        fit)."""
+        buffer, length, rows = self._held(layer)
         needed = length + states.shape[-2]
         if needed > buffer.shape[-2]:
-            grown = states.new_empty((*states.shape[:-2], _spare(needed), states.shape[-1]))
-            grown[..., :length, :] = buffer[..., :length, :]
+            grown = states.new_empty((buffer.shape[0], *states.shape[1:-2], _spare(needed), states.shape[-1]))
+            grown[:rows, ..., :length, :] = buffer[:rows, ..., :length, :]
             buffer = grown
-        buffer[..., length:needed, :] = states
-        self.hold(layer, buffer, needed)
-        return buffer[..., :needed, :]
+        buffer[:rows, ..., length:needed, :] = states
+        self.hold(layer, buffer, needed, rows)
+        return buffer[:rows, ..., :needed, :]
 
     def select(self, layer: Any, indices: torch.Tensor) -> None:
-        """Keep the rows ``indices`` (their buffers' room to spare too)."""
-        self.hold(layer, layer.__dict__[self.buffer].index_select(0, indices), layer.__dict__[self.length])
+        """Keep the rows ``indices``, in that order, repeats allowed (a new buffer with the same room for positions)."""
+        buffer, length, rows = self._held(layer)
+        self.hold(layer, buffer[:rows].index_select(0, indices), length, len(indices))
+
+    def move_rows(self, layer: Any, sources: list[int], targets: list[int], rows: int) -> None:
+        """Copy rows ``sources`` onto rows ``targets`` (rows that ended), then hold the first ``rows``: only the
+        moved rows are copied."""
+        buffer, length, _ = self._held(layer)
+        if sources:
+            where = torch.tensor(targets, device=buffer.device)
+            buffer[where, ..., :length, :] = buffer[torch.tensor(sources, device=buffer.device), ..., :length, :]
+        self.hold(layer, buffer, length, rows)
+
+    def add_rows(self, layer: Any, block: torch.Tensor, width: int) -> None:
+        """Hold ``block`` ((rows, heads, length, dim)) under the held rows, all ending at position ``width``: written
+        into the buffer's spare rows when they suffice and ``width`` is the held length, else everything into a new
+        buffer."""
+        buffer, length, rows = self._held(layer)
+        if width != length or rows + block.shape[0] > buffer.shape[0]:
+            return self.right_aligned(layer, [buffer[:rows, ..., :length, :], block], width)
+        end = rows + block.shape[0]
+        buffer[rows:end, ..., : width - block.shape[-2], :] = 0
+        buffer[rows:end, ..., width - block.shape[-2] : width, :] = block
+        self.hold(layer, buffer, length, end)
 
     def right_aligned(self, layer: Any, blocks: list[torch.Tensor], width: int) -> None:
         """Hold ``blocks`` (each (rows, heads, length, dim)) one under the other, each block's positions ending at
-        ``width`` (left-padded with zeros), in a new buffer with room to spare."""
+        ``width`` (left-padded with zeros), in a new buffer with room to spare (positions and rows)."""
         first = blocks[0]
-        held = first.new_zeros((sum(b.shape[0] for b in blocks), *first.shape[1:-2], _spare(width), first.shape[-1]))
+        total = sum(b.shape[0] for b in blocks)
+        held = first.new_zeros((_spare_rows(total), *first.shape[1:-2], _spare(width), first.shape[-1]))
         row = 0
         for block in blocks:
             held[row : row + block.shape[0], ..., width - block.shape[-2] : width, :] = block
             row += block.shape[0]
-        self.hold(layer, held, width)
+        self.hold(layer, held, width, total)
 
     def drop_leading(self, layer: Any, count: int) -> None:
         """Forget the first ``count`` positions (no copy: the buffer is viewed from there on)."""
-        self.hold(layer, layer.__dict__[self.buffer][..., count:, :], layer.__dict__[self.length] - count)
+        buffer, length, rows = self._held(layer)
+        self.hold(layer, buffer[..., count:, :], length - count, rows)
 
 
 class GrowingLayer(DynamicLayer):
     """A full-attention ``DynamicLayer`` whose keys and values grow in place. ``DynamicLayer`` concatenates every
     step, a copy of the whole cache per decoded token (and the engine's merges and row drops copied it again);
-    here a decoded token is one position written, and a buffer is copied only when full or when rows join or
-    leave (see :func:`_spare` for the room it keeps)."""
+    here a decoded token is one position written, a row that joins is written into a spare row, a row that leaves
+    is overwritten by the last one, and a buffer is copied only when full (see :func:`_spare` and
+    :func:`_spare_rows` for the room it keeps)."""
 
     keys = _Grown()
     values = _Grown()
@@ -141,10 +177,16 @@ class GrowingLayer(DynamicLayer):
             GrowingLayer.keys.select(self, indices)
             GrowingLayer.values.select(self, indices)
 
+    def keep_rows(self, sources: list[int], targets: list[int], rows: int) -> None:
+        """Rows ``sources`` move onto rows ``targets``; the first ``rows`` rows are kept (the engine's row drops:
+        the last rows fill the places of rows that ended)."""
+        GrowingLayer.keys.move_rows(self, sources, targets, rows)
+        GrowingLayer.values.move_rows(self, sources, targets, rows)
+
     def merge_rows(self, other: "GrowingLayer", width: int) -> None:
         """This layer's rows, then ``other``'s, all ending at position ``width``."""
-        GrowingLayer.keys.right_aligned(self, [self.keys, other.keys], width)
-        GrowingLayer.values.right_aligned(self, [self.values, other.values], width)
+        GrowingLayer.keys.add_rows(self, other.keys, width)
+        GrowingLayer.values.add_rows(self, other.values, width)
 
     def fill_rows(self, rows: list[tuple[torch.Tensor, torch.Tensor]], width: int) -> None:
         """An empty layer given one row per ``(keys, values)`` pair (each (heads, length, dim)), all ending at

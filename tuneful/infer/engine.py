@@ -37,11 +37,17 @@ from transformers.generation.streamers import BaseStreamer
 
 from .batch_rows import growing_cache, left_padded, mergeable_layers, pad_left, positions_of, takes_logits_to_keep
 from .constrain import ConstrainedRows
-from .prefix_cache import PrefixCache, Reused
+from .prefix_cache import BLOCK, PrefixCache, Reused
 from .requests import MIN_TEMPERATURE, Decoding, GenerationRequest, RunningRow, Sampling
+from .sampling import next_tokens
 
 __all__ = ["Decoding", "EngineStopped", "GenerationEngine", "GenerationRequest", "MIN_TEMPERATURE", "QueueFull",
            "Sampling"]
+
+
+# A prefix every prompt joining together shares is run once when that saves this many prompt tokens: a forward of its
+# own costs about as much as prefilling a few dozen tokens more in the joint one.
+SHARED_PREFIX_MIN_SAVED = 256
 
 
 class QueueFull(RuntimeError):
@@ -205,23 +211,55 @@ class GenerationEngine:
             self._step()
 
     def _join(self, requests: list[GenerationRequest]) -> None:
-        """Prefill ``requests`` (those with a stored prefix apart from the rest: their prompts are short), choose
-        their first tokens, and merge their cache rows in."""
+        """Prefill ``requests`` (those with a stored prefix apart from the rest: their prompts are short; the rest
+        after the prefix they all share, run once), choose their first tokens, and merge their cache rows in."""
         rows = [row for row in map(self._row, requests) if row is not None]
-        if self.prefix_cache is None or not self.continuous:
-            self._prefill(rows, [None] * len(rows))
-            return
-        reused = [self.prefix_cache.take(row.request.prompt_ids) for row in rows]
+        reused = [None] * len(rows)
+        if self.prefix_cache is not None and self.continuous:
+            reused = [self.prefix_cache.take(row.request.prompt_ids) for row in rows]
         for found in (False, True):
-            group = [(row, r) for row, r in zip(rows, reused) if (r is not None) == found]
-            if group:
-                self._prefill([row for row, _ in group], [r for _, r in group])
+            picked = [(row, r) for row, r in zip(rows, reused) if (r is not None) == found]
+            if picked:
+                group = [row for row, _ in picked]
+                prefixes = [r for _, r in picked] if found else [self._shared_prefix(group)] * len(group)
+                self._prefill(group, prefixes)
+
+    @torch.no_grad()
+    def _shared_prefix(self, rows: list[RunningRow]) -> Reused | None:
+        """The keys and values of the prefix all of ``rows``' prompts share (a system prompt, tool definitions, a
+        Self-Instruct prompt's fixed examples), run through the model once — when it saves at least
+        :data:`SHARED_PREFIX_MIN_SAVED` prompt tokens; None otherwise (identical prompts: ``_prefill`` runs each
+        distinct one once)."""
+        prompts = list({tuple(row.request.prompt_ids): None for row in rows})
+        if len(prompts) < 2 or not self.continuous:
+            return None
+        length = min(len(p) for p in prompts) - 1  # one token of each prompt is left to prefill
+        first = prompts[0]
+        for prompt in prompts[1:]:
+            length = next((i for i in range(length) if prompt[i] != first[i]), length)
+        if length < BLOCK or length * (len(prompts) - 1) < SHARED_PREFIX_MIN_SAVED:
+            return None
+        cache = growing_cache(self.chat.model.config)
+        if mergeable_layers(cache) is None:
+            return None
+        ids = torch.tensor([first[:length]], device=self.chat.device)
+        try:
+            self.chat.model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache, use_cache=True,
+                            **self._extra, **self._last_only)
+        except Exception:  # noqa: BLE001 - a model that keeps a cache of its own: ``_prefill`` finds out and says so
+            return None
+        layers = mergeable_layers(cache)
+        if layers is None:
+            return None
+        self.prefilled_tokens += length
+        return Reused(length, [(layer.keys[0], layer.values[0]) for layer in layers])
 
     @torch.no_grad()
     def _prefill(self, rows: list[RunningRow], reused: list[Reused | None]) -> None:
-        """One forward over the rows' prompts — after their stored prefixes when they reuse one (every row or none:
-        the prefixes' keys and values put in the new cache first, left-padded like the prompts), and once for rows
-        with the same prompt (a GRPO group: each row then samples its own first token) — then merge."""
+        """One forward over the rows' prompts — after their stored or shared prefixes when they have one (every row
+        or none: the prefixes' keys and values put in the new cache first, left-padded like the prompts), and once
+        for rows with the same prompt after the same prefix (a GRPO group: each row then samples its own first
+        token) — then merge."""
         if not rows:
             return
         model, device = self.chat.model, self.chat.device
@@ -233,18 +271,18 @@ class GenerationEngine:
             self._static_batch(requests)
             return
         starts = [found.length if found else 0 for found in reused]  # where each prompt's unseen part starts
-        past = max(starts)
-        tails = [r.prompt_ids[start:] for r, start in zip(requests, starts)]
-        copies = None  # for each row, the distinct prompt it is a copy of
-        if not past:
-            distinct: dict[tuple[int, ...], int] = {}
-            copies = [distinct.setdefault(tuple(tail), len(distinct)) for tail in tails]
-            tails = [list(tail) for tail in distinct] if len(distinct) < len(tails) else tails
+        distinct: dict[tuple, int] = {}  # (its prefix, its start, its tail) -> the row that runs it
+        copies = [distinct.setdefault((id(found), start, tuple(r.prompt_ids[start:])), i)
+                  for i, (r, found, start) in enumerate(zip(requests, reused, starts))]
+        unique = list(distinct.values())  # the rows that run through the model; the others copy one of them
+        past = max(starts[i] for i in unique)
+        tails = [requests[i].prompt_ids[starts[i]:] for i in unique]
         ids, mask = left_padded(tails, self.chat.pad_id)
         if past:  # every row reuses a prefix (``_join`` prefills those apart)
             for index, layer in enumerate(layers):
-                layer.fill_rows([found.layers[index] for found in reused], past)
-            mask = torch.cat([(torch.arange(past) >= past - torch.tensor(starts)[:, None]).long(), mask], dim=1)
+                layer.fill_rows([reused[i].layers[index] for i in unique], past)
+            mask = torch.cat([(torch.arange(past) >= past - torch.tensor([starts[i] for i in unique])[:, None]).long(),
+                              mask], dim=1)
         ids, mask = ids.to(device), mask.to(device)
         self.prefilled_tokens += sum(map(len, tails))
         try:
@@ -260,12 +298,12 @@ class GenerationEngine:
             self.continuous = False
             self._static_batch(requests)
             return
-        if len(tails) < len(rows):
-            index = torch.tensor(copies, device=device)
+        if len(unique) < len(rows):
+            place = {row: k for k, row in enumerate(unique)}
+            index = torch.tensor([place[c] for c in copies], device=device)
             cache.batch_select_indices(index)
             logits, mask = logits[index], mask[index]
-        stop = set(self._stop_ids)
-        first = [self._advance(row, scores, stop) for row, scores in zip(rows, logits)]
+        first = self._advance(rows, logits)
         self.batches.append(len(rows))
         self._merge(rows, cache, mask, torch.tensor(first, device=device))
 
@@ -277,17 +315,25 @@ class GenerationEngine:
             request.events.put(("error", f"generation failed for this request: {exc}"))
             return None
 
-    def _advance(self, row: "RunningRow", scores: torch.Tensor, stop: set[int]) -> int:
-        """Choose and hand over ``row``'s next token. A failure of this row (its sampling, its constraint) ends it
-        alone, with its own error: the other rows of the batch go on as if it had never been there."""
-        try:
-            token = row.choose(scores)
-            row.take(token, stop)
-            return token
-        except Exception as exc:  # noqa: BLE001
-            row.done = True
-            row.request.events.put(("error", f"generation failed for this request: {exc}"))
-            return self._stop_ids[0]
+    def _advance(self, rows: list[RunningRow], logits: torch.Tensor) -> list[int]:
+        """Choose and hand over the next token of every row not yet done (chosen together: ``sampling.next_tokens``);
+        a done row's place gets a stop id (it is dropped next). A failure of one row (its sampling, its constraint)
+        ends it alone, with its own error: the other rows go on as if it had never been there."""
+        stop = set(self._stop_ids)
+        chosen = [self._stop_ids[0]] * len(rows)
+        live = [i for i, row in enumerate(rows) if not row.done]
+        scores = logits if len(live) == len(rows) else logits[torch.tensor(live, device=logits.device)]
+        for i, token in zip(live, next_tokens([rows[i] for i in live], scores)):
+            row = rows[i]
+            try:
+                if isinstance(token, Exception):
+                    raise token
+                row.take(token, stop)
+                chosen[i] = token
+            except Exception as exc:  # noqa: BLE001
+                row.done = True
+                row.request.events.put(("error", f"generation failed for this request: {exc}"))
+        return chosen
 
     def _merge(self, rows: list[RunningRow], cache: Any, mask: torch.Tensor, first: torch.Tensor) -> None:
         if not self._rows:
@@ -310,27 +356,32 @@ class GenerationEngine:
         logits = self.chat.model(input_ids=self._next[:, None], attention_mask=self._mask, position_ids=positions,
                                  past_key_values=self._cache, use_cache=True, **self._extra).logits[:, -1, :]
         self.batches.append(len(self._rows))
-        stop = set(self._stop_ids)
-        chosen = []
-        for row, scores in zip(self._rows, logits):
+        for row in self._rows:
             if row.request.cancelled.is_set() and not row.done:
                 row._end("cancelled")
-            chosen.append(self._advance(row, scores, stop) if not row.done else self._stop_ids[0])
-        self._next = torch.tensor(chosen, device=self._mask.device)
+        self._next = torch.tensor(self._advance(self._rows, logits), device=self._mask.device)
         self._drop_finished()
 
     def _drop_finished(self) -> None:
-        keep = [i for i, row in enumerate(self._rows) if not row.done]
-        if len(keep) == len(self._rows):
+        """Rows that ended leave: the last running rows take their places (only those rows' cache is copied)."""
+        done = [i for i, row in enumerate(self._rows) if row.done]
+        if not done:
             return
         if self.prefix_cache is not None:
-            self._keep_finished([i for i, row in enumerate(self._rows) if row.done])
-        if not keep:
+            self._keep_finished(done)
+        kept = len(self._rows) - len(done)
+        if not kept:
             self._rows, self._cache, self._mask, self._next = [], None, None, None
             return
-        index = torch.tensor(keep, device=self._mask.device)
-        self._cache.batch_select_indices(index)
-        self._rows = [self._rows[i] for i in keep]
+        places = [i for i in done if i < kept]
+        movers = [i for i in range(kept, len(self._rows)) if not self._rows[i].done]
+        for layer in mergeable_layers(self._cache):
+            layer.keep_rows(movers, places, kept)
+        order = list(range(kept))
+        for place, mover in zip(places, movers):
+            order[place] = mover
+        index = torch.tensor(order, device=self._mask.device)
+        self._rows = [self._rows[i] for i in order]
         self._mask, self._next = self._mask[index], self._next[index]
         empty = int((self._mask.sum(0) == 0).cumprod(0).sum())  # leading columns no remaining row uses
         if empty:

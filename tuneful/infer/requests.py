@@ -1,7 +1,7 @@
 """What a generation request is and how one running row of it chooses tokens: the request (prompt ids, length
 limit, sampling, seed, constraint, where its events go) and, while it runs, its sampler and constraint
-(:class:`RunningRow`). :mod:`tuneful.infer.engine` batches the rows; nothing here knows of other rows or of a
-cache.
+(:class:`RunningRow`). :mod:`tuneful.infer.engine` batches the rows (and :mod:`tuneful.infer.sampling` chooses their
+tokens together); nothing here knows of other rows or of a cache.
 """
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ from typing import Any, Iterator
 import torch
 
 from .constrain import RowConstraint
+from .sampling import MIN_TEMPERATURE, UnusableScores, inverse_cdf, probabilities
 
-
-# Below this temperature sampling is all but greedy, and dividing logits by less overflows (inf, then NaN):
-# a request may ask for 1e-300, and the rows sharing its batch must not notice.
-MIN_TEMPERATURE = 1e-3
+__all__ = ["MIN_TEMPERATURE", "Decoding", "GenerationRequest", "RunningRow", "Sampling"]
 
 
 @dataclass(frozen=True)
@@ -105,21 +103,24 @@ class RunningRow:
         if request.constraint is not None and constrained:  # static batches constrain inside generate()
             self.constraint = RowConstraint(request.constraint, vocab_size, stop_ids)
 
+    def uniform(self) -> float:
+        """The next number in [0, 1) of this row's own random stream (sampled rows only)."""
+        return float(torch.rand((), dtype=torch.float64, generator=self.generator))
+
     def choose(self, scores: torch.Tensor) -> int:
-        """The next token from this row's last-position scores (greedy, or sampled with its settings)."""
+        """The next token from this row's last-position scores, alone (greedy, or sampled with its settings as
+        :func:`~tuneful.infer.sampling.next_tokens` samples rows together); its constraint masks the scores first."""
         if self.constraint is not None:
             scores = self.constraint.restrict(scores)
-        sampling = self.request.sampling
         if self.generator is None:
             return int(scores.argmax())
-        scores = scores.float()
-        probs = torch.softmax((scores - scores.max()) / max(sampling.temperature, MIN_TEMPERATURE), dim=-1).cpu()
-        if sampling.top_p < 1.0:
-            ordered, order = probs.sort(descending=True)
-            outside = ordered.cumsum(0) - ordered > sampling.top_p  # keep the smallest head reaching top_p
-            ordered[outside] = 0.0
-            probs = torch.zeros_like(probs).scatter_(0, order, ordered)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        sampling = self.request.sampling
+        probs = probabilities(scores[None], torch.tensor([sampling.temperature], device=scores.device),
+                              torch.tensor([sampling.top_p], device=scores.device))
+        [token], [usable] = inverse_cdf(probs, torch.tensor([self.uniform()], dtype=torch.float64, device=scores.device))
+        if not usable:
+            raise UnusableScores("the model's scores for this row are not finite")
+        return token
 
     def take(self, token: int, stop_ids: set[int]) -> None:
         """Hand ``token`` to the request, or end it (stop token, length limit, client gone)."""
