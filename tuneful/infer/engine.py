@@ -11,11 +11,14 @@ makes 16 concurrent clients cheaper than 16 sequential generations.
 
 With a :class:`~tuneful.infer.prefix_cache.PrefixCache`, a finished row's keys and values are kept under its token
 ids, and a request that starts the same way (an agent's next turn: its last context, reply and tool results)
-prefills only what follows the longest stored prefix.
+prefills only what follows the longest stored prefix. Among requests joining together, a prefix they all share (a
+system prompt, tool definitions, fixed few-shot examples) runs through the model once, and so does each distinct
+prompt (a GRPO group's copies). A step's rows choose their tokens together (``sampling.next_tokens``).
 
 Rows are merged and dropped in transformers' ``DynamicCache`` (full-attention layers, grown in place:
-``batch_rows.GrowingLayer``); for a model whose cache has other layer kinds (sliding-window, static) the worker
-falls back to static batches: one ``generate`` call per batch, rows ending at their own stop token.
+``batch_rows.GrowingLayer``: a joining row is written into a spare row, a row that ends is overwritten by the last
+one); for a model whose cache has other layer kinds (sliding-window, static) the worker falls back to static
+batches: one ``generate`` call per batch, rows ending at their own stop token.
 
 Boundary: the engine knows token ids, a model and its stop ids (:class:`Decoding`; a ``ChatModel`` is
 one), never text or HTTP. It runs either as a worker thread fed by ``submit`` (the server, the REPL,
