@@ -40,7 +40,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from .batch_rows import growing_cache, left_padded, mergeable_layers, pad_left, positions_of, takes_logits_to_keep
 from .constrain import ConstrainedRows
-from .prefix_cache import BLOCK, PrefixCache, Reused
+from .prefix_cache import BLOCK, PrefixCache, Reused, common_length
 from .requests import MIN_TEMPERATURE, Decoding, GenerationRequest, RunningRow, Sampling
 from .sampling import next_tokens
 
@@ -239,7 +239,7 @@ class GenerationEngine:
         length = min(len(p) for p in prompts) - 1  # one token of each prompt is left to prefill
         first = prompts[0]
         for prompt in prompts[1:]:
-            length = next((i for i in range(length) if prompt[i] != first[i]), length)
+            length = common_length(first, prompt, 0, length)
         if length < BLOCK or length * (len(prompts) - 1) < SHARED_PREFIX_MIN_SAVED:
             return None
         cache = growing_cache(self.chat.model.config)

@@ -82,7 +82,7 @@ class PrefixCache:
                 stored = self._stored[key]
                 if stored.ids[: count * BLOCK] != ids[: count * BLOCK]:  # a hash collision
                     continue
-                length = _common_length(stored.ids, ids, count * BLOCK, limit)
+                length = common_length(stored.ids, ids, count * BLOCK, limit)
                 if length > best_length:
                     best, best_length = key, length
             if best is not None:
@@ -116,7 +116,7 @@ def _block_hashes(ids: list[int]) -> Iterator[int]:
         yield chained
 
 
-def _common_length(a: list[int], b: list[int], start: int, limit: int) -> int:
+def common_length(a: list[int], b: list[int], start: int, limit: int) -> int:
     """How many leading ids ``a`` and ``b`` share (at most ``limit``), given that the first ``start`` are equal."""
     n = min(len(a), len(b), limit)
     for i in range(start, n):

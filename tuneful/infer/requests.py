@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import torch
 
 from .constrain import RowConstraint
-from .sampling import MIN_TEMPERATURE, UnusableScores, inverse_cdf, probabilities
+from .sampling import MIN_TEMPERATURE, UnusableScores, sample
 
 __all__ = ["MIN_TEMPERATURE", "Decoding", "GenerationRequest", "RunningRow", "Sampling"]
 
@@ -114,12 +114,9 @@ class RunningRow:
             scores = self.constraint.restrict(scores)
         if self.generator is None:
             return int(scores.argmax())
-        sampling = self.request.sampling
-        probs = probabilities(scores[None], torch.tensor([sampling.temperature], device=scores.device),
-                              torch.tensor([sampling.top_p], device=scores.device))
-        [token], [usable] = inverse_cdf(probs, torch.tensor([self.uniform()], dtype=torch.float64, device=scores.device))
-        if not usable:
-            raise UnusableScores("the model's scores for this row are not finite")
+        [token] = sample(scores[None], [self.request.sampling], [self.uniform()])
+        if isinstance(token, UnusableScores):
+            raise token
         return token
 
     def take(self, token: int, stop_ids: set[int]) -> None:

@@ -84,14 +84,21 @@ def next_tokens(rows: Sequence[Any], scores: torch.Tensor) -> list[int | Excepti
             out[i] = exc
     if drawn:
         index = [i for i, _ in drawn]
-        settings = [rows[i].request.sampling for i in index]
-        device = scores.device
-        probs = probabilities(_rows_of(scores, index), torch.tensor([s.temperature for s in settings], device=device),
-                              torch.tensor([s.top_p for s in settings], device=device))
-        tokens, usable = inverse_cdf(probs, torch.tensor([u for _, u in drawn], dtype=torch.float64, device=device))
-        for i, token, ok in zip(index, tokens, usable):
-            out[i] = token if ok else UnusableScores("the model's scores for this row are not finite")
+        tokens = sample(_rows_of(scores, index), [rows[i].request.sampling for i in index], [u for _, u in drawn])
+        for i, token in zip(index, tokens):
+            out[i] = token
     return out
+
+
+def sample(scores: torch.Tensor, settings: Sequence[Any], uniforms: Sequence[float]) -> list[int | UnusableScores]:
+    """Each row of ``scores`` (rows, vocab) sampled at its ``settings`` (``temperature``, ``top_p``) with its uniform
+    number: the token, or :class:`UnusableScores` for a row whose scores give no distribution."""
+    device = scores.device
+    probs = probabilities(scores, torch.tensor([s.temperature for s in settings], device=device),
+                          torch.tensor([s.top_p for s in settings], device=device))
+    tokens, usable = inverse_cdf(probs, torch.tensor(list(uniforms), dtype=torch.float64, device=device))
+    return [token if ok else UnusableScores("the model's scores for this row are not finite")
+            for token, ok in zip(tokens, usable)]
 
 
 def _rows_of(scores: torch.Tensor, index: list[int]) -> torch.Tensor:
