@@ -18,6 +18,11 @@ The peer is the previous code path itself (reproduced below, as it was), with tr
 
     python bench/rollouts.py --quick   # 16 prompts x 8 samples, ~1 min on 2 cores; last line is JSON
     python bench/rollouts.py           # 64 prompts x 8 samples
+
+With ``--vllm-python PATH`` (a python with vLLM, e.g. ``.vllm-venv/bin/python`` from ``scripts/setup-vllm``) the same
+rollouts are also sampled on a vLLM server started on the same model folder (``grpo.rollouts=vllm``'s path:
+``infer.vllm_server``, one request per row), twice, alternating with the others; the JSON gains
+``vllm_tokens_per_s`` and ``vllm_vs_engine``. The server runs in its own process with the same 2 cores.
 """
 
 from __future__ import annotations
@@ -65,9 +70,44 @@ def engine(model, tokenizer, prompts: list[list[int]], stop_ids: list[int], seed
     return [len(g.token_ids) for g in out]
 
 
+def vllm_rollouts(server, tokenizer, prompts: list[list[int]], stop_ids: list[int], seed: int) -> list[int]:
+    out = server.generate(prompts, tokenizer=tokenizer, stop_ids=stop_ids, max_new_tokens=MAX_NEW, do_sample=True,
+                          temperature=TEMPERATURE, seed=seed)
+    return [len(g.token_ids) for g in out]
+
+
+def start_vllm(python: str, folder: str):
+    """A vLLM server on ``folder`` (2 threads, as the others), and its address once it answers."""
+    import os
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen([python, "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--host",
+                             "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "1024",
+                             "--max-num-seqs", str(BATCH)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(url + "/v1/models", timeout=2)
+            return proc, url
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(1)
+    proc.kill()
+    raise RuntimeError("the vLLM server did not start")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="16 prompts instead of 64")
+    parser.add_argument("--vllm-python", default="", help="also sample on a vLLM server run by this python")
     args = parser.parse_args()
     torch.set_num_threads(2)
     from tuneful.infer.chat_model import load_chat_model
@@ -82,12 +122,27 @@ def main() -> None:
     line_ends = [i for t, i in chat.tokenizer.get_vocab().items() if "\n" in chat.tokenizer.convert_tokens_to_string([t])]
     stop_ids = list(chat.stop_ids) + line_ends
     runs: dict[str, list[tuple[float, int]]] = {"static": [], "engine": []}
+    server = proc = None
+    if args.vllm_python:
+        import tempfile
+
+        from tuneful.export.gguf import stage_model
+        from tuneful.infer.vllm_server import VLLMServer
+
+        folder = Path(tempfile.mkdtemp(prefix="rollouts-vllm-")) / "sandbox"
+        stage_model("sandbox", folder, template=None, trust_remote_code=False)
+        proc, url = start_vllm(args.vllm_python, str(folder))
+        server = VLLMServer(url, max_concurrent=BATCH)
+        vllm_rollouts(server, chat.tokenizer, prompts[:BATCH], stop_ids, seed=99)  # warm-up
+        runs["vllm"] = []
     lengths: list[int] = []
     for round_ in range(2):
-        for name in ("static", "engine"):
+        for name in runs:
             started = time.perf_counter()
             if name == "static":
                 got = static_batches(chat.model, chat.tokenizer, prompts, stop_ids, chat.pad_id, seed=round_)
+            elif name == "vllm":
+                got = vllm_rollouts(server, chat.tokenizer, prompts, stop_ids, seed=round_)
             else:
                 got = engine(chat.model, chat.tokenizer, prompts, stop_ids, seed=round_)
                 lengths += got
@@ -95,11 +150,15 @@ def main() -> None:
             runs[name].append((seconds, sum(got)))
             print(f"round {round_ + 1}: {name:<7} {sum(got) / seconds:8.1f} tokens/s  ({sum(got)} tokens, "
                   f"{seconds:.1f} s)", flush=True)
+    if proc is not None:
+        server.close()
+        proc.terminate()
     rate = {name: statistics.median(tokens / seconds for seconds, tokens in values) for name, values in runs.items()}
     quantiles = statistics.quantiles(lengths, n=10)
+    vllm = {"vllm_tokens_per_s": rate["vllm"], "vllm_vs_engine": rate["vllm"] / rate["engine"]} if "vllm" in rate else {}
     print(json.dumps({"rollouts": len(prompts), "group": GROUP, "max_new_tokens": MAX_NEW, "batch": BATCH,
                       "mean_length": statistics.mean(lengths), "length_p10": quantiles[0], "length_p90": quantiles[-1],
-                      "static_tokens_per_s": rate["static"], "engine_tokens_per_s": rate["engine"],
+                      "static_tokens_per_s": rate["static"], "engine_tokens_per_s": rate["engine"], **vllm,
                       "ratio": rate["engine"] / rate["static"]}))
 
 

@@ -73,9 +73,10 @@ def play_episodes(episodes: list[Episode], next_turns: Callable[[list[Episode], 
 
 def run_episodes(policy: Any, tokenizer: Any, renderer: Any, records: Sequence[Any], indices: Sequence[int],
                  tools: Tools, parser: ToolParser, *, max_turns: int, max_new_tokens: int, batch_size: int,
-                 do_sample: bool = True, temperature: float = 1.0, seed: int = 0) -> list[Episode]:
+                 do_sample: bool = True, temperature: float = 1.0, seed: int = 0, server: Any = None) -> list[Episode]:
     """One episode per entry of ``indices`` (an index into ``records``: PromptRecords with ``messages`` and
-    ``tools``; a record without tools is offered ``tools``' schemas), its turns written by the engine."""
+    ``tools``; a record without tools is offered ``tools``' schemas), its turns written by the engine (or by a vLLM
+    ``server``: :mod:`tuneful.infer.vllm_server`)."""
     offered = tool_schemas(tools) if tools and any(not records[i].tools for i in indices) else None
     kept = PrefixCache()  # each turn starts from the keys and values of the episode's previous one
 
@@ -83,7 +84,7 @@ def run_episodes(policy: Any, tokenizer: Any, renderer: Any, records: Sequence[A
         contexts = [renderer.prompt_ids(e.messages, records[e.record].tools or offered) for e in live]
         replies = generate(policy, tokenizer, contexts, stop_ids=renderer.stop_ids, max_new_tokens=max_new_tokens,
                            batch_size=batch_size, do_sample=do_sample, temperature=temperature,
-                           seed=seed * 1_000_003 + round_, prefix_cache=kept)
+                           seed=seed * 1_000_003 + round_, prefix_cache=kept, server=server)
         return [Turn(context, reply.token_ids + ([reply.stop_token] if reply.stopped else []),
                      tokenizer.decode(reply.token_ids, skip_special_tokens=False),  # a call marker may be special
                      reply.stopped)

@@ -43,10 +43,14 @@ def row_seed(seed: int, index: int) -> int:
 def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, stop_ids: Sequence[int],
              max_new_tokens: int = 64, batch_size: int = 16, do_sample: bool = False,
              temperature: float = 1.0, seed: int = 0, progress: str | None = None,
-             prefix_cache: PrefixCache | None = None) -> list[Generation]:
+             prefix_cache: PrefixCache | None = None, server: Any = None) -> list[Generation]:
     """``progress``: a label for a progress bar over prompts (none when None). ``prefix_cache``: keys and values of
     earlier calls' finished sequences to start from, and where this call's are kept (an episode's turns share one).
-    Leaves ``model`` in eval mode."""
+    ``server``: a :class:`~tuneful.infer.vllm_server.VLLMServer` that samples instead of ``model`` (the same rows,
+    seeds and stop ids; the server keeps its own prefix cache). Leaves ``model`` in eval mode."""
+    if server is not None:
+        return server.generate(prompts, tokenizer=tokenizer, stop_ids=stop_ids, max_new_tokens=max_new_tokens,
+                               do_sample=do_sample, temperature=temperature, seed=seed)
     model.eval()
     stops = list(stop_ids)
     engine = GenerationEngine(Decoding(model, stops, pad_id(tokenizer, stops)), max_batch=batch_size,

@@ -19,6 +19,7 @@ GRPO_LOSSES = ("grpo", "dapo", "dr_grpo")
 REWARD_SCALES = ("group", "none")
 GRPO_REFERENCES = ("auto", "frozen", "adapters-off")
 LAYOUTS = ("auto", "shared-prompt", "rows")
+ROLLOUTS = ("engine", "vllm")
 
 
 @dataclass
@@ -93,6 +94,12 @@ class GRPOSettings(PromptSelectionSettings):
                              "results handed back until it answers — rewarded on its final answer.")
     max_turns: int = setting(4, "Policy turns in an episode (with tools); a turn that still calls a tool at the cap "
                                 "ends the episode unanswered.")
+    rollouts: str = setting("engine", "What samples the completions: engine (tuneful's, on the policy itself) or vllm "
+                                      "(a running vLLM server at vllm_url, given the policy's LoRA adapter before each "
+                                      "sampling; needs lora.enabled).")
+    vllm_url: str = setting("", "With rollouts=vllm: the server's address, e.g. http://127.0.0.1:8000 (started with "
+                                "vllm serve BASE --enable-lora --max-lora-rank R and "
+                                "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True).")
 
     def check(self) -> list[str]:
         problems = self.selection_problems()
@@ -122,6 +129,10 @@ class GRPOSettings(PromptSelectionSettings):
             problems.append(f"tools: {self.tools} is not a file; give a Python file defining the tools")
         if self.reference not in GRPO_REFERENCES:
             problems.append(f"reference: {self.reference!r} is not one of {', '.join(GRPO_REFERENCES)}")
+        if self.rollouts not in ROLLOUTS:
+            problems.append(f"rollouts: {self.rollouts!r} is not one of {', '.join(ROLLOUTS)}")
+        if self.rollouts == "vllm" and not self.vllm_url:
+            problems.append("vllm_url: rollouts=vllm needs the server's address, e.g. grpo.vllm_url=http://127.0.0.1:8000")
         return problems
 
 
@@ -144,3 +155,17 @@ class GRPOConfig(AfterSFTConfig):
     method: ClassVar[str] = "GRPO"
     reference_section: ClassVar[str | None] = "grpo"
     layout_setting: ClassVar[str] = "grpo.layout"
+
+    def check(self) -> list[str]:
+        problems = super().check()
+        if self.grpo.rollouts == "vllm":
+            lora = self.lora
+            if not lora.enabled:
+                problems.append("grpo.rollouts=vllm: the policy reaches the server as a LoRA adapter (vLLM's HTTP API "
+                                "loads adapters; full weights need its NCCL/CUDA-IPC transfer). Fix: lora.enabled=true, "
+                                "or grpo.rollouts=engine")
+            elif lora.qlora or lora.dora or lora.init in ("pissa", "olora"):
+                problems.append("grpo.rollouts=vllm: the server applies a plain LoRA adapter to the unmodified base, "
+                                "which lora.qlora, lora.dora and lora.init=pissa/olora are not. Fix: plain LoRA, or "
+                                "grpo.rollouts=engine")
+        return problems

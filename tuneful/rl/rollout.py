@@ -151,14 +151,15 @@ class SamplingSettings:
 
 def sample_groups(policy: Any, tokenizer: Any, prompt_groups: Sequence[Sequence[int]], prompt_ids: Sequence[list[int]],
                   records: Sequence[Any], reward: Callable[..., list[float]], stop_ids: Sequence[int],
-                  settings: SamplingSettings, seed: int) -> list[list[Completion]]:
+                  settings: SamplingSettings, seed: int, server: Any = None) -> list[list[Completion]]:
     """For each micro-batch of prompt indices, ``group_size`` sampled completions per prompt, rewarded and
-    given group-relative advantages; the groups of a micro-batch stay together."""
+    given group-relative advantages; the groups of a micro-batch stay together. ``server``: a vLLM server that
+    samples instead of ``policy`` (:mod:`tuneful.infer.vllm_server`)."""
     flat = [i for group in prompt_groups for i in group]
     repeated = [i for i in flat for _ in range(settings.group_size)]
     generations = generate(policy, tokenizer, [prompt_ids[i] for i in repeated], stop_ids=stop_ids,
                            max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size, do_sample=True,
-                           temperature=settings.temperature, seed=seed)
+                           temperature=settings.temperature, seed=seed, server=server)
     texts = [g.text for g in generations]
     rewards = reward([records[i].messages for i in repeated], texts, [records[i].fields for i in repeated])
     advantages = group_advantages(torch.tensor(rewards, dtype=torch.float32), settings.group_size,
@@ -181,7 +182,8 @@ def with_signal(rewards: Sequence[float], group_size: int) -> int:
 
 def sample_episode_groups(policy: Any, tokenizer: Any, renderer: Any, prompt_groups: Sequence[Sequence[int]],
                           records: Sequence[Any], reward: Callable[..., list[float]], tools: Any, parser: Any,
-                          settings: SamplingSettings, max_turns: int, seed: int) -> list[RolloutBatch]:
+                          settings: SamplingSettings, max_turns: int, seed: int, server: Any = None
+                          ) -> list[RolloutBatch]:
     """``sample_groups`` for multi-turn episodes (:mod:`tuneful.infer.episodes`): ``group_size`` episodes per prompt,
     each rewarded as a whole — ``reward(prompt=the conversation before the final answer, completion=the final
     answer, record=...)`` — and every policy turn of an episode a completion carrying the episode's reward and
@@ -190,7 +192,7 @@ def sample_episode_groups(policy: Any, tokenizer: Any, renderer: Any, prompt_gro
     repeated = [i for i in flat for _ in range(settings.group_size)]
     episodes = run_episodes(policy, tokenizer, renderer, records, repeated, tools, parser, max_turns=max_turns,
                             max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
-                            temperature=settings.temperature, seed=seed)
+                            temperature=settings.temperature, seed=seed, server=server)
     rewards = reward([e.transcript() for e in episodes], [e.final for e in episodes],
                      [records[e.record].fields for e in episodes])
     advantages = group_advantages(torch.tensor(rewards, dtype=torch.float32), settings.group_size,

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import copy
 import random
+import shutil
+import uuid
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
@@ -72,6 +74,8 @@ class GRPOTrainer(Trainer):
         self._reward_in = reward
         self._tools_in = tools
         self._rollout: tuple[int, list[RolloutBatch]] | None = None
+        self.server: Any = None  # a VLLMServer with grpo.rollouts=vllm
+        self._adapter: Path | None = None  # the adapter folder the server last loaded
         self.reference_module: Any = None
         self.reference_kind = self._reference_kind()
 
@@ -105,6 +109,14 @@ class GRPOTrainer(Trainer):
                                  "tuneful can parse, so the policy's calls could not be run. Fix: a tool-capable "
                                  "template (data.template=chatml, a model's own with tool calls) or no tools")
             self.parser = PARSERS[syntax]
+        if getattr(self.settings, "rollouts", "engine") == "vllm":
+            if self.acc.num_processes > 1:
+                raise ValueError("grpo.rollouts=vllm runs in one process (every process would load its own adapter "
+                                 "into the one server). Fix: launch a single process, or grpo.rollouts=engine")
+            from ..infer.vllm_server import VLLMServer
+
+            self.server = VLLMServer(self.settings.vllm_url)
+            self._run_tag = uuid.uuid4().hex[:8]  # adapter names of an earlier (or resumed) run on the same server differ
 
     def _signal_keys(self) -> list[str]:
         """Each training prompt's key for dynamic sampling: its index, or the value of ``signal_key`` in its record."""
@@ -158,6 +170,20 @@ class GRPOTrainer(Trainer):
     def _policy(self) -> Any:
         return self.acc.unwrap_model(self.module).model
 
+    def _sync_server(self, cycle: int) -> None:
+        """The server gets the policy as it is now: its LoRA adapter saved and loaded by path (the previous one
+        unloaded and its folder removed)."""
+        if self.new_token_ids:
+            raise ValueError("grpo.rollouts=vllm: this run added tokens to the tokenizer, which the server's base "
+                             "does not have. Fix: a model whose tokenizer has the template's tokens, or "
+                             "grpo.rollouts=engine")
+        folder = Path(self.cfg.train.output_dir) / "vllm-adapters" / f"cycle-{cycle}"
+        self._policy().save_pretrained(str(folder), safe_serialization=True)
+        self.server.load_adapter(f"tuneful-policy-{self._run_tag}-{cycle}", str(folder))
+        if self._adapter is not None and self._adapter != folder:
+            shutil.rmtree(self._adapter, ignore_errors=True)
+        self._adapter = folder
+
     def micro_batches(self, step: int) -> list[RolloutBatch]:
         cycle = step // self.updates_per_batch
         if self._rollout is None or self._rollout[0] != cycle:
@@ -166,14 +192,17 @@ class GRPOTrainer(Trainer):
             swapped = [0] * len(prompt_groups)
             if self.settings.dynamic_sampling:
                 prompt_groups, swapped = self.history.choose(prompt_groups, random.Random(seed))
+            if self.server is not None:
+                self._sync_server(cycle)
             with self.acc.autocast():
                 if self.tools:
                     batches = sample_episode_groups(self._policy(), self.tokenizer, self.data.renderer, prompt_groups,
                                                     self.data.train, self.reward, self.tools, self.parser,
-                                                    self.sampling, self.settings.max_turns, seed)
+                                                    self.sampling, self.settings.max_turns, seed, server=self.server)
                 else:
                     groups = sample_groups(self._policy(), self.tokenizer, prompt_groups, self.data.train_ids,
-                                           self.data.train, self.reward, self.data.stop_ids, self.sampling, seed)
+                                           self.data.train, self.reward, self.data.stop_ids, self.sampling, seed,
+                                           server=self.server)
                     batches = [RolloutBatch(g, groups=len(p), groups_with_signal=with_signal(
                         [c.reward for c in g], self.sampling.group_size)) for g, p in zip(groups, prompt_groups)]
             self.module.train()  # generation switched the model to eval mode
