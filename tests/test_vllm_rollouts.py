@@ -4,7 +4,8 @@ Against a fake server (httpx's mock transport): what the client sends (token ids
 the adapter loaded last), what it reads back (the stop token taken off), its errors, and a GRPO run that samples
 there and hands the server its adapter every step. Against a real vLLM (the CPU build in its own environment,
 ``TUNEFUL_VLLM_PYTHON``: ``scripts/setup-vllm``): greedy ids equal tuneful's engine's, an adapter loaded by path
-gives the local LoRA model's greedy ids, and a GRPO run samples on it.
+gives the local LoRA model's greedy ids, a GRPO run samples on it, and its chat endpoint serving a saved folder
+replies as tuneful does.
 """
 
 from __future__ import annotations
@@ -263,3 +264,27 @@ def test_grpo_with_rollouts_on_a_real_vllm(real_vllm, tmp_path: Path):
     assert len(rows) == 2 and all(r["completions"] == 8 and r["completion_length"] > 0 for r in rows)
     served = [m["id"] for m in httpx.get(url + "/v1/models").json()["data"] if m["id"].startswith("tuneful-policy-")]
     assert len(served) == 1 and served[0].endswith("-1")  # the last step's adapter; the first one unloaded
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_vllm_serves_a_saved_folder_as_tuneful_does(real_vllm):
+    """Serving with vLLM instead (``vllm serve FOLDER``): the folder's chat template and stop tokens (the
+    generation config tuneful writes) give vLLM's chat endpoint tuneful's greedy replies, to the token."""
+    import openai
+
+    from tuneful.infer.chat_model import load_chat_model
+    from tuneful.infer.generate import generate
+
+    url, folder = real_vllm
+    chat = load_chat_model(str(folder), device="cpu")
+    conversations = [[{"role": "user", "content": q}] for q in ("What is the capital of Noudriland?", "Name a colour.")]
+    conversations.append([{"role": "system", "content": "Answer briefly."}, *conversations[0],
+                          {"role": "assistant", "content": "Sezouvik."}, {"role": "user", "content": "And its animal?"}])
+    ours = generate(chat.model, chat.tokenizer, [chat.prompt_ids(c) for c in conversations], stop_ids=chat.stop_ids,
+                    max_new_tokens=24)
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none")
+    for messages, mine in zip(conversations, ours):
+        reply = client.chat.completions.create(model=str(folder), messages=messages, max_tokens=24, temperature=0)
+        assert reply.choices[0].message.content == mine.text
+        assert reply.choices[0].finish_reason == ("stop" if mine.stopped else "length")
