@@ -156,6 +156,25 @@ def test_grpo_samples_on_the_server_and_hands_it_the_policy_every_step(workdir: 
     assert rows and all(r["completion_length"] == len(words) + 1 and r["stop_rate"] == 1.0 for r in rows)
 
 
+def test_online_dpo_samples_on_the_server_too(workdir: Path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from tuneful.rl.online_dpo import OnlineDPOConfig, run_online_dpo
+
+    tokenizer = AutoTokenizer.from_pretrained(workdir / "model")
+    fake = FakeVLLM(tokenizer.encode(" yes", add_special_tokens=False) + [tokenizer.convert_tokens_to_ids("<|im_end|>")])
+    monkeypatch.setattr(vllm_server, "VLLMServer", functools.partial(VLLMServer, transport=httpx.MockTransport(fake)))
+    lines = [s.replace("grpo.", "online_dpo.") for s in settings(workdir, "odpo", "train.max_steps=1",
+                                                                  "lora.enabled=true", "lora.r=4")]
+    with pytest.raises(ConfigError, match="online_dpo.rollouts=vllm"):
+        build(OnlineDPOConfig, None, lines + ["online_dpo.rollouts=vllm", "online_dpo.vllm_url=http://h:1",
+                                              "lora.enabled=false"])
+    result = run_online_dpo(build(OnlineDPOConfig, None, lines + ["online_dpo.rollouts=vllm",
+                                                                  "online_dpo.vllm_url=http://h:1"]))
+    assert result.steps == 1 and len(fake.loaded) == 1 and len(fake.completions) == 4
+    assert {b["model"] for b in fake.completions} == {fake.loaded[0][0]}
+
+
 # --- against a real vLLM (its CPU build, in its own environment) ---------------------------------------------
 
 VLLM_PYTHON = os.environ.get("TUNEFUL_VLLM_PYTHON", "")

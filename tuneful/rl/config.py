@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..config import setting
 from ..data.mixture import source_problems
@@ -65,7 +65,39 @@ class PromptSelectionSettings:
 
 
 @dataclass
-class GRPOSettings(PromptSelectionSettings):
+class RolloutSettings:
+    """What samples an online step's completions (:mod:`tuneful.infer.vllm_server`); shared by GRPO and online DPO."""
+
+    rollouts: str = setting("engine", "What samples the completions: engine (tuneful's, on the policy itself) or vllm "
+                                      "(a running vLLM server at vllm_url, handed the policy's LoRA adapter before each "
+                                      "sampling; needs lora.enabled).")
+    vllm_url: str = setting("", "With rollouts=vllm: the server's address, e.g. http://127.0.0.1:8000 (started with "
+                                "vllm serve BASE --enable-lora --max-lora-rank R and "
+                                "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True).")
+
+    def rollout_problems(self) -> list[str]:
+        problems = [] if self.rollouts in ROLLOUTS else [f"rollouts: {self.rollouts!r} is not one of {', '.join(ROLLOUTS)}"]
+        if self.rollouts == "vllm" and not self.vllm_url:
+            problems.append("vllm_url: rollouts=vllm needs the server's address, e.g. vllm_url=http://127.0.0.1:8000")
+        return problems
+
+
+def vllm_lora_problems(section: str, rollouts: str, lora: Any) -> list[str]:
+    """Rollouts on a vLLM server take the policy as a plain LoRA adapter on the unmodified base."""
+    if rollouts != "vllm":
+        return []
+    if not lora.enabled:
+        return [f"{section}.rollouts=vllm: the policy reaches the server as a LoRA adapter (vLLM's HTTP API loads "
+                f"adapters; full weights need its NCCL/CUDA-IPC transfer). Fix: lora.enabled=true, or "
+                f"{section}.rollouts=engine"]
+    if lora.qlora or lora.dora or lora.init in ("pissa", "olora"):
+        return [f"{section}.rollouts=vllm: the server applies a plain LoRA adapter to the unmodified base, which "
+                f"lora.qlora, lora.dora and lora.init=pissa/olora are not. Fix: plain LoRA, or {section}.rollouts=engine"]
+    return []
+
+
+@dataclass
+class GRPOSettings(PromptSelectionSettings, RolloutSettings):
     rewards: list[str] = setting([], "Reward sources: python:MODULE:FUNCTION (or FILE.py:FUNCTION), rm:FOLDER "
                                      "(tuneful rm train), judge:MODEL@BASE_URL (OpenAI-compatible).")
     reward_weights: list[float] = setting([], "One weight per reward source; empty = 1 each.")
@@ -94,12 +126,6 @@ class GRPOSettings(PromptSelectionSettings):
                              "results handed back until it answers — rewarded on its final answer.")
     max_turns: int = setting(4, "Policy turns in an episode (with tools); a turn that still calls a tool at the cap "
                                 "ends the episode unanswered.")
-    rollouts: str = setting("engine", "What samples the completions: engine (tuneful's, on the policy itself) or vllm "
-                                      "(a running vLLM server at vllm_url, given the policy's LoRA adapter before each "
-                                      "sampling; needs lora.enabled).")
-    vllm_url: str = setting("", "With rollouts=vllm: the server's address, e.g. http://127.0.0.1:8000 (started with "
-                                "vllm serve BASE --enable-lora --max-lora-rank R and "
-                                "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True).")
 
     def check(self) -> list[str]:
         problems = self.selection_problems()
@@ -129,11 +155,7 @@ class GRPOSettings(PromptSelectionSettings):
             problems.append(f"tools: {self.tools} is not a file; give a Python file defining the tools")
         if self.reference not in GRPO_REFERENCES:
             problems.append(f"reference: {self.reference!r} is not one of {', '.join(GRPO_REFERENCES)}")
-        if self.rollouts not in ROLLOUTS:
-            problems.append(f"rollouts: {self.rollouts!r} is not one of {', '.join(ROLLOUTS)}")
-        if self.rollouts == "vllm" and not self.vllm_url:
-            problems.append("vllm_url: rollouts=vllm needs the server's address, e.g. grpo.vllm_url=http://127.0.0.1:8000")
-        return problems
+        return problems + self.rollout_problems()
 
 
 @dataclass
@@ -157,15 +179,4 @@ class GRPOConfig(AfterSFTConfig):
     layout_setting: ClassVar[str] = "grpo.layout"
 
     def check(self) -> list[str]:
-        problems = super().check()
-        if self.grpo.rollouts == "vllm":
-            lora = self.lora
-            if not lora.enabled:
-                problems.append("grpo.rollouts=vllm: the policy reaches the server as a LoRA adapter (vLLM's HTTP API "
-                                "loads adapters; full weights need its NCCL/CUDA-IPC transfer). Fix: lora.enabled=true, "
-                                "or grpo.rollouts=engine")
-            elif lora.qlora or lora.dora or lora.init in ("pissa", "olora"):
-                problems.append("grpo.rollouts=vllm: the server applies a plain LoRA adapter to the unmodified base, "
-                                "which lora.qlora, lora.dora and lora.init=pissa/olora are not. Fix: plain LoRA, or "
-                                "grpo.rollouts=engine")
-        return problems
+        return super().check() + vllm_lora_problems("grpo", self.grpo.rollouts, self.lora)

@@ -17,7 +17,8 @@ from ..config import setting
 from ..preference.losses import dpo_sigmoid, ipo
 from ..train.config import AfterSFTConfig
 from ..train.loop import RunResult, run
-from .config import GRPO_REFERENCES, LAYOUTS, GRPOTrainSettings, PromptDataSettings, PromptSelectionSettings
+from .config import (GRPO_REFERENCES, LAYOUTS, GRPOTrainSettings, PromptDataSettings, PromptSelectionSettings,
+                     RolloutSettings, vllm_lora_problems)
 from .rollout import RolloutBatch
 from .trainer import GRPOTrainer
 
@@ -25,7 +26,7 @@ ONLINE_DPO_LOSSES = ("sigmoid", "ipo")
 
 
 @dataclass
-class OnlineDPOSettings(PromptSelectionSettings):
+class OnlineDPOSettings(PromptSelectionSettings, RolloutSettings):
     rewards: list[str] = setting([], "Reward sources that rank the sampled replies (as grpo.rewards).")
     reward_weights: list[float] = setting([], "One weight per reward source; empty = 1 each.")
     group_size: int = setting(2, "Replies sampled per prompt; the best and the worst form the pair.")
@@ -65,7 +66,7 @@ class OnlineDPOSettings(PromptSelectionSettings):
             problems.append(f"layout: {self.layout!r} is not one of {', '.join(LAYOUTS)}")
         if self.reference not in GRPO_REFERENCES:
             problems.append(f"reference: {self.reference!r} is not one of {', '.join(GRPO_REFERENCES)}")
-        return problems
+        return problems + self.rollout_problems()
 
 
 @dataclass
@@ -84,6 +85,9 @@ class OnlineDPOConfig(AfterSFTConfig):
     method: ClassVar[str] = "online DPO"
     reference_section: ClassVar[str | None] = "online_dpo"
     layout_setting: ClassVar[str] = "online_dpo.layout"
+
+    def check(self) -> list[str]:
+        return super().check() + vllm_lora_problems("online_dpo", self.online_dpo.rollouts, self.lora)
 
 
 def best_and_worst(rewards: Sequence[float], group_size: int) -> list[tuple[int, int]]:
