@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny import killed_at_step, model_and_data, tiny_llama
+from tiny import free_port, killed_at_step, model_and_data, tiny_llama
 from tuneful.config import build
 from tuneful.tokenization.batching import Example, collate_packed, collate_padded
 from tuneful.sft.config import SFTConfig
@@ -187,14 +187,6 @@ def test_preflight_stops_training_before_it_starts(workdir: Path):
         run_sft(config(workdir, "bad", f"data.template={bad}", "data.allow_template_change=true"))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(workdir: Path):
     """accelerate launch, 2 CPU processes (gloo), micro-batch 4 each == 1 process accumulating 2 x 4."""
@@ -206,7 +198,7 @@ def test_two_process_ddp_matches_one_process(workdir: Path):
     run_sft(build(SFTConfig, None, common + ["train.grad_accum=2", f"train.output_dir={workdir / 'ddp-one'}"]))
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(_free_port()), "-m", "tuneful.cli.main", "sft"]
+              "--main_process_port", str(free_port()), "-m", "tuneful.cli.main", "sft"]
     done = subprocess.run(launch + common + ["train.grad_accum=1", f"train.output_dir={workdir / 'ddp-two'}"],
                           capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
                                                                            "CUDA_VISIBLE_DEVICES": ""})

@@ -24,7 +24,7 @@ from tuneful.registry import TRAINERS
 from tuneful.ui.forms import check_form, fields, recipe_values, unknown_settings
 from tuneful.ui.paths import OutsideRoot, RootFolder
 
-from tiny import model_and_data
+from tiny import free_port, model_and_data
 
 REQUIRED = {"model": {"name_or_path": "m"}, "data": {"train": "t.jsonl"}}
 
@@ -317,19 +317,11 @@ def test_a_run_reads_and_writes_only_inside_the_root(tmp_path: Path):
     assert set(path_problems(root, outside)) == {"model.name_or_path", "train.output_dir", "data.train"}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_ui(root: Path, *extra: str):
     import subprocess
     import sys
 
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "tuneful.cli.main", "ui", "--port", str(port), "--root", str(root),
                                 *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in process.stdout:
@@ -346,7 +338,7 @@ def test_runs_outlive_the_ui_unless_asked(tmp_path: Path):
     for flag, expected in (((), "running"), (("--stop-runs-on-exit",), "stopped")):
         ui = _start_ui(tmp_path, *flag)
         folder = tmp_path / f"run{len(flag)}"
-        runs.launch(folder, ["ui", "--port", str(_free_port()), "--root", str(tmp_path)], "long",
+        runs.launch(folder, ["ui", "--port", str(free_port()), "--root", str(tmp_path)], "long",
                     cwd=tmp_path)  # any long-running command
         _wait(lambda: "Running on" in runs.log_tail(folder), 120)
         ui.send_signal(signal.SIGINT)

@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tiny import free_port
 from tuneful.samples import starter_path
 
 pytestmark = pytest.mark.slow
@@ -42,17 +42,11 @@ def _chromium() -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ui_server(tmp_path_factory):
     """(url, root, the first stdout line) of a ``tuneful ui`` process serving a fresh root folder."""
     root = tmp_path_factory.mktemp("ui-root")
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "tuneful.cli.main", "ui", "--port", str(port), "--root", str(root)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=root)
     before = []

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import httpx
 import pytest
 import torch
 
-from tiny import save_tiny_model
+from tiny import free_port, save_tiny_model
 from tuneful.config import ConfigError, build
 from tuneful.infer import vllm_server
 from tuneful.infer.vllm_server import VLLMServer
@@ -182,12 +181,6 @@ needs_vllm = pytest.mark.skipif(not VLLM_PYTHON, reason="no vLLM: set TUNEFUL_VL
                                                         "(bash scripts/setup-vllm makes .vllm-venv)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def real_vllm(tmp_path_factory):
     """The sandbox base (its chat template in the tokenizer) served by vLLM on the CPU, adapters allowed."""
@@ -195,7 +188,7 @@ def real_vllm(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("vllm-model") / "sandbox"
     stage_model("sandbox", folder, template=None, trust_remote_code=False)
-    port = _free_port()
+    port = free_port()
     log = folder.parent / "vllm.log"
     env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1",
            "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}

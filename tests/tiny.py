@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any, Callable
 
@@ -10,6 +11,13 @@ import torch
 
 from tuneful.samples import starter_path
 from tuneful.tokenization.masking import starter_tokenizer
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2):
