@@ -81,7 +81,8 @@ class VLLMServer:
             reply = self.http.request(method, path, json=body)
         except httpx.HTTPError as exc:
             raise RuntimeError(f"the vLLM server at {self.url} did not answer {method} {path}: {exc}. Fix: start it "
-                               f"(vllm serve BASE ...) or set grpo.vllm_url to where it listens") from exc
+                               f"(vllm serve BASE ...) or set the trainer's vllm_url (grpo.vllm_url, online_dpo.vllm_url) to where "
+                               f"it listens") from exc
         if reply.status_code != 200:
             raise RuntimeError(f"the vLLM server at {self.url} refused {method} {path} ({reply.status_code}): "
                                f"{reply.text[:500]}" + (f". Fix: {fix}" if fix else ""))
