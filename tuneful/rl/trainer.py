@@ -111,9 +111,10 @@ class GRPOTrainer(Trainer):
             self.parser = PARSERS[syntax]
         if self.settings.rollouts == "vllm":
             if self.acc.num_processes > 1:
-                raise ValueError(f"{self._section_name}.rollouts=vllm runs in one process (every process would load "
-                                 f"its own adapter into the one server). Fix: launch a single process, or "
-                                 f"{self._section_name}.rollouts=engine")
+                section = self.name.replace("-", "_")
+                raise ValueError(f"{section}.rollouts=vllm runs in one process (every process would load its own "
+                                 f"adapter into the one server). Fix: launch a single process, or "
+                                 f"{section}.rollouts=engine")
             from ..infer.vllm_server import VLLMServer
 
             self.server = VLLMServer(self.settings.vllm_url)
@@ -171,17 +172,9 @@ class GRPOTrainer(Trainer):
     def _policy(self) -> Any:
         return self.acc.unwrap_model(self.module).model
 
-    @property
-    def _section_name(self) -> str:
-        return self.name.replace("-", "_")
-
     def _sync_server(self, cycle: int) -> None:
         """The server gets the policy as it is now: its LoRA adapter saved and loaded by path (the previous one
         unloaded and its folder removed)."""
-        if self.new_token_ids:
-            raise ValueError(f"{self._section_name}.rollouts=vllm: this run added tokens to the tokenizer, which the "
-                             f"server's base does not have. Fix: a model whose tokenizer has the template's tokens, or "
-                             f"{self._section_name}.rollouts=engine")
         folder = Path(self.cfg.train.output_dir) / "vllm-adapters" / f"cycle-{cycle}"
         self._policy().save_pretrained(str(folder), safe_serialization=True)
         self.server.load_adapter(f"tuneful-policy-{self._run_tag}-{cycle}", str(folder))
